@@ -1,0 +1,62 @@
+"""A resource serialized once: the bytes every response and every stream share."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pilotfish.protos import RESOURCE_TYPES, Message, resource_type, wire
+
+__all__ = ["CachedResource", "content_version", "to_message"]
+
+
+def content_version(data: bytes) -> str:
+    """A short content hash used as a version: equal bytes, equal version, on every server."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def to_message(type_url: str, resource: object) -> Message:
+    """Accept an xds-protos message, or anything that serializes to the type's wire bytes.
+
+    Messages from envoy-data-plane (betterproto dataclasses) are converted once through their
+    bytes, so the hot path only ever sees the fast upb classes.
+    """
+    cls = RESOURCE_TYPES[type_url].message
+    if isinstance(resource, cls):
+        return resource
+    if isinstance(resource, Message):
+        raise TypeError(f"{type(resource).__name__} given where {type_url} resources are expected")
+    to_bytes = getattr(resource, "SerializeToString", None) or getattr(resource, "__bytes__", None)
+    if to_bytes is None:
+        raise TypeError(f"cannot serialize {type(resource).__name__} as {type_url}")
+    data = to_bytes()
+    if not isinstance(data, bytes):
+        raise TypeError(f"{type(resource).__name__} did not serialize to bytes")
+    return cls.FromString(data)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResource:
+    """One resource: name, deterministic bytes, the `Any` bytes for responses, content version."""
+
+    type_url: str
+    name: str
+    data: bytes
+    any: bytes
+    version: str
+
+    @classmethod
+    def of(cls, type_url: str, message: Message) -> CachedResource:
+        """Serialize `message` (deterministically) once."""
+        data = message.SerializeToString(deterministic=True)
+        return cls(
+            type_url=type_url,
+            name=resource_type(type_url).name_of(message),
+            data=data,
+            any=wire.any_bytes(type_url, data),
+            version=content_version(data),
+        )
+
+    def message(self) -> Message:
+        """A fresh copy of the message; changing it changes nothing in the cache."""
+        return RESOURCE_TYPES[self.type_url].message.FromString(self.data)

@@ -1,0 +1,168 @@
+"""SnapshotCache: one consistent snapshot per node key, answering the server's watches.
+
+The go-control-plane model: `set_snapshot(key, snapshot)` replaces what every node hashing to
+`key` gets, and each open watch of that key is answered if its client's version is outdated.
+Safe to call from any thread: a lock guards the tables, and watch answers are delivered after it
+is released.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pilotfish.protos import RESOURCE_TYPES, Node
+from pilotfish.xds import Cancel, Event, PreparedResponse, Respond, WatchRequest
+
+from .node_hash import NodeHash, by_id
+from .snapshot import Snapshot
+from .status import NodeStatus
+
+__all__ = ["SnapshotCache"]
+
+
+@dataclass(slots=True)
+class _Watch:
+    request: WatchRequest
+    respond: Respond
+
+
+def _noop() -> None:
+    return None
+
+
+class SnapshotCache:
+    """Snapshots by node key, watches, and per-node status; implements `ConfigWatcher`."""
+
+    def __init__(
+        self, node_hash: NodeHash = by_id, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._hash = node_hash
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watches: dict[str, dict[int, _Watch]] = {}
+        self._status: dict[str, NodeStatus] = {}
+        self._ids = itertools.count(1)
+
+    def node_key(self, node: Node) -> str:
+        """The snapshot key of a node."""
+        return self._hash(node)
+
+    def set_snapshot(self, key: str, snapshot: Snapshot) -> None:
+        """Serve `snapshot` to every node with this key; answer the watches it makes stale."""
+        answers: list[tuple[Respond, PreparedResponse]] = []
+        with self._lock:
+            self._snapshots[key] = snapshot
+            watches = self._watches.get(key, {})
+            for watch_id, watch in list(watches.items()):
+                response = _answer(snapshot, watch.request)
+                if response is not None:
+                    del watches[watch_id]
+                    answers.append((watch.respond, response))
+        for respond, response in answers:
+            respond(response)
+
+    def get_snapshot(self, key: str) -> Snapshot:
+        """The snapshot served to `key`; KeyError if there is none."""
+        with self._lock:
+            return self._snapshots[key]
+
+    def clear_snapshot(self, key: str) -> None:
+        """Stop serving `key` (open watches wait for a new snapshot)."""
+        with self._lock:
+            self._snapshots.pop(key, None)
+
+    def keys(self) -> list[str]:
+        """Keys that have a snapshot."""
+        with self._lock:
+            return sorted(self._snapshots)
+
+    def status(self, key: str) -> NodeStatus | None:
+        """Status of the node(s) with this key, if any stream of theirs is open."""
+        with self._lock:
+            return self._status.get(key)
+
+    def status_keys(self) -> list[str]:
+        """Keys of nodes with an open stream."""
+        with self._lock:
+            return sorted(self._status)
+
+    def watch_count(self, key: str | None = None) -> int:
+        """Open watches (of one key, or all): for tests and metrics."""
+        with self._lock:
+            if key is not None:
+                return len(self._watches.get(key, ()))
+            return sum(len(w) for w in self._watches.values())
+
+    # ConfigWatcher
+
+    def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
+        """Answer now if the snapshot has something new for the request, else wait for one."""
+        key = self._hash(request.node)
+        with self._lock:
+            self._touch(key, request.node, request.stream_id)
+            snapshot = self._snapshots.get(key)
+            response = None if snapshot is None else _answer(snapshot, request)
+            if response is None:
+                watch_id = next(self._ids)
+                self._watches.setdefault(key, {})[watch_id] = _Watch(request, respond)
+        if response is not None:
+            respond(response)
+            return _noop
+
+        def cancel() -> None:
+            with self._lock:
+                watches = self._watches.get(key)
+                if watches is not None:
+                    watches.pop(watch_id, None)
+                    if not watches:
+                        del self._watches[key]
+
+        return cancel
+
+    def on_stream_event(self, stream_id: int, node: Node, event: Event) -> None:
+        """Fold a stream event into the node's status."""
+        key = self._hash(node)
+        with self._lock:
+            self._touch(key, node, stream_id).record(event)
+
+    def on_stream_closed(self, stream_id: int, node: Node | None) -> None:
+        """Drop the stream; drop the node's status with its last stream."""
+        if node is None:
+            return
+        key = self._hash(node)
+        with self._lock:
+            status = self._status.get(key)
+            if status is not None:
+                status.streams.discard(stream_id)
+                if not status.streams:
+                    del self._status[key]
+
+    def _touch(self, key: str, node: Node, stream_id: int) -> NodeStatus:
+        status = self._status.get(key)
+        if status is None:
+            status = self._status[key] = NodeStatus(node)
+        status.streams.add(stream_id)
+        status.last_request_time = self._clock()
+        return status
+
+
+def _answer(snapshot: Snapshot, request: WatchRequest) -> PreparedResponse | None:
+    """The response a watch needs from this snapshot, or None if its client is up to date."""
+    type_url = request.type_url
+    if type_url not in RESOURCE_TYPES or not (request.wildcard or request.names):
+        return None
+    names = None if request.wildcard else request.names
+    if snapshot.version(type_url) != request.known_version:
+        return snapshot.response(type_url, names)
+    if names is None:
+        return None
+    # Same version: only names the client newly asked for, present and never sent, need a push.
+    fresh = names - request.known_names
+    if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
+        return snapshot.response(type_url, names)
+    return None

@@ -1,0 +1,87 @@
+"""The one facade over generated protobuf types (Envoy's, from xds-protos, and pilotfish's own).
+
+Nothing outside `pilotfish.protos` (and the translators, which build Envoy messages) imports
+`envoy.*`, `xds.*` or `udpa.*` directly.
+"""
+
+from __future__ import annotations
+
+from pilotfish.protos.messages import (
+    Any,
+    Cluster,
+    ClusterLoadAssignment,
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+    HttpConnectionManager,
+    Listener,
+    Message,
+    Node,
+    Resource,
+    RouteConfiguration,
+    Runtime,
+    ScopedRouteConfiguration,
+    Secret,
+    Status,
+    TypedExtensionConfig,
+    VirtualHost,
+)
+from pilotfish.protos.references import references
+from pilotfish.protos.resource_types import (
+    ADS_SERVICE,
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    EXTENSION_CONFIG_TYPE,
+    LISTENER_TYPE,
+    RESOURCE_TYPES,
+    ROUTE_TYPE,
+    RUNTIME_TYPE,
+    SCOPED_ROUTE_TYPE,
+    SECRET_TYPE,
+    TYPE_URL_PREFIX,
+    VIRTUAL_HOST_TYPE,
+    ResourceType,
+    ServiceMethods,
+    resource_name,
+    resource_type,
+)
+
+__all__ = [
+    "ADS_SERVICE",
+    "CLUSTER_TYPE",
+    "ENDPOINT_TYPE",
+    "EXTENSION_CONFIG_TYPE",
+    "LISTENER_TYPE",
+    "RESOURCE_TYPES",
+    "ROUTE_TYPE",
+    "RUNTIME_TYPE",
+    "SCOPED_ROUTE_TYPE",
+    "SECRET_TYPE",
+    "TYPE_URL_PREFIX",
+    "VIRTUAL_HOST_TYPE",
+    "Any",
+    "Cluster",
+    "ClusterLoadAssignment",
+    "DeltaDiscoveryRequest",
+    "DeltaDiscoveryResponse",
+    "DiscoveryRequest",
+    "DiscoveryResponse",
+    "HttpConnectionManager",
+    "Listener",
+    "Message",
+    "Node",
+    "Resource",
+    "ResourceType",
+    "RouteConfiguration",
+    "Runtime",
+    "ScopedRouteConfiguration",
+    "Secret",
+    "ServiceMethods",
+    "Status",
+    "TypedExtensionConfig",
+    "VirtualHost",
+    "references",
+    "resource_name",
+    "resource_type",
+]

@@ -1,0 +1,64 @@
+"""Hand-assembled protobuf wire bytes for the hot path of xDS responses.
+
+Protobuf messages may be concatenated field by field, so a DiscoveryResponse can be built once per
+(type, version, subscription) from resources serialized once, and each stream only appends its own
+nonce field. This avoids re-serializing resources per stream (DESIGN.md: serialize once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "any_bytes",
+    "discovery_response_body",
+    "length_delimited",
+    "nonce_field",
+    "varint",
+]
+
+# Field numbers of envoy.service.discovery.v3.DiscoveryResponse and google.protobuf.Any.
+_RESPONSE_VERSION_INFO = 1
+_RESPONSE_RESOURCES = 2
+_RESPONSE_TYPE_URL = 4
+_RESPONSE_NONCE = 5
+_ANY_TYPE_URL = 1
+_ANY_VALUE = 2
+_WIRE_LEN = 2
+
+
+def varint(value: int) -> bytes:
+    """Encode a non-negative int as a protobuf base-128 varint."""
+    if value < 0:
+        raise ValueError("varint of a negative number")
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def length_delimited(field_number: int, data: bytes) -> bytes:
+    """One length-delimited field (string, bytes or sub-message)."""
+    return varint((field_number << 3) | _WIRE_LEN) + varint(len(data)) + data
+
+
+def any_bytes(type_url: str, value: bytes) -> bytes:
+    """The serialized `google.protobuf.Any` holding `value`."""
+    return length_delimited(_ANY_TYPE_URL, type_url.encode()) + length_delimited(_ANY_VALUE, value)
+
+
+def discovery_response_body(version: str, type_url: str, resources: Iterable[bytes]) -> bytes:
+    """A DiscoveryResponse without its nonce; `resources` are serialized `Any` messages."""
+    parts = [length_delimited(_RESPONSE_VERSION_INFO, version.encode())]
+    parts.extend(length_delimited(_RESPONSE_RESOURCES, item) for item in resources)
+    parts.append(length_delimited(_RESPONSE_TYPE_URL, type_url.encode()))
+    return b"".join(parts)
+
+
+def nonce_field(nonce: str) -> bytes:
+    """The nonce field to append to a prepared DiscoveryResponse body."""
+    return length_delimited(_RESPONSE_NONCE, nonce.encode())

@@ -1,0 +1,40 @@
+"""Hooks into the server's streams, for logging, metrics and custom control planes.
+
+Subclass `Callbacks` and override what you need. Each hook may be a plain or an `async` method;
+awaitable results are awaited in the stream's task, so keep them quick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from pilotfish.protos import DiscoveryRequest, Node
+from pilotfish.xds.events import Nacked, Sent
+
+__all__ = ["Callbacks", "HookResult"]
+
+HookResult = Awaitable[None] | None
+
+
+class Callbacks:
+    """No-op base: every hook does nothing unless overridden."""
+
+    def on_stream_open(self, stream_id: int, type_url: str | None) -> HookResult:
+        """A stream opened; `type_url` is None for ADS."""
+        return None
+
+    def on_stream_close(self, stream_id: int, node: Node | None) -> HookResult:
+        """A stream ended (client gone, error, or server shutdown)."""
+        return None
+
+    def on_stream_request(self, stream_id: int, request: DiscoveryRequest) -> HookResult:
+        """A request arrived (before the protocol core looked at it)."""
+        return None
+
+    def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> HookResult:
+        """A response is about to be written."""
+        return None
+
+    def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> HookResult:
+        """A client rejected a response; `nack.error_detail` says why."""
+        return None

@@ -1,0 +1,137 @@
+"""A state-of-the-world stream wired to a ConfigWatcher, still without I/O.
+
+The session owns the stream's watches and the responses waiting to be written: per type only the
+latest pending response is kept (latest wins), so a slow client never makes the cache wait or
+queue. Ordered ADS picks pending responses in make-before-break order (clusters, endpoints,
+listeners, routes, then the rest). The I/O layer calls `receive` for each request, and whenever
+`wakeup` fires drains `next_response`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pilotfish.protos import RESOURCE_TYPES, DiscoveryRequest
+from pilotfish.xds.events import Sent
+from pilotfish.xds.sotw import Received, SotwStream
+from pilotfish.xds.watch import Cancel, ConfigWatcher, PreparedResponse
+
+__all__ = ["Dispatch", "SotwSession"]
+
+Dispatch = Callable[[Callable[[], None]], None]
+"""Runs a callable where the session lives (the I/O layer hops threads here)."""
+
+_LAST = len(RESOURCE_TYPES)
+
+
+def _order(type_url: str) -> int:
+    row = RESOURCE_TYPES.get(type_url)
+    return _LAST if row is None else row.order
+
+
+def _call_now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+class SotwSession:
+    """Protocol state, watches and pending responses of one stream."""
+
+    __slots__ = (
+        "_cancels",
+        "_closed",
+        "_dispatch",
+        "_generation",
+        "_ordered",
+        "_pending",
+        "_watcher",
+        "protocol",
+        "wakeup",
+    )
+
+    def __init__(
+        self,
+        watcher: ConfigWatcher,
+        stream_id: int,
+        type_url: str | None = None,
+        *,
+        ordered: bool = True,
+        wakeup: Callable[[], None] | None = None,
+        dispatch: Dispatch = _call_now,
+    ) -> None:
+        self.protocol = SotwStream(stream_id, type_url)
+        self.wakeup = wakeup
+        self._watcher = watcher
+        self._ordered = ordered
+        self._dispatch = dispatch
+        self._cancels: dict[str, Cancel] = {}
+        self._generation: dict[str, int] = {}
+        self._pending: dict[str, PreparedResponse] = {}
+        self._closed = False
+
+    @property
+    def stream_id(self) -> int:
+        """The stream's id, unique within the server."""
+        return self.protocol.stream_id
+
+    def receive(self, request: DiscoveryRequest) -> Received:
+        """Apply one request: record events, and replace the type's watch when needed."""
+        received = self.protocol.receive(request)
+        node = self.protocol.node
+        assert node is not None  # set by the protocol on the first request
+        for event in received.events:
+            self._watcher.on_stream_event(self.stream_id, node, event)
+        watch = received.watch
+        if watch is not None and not self._closed:
+            type_url = watch.type_url
+            self._cancel(type_url)
+            # What was pending was computed for the old subscription; the new watch knows the
+            # version the client really holds and answers at once if that one is outdated.
+            self._pending.pop(type_url, None)
+            generation = self._generation.get(type_url, 0) + 1
+            self._generation[type_url] = generation
+
+            def respond(response: PreparedResponse) -> None:
+                self._dispatch(lambda: self._deliver(type_url, generation, response))
+
+            self._cancels[type_url] = self._watcher.create_watch(watch, respond)
+        return received
+
+    def next_response(self) -> tuple[bytes, Sent] | None:
+        """The next response to write (nonce assigned), or None when nothing is pending."""
+        if not self._pending:
+            return None
+        type_url = min(self._pending, key=_order) if self._ordered else next(iter(self._pending))
+        response = self._pending.pop(type_url)
+        data, sent = self.protocol.send(response)
+        node = self.protocol.node
+        assert node is not None
+        self._watcher.on_stream_event(self.stream_id, node, sent)
+        return data, sent
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether `next_response` would return something."""
+        return bool(self._pending)
+
+    def close(self) -> None:
+        """Cancel every watch and tell the watcher the stream is gone. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for type_url in list(self._cancels):
+            self._cancel(type_url)
+        self._pending.clear()
+        self._watcher.on_stream_closed(self.stream_id, self.protocol.node)
+
+    def _cancel(self, type_url: str) -> None:
+        cancel = self._cancels.pop(type_url, None)
+        if cancel is not None:
+            cancel()
+
+    def _deliver(self, type_url: str, generation: int, response: PreparedResponse) -> None:
+        if self._closed or self._generation.get(type_url) != generation:
+            return  # a watch that was replaced or cancelled while its answer travelled
+        self._cancels.pop(type_url, None)  # one-shot: it has fired
+        self._pending[type_url] = response
+        if self.wakeup is not None:
+            self.wakeup()

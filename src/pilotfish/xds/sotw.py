@@ -1,0 +1,175 @@
+"""Sans-IO state of one state-of-the-world xDS stream (ADS, or a single-type service).
+
+Requests go in (`receive`), prepared responses go out with a fresh nonce (`send`). The machine
+decides, per type, whether a request is stale, an ACK, a NACK or a subscription change, and what
+the next watch must ask the config for. No grpc, no asyncio, no clock: the I/O layer drives it.
+
+Rules (xDS protocol, state-of-the-world):
+
+- The node comes from the first request; later requests may omit it.
+- A request whose nonce is not the last one sent for its type is stale and ignored. An empty
+  nonce counts as stale once a response for the type went out on this stream.
+- An empty name list on the first request of a type is a (legacy) wildcard subscription, and
+  stays one while the list stays empty; `*` is an explicit wildcard.
+- After a NACK the next watch holds the rejected version as "known", so the same version is never
+  resent unprompted; a newer version, or newly subscribed names, go out normally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pilotfish.errors import LocalProtocolError, RemoteProtocolError
+from pilotfish.protos import DiscoveryRequest, Node, Status, wire
+from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.watch import PreparedResponse, WatchRequest
+
+__all__ = ["Received", "SotwStream", "TypeState"]
+
+WILDCARD = "*"
+_EMPTY: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class TypeState:
+    """Protocol bookkeeping for one type on one stream."""
+
+    type_url: str
+    names: frozenset[str] = _EMPTY
+    wildcard: bool = False
+    legacy_wildcard: bool = False
+    request_names: tuple[str, ...] = ()
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_names: frozenset[str] = _EMPTY
+    awaiting_ack: bool = False
+    acked_version: str = ""
+    last_nack: Nacked | None = None
+    responses_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """The outcome of one request.
+
+    `watch` is the watch to open for the request's type (replacing any open one), or None when
+    the open watch (if any) stays as it is.
+    """
+
+    type_url: str
+    events: tuple[Event, ...] = ()
+    watch: WatchRequest | None = None
+    stale: bool = False
+
+
+@dataclass(slots=True)
+class SotwStream:
+    """One state-of-the-world stream. `type_url` is None for ADS, else the service's type."""
+
+    stream_id: int
+    type_url: str | None = None
+    node: Node | None = None
+    types: dict[str, TypeState] = field(default_factory=dict)
+    _nonce: int = 0
+
+    def receive(self, request: DiscoveryRequest) -> Received:
+        """Take one request from the client."""
+        if self.node is None:
+            # Proxyless gRPC may send an empty node; Envoy sends it only on the first message.
+            self.node = Node()
+            self.node.CopyFrom(request.node)
+        type_url = self._type_url_of(request)
+        state = self.types.get(type_url)
+        nonce = request.response_nonce
+        if state is not None and state.sent_nonce and nonce != state.sent_nonce:
+            return Received(type_url, stale=True)
+
+        first = state is None
+        if state is None:
+            state = self.types[type_url] = TypeState(type_url)
+        events: list[Event] = []
+        changed = self._update_subscription(state, request, first, events)
+
+        answered = state.awaiting_ack and nonce == state.sent_nonce
+        if answered:
+            state.awaiting_ack = False
+            if request.HasField("error_detail"):
+                detail = Status()
+                detail.CopyFrom(request.error_detail)
+                nack = Nacked(type_url, state.sent_version, nonce, state.acked_version, detail)
+                state.last_nack = nack
+                events.append(nack)
+            else:
+                state.acked_version = state.sent_version
+                events.append(Acked(type_url, state.sent_version, nonce))
+
+        if not (first or answered or changed):
+            return Received(type_url, tuple(events))
+        if first and request.version_info:
+            # A reconnecting client says what it holds; trust it so nothing is resent needlessly.
+            known_version, known_names = request.version_info, state.names
+        else:
+            known_version, known_names = state.sent_version, state.sent_names
+        watch = WatchRequest(
+            node=self.node,
+            stream_id=self.stream_id,
+            type_url=type_url,
+            names=state.names,
+            wildcard=state.wildcard,
+            known_version=known_version,
+            known_names=known_names,
+        )
+        return Received(type_url, tuple(events), watch)
+
+    def send(self, response: PreparedResponse) -> tuple[bytes, Sent]:
+        """Give `response` this stream's next nonce; returns the wire bytes and the event."""
+        state = self.types.get(response.type_url)
+        if state is None:
+            raise LocalProtocolError(f"response for {response.type_url} that was never requested")
+        self._nonce += 1
+        nonce = str(self._nonce)
+        state.sent_version = response.version
+        state.sent_nonce = nonce
+        state.sent_names = response.names
+        state.awaiting_ack = True
+        state.responses_sent += 1
+        return response.body + wire.nonce_field(nonce), Sent(
+            response.type_url, response.version, nonce, response.names
+        )
+
+    def _type_url_of(self, request: DiscoveryRequest) -> str:
+        type_url: str = request.type_url
+        if self.type_url is None:
+            if not type_url:
+                raise RemoteProtocolError("ADS request without type_url")
+            return type_url
+        if type_url and type_url != self.type_url:
+            raise RemoteProtocolError(f"request for {type_url} on the stream for {self.type_url}")
+        return self.type_url
+
+    @staticmethod
+    def _update_subscription(
+        state: TypeState, request: DiscoveryRequest, first: bool, events: list[Event]
+    ) -> bool:
+        request_names = tuple(request.resource_names)
+        if not first and request_names == state.request_names:
+            return False  # the common ACK: same list as before, no set built
+        state.request_names = request_names
+        if request_names:
+            names = frozenset(request_names)
+            wildcard = WILDCARD in names
+            if wildcard:
+                names = names - {WILDCARD}
+            legacy = False
+        else:
+            names = _EMPTY
+            wildcard = legacy = first or state.legacy_wildcard
+        added, removed = names - state.names, state.names - names
+        wildcard_on = wildcard and not state.wildcard
+        wildcard_off = state.wildcard and not wildcard
+        state.names, state.wildcard, state.legacy_wildcard = names, wildcard, legacy
+        if first or added or wildcard_on:
+            events.append(Subscribed(state.type_url, added, wildcard))
+        if removed or wildcard_off:
+            events.append(Unsubscribed(state.type_url, removed, wildcard_off))
+        return bool(first or added or removed or wildcard_on or wildcard_off)
