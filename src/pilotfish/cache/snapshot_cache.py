@@ -26,12 +26,20 @@ __all__ = ["SnapshotCache"]
 
 @dataclass(slots=True)
 class _Watch:
+    """An open watch; after answering it stays open, knowing what it delivered, until the
+    server cancels it (when the answer is written), so a newer snapshot replaces an unwritten
+    answer instead of queueing behind it."""
+
     request: WatchRequest
     respond: Respond
+    known_version: str
+    known_names: frozenset[str]
 
-
-def _noop() -> None:
-    return None
+    def answer(self, snapshot: Snapshot) -> PreparedResponse | None:
+        response = _answer(snapshot, self.request, self.known_version, self.known_names)
+        if response is not None:
+            self.known_version, self.known_names = response.version, response.names
+        return response
 
 
 class SnapshotCache:
@@ -57,11 +65,9 @@ class SnapshotCache:
         answers: list[tuple[Respond, PreparedResponse]] = []
         with self._lock:
             self._snapshots[key] = snapshot
-            watches = self._watches.get(key, {})
-            for watch_id, watch in list(watches.items()):
-                response = _answer(snapshot, watch.request)
+            for watch in self._watches.get(key, {}).values():
+                response = watch.answer(snapshot)
                 if response is not None:
-                    del watches[watch_id]
                     answers.append((watch.respond, response))
         for respond, response in answers:
             respond(response)
@@ -101,18 +107,18 @@ class SnapshotCache:
     # ConfigWatcher
 
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
-        """Answer now if the snapshot has something new for the request, else wait for one."""
+        """Answer now if the snapshot has something new, and again on each newer snapshot,
+        until cancelled."""
         key = self._hash(request.node)
+        watch = _Watch(request, respond, request.known_version, request.known_names)
         with self._lock:
             self._touch(key, request.node, request.stream_id)
             snapshot = self._snapshots.get(key)
-            response = None if snapshot is None else _answer(snapshot, request)
-            if response is None:
-                watch_id = next(self._ids)
-                self._watches.setdefault(key, {})[watch_id] = _Watch(request, respond)
+            response = None if snapshot is None else watch.answer(snapshot)
+            watch_id = next(self._ids)
+            self._watches.setdefault(key, {})[watch_id] = watch
         if response is not None:
             respond(response)
-            return _noop
 
         def cancel() -> None:
             with self._lock:
@@ -151,18 +157,20 @@ class SnapshotCache:
         return status
 
 
-def _answer(snapshot: Snapshot, request: WatchRequest) -> PreparedResponse | None:
+def _answer(
+    snapshot: Snapshot, request: WatchRequest, known_version: str, known_names: frozenset[str]
+) -> PreparedResponse | None:
     """The response a watch needs from this snapshot, or None if its client is up to date."""
     type_url = request.type_url
     if type_url not in RESOURCE_TYPES or not (request.wildcard or request.names):
         return None
     names = None if request.wildcard else request.names
-    if snapshot.version(type_url) != request.known_version:
+    if snapshot.version(type_url) != known_version:
         return snapshot.response(type_url, names)
     if names is None:
         return None
     # Same version: only names the client newly asked for, present and never sent, need a push.
-    fresh = names - request.known_names
+    fresh = names - known_names
     if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
         return snapshot.response(type_url, names)
     return None

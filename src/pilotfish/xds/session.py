@@ -87,8 +87,7 @@ class SotwSession:
             # What was pending was computed for the old subscription; the new watch knows the
             # version the client really holds and answers at once if that one is outdated.
             self._pending.pop(type_url, None)
-            generation = self._generation.get(type_url, 0) + 1
-            self._generation[type_url] = generation
+            generation = self._generation[type_url]
 
             def respond(response: PreparedResponse) -> None:
                 self._dispatch(lambda: self._deliver(type_url, generation, response))
@@ -102,6 +101,7 @@ class SotwSession:
             return None
         type_url = min(self._pending, key=_order) if self._ordered else next(iter(self._pending))
         response = self._pending.pop(type_url)
+        self._cancel(type_url)  # written: now the client's ACK or NACK opens the next watch
         data, sent = self.protocol.send(response)
         node = self.protocol.node
         assert node is not None
@@ -124,6 +124,8 @@ class SotwSession:
         self._watcher.on_stream_closed(self.stream_id, self.protocol.node)
 
     def _cancel(self, type_url: str) -> None:
+        # A new generation makes answers still travelling from the old watch void.
+        self._generation[type_url] = self._generation.get(type_url, 0) + 1
         cancel = self._cancels.pop(type_url, None)
         if cancel is not None:
             cancel()
@@ -131,7 +133,6 @@ class SotwSession:
     def _deliver(self, type_url: str, generation: int, response: PreparedResponse) -> None:
         if self._closed or self._generation.get(type_url) != generation:
             return  # a watch that was replaced or cancelled while its answer travelled
-        self._cancels.pop(type_url, None)  # one-shot: it has fired
         self._pending[type_url] = response
         if self.wakeup is not None:
             self.wakeup()

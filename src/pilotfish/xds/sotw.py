@@ -13,6 +13,8 @@ Rules (xDS protocol, state-of-the-world):
   stays one while the list stays empty; `*` is an explicit wildcard.
 - After a NACK the next watch holds the rejected version as "known", so the same version is never
   resent unprompted; a newer version, or newly subscribed names, go out normally.
+- A request that repeats the current subscription while no response is in flight asks for the
+  resources again, and gets them even at an unchanged version (Envoy's cluster warming).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class TypeState:
 class Received:
     """The outcome of one request.
 
-    `watch` is the watch to open for the request's type (replacing any open one), or None when
-    the open watch (if any) stays as it is.
+    `watch` is the watch to open for the request's type, replacing any open one; None only
+    for a stale request, which changes nothing.
     """
 
     type_url: str
@@ -103,13 +105,16 @@ class SotwStream:
                 state.acked_version = state.sent_version
                 events.append(Acked(type_url, state.sent_version, nonce))
 
-        if not (first or answered or changed):
-            return Received(type_url, tuple(events))
         if first and request.version_info:
             # A reconnecting client says what it holds; trust it so nothing is resent needlessly.
             known_version, known_names = request.version_info, state.names
-        else:
+        elif first or answered or changed:
             known_version, known_names = state.sent_version, state.sent_names
+        else:
+            # The same subscription again with nothing in flight: the client wants the resources
+            # again. Envoy does this when an updated cluster (or listener) must warm again, and
+            # it waits until it gets them, unchanged or not (xDS protocol, "Resource warming").
+            known_version, known_names = "", _EMPTY
         watch = WatchRequest(
             node=self.node,
             stream_id=self.stream_id,
@@ -168,6 +173,9 @@ class SotwStream:
         wildcard_on = wildcard and not state.wildcard
         wildcard_off = state.wildcard and not wildcard
         state.names, state.wildcard, state.legacy_wildcard = names, wildcard, legacy
+        if not wildcard:
+            # The client forgets what it unsubscribes; subscribing again must resend it.
+            state.sent_names &= names
         if first or added or wildcard_on:
             events.append(Subscribed(state.type_url, added, wildcard))
         if removed or wildcard_off:

@@ -1,8 +1,11 @@
 """The narrow contract between the xDS server and whatever holds the config (a cache).
 
-Modelled on go-control-plane's `ConfigWatcher`: the server opens a one-shot watch per stream and
-type after each request; the watcher answers it at most once with a prepared response. The
-watcher never sees grpc or asyncio, and the server never sees a concrete cache.
+Modelled on go-control-plane's `ConfigWatcher`: the server opens a watch per stream and type
+after each request it acts on. The watcher answers with a prepared response whenever it has
+something newer than what the watch knows, until the server cancels the watch, which it does when
+it writes an answer (then it waits for the client's ACK or NACK). So an answer the client has not
+read yet is replaced by a newer one (latest wins). The watcher never sees grpc or asyncio, and
+the server never sees a concrete cache.
 """
 
 from __future__ import annotations
@@ -53,10 +56,8 @@ class ConfigWatcher(Protocol):
     """Answers watches and keeps per-node status; implemented by the caches."""
 
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
-        """Call `respond` once, now or later, when there is something to send; return a canceller.
-
-        `respond` may be called from any thread; the caller makes it safe.
-        """
+        """Call `respond` (now, later, again) with anything newer than the watch knows;
+        return a canceller. `respond` may be called from any thread; the caller makes it safe."""
         ...
 
     def on_stream_event(self, stream_id: int, node: Node, event: Event) -> None:

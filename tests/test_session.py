@@ -1,0 +1,251 @@
+"""The protocol core with the snapshot cache, driven in memory (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pilotfish.cache import Snapshot, SnapshotCache, by_cluster
+from pilotfish.errors import RemoteProtocolError
+from pilotfish.protos import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    DiscoveryRequest,
+    Node,
+)
+from pilotfish.testing.client import InMemoryAdsClient
+from pilotfish.translators import build
+from pilotfish.xds import Acked, Nacked, Subscribed, Unsubscribed
+from tests.helpers import mesh
+
+NODE = Node(id="n1", cluster="c1")
+A = {"a": [("127.0.0.1", 1)]}
+AB = {"a": [("127.0.0.1", 1)], "b": [("127.0.0.1", 2)]}
+
+
+def client(cache: SnapshotCache, node: Node = NODE) -> InMemoryAdsClient:
+    return InMemoryAdsClient(cache, node=node)
+
+
+def test_ads_pushes_in_make_before_break_order() -> None:
+    cache = SnapshotCache()
+    ads = client(cache)
+    for type_url in (ROUTE_TYPE, LISTENER_TYPE, CLUSTER_TYPE):
+        ads.subscribe(type_url, ["local_route"] if type_url == ROUTE_TYPE else [])
+    ads.subscribe(ENDPOINT_TYPE, ["a"])
+    assert ads.poll() == []
+    cache.set_snapshot("n1", mesh(A, "a"))
+    got = ads.poll()
+    assert [r.type_url for r in got] == [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+    nonces = [int(r.nonce) for r in got]
+    assert nonces == sorted(nonces) and len(set(nonces)) == 4
+
+
+def test_ack_opens_a_quiet_watch_and_only_changed_types_are_resent() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (cds,) = ads.poll()
+    received = ads.ack(cds)
+    assert received.events == (Acked(CLUSTER_TYPE, cds.version_info, cds.nonce),)
+    assert ads.poll() == []
+    ads.subscribe(ROUTE_TYPE, ["local_route"])
+    (rds,) = ads.poll()
+    ads.ack(rds)
+    cache.set_snapshot("n1", mesh(A, {"a": 50, "a2": 50}))  # only the route changed
+    (again,) = ads.poll()
+    assert again.type_url == ROUTE_TYPE
+    assert again.version_info != rds.version_info
+
+
+def test_nacked_version_is_not_resent_and_a_newer_one_is() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (good,) = ads.poll()
+    ads.ack(good)
+    cache.set_snapshot("n1", mesh(A, "a", connect_timeout=-1))
+    (bad,) = ads.poll()
+    received = ads.nack(bad, "invalid connect_timeout")
+    (nack,) = received.events
+    assert isinstance(nack, Nacked)
+    assert (nack.version, nack.kept_version) == (bad.version_info, good.version_info)
+    assert nack.message == "invalid connect_timeout"
+    assert ads.poll() == []  # no loop
+    cache.set_snapshot("n1", mesh(A, "a", connect_timeout=-1))  # same bad content again
+    assert ads.poll() == []
+    status = cache.status("n1")
+    assert status is not None
+    cds_status = status.types[CLUSTER_TYPE]
+    assert cds_status.last_nack == nack
+    assert cds_status.acked_version == good.version_info
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    (fixed,) = ads.poll()
+    ads.ack(fixed)
+    assert cache.status("n1").types[CLUSTER_TYPE].acked_version == fixed.version_info  # type: ignore[union-attr]
+
+
+def test_newly_subscribed_name_is_sent_at_an_unchanged_version() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    ads = client(cache)
+    ads.subscribe(ENDPOINT_TYPE, ["a"])
+    (first,) = ads.poll()
+    ads.ack(first)
+    received = ads.subscribe(ENDPOINT_TYPE, ["a", "b"])
+    assert received.events == (Subscribed(ENDPOINT_TYPE, frozenset({"b"}), False),)
+    (second,) = ads.poll()
+    assert second.version_info == first.version_info
+    assert sorted(r.value.decode(errors="ignore")[2:3] for r in second.resources) == ["a", "b"]
+    ads.ack(second)
+    received = ads.subscribe(ENDPOINT_TYPE, ["b"])
+    assert received.events == (Unsubscribed(ENDPOINT_TYPE, frozenset({"a"}), False),)
+    assert ads.poll() == []  # dropping a name needs no response
+
+
+def test_absent_names_are_remembered_and_sent_when_they_appear() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(ENDPOINT_TYPE, ["b"])
+    (empty,) = ads.poll()  # the first answer says: none of these exist (yet)
+    assert list(empty.resources) == []
+    ads.ack(empty)
+    assert ads.poll() == []
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    (found,) = ads.poll()
+    assert len(found.resources) == 1
+
+
+def test_stale_nonce_is_ignored() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (first,) = ads.poll()
+    ads.ack(first)
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    (second,) = ads.poll()
+    # A late request that still carries the first nonce: stale, no event, no watch.
+    stale = ads.send(
+        DiscoveryRequest(
+            type_url=CLUSTER_TYPE, response_nonce=first.nonce, version_info=first.version_info
+        )
+    )
+    assert stale.stale and stale.events == () and stale.watch is None
+    assert ads.ack(second).events[0] == Acked(CLUSTER_TYPE, second.version_info, second.nonce)
+
+
+def test_latest_pending_response_wins() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (first,) = ads.poll()
+    ads.ack(first)
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    # The client is slow: two more versions arrive before it reads anything.
+    cache.set_snapshot("n1", mesh({"c": [("127.0.0.1", 3)]}, "c"))
+    got = ads.poll()
+    assert len(got) == 1
+    assert got[0].version_info == cache.get_snapshot("n1").version(CLUSTER_TYPE)
+
+
+def test_reconnect_with_current_version_gets_no_resend() -> None:
+    cache = SnapshotCache()
+    snapshot = mesh(A, "a")
+    cache.set_snapshot("n1", snapshot)
+    ads = client(cache)
+    ads.send(DiscoveryRequest(type_url=CLUSTER_TYPE, version_info=snapshot.version(CLUSTER_TYPE)))
+    ads.send(DiscoveryRequest(type_url=ENDPOINT_TYPE, version_info="old", resource_names=["a"]))
+    got = ads.poll()
+    assert [r.type_url for r in got] == [ENDPOINT_TYPE]
+
+
+def test_status_and_watches_go_away_with_the_last_stream() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    first, second = client(cache), client(cache)
+    for ads in (first, second):
+        ads.subscribe(CLUSTER_TYPE)
+        ads.ack(ads.poll()[0])
+    status = cache.status("n1")
+    assert status is not None and len(status.streams) == 2
+    assert cache.watch_count("n1") == 2
+    first.close()
+    assert cache.status_keys() == ["n1"]
+    second.close()
+    assert cache.status_keys() == []
+    assert cache.watch_count() == 0
+
+
+def test_node_groups_share_one_snapshot_and_its_bytes() -> None:
+    cache = SnapshotCache(by_cluster)
+    snapshot = mesh(A, "a")
+    cache.set_snapshot("c1", snapshot)
+    clients = [client(cache, Node(id=f"n{i}", cluster="c1")) for i in range(5)]
+    for ads in clients:
+        ads.subscribe(CLUSTER_TYPE)
+    responses = [ads.poll()[0] for ads in clients]
+    assert all(r == responses[0] for r in responses)
+    assert snapshot.stats.responses_built == 1
+
+
+def test_wildcard_rules() -> None:
+    cache = SnapshotCache()
+    ads = client(cache)
+    first = ads.subscribe(CLUSTER_TYPE)  # legacy wildcard: empty list on the first request
+    assert first.events == (Subscribed(CLUSTER_TYPE, frozenset(), True),)
+    explicit = ads.subscribe(CLUSTER_TYPE, ["*", "x"])
+    assert explicit.events == (Subscribed(CLUSTER_TYPE, frozenset({"x"}), True),)
+    named = ads.subscribe(CLUSTER_TYPE, ["x"])
+    assert named.events == (Unsubscribed(CLUSTER_TYPE, frozenset(), True),)
+    # After named subscriptions, an empty list unsubscribes from everything (not wildcard).
+    nothing = ads.subscribe(CLUSTER_TYPE, [])
+    assert nothing.events == (Unsubscribed(CLUSTER_TYPE, frozenset({"x"}), False),)
+    cache.set_snapshot("n1", mesh(A, "a"))
+    assert ads.poll() == []
+
+
+def test_per_type_stream_refuses_other_types() -> None:
+    cds = InMemoryAdsClient(SnapshotCache(), node=NODE, type_url=CLUSTER_TYPE)
+    cds.send(DiscoveryRequest())  # empty type_url means the stream's type
+    with pytest.raises(RemoteProtocolError, match="on the stream for"):
+        cds.send(DiscoveryRequest(type_url=LISTENER_TYPE))
+    with pytest.raises(RemoteProtocolError, match="without type_url"):
+        client(SnapshotCache()).send(DiscoveryRequest())
+
+
+def test_cluster_removed_and_added_back_resends_its_endpoints() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    ads = client(cache)
+    ads.subscribe(ENDPOINT_TYPE, ["a", "b"])
+    ads.ack(ads.poll()[0])
+    ads.subscribe(ENDPOINT_TYPE, ["a"])  # b's cluster went away
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads.ack(ads.poll()[0])
+    cache.set_snapshot("n1", Snapshot({"eds": [build.load_assignment("a", [("127.0.0.1", 1)])]}))
+    ads.subscribe(ENDPOINT_TYPE, ["a", "b"])
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    (back,) = ads.poll()
+    assert len(back.resources) == 2
+
+
+def test_repeated_subscription_is_answered_even_at_the_same_version() -> None:
+    # Envoy re-requests EDS when an updated cluster warms again, and waits for the answer.
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(ENDPOINT_TYPE, ["a"])
+    (first,) = ads.poll()
+    ads.ack(first)
+    assert ads.poll() == []
+    again = ads.subscribe(ENDPOINT_TYPE, ["a"])  # same names, same nonce, nothing in flight
+    assert again.events == () and again.watch is not None
+    (resent,) = ads.poll()
+    assert resent.version_info == first.version_info
+    assert len(resent.resources) == 1

@@ -1,0 +1,115 @@
+"""Snapshot: immutable, content-versioned, serialize-once, consistency report."""
+
+from __future__ import annotations
+
+import pytest
+
+from pilotfish.cache import Snapshot
+from pilotfish.errors import UnknownTypeError
+from pilotfish.protos import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    Cluster,
+    DiscoveryResponse,
+)
+from pilotfish.translators import build
+from tests.helpers import mesh
+
+
+def test_mutating_a_message_afterwards_changes_nothing() -> None:
+    cluster = build.eds_cluster("a")
+    snapshot = Snapshot({"cds": [cluster]})
+    version = snapshot.version("cds")
+    cluster.name = "changed"
+    cluster.connect_timeout.seconds = 99
+    assert list(snapshot.resources(CLUSTER_TYPE)) == ["a"]
+    served: Cluster = snapshot.messages("cds")["a"]
+    assert served.connect_timeout.seconds == 1
+    served.connect_timeout.seconds = 42  # a copy: the snapshot is untouched
+    again: Cluster = snapshot.messages("cds")["a"]
+    assert again.connect_timeout.seconds == 1
+    assert snapshot.version("cds") == version
+
+
+def test_versions_are_content_hashes() -> None:
+    one = mesh({"a": [("127.0.0.1", 1)]}, "a")
+    same = mesh({"a": [("127.0.0.1", 1)]}, "a")
+    other = mesh({"a": [("127.0.0.1", 2)]}, "a")
+    for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
+        assert one.version(type_url) == same.version(type_url)
+    assert one.version(ENDPOINT_TYPE) != other.version(ENDPOINT_TYPE)
+    assert one.version(CLUSTER_TYPE) == other.version(CLUSTER_TYPE)
+    # Order of resources does not matter, content does.
+    a, b = build.eds_cluster("a"), build.eds_cluster("b")
+    assert Snapshot({"cds": [a, b]}).version("cds") == Snapshot({"cds": [b, a]}).version("cds")
+
+
+def test_given_versions_win() -> None:
+    snapshot = Snapshot({"cds": [build.eds_cluster("a")]}, version="v1", versions={"lds": "l7"})
+    assert snapshot.version(CLUSTER_TYPE) == "v1"
+    assert snapshot.version("lds") == "l7"
+
+
+def test_absent_types_are_empty_with_a_version() -> None:
+    snapshot = Snapshot({})
+    assert snapshot.resources("sds") == {}
+    assert snapshot.version("sds")
+
+
+def test_duplicate_names_and_unknown_types_are_rejected() -> None:
+    with pytest.raises(ValueError, match="two cds resources named 'a'"):
+        Snapshot({"cds": [build.eds_cluster("a"), build.eds_cluster("a")]})
+    with pytest.raises(UnknownTypeError, match="unknown xDS resource type 'nope'"):
+        Snapshot({"nope": []})
+    with pytest.raises(TypeError, match="ClusterLoadAssignment given"):
+        Snapshot({"cds": [build.load_assignment("a", [])]})
+
+
+def test_consistency_reports_both_directions() -> None:
+    good = mesh({"a": [("127.0.0.1", 1)]}, "a")
+    assert good.consistent().ok
+    snapshot = Snapshot(
+        {
+            "cds": [build.eds_cluster("a"), build.eds_cluster("b", service_name="b-svc")],
+            "eds": [build.load_assignment("a", []), build.load_assignment("orphan", [])],
+            "lds": [build.http_listener("l", 1, "routes")],
+        }
+    )
+    report = snapshot.consistent()
+    assert not report.ok
+    assert report.missing == {ENDPOINT_TYPE: {"b-svc"}, ROUTE_TYPE: {"routes"}}
+    assert report.unreferenced == {ENDPOINT_TYPE: {"orphan"}}
+    assert "missing eds: b-svc" in str(report)
+
+
+class _DataclassLike:
+    """Stands in for an envoy-data-plane message: anything that serializes via bytes()."""
+
+    def __init__(self, message: Cluster) -> None:
+        self._data: bytes = message.SerializeToString()
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+
+def test_foreign_messages_are_converted_once_through_bytes() -> None:
+    snapshot = Snapshot({"cds": [_DataclassLike(build.eds_cluster("x"))]})
+    assert snapshot.messages("cds")["x"] == build.eds_cluster("x")
+
+
+def test_responses_are_built_once_per_subscription() -> None:
+    snapshot = mesh({"a": [("127.0.0.1", 1)], "b": [("127.0.0.1", 2)]}, "a")
+    assert snapshot.stats.resources_serialized == 6
+    everything = snapshot.response(CLUSTER_TYPE, None)
+    assert snapshot.response(CLUSTER_TYPE, None) is everything
+    only_a = snapshot.response(ENDPOINT_TYPE, frozenset({"a", "missing"}))
+    assert snapshot.response(ENDPOINT_TYPE, frozenset({"missing", "a"})) is only_a
+    assert snapshot.stats.responses_built == 2
+    assert only_a.names == {"a"}
+    parsed = DiscoveryResponse.FromString(only_a.body)
+    assert parsed.version_info == snapshot.version(ENDPOINT_TYPE)
+    assert parsed.type_url == ENDPOINT_TYPE
+    assert len(parsed.resources) == 1
+    assert everything.names == {"a", "b"}

@@ -1,0 +1,119 @@
+"""Property tests: random request/snapshot sequences against the real session and cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pilotfish.cache import Snapshot, SnapshotCache
+from pilotfish.protos import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    RESOURCE_TYPES,
+    DiscoveryRequest,
+    DiscoveryResponse,
+    Node,
+)
+from pilotfish.testing.client import InMemoryAdsClient
+from tests.helpers import mesh
+
+NAMES = ("a", "b", "c", "d")
+TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE)
+
+snapshots = st.builds(
+    lambda names, port: mesh({n: [("127.0.0.1", port)] for n in names}, "a"),
+    st.sets(st.sampled_from(NAMES)),
+    st.integers(1, 3),
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("snapshot"), snapshots),
+        st.tuples(st.just("subscribe"), st.sets(st.sampled_from(NAMES))),
+        st.tuples(st.just("answer"), st.lists(st.booleans(), max_size=4)),
+        st.tuples(st.just("stale"), st.sampled_from(TYPES)),
+    ),
+    max_size=40,
+)
+
+
+def names_of(response: DiscoveryResponse) -> set[str]:
+    row = RESOURCE_TYPES[response.type_url]
+    return {row.name_of(row.message.FromString(r.value)) for r in response.resources}
+
+
+@dataclass
+class Model:
+    """What a correct server must have done, tracked from the client's side."""
+
+    cache: SnapshotCache = field(default_factory=SnapshotCache)
+    snapshot: Snapshot | None = None
+    nacked: dict[str, str] = field(default_factory=dict)
+    last_nonce: int = 0
+    eds_names: set[str] = field(default_factory=set)
+    must_send: set[str] = field(default_factory=set)
+
+    def check(self, response: DiscoveryResponse, ads: InMemoryAdsClient) -> None:
+        nonce = int(response.nonce)
+        assert nonce > self.last_nonce, "nonces unique and increasing"
+        self.last_nonce = nonce
+        assert response.version_info != self.nacked.get(response.type_url), "NACKed resent"
+        assert self.snapshot is not None
+        have = set(self.snapshot.resources(response.type_url))
+        if response.type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+            assert response.version_info == self.snapshot.version(response.type_url)
+            assert names_of(response) == have, "full state of LDS/CDS"
+        if response.type_url == ENDPOINT_TYPE:
+            assert names_of(response) == self.eds_names & have
+            self.must_send -= names_of(response)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps)
+def test_protocol_invariants(script: list[tuple[str, object]]) -> None:
+    model = Model()
+    ads = InMemoryAdsClient(model.cache, node=Node(id="n"))
+    for type_url in TYPES:
+        ads.subscribe(type_url, [] if type_url != ENDPOINT_TYPE else ["a"])
+    model.eds_names = {"a"}
+    unanswered: list[DiscoveryResponse] = []
+    for op, arg in script:
+        if op == "snapshot":
+            assert isinstance(arg, Snapshot)
+            model.snapshot = arg
+            model.cache.set_snapshot("n", arg)
+            # A new version of content is a new chance: it may be sent again.
+            model.nacked = {t: v for t, v in model.nacked.items() if v != arg.version(t)}
+        elif op == "subscribe" and not unanswered:
+            assert isinstance(arg, set)
+            added, before = arg - model.eds_names, model.eds_names
+            model.eds_names = set(arg)
+            ads.subscribe(ENDPOINT_TYPE, sorted(arg))
+            if added or arg == before:
+                model.nacked.pop(ENDPOINT_TYPE, None)  # prompted: new names, or asked again
+            if model.snapshot is not None:
+                model.must_send = added & set(model.snapshot.resources(ENDPOINT_TYPE))
+        elif op == "answer":
+            assert isinstance(arg, list)
+            for response in ads.poll():
+                model.check(response, ads)
+                unanswered.append(response)
+            for response, accept in zip(unanswered, arg + [True] * len(unanswered), strict=False):
+                if accept:
+                    ads.ack(response)
+                else:
+                    ads.nack(response)
+                    model.nacked[response.type_url] = response.version_info
+            unanswered = []
+        elif op == "stale":
+            assert isinstance(arg, str)
+            stale = ads.send(DiscoveryRequest(type_url=arg, response_nonce="0"))
+            assert stale.stale or not any(r.type_url == arg for r in ads.received)
+        pending = ads.poll()
+        for response in pending:
+            model.check(response, ads)
+        unanswered.extend(pending)
+        if not unanswered:
+            assert not model.must_send, "newly subscribed names were sent"

@@ -1,0 +1,45 @@
+"""The hand-built response bytes parse exactly as protobuf's own."""
+
+from __future__ import annotations
+
+from google.protobuf.wrappers_pb2 import BytesValue, UInt64Value
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pilotfish.protos import CLUSTER_TYPE, Cluster, DiscoveryResponse, wire
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_varint_parses_as_protobuf_uint64(value: int) -> None:
+    # Field 1 of UInt64Value is a varint: tag 0x08, then our encoding.
+    assert UInt64Value.FromString(b"\x08" + wire.varint(value)).value == value
+
+
+@given(st.binary(max_size=400))
+def test_length_delimited_parses_as_protobuf_bytes(data: bytes) -> None:
+    assert BytesValue.FromString(wire.length_delimited(1, data)).value == data
+
+
+def test_varint_rejects_negative() -> None:
+    try:
+        wire.varint(-1)
+    except ValueError:
+        return
+    raise AssertionError("negative varint accepted")
+
+
+@given(
+    st.text(max_size=40),
+    st.lists(st.text(min_size=1, max_size=30), max_size=5, unique=True),
+    st.text(max_size=20),
+)
+def test_response_body_matches_protobuf(version: str, names: list[str], nonce: str) -> None:
+    clusters = [Cluster(name=n) for n in names]
+    anys = [wire.any_bytes(CLUSTER_TYPE, c.SerializeToString()) for c in clusters]
+    data = wire.discovery_response_body(version, CLUSTER_TYPE, anys) + wire.nonce_field(nonce)
+    parsed = DiscoveryResponse.FromString(data)
+    expected = DiscoveryResponse(version_info=version, type_url=CLUSTER_TYPE, nonce=nonce)
+    for cluster in clusters:
+        expected.resources.add().Pack(cluster)
+    assert parsed == expected
+    assert [Cluster.FromString(r.value).name for r in parsed.resources] == names
