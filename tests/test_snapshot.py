@@ -113,3 +113,19 @@ def test_responses_are_built_once_per_subscription() -> None:
     assert parsed.type_url == ENDPOINT_TYPE
     assert len(parsed.resources) == 1
     assert everything.names == {"a", "b"}
+
+
+def test_envoy_data_plane_messages_are_accepted() -> None:
+    from datetime import timedelta
+
+    from envoy_data_plane.envoy.config.cluster.v3 import Cluster as DataPlaneCluster
+    from envoy_data_plane.envoy.config.cluster.v3 import ClusterDiscoveryType
+
+    cluster = DataPlaneCluster(
+        name="x", type=ClusterDiscoveryType.EDS, connect_timeout=timedelta(seconds=1)
+    )
+    snapshot = Snapshot({"cds": [cluster]})
+    native = build.eds_cluster("x")
+    native.ClearField("eds_cluster_config")
+    assert snapshot.messages("cds") == {"x": native}
+    assert snapshot.version("cds") == Snapshot({"cds": [native]}).version("cds")
