@@ -30,6 +30,11 @@ def served_by(envoy: EnvoyProcess, port: int) -> str:
     return reply.body if reply.status == 200 else f"HTTP {reply.status}"
 
 
+def cds_version(snapshot: Snapshot, delta: bool) -> str:
+    """What Envoy reports for cluster "blue": the type's version in SotW, its own in delta."""
+    return snapshot.resources(CLUSTER_TYPE)["blue"].version if delta else snapshot.version("cds")
+
+
 def two_upstreams(http_upstream: Upstreams) -> dict[str, list[tuple[str, int]]]:
     return {name: [http_upstream(name).address] for name in ("blue", "green")}
 
@@ -85,13 +90,14 @@ def test_route_change_moves_traffic_and_only_routes_are_resent(
     assert envoy.stat("http.ingress_http.rds.local_route.update_success") == 2
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_cluster_removed_leaves_envoy_and_comes_back_with_endpoints(
-    xds_cache: SnapshotCache, envoy_factory: EnvoyFactory, http_upstream: Upstreams
+    delta: bool, xds_cache: SnapshotCache, envoy_factory: EnvoyFactory, http_upstream: Upstreams
 ) -> None:
     port = free_port()
     clusters = two_upstreams(http_upstream)
     xds_cache.set_snapshot("sidecar", mesh(clusters, "blue", listener_port=port))
-    envoy = envoy_factory("sidecar").wait_ready()
+    envoy = envoy_factory("sidecar", delta=delta).wait_ready()
     assert set(envoy.dynamic_clusters()) == {"blue", "green"}
 
     xds_cache.set_snapshot("sidecar", mesh({"blue": clusters["blue"]}, "blue", listener_port=port))
@@ -103,7 +109,9 @@ def test_cluster_removed_leaves_envoy_and_comes_back_with_endpoints(
     assert envoy.stat("cluster.green.membership_healthy") == 1
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_nack_is_recorded_not_looped_and_last_good_config_keeps_serving(
+    delta: bool,
     xds_cache: SnapshotCache,
     xds_callbacks: RecordingCallbacks,
     envoy_factory: EnvoyFactory,
@@ -113,7 +121,7 @@ def test_nack_is_recorded_not_looped_and_last_good_config_keeps_serving(
     clusters = two_upstreams(http_upstream)
     good = mesh(clusters, "blue", listener_port=port)
     xds_cache.set_snapshot("sidecar", good)
-    envoy = envoy_factory("sidecar").wait_ready()
+    envoy = envoy_factory("sidecar", delta=delta).wait_ready()
     assert served_by(envoy, port) == "blue"
 
     bad = mesh(clusters, "blue", listener_port=port, connect_timeout=-1)
@@ -132,14 +140,14 @@ def test_nack_is_recorded_not_looped_and_last_good_config_keeps_serving(
     assert len(xds_callbacks.sent(CLUSTER_TYPE)) == sent_bad
     assert len(xds_callbacks.nacks) == 1
     assert envoy.stat("cluster_manager.cds.update_rejected") == 1
-    assert envoy.dynamic_clusters()["blue"] == good.version(CLUSTER_TYPE)
+    assert envoy.dynamic_clusters()["blue"] == cds_version(good, delta)
     assert served_by(envoy, port) == "blue"
 
     fixed = mesh(clusters, "green", listener_port=port, connect_timeout=2)  # updates clusters
     xds_cache.set_snapshot("sidecar", fixed)
     wait_until(lambda: served_by(envoy, port) == "green")
     wait_until(
-        lambda: envoy.dynamic_clusters()["blue"] == fixed.version(CLUSTER_TYPE),
+        lambda: envoy.dynamic_clusters()["blue"] == cds_version(fixed, delta),
         message="fixed CDS accepted",
     )
     # Updated clusters warm again and need their (unchanged) endpoints resent.
@@ -196,33 +204,58 @@ def test_new_envoy_converges_and_server_restart_keeps_versions(
         server.stop()
 
 
-@pytest.mark.parametrize("ads", [True, False], ids=["ads", "per-type"])
-def test_both_transport_modes_serve_traffic(
-    ads: bool, xds_cache: SnapshotCache, envoy_factory: EnvoyFactory, http_upstream: Upstreams
+@pytest.mark.parametrize(
+    ("ads", "delta"),
+    [(True, False), (False, False), (True, True), (False, True)],
+    ids=["ads", "per-type", "delta-ads", "delta-per-type"],
+)
+def test_every_transport_mode_serves_and_updates_traffic(
+    ads: bool,
+    delta: bool,
+    xds_cache: SnapshotCache,
+    xds_callbacks: RecordingCallbacks,
+    envoy_factory: EnvoyFactory,
+    http_upstream: Upstreams,
 ) -> None:
     port = free_port()
-    source = build.ads_config_source() if ads else build.api_config_source("pilotfish_xds")
-    upstream = http_upstream("blue")
-    snapshot = Snapshot(
-        {
-            "cds": [build.eds_cluster("blue", config_source=source)],
-            "eds": [build.load_assignment("blue", [upstream.address])],
-            "lds": [build.http_listener("web", port, "routes", config_source=source)],
-            "rds": [build.route_config("routes", "blue")],
-        }
+    source = (
+        build.ads_config_source() if ads else build.api_config_source("pilotfish_xds", delta=delta)
     )
-    assert snapshot.consistent().ok
-    xds_cache.set_snapshot("sidecar", snapshot)
-    envoy = envoy_factory("sidecar", ads=ads).wait_ready()
+    blue, green = http_upstream("blue"), http_upstream("green")
+
+    def snapshot(colour: str) -> Snapshot:
+        return Snapshot(
+            {
+                "cds": [build.eds_cluster(c, config_source=source) for c in ("blue", "green")],
+                "eds": [
+                    build.load_assignment("blue", [blue.address]),
+                    build.load_assignment("green", [green.address]),
+                ],
+                "lds": [build.http_listener("web", port, "routes", config_source=source)],
+                "rds": [build.route_config("routes", colour)],
+            }
+        )
+
+    first = snapshot("blue")
+    assert first.consistent().ok
+    xds_cache.set_snapshot("sidecar", first)
+    envoy = envoy_factory("sidecar", ads=ads, delta=delta).wait_ready()
     assert served_by(envoy, port) == "blue"
     status = xds_cache.status("sidecar")
     assert status is not None
     # Per-type mode: one stream per type (CDS, EDS, LDS, RDS); ADS: one stream for all.
-    assert len(status.streams) == (1 if ads else 4)
-    assert {t for t, s in status.types.items() if s.acked_version} == {
-        CLUSTER_TYPE,
-        ENDPOINT_TYPE,
-        LISTENER_TYPE,
-        ROUTE_TYPE,
-    }
-    assert config_source(ads)  # the bootstrap helper agrees on the mode
+    assert len(status.streams) == 1 if ads else len(status.streams) >= 4
+    all_types = {CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE}
+    assert {t for t, s in status.types.items() if s.acked_version} == all_types
+    before = xds_callbacks.sent_count_by_type()
+
+    xds_cache.set_snapshot("sidecar", snapshot("green"))
+    wait_until(lambda: served_by(envoy, port) == "green", message="route update applied")
+    assert xds_callbacks.sent_count_by_type() - before == {ROUTE_TYPE: 1}
+    updated = snapshot("green")
+    # Envoy reports the type's version in SotW, the resource's own version in delta.
+    expected = (
+        updated.resources(ROUTE_TYPE)["routes"].version if delta else updated.version(ROUTE_TYPE)
+    )
+    assert envoy.dynamic_route_configs() == {"routes": expected}
+    assert config_source(ads, delta=delta)  # the bootstrap helper agrees on the mode

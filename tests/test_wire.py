@@ -6,7 +6,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, UInt64Value
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilotfish.protos import CLUSTER_TYPE, Cluster, DiscoveryResponse, wire
+from pilotfish.protos import CLUSTER_TYPE, Cluster, DeltaDiscoveryResponse, DiscoveryResponse, wire
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1))
@@ -43,3 +43,31 @@ def test_response_body_matches_protobuf(version: str, names: list[str], nonce: s
         expected.resources.add().Pack(cluster)
     assert parsed == expected
     assert [Cluster.FromString(r.value).name for r in parsed.resources] == names
+
+
+@given(
+    st.text(max_size=20),
+    st.lists(st.text(min_size=1, max_size=30), max_size=5, unique=True),
+    st.lists(st.text(min_size=1, max_size=30), max_size=3),
+)
+def test_delta_response_body_matches_protobuf(
+    system_version: str, names: list[str], removed: list[str]
+) -> None:
+    resources = [
+        wire.resource_bytes(
+            n, f"v-{n}", wire.any_bytes(CLUSTER_TYPE, Cluster(name=n).SerializeToString())
+        )
+        for n in names
+    ]
+    data = wire.delta_response_body(system_version, CLUSTER_TYPE, resources, removed)
+    parsed = DeltaDiscoveryResponse.FromString(data + wire.nonce_field("7"))
+    expected = DeltaDiscoveryResponse(
+        system_version_info=system_version,
+        type_url=CLUSTER_TYPE,
+        removed_resources=removed,
+        nonce="7",
+    )
+    for n in names:
+        item = expected.resources.add(name=n, version=f"v-{n}")
+        item.resource.Pack(Cluster(name=n))
+    assert parsed == expected

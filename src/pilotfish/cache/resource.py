@@ -37,24 +37,30 @@ def to_message(type_url: str, resource: object) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class CachedResource:
-    """One resource: name, deterministic bytes, the `Any` bytes for responses, content version."""
+    """One resource: name, deterministic bytes, content version, and the wrappers responses
+    carry (`any` for state-of-the-world, `resource` for delta), all built once."""
 
     type_url: str
     name: str
     data: bytes
     any: bytes
     version: str
+    resource: bytes
 
     @classmethod
     def of(cls, type_url: str, message: Message) -> CachedResource:
         """Serialize `message` (deterministically) once."""
         data = message.SerializeToString(deterministic=True)
+        name = resource_type(type_url).name_of(message)
+        version = content_version(data)
+        any_data = wire.any_bytes(type_url, data)
         return cls(
             type_url=type_url,
-            name=resource_type(type_url).name_of(message),
+            name=name,
             data=data,
-            any=wire.any_bytes(type_url, data),
-            version=content_version(data),
+            any=any_data,
+            version=version,
+            resource=wire.resource_bytes(name, version, any_data),
         )
 
     def message(self) -> Message:

@@ -79,7 +79,7 @@ class Snapshot:
     are empty, with a version of their own, so clients asking for them get an answer.
     """
 
-    __slots__ = ("_lock", "_refs", "_types", "stats")
+    __slots__ = ("_lock", "_refs", "_refs_by_resource", "_types", "stats")
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class Snapshot:
         self.stats = SnapshotStats()
         self._lock = threading.Lock()
         self._refs: dict[str, set[str]] = {}
+        self._refs_by_resource: dict[tuple[str, str], dict[str, set[str]]] = {}
         by_type: dict[str, dict[str, CachedResource]] = {url: {} for url in RESOURCE_TYPES}
         for key, items in resources.items():
             type_url = resource_type(key).type_url
@@ -103,7 +104,10 @@ class Snapshot:
                 if cached.name in table:
                     raise ValueError(f"two {key} resources named {cached.name!r}")
                 table[cached.name] = cached
-                for ref_type, names in references(message).items():
+                refs = references(message)
+                if refs:
+                    self._refs_by_resource[type_url, cached.name] = refs
+                for ref_type, names in refs.items():
                     self._refs.setdefault(ref_type, set()).update(names)
         self._types = {
             type_url: _TypeResources(
@@ -125,6 +129,10 @@ class Snapshot:
     def messages(self, type_url: str) -> dict[str, Message]:
         """Fresh message copies of one type, by name."""
         return {name: r.message() for name, r in self.resources(type_url).items()}
+
+    def references_of(self, type_url: str, name: str) -> Mapping[str, set[str]]:
+        """What one resource names in other types (a cluster's EDS name, a listener's RDS)."""
+        return self._refs_by_resource.get((resource_type(type_url).type_url, name), {})
 
     def consistent(self) -> Consistency:
         """Report dangling references (see `Consistency`)."""

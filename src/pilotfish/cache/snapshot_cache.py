@@ -14,8 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pilotfish.protos import RESOURCE_TYPES, Node
-from pilotfish.xds import Cancel, Event, PreparedResponse, Respond, WatchRequest
+from pilotfish.protos import RESOURCE_TYPES, Node, wire
+from pilotfish.xds import (
+    Cancel,
+    DeltaPreparedResponse,
+    DeltaRespond,
+    DeltaWatchRequest,
+    Event,
+    PreparedResponse,
+    Respond,
+    WatchRequest,
+)
 
 from .node_hash import NodeHash, by_id
 from .snapshot import Snapshot
@@ -41,6 +50,26 @@ class _Watch:
             self.known_version, self.known_names = response.version, response.names
         return response
 
+    def deliver(self, response: PreparedResponse | DeltaPreparedResponse) -> None:
+        assert isinstance(response, PreparedResponse)
+        self.respond(response)
+
+
+@dataclass(slots=True)
+class _DeltaWatch:
+    """An open delta watch. Its answers are always relative to what the client really holds,
+    so a newer answer can replace an unwritten one without losing changes."""
+
+    request: DeltaWatchRequest
+    respond: DeltaRespond
+
+    def answer(self, snapshot: Snapshot) -> DeltaPreparedResponse | None:
+        return _answer_delta(snapshot, self.request)
+
+    def deliver(self, response: PreparedResponse | DeltaPreparedResponse) -> None:
+        assert isinstance(response, DeltaPreparedResponse)
+        self.respond(response)
+
 
 class SnapshotCache:
     """Snapshots by node key, watches, and per-node status; implements `ConfigWatcher`."""
@@ -52,7 +81,7 @@ class SnapshotCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._snapshots: dict[str, Snapshot] = {}
-        self._watches: dict[str, dict[int, _Watch]] = {}
+        self._watches: dict[str, dict[int, _Watch | _DeltaWatch]] = {}
         self._status: dict[str, NodeStatus] = {}
         self._ids = itertools.count(1)
 
@@ -62,15 +91,15 @@ class SnapshotCache:
 
     def set_snapshot(self, key: str, snapshot: Snapshot) -> None:
         """Serve `snapshot` to every node with this key; answer the watches it makes stale."""
-        answers: list[tuple[Respond, PreparedResponse]] = []
+        answers: list[tuple[_Watch | _DeltaWatch, PreparedResponse | DeltaPreparedResponse]] = []
         with self._lock:
             self._snapshots[key] = snapshot
             for watch in self._watches.get(key, {}).values():
                 response = watch.answer(snapshot)
                 if response is not None:
-                    answers.append((watch.respond, response))
-        for respond, response in answers:
-            respond(response)
+                    answers.append((watch, response))
+        for watch, response in answers:
+            watch.deliver(response)
 
     def get_snapshot(self, key: str) -> Snapshot:
         """The snapshot served to `key`; KeyError if there is none."""
@@ -109,16 +138,24 @@ class SnapshotCache:
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
         """Answer now if the snapshot has something new, and again on each newer snapshot,
         until cancelled."""
-        key = self._hash(request.node)
         watch = _Watch(request, respond, request.known_version, request.known_names)
+        return self._open(request.node, request.stream_id, watch)
+
+    def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:
+        """Answer with what differs from the client's resource versions, now and on each new
+        snapshot, until cancelled."""
+        return self._open(request.node, request.stream_id, _DeltaWatch(request, respond))
+
+    def _open(self, node: Node, stream_id: int, watch: _Watch | _DeltaWatch) -> Cancel:
+        key = self._hash(node)
         with self._lock:
-            self._touch(key, request.node, request.stream_id)
+            self._touch(key, node, stream_id)
             snapshot = self._snapshots.get(key)
             response = None if snapshot is None else watch.answer(snapshot)
             watch_id = next(self._ids)
             self._watches.setdefault(key, {})[watch_id] = watch
         if response is not None:
-            respond(response)
+            watch.deliver(response)
 
         def cancel() -> None:
             with self._lock:
@@ -174,3 +211,47 @@ def _answer(
     if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
         return snapshot.response(type_url, names)
     return None
+
+
+def _answer_delta(snapshot: Snapshot, request: DeltaWatchRequest) -> DeltaPreparedResponse | None:
+    """Resources whose version differs from the client's, and names to report as removed."""
+    type_url = request.type_url
+    if type_url not in RESOURCE_TYPES:
+        return None
+    table = snapshot.resources(type_url)
+    held = request.versions
+    wanted = table.keys() | request.names if request.wildcard else request.names
+    changed = sorted(
+        (
+            r
+            for name in wanted
+            if (r := table.get(name)) is not None and held.get(name) != r.version
+        ),
+        key=lambda r: r.name,
+    )
+    # Gone: held (or never told about, when explicitly subscribed) and not in the snapshot.
+    removed = sorted(
+        name
+        for name in wanted | held.keys()
+        if name not in table
+        and (held.get(name) or (name in request.names and name not in held))
+        and (request.wildcard or name in request.names)
+    )
+    if not changed and not removed:
+        return None
+    refresh: dict[str, set[str]] = {}
+    for r in changed:
+        if held.get(r.name):  # an update, not an addition: its dependents warm again
+            for ref_type, ref_names in snapshot.references_of(type_url, r.name).items():
+                refresh.setdefault(ref_type, set()).update(ref_names)
+    system_version = snapshot.version(type_url)
+    return DeltaPreparedResponse(
+        type_url=type_url,
+        system_version=system_version,
+        versions={r.name: r.version for r in changed},
+        removed=frozenset(removed),
+        body=wire.delta_response_body(
+            system_version, type_url, (r.resource for r in changed), removed
+        ),
+        refresh={t: frozenset(n) for t, n in refresh.items()},
+    )

@@ -11,9 +11,11 @@ from collections.abc import Iterable
 
 __all__ = [
     "any_bytes",
+    "delta_response_body",
     "discovery_response_body",
     "length_delimited",
     "nonce_field",
+    "resource_bytes",
     "varint",
 ]
 
@@ -22,6 +24,14 @@ _RESPONSE_VERSION_INFO = 1
 _RESPONSE_RESOURCES = 2
 _RESPONSE_TYPE_URL = 4
 _RESPONSE_NONCE = 5
+# envoy.service.discovery.v3.DeltaDiscoveryResponse and Resource.
+_DELTA_SYSTEM_VERSION = 1
+_DELTA_RESOURCES = 2
+_DELTA_TYPE_URL = 4
+_DELTA_REMOVED = 6
+_RESOURCE_VERSION = 1
+_RESOURCE_RESOURCE = 2
+_RESOURCE_NAME = 3
 _ANY_TYPE_URL = 1
 _ANY_VALUE = 2
 _WIRE_LEN = 2
@@ -62,3 +72,23 @@ def discovery_response_body(version: str, type_url: str, resources: Iterable[byt
 def nonce_field(nonce: str) -> bytes:
     """The nonce field to append to a prepared DiscoveryResponse body."""
     return length_delimited(_RESPONSE_NONCE, nonce.encode())
+
+
+def resource_bytes(name: str, version: str, any_data: bytes) -> bytes:
+    """The serialized `Resource` wrapper delta responses carry (name, version, the `Any`)."""
+    return (
+        length_delimited(_RESOURCE_VERSION, version.encode())
+        + length_delimited(_RESOURCE_RESOURCE, any_data)
+        + length_delimited(_RESOURCE_NAME, name.encode())
+    )
+
+
+def delta_response_body(
+    system_version: str, type_url: str, resources: Iterable[bytes], removed: Iterable[str]
+) -> bytes:
+    """A DeltaDiscoveryResponse without its nonce; `resources` are serialized `Resource`s."""
+    parts = [length_delimited(_DELTA_SYSTEM_VERSION, system_version.encode())]
+    parts.extend(length_delimited(_DELTA_RESOURCES, item) for item in resources)
+    parts.append(length_delimited(_DELTA_TYPE_URL, type_url.encode()))
+    parts.extend(length_delimited(_DELTA_REMOVED, name.encode()) for name in removed)
+    return b"".join(parts)

@@ -6,7 +6,7 @@ Also a pytest plugin (entry point `pilotfish`, module `pilotfish.testing.plugin`
 
 from __future__ import annotations
 
-from pilotfish.testing.client import InMemoryAdsClient
+from pilotfish.testing.client import InMemoryAdsClient, InMemoryDeltaClient
 from pilotfish.testing.envoy import (
     EnvoyError,
     EnvoyNotFound,
@@ -28,6 +28,7 @@ __all__ = [
     "HttpReply",
     "HttpUpstream",
     "InMemoryAdsClient",
+    "InMemoryDeltaClient",
     "RecordingCallbacks",
     "ServerThread",
     "find_envoy",

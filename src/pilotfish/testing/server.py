@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from pilotfish.protos import DiscoveryRequest, Node
+from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node
 from pilotfish.xds import ConfigWatcher, Nacked, Sent
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.server import XdsServer
@@ -52,7 +52,9 @@ class RecordingCallbacks(Callbacks):
         with self._lock:
             self.closed += 1
 
-    def on_stream_request(self, stream_id: int, request: DiscoveryRequest) -> None:
+    def on_stream_request(
+        self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
+    ) -> None:
         with self._lock:
             self.requests += 1
 

@@ -60,11 +60,11 @@ def ads_config_source() -> ConfigSource:
     return ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
 
 
-def api_config_source(xds_cluster: str) -> ConfigSource:
+def api_config_source(xds_cluster: str, *, delta: bool = False) -> ConfigSource:
     """Fetch a dependent resource over its own gRPC stream to `xds_cluster` (non-ADS)."""
     return ConfigSource(
         api_config_source=ApiConfigSource(
-            api_type=ApiConfigSource.GRPC,
+            api_type=ApiConfigSource.DELTA_GRPC if delta else ApiConfigSource.GRPC,
             transport_api_version=ApiVersion.V3,
             grpc_services=[GrpcService(envoy_grpc=GrpcService.EnvoyGrpc(cluster_name=xds_cluster))],
             set_node_on_first_message_only=True,

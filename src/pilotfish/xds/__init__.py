@@ -6,15 +6,30 @@ package never pulls in grpc or asyncio.
 
 from __future__ import annotations
 
+from pilotfish.xds.delta import DeltaStream, DeltaTypeState
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.session import Dispatch, SotwSession
+from pilotfish.xds.session import Dispatch, Session
 from pilotfish.xds.sotw import Received, SotwStream, TypeState
-from pilotfish.xds.watch import Cancel, ConfigWatcher, PreparedResponse, Respond, WatchRequest
+from pilotfish.xds.watch import (
+    Cancel,
+    ConfigWatcher,
+    DeltaPreparedResponse,
+    DeltaRespond,
+    DeltaWatchRequest,
+    PreparedResponse,
+    Respond,
+    WatchRequest,
+)
 
 __all__ = [
     "Acked",
     "Cancel",
     "ConfigWatcher",
+    "DeltaPreparedResponse",
+    "DeltaRespond",
+    "DeltaStream",
+    "DeltaTypeState",
+    "DeltaWatchRequest",
     "Dispatch",
     "Event",
     "Nacked",
@@ -22,7 +37,7 @@ __all__ = [
     "Received",
     "Respond",
     "Sent",
-    "SotwSession",
+    "Session",
     "SotwStream",
     "Subscribed",
     "TypeState",

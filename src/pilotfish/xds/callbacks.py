@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from pilotfish.protos import DiscoveryRequest, Node
+from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node
 from pilotfish.xds.events import Nacked, Sent
 
 __all__ = ["Callbacks", "HookResult"]
@@ -27,8 +27,10 @@ class Callbacks:
         """A stream ended (client gone, error, or server shutdown)."""
         return None
 
-    def on_stream_request(self, stream_id: int, request: DiscoveryRequest) -> HookResult:
-        """A request arrived (before the protocol core looked at it)."""
+    def on_stream_request(
+        self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
+    ) -> HookResult:
+        """A request arrived (SotW or delta), before the protocol core looked at it."""
         return None
 
     def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> HookResult:

@@ -1,4 +1,4 @@
-"""The grpc.aio xDS server: thin adapters from gRPC streams to `SotwSession`s.
+"""The grpc.aio xDS server: thin adapters from gRPC streams to `Session`s.
 
 Serves ADS and every per-type state-of-the-world service from one `ConfigWatcher`. Responses are
 written as prepared bytes (the serializer is bypassed), so a response built once is shared by
@@ -13,15 +13,22 @@ import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeAlias
 
 import grpc
 import grpc.aio
 
 from pilotfish.errors import RemoteProtocolError
-from pilotfish.protos import ADS_SERVICE, RESOURCE_TYPES, DiscoveryRequest, ServiceMethods
+from pilotfish.protos import (
+    ADS_SERVICE,
+    RESOURCE_TYPES,
+    DeltaDiscoveryRequest,
+    DiscoveryRequest,
+    ServiceMethods,
+)
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.events import Nacked
-from pilotfish.xds.session import SotwSession
+from pilotfish.xds.session import Session
 from pilotfish.xds.watch import ConfigWatcher
 
 __all__ = ["DEFAULT_OPTIONS", "XdsServer"]
@@ -40,10 +47,9 @@ DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_ping_strikes", 0),
 )
 
-_Behavior = Callable[
-    [AsyncIterator[DiscoveryRequest], grpc.aio.ServicerContext[DiscoveryRequest, bytes]],
-    AsyncIterator[bytes],
-]
+_Request: TypeAlias = DiscoveryRequest | DeltaDiscoveryRequest
+_Context: TypeAlias = grpc.aio.ServicerContext[_Request, bytes]
+_Behavior = Callable[[AsyncIterator[_Request], _Context], AsyncIterator[bytes]]
 
 
 class _Stream:
@@ -80,6 +86,8 @@ class XdsServer:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._foreign: list[Callable[[], None]] = []
+        self._foreign_lock = threading.Lock()
         self.port = 0
 
     @property
@@ -88,11 +96,10 @@ class XdsServer:
         return len(self._streams)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
-        """gRPC handlers for ADS and every per-type SotW service."""
-        handlers = [_service_handler(ADS_SERVICE, self._behavior(None))]
+        """gRPC handlers for ADS and every per-type service, SotW and delta."""
+        handlers = [_service_handler(ADS_SERVICE, self._behavior)]
         for row in RESOURCE_TYPES.values():
-            if row.service.stream is not None:
-                handlers.append(_service_handler(row.service, self._behavior(row.type_url)))
+            handlers.append(_service_handler(row.service, self._behavior, row.type_url))
         return handlers
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -131,35 +138,48 @@ class XdsServer:
 
     def _dispatch(self, fn: Callable[[], None]) -> None:
         # Watches are answered on whatever thread set the snapshot; sessions live on the loop.
+        # From another thread, answers are batched: one loop wake-up per burst, not per stream.
         if threading.get_ident() == self._loop_thread:
             fn()
-        elif self._loop is not None:
-            self._loop.call_soon_threadsafe(fn)
+            return
+        with self._foreign_lock:
+            self._foreign.append(fn)
+            if len(self._foreign) > 1:
+                return
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._run_foreign)
 
-    def _behavior(self, type_url: str | None) -> _Behavior:
+    def _run_foreign(self) -> None:
+        with self._foreign_lock:
+            calls, self._foreign = self._foreign, []
+        for fn in calls:
+            fn()
+
+    def _behavior(self, type_url: str | None, delta: bool) -> _Behavior:
         async def behavior(
-            requests: AsyncIterator[DiscoveryRequest],
-            context: grpc.aio.ServicerContext[DiscoveryRequest, bytes],
+            requests: AsyncIterator[_Request], context: _Context
         ) -> AsyncIterator[bytes]:
-            async for data in self._serve_stream(requests, context, type_url):
+            async for data in self._serve_stream(requests, context, type_url, delta):
                 yield data
 
         return behavior
 
     async def _serve_stream(
         self,
-        requests: AsyncIterator[DiscoveryRequest],
-        context: grpc.aio.ServicerContext[DiscoveryRequest, bytes],
+        requests: AsyncIterator[_Request],
+        context: _Context,
         type_url: str | None,
+        delta: bool,
     ) -> AsyncIterator[bytes]:
         if self._loop is None:
             self._bind_loop()
         stream_id = next(self._ids)
         stream = self._streams[stream_id] = _Stream()
-        session = SotwSession(
+        session = Session(
             self._watcher,
             stream_id,
             type_url,
+            delta=delta,
             ordered=self._ordered,
             wakeup=stream.ready.set,
             dispatch=self._dispatch,
@@ -194,7 +214,7 @@ class XdsServer:
                 await _run(callbacks.on_stream_close(stream_id, session.protocol.node))
 
     async def _read(
-        self, session: SotwSession, stream: _Stream, requests: AsyncIterator[DiscoveryRequest]
+        self, session: Session, stream: _Stream, requests: AsyncIterator[_Request]
     ) -> None:
         callbacks = self._callbacks
         try:
@@ -214,13 +234,23 @@ class XdsServer:
             stream.ready.set()
 
 
-def _service_handler(methods: ServiceMethods, behavior: _Behavior) -> grpc.GenericRpcHandler:
-    assert methods.stream is not None
-    name = methods.stream.rsplit("/", 1)[1]
-    handler: grpc.RpcMethodHandler[DiscoveryRequest, bytes] = grpc.stream_stream_rpc_method_handler(
-        behavior, request_deserializer=DiscoveryRequest.FromString, response_serializer=None
-    )
-    return grpc.method_handlers_generic_handler(methods.service, {name: handler})
+def _service_handler(
+    methods: ServiceMethods,
+    behavior: Callable[[str | None, bool], _Behavior],
+    type_url: str | None = None,
+) -> grpc.GenericRpcHandler:
+    handlers: dict[str, grpc.RpcMethodHandler[_Request, bytes]] = {}
+    for path, delta, request in (
+        (methods.stream, False, DiscoveryRequest),
+        (methods.delta, True, DeltaDiscoveryRequest),
+    ):
+        if path is not None:
+            handlers[path.rsplit("/", 1)[1]] = grpc.stream_stream_rpc_method_handler(
+                behavior(type_url, delta),
+                request_deserializer=request.FromString,
+                response_serializer=None,
+            )
+    return grpc.method_handlers_generic_handler(methods.service, handlers)
 
 
 async def _run(result: HookResult) -> None:

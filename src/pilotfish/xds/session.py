@@ -1,4 +1,4 @@
-"""A state-of-the-world stream wired to a ConfigWatcher, still without I/O.
+"""An xDS stream (state-of-the-world or delta) wired to a ConfigWatcher, still without I/O.
 
 The session owns the stream's watches and the responses waiting to be written: per type only the
 latest pending response is kept (latest wins), so a slow client never makes the cache wait or
@@ -11,12 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pilotfish.protos import RESOURCE_TYPES, DiscoveryRequest
+from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest
+from pilotfish.xds.delta import DeltaStream
 from pilotfish.xds.events import Sent
 from pilotfish.xds.sotw import Received, SotwStream
-from pilotfish.xds.watch import Cancel, ConfigWatcher, PreparedResponse
+from pilotfish.xds.watch import (
+    Cancel,
+    ConfigWatcher,
+    DeltaPreparedResponse,
+    DeltaWatchRequest,
+    PreparedResponse,
+    WatchRequest,
+)
 
-__all__ = ["Dispatch", "SotwSession"]
+__all__ = ["Dispatch", "Session"]
+
+_Prepared = PreparedResponse | DeltaPreparedResponse
 
 Dispatch = Callable[[Callable[[], None]], None]
 """Runs a callable where the session lives (the I/O layer hops threads here)."""
@@ -33,8 +43,8 @@ def _call_now(fn: Callable[[], None]) -> None:
     fn()
 
 
-class SotwSession:
-    """Protocol state, watches and pending responses of one stream."""
+class Session:
+    """Protocol state, watches and pending responses of one stream (`delta` picks the variant)."""
 
     __slots__ = (
         "_cancels",
@@ -54,18 +64,21 @@ class SotwSession:
         stream_id: int,
         type_url: str | None = None,
         *,
+        delta: bool = False,
         ordered: bool = True,
         wakeup: Callable[[], None] | None = None,
         dispatch: Dispatch = _call_now,
     ) -> None:
-        self.protocol = SotwStream(stream_id, type_url)
+        self.protocol: SotwStream | DeltaStream = (
+            DeltaStream(stream_id, type_url) if delta else SotwStream(stream_id, type_url)
+        )
         self.wakeup = wakeup
         self._watcher = watcher
         self._ordered = ordered
         self._dispatch = dispatch
         self._cancels: dict[str, Cancel] = {}
         self._generation: dict[str, int] = {}
-        self._pending: dict[str, PreparedResponse] = {}
+        self._pending: dict[str, _Prepared] = {}
         self._closed = False
 
     @property
@@ -73,26 +86,15 @@ class SotwSession:
         """The stream's id, unique within the server."""
         return self.protocol.stream_id
 
-    def receive(self, request: DiscoveryRequest) -> Received:
+    def receive(self, request: DiscoveryRequest | DeltaDiscoveryRequest) -> Received:
         """Apply one request: record events, and replace the type's watch when needed."""
         received = self.protocol.receive(request)
         node = self.protocol.node
         assert node is not None  # set by the protocol on the first request
         for event in received.events:
             self._watcher.on_stream_event(self.stream_id, node, event)
-        watch = received.watch
-        if watch is not None and not self._closed:
-            type_url = watch.type_url
-            self._cancel(type_url)
-            # What was pending was computed for the old subscription; the new watch knows the
-            # version the client really holds and answers at once if that one is outdated.
-            self._pending.pop(type_url, None)
-            generation = self._generation[type_url]
-
-            def respond(response: PreparedResponse) -> None:
-                self._dispatch(lambda: self._deliver(type_url, generation, response))
-
-            self._cancels[type_url] = self._watcher.create_watch(watch, respond)
+        if received.watch is not None and not self._closed:
+            self._open(received.type_url, received.watch)
         return received
 
     def next_response(self) -> tuple[bytes, Sent] | None:
@@ -102,7 +104,15 @@ class SotwSession:
         type_url = min(self._pending, key=_order) if self._ordered else next(iter(self._pending))
         response = self._pending.pop(type_url)
         self._cancel(type_url)  # written: now the client's ACK or NACK opens the next watch
-        data, sent = self.protocol.send(response)
+        if isinstance(self.protocol, DeltaStream):
+            assert isinstance(response, DeltaPreparedResponse)
+            data, sent = self.protocol.send(response)
+            for ref_type in response.refresh:
+                if ref_type in self._cancels:  # an idle watch: re-open it on the new versions
+                    self._open(ref_type, self.protocol.watch_request(ref_type))
+        else:
+            assert isinstance(response, PreparedResponse)
+            data, sent = self.protocol.send(response)
         node = self.protocol.node
         assert node is not None
         self._watcher.on_stream_event(self.stream_id, node, sent)
@@ -123,6 +133,21 @@ class SotwSession:
         self._pending.clear()
         self._watcher.on_stream_closed(self.stream_id, self.protocol.node)
 
+    def _open(self, type_url: str, watch: WatchRequest | DeltaWatchRequest) -> None:
+        self._cancel(type_url)
+        # What was pending was computed for the old subscription; the new watch knows the
+        # version the client really holds and answers at once if that one is outdated.
+        self._pending.pop(type_url, None)
+        generation = self._generation[type_url]
+
+        def respond(response: _Prepared) -> None:
+            self._dispatch(lambda: self._deliver(type_url, generation, response))
+
+        if isinstance(watch, DeltaWatchRequest):
+            self._cancels[type_url] = self._watcher.create_delta_watch(watch, respond)
+        else:
+            self._cancels[type_url] = self._watcher.create_watch(watch, respond)
+
     def _cancel(self, type_url: str) -> None:
         # A new generation makes answers still travelling from the old watch void.
         self._generation[type_url] = self._generation.get(type_url, 0) + 1
@@ -130,7 +155,7 @@ class SotwSession:
         if cancel is not None:
             cancel()
 
-    def _deliver(self, type_url: str, generation: int, response: PreparedResponse) -> None:
+    def _deliver(self, type_url: str, generation: int, response: _Prepared) -> None:
         if self._closed or self._generation.get(type_url) != generation:
             return  # a watch that was replaced or cancelled while its answer travelled
         self._pending[type_url] = response

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pilotfish.errors import LocalProtocolError, RemoteProtocolError
 from pilotfish.protos import DiscoveryRequest, Node, Status, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.watch import PreparedResponse, WatchRequest
+from pilotfish.xds.watch import DeltaWatchRequest, PreparedResponse, WatchRequest
 
 __all__ = ["Received", "SotwStream", "TypeState"]
 
@@ -60,7 +60,7 @@ class Received:
 
     type_url: str
     events: tuple[Event, ...] = ()
-    watch: WatchRequest | None = None
+    watch: WatchRequest | DeltaWatchRequest | None = None
     stale: bool = False
 
 

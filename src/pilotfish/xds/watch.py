@@ -10,14 +10,23 @@ the server never sees a concrete cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pilotfish.protos import Node
 from pilotfish.xds.events import Event
 
-__all__ = ["Cancel", "ConfigWatcher", "PreparedResponse", "Respond", "WatchRequest"]
+__all__ = [
+    "Cancel",
+    "ConfigWatcher",
+    "DeltaPreparedResponse",
+    "DeltaRespond",
+    "DeltaWatchRequest",
+    "PreparedResponse",
+    "Respond",
+    "WatchRequest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +57,40 @@ class PreparedResponse:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class DeltaWatchRequest:
+    """What one delta stream wants of one type, and the resource versions its client holds.
+
+    `versions` maps names to the version the client holds; an empty version means "the client
+    was told this name does not exist". The watcher answers with what differs.
+    """
+
+    node: Node
+    stream_id: int
+    type_url: str
+    names: frozenset[str]
+    wildcard: bool
+    versions: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaPreparedResponse:
+    """A DeltaDiscoveryResponse without its nonce, for one stream (built from shared bytes).
+
+    `refresh` names resources of other types the client must be sent again once this response
+    is written, even unchanged: Envoy re-warms an updated cluster and waits for its endpoints.
+    """
+
+    type_url: str
+    system_version: str
+    versions: Mapping[str, str]
+    removed: frozenset[str]
+    body: bytes
+    refresh: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+
 Respond = Callable[[PreparedResponse], None]
+DeltaRespond = Callable[[DeltaPreparedResponse], None]
 Cancel = Callable[[], None]
 
 
@@ -58,6 +100,11 @@ class ConfigWatcher(Protocol):
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
         """Call `respond` (now, later, again) with anything newer than the watch knows;
         return a canceller. `respond` may be called from any thread; the caller makes it safe."""
+        ...
+
+    def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:
+        """The same for a delta stream: answer with resources whose versions differ from
+        `request.versions`, and with subscribed names that do not exist (as removed)."""
         ...
 
     def on_stream_event(self, stream_id: int, node: Node, event: Event) -> None:

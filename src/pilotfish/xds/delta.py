@@ -1,0 +1,176 @@
+"""Sans-IO state of one incremental (delta) xDS stream (delta ADS, or a single-type service).
+
+Differences from state-of-the-world that matter here (xDS protocol, incremental variants):
+
+- Subscriptions change by difference (`resource_names_subscribe` / `_unsubscribe`) and those
+  changes apply even when the request's nonce is stale; only the ACK/NACK needs a current nonce.
+- The server tracks the version of every resource the client holds (from
+  `initial_resource_versions` on reconnect, then from what it sent) and sends only what differs.
+  A NACKed resource keeps the version that was sent, so it is not resent until it changes.
+- Deleted resources and subscribed names that do not exist go out in `removed_resources`.
+- Subscribing to a name again always resends it.
+- A first request with no names is a (legacy) wildcard subscription; `*` subscribes or
+  unsubscribes the wildcard explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pilotfish.errors import LocalProtocolError, RemoteProtocolError
+from pilotfish.protos import DeltaDiscoveryRequest, Node, Status, wire
+from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.sotw import Received
+from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest
+
+__all__ = ["DeltaStream", "DeltaTypeState"]
+
+WILDCARD = "*"
+
+
+@dataclass(slots=True)
+class DeltaTypeState:
+    """Protocol bookkeeping for one type on one delta stream."""
+
+    type_url: str
+    names: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+    sent_version: str = ""
+    sent_nonce: str = ""
+    awaiting_ack: bool = False
+    acked_version: str = ""
+    last_nack: Nacked | None = None
+    responses_sent: int = 0
+
+
+@dataclass(slots=True)
+class DeltaStream:
+    """One delta stream. `type_url` is None for delta ADS, else the service's type."""
+
+    stream_id: int
+    type_url: str | None = None
+    node: Node | None = None
+    types: dict[str, DeltaTypeState] = field(default_factory=dict)
+    _nonce: int = 0
+
+    def receive(self, request: DeltaDiscoveryRequest) -> Received:
+        """Take one request from the client."""
+        if self.node is None:
+            self.node = Node()
+            self.node.CopyFrom(request.node)
+        type_url = self._type_url_of(request)
+        state = self.types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self.types[type_url] = DeltaTypeState(type_url)
+            state.versions.update(request.initial_resource_versions)
+        events: list[Event] = []
+        changed = self._update_subscription(state, request, first, events)
+
+        nonce = request.response_nonce
+        stale = bool(nonce) and nonce != state.sent_nonce
+        answered = not stale and state.awaiting_ack and nonce == state.sent_nonce
+        if answered:
+            state.awaiting_ack = False
+            if request.HasField("error_detail"):
+                detail = Status()
+                detail.CopyFrom(request.error_detail)
+                nack = Nacked(type_url, state.sent_version, nonce, state.acked_version, detail)
+                state.last_nack = nack
+                events.append(nack)
+            else:
+                state.acked_version = state.sent_version
+                events.append(Acked(type_url, state.sent_version, nonce))
+        if not (first or answered or changed) or (stale and not changed):
+            return Received(type_url, tuple(events), stale=stale)
+        return Received(type_url, tuple(events), self.watch_request(type_url), stale=stale)
+
+    def watch_request(self, type_url: str) -> DeltaWatchRequest:
+        """The watch that fits the type's current subscription and held versions."""
+        state = self.types[type_url]
+        assert self.node is not None
+        return DeltaWatchRequest(
+            node=self.node,
+            stream_id=self.stream_id,
+            type_url=type_url,
+            names=frozenset(state.names),
+            wildcard=state.wildcard,
+            versions=MappingProxyType(dict(state.versions)),
+        )
+
+    def send(self, response: DeltaPreparedResponse) -> tuple[bytes, Sent]:
+        """Give `response` this stream's next nonce, and record what the client now holds."""
+        state = self.types.get(response.type_url)
+        if state is None:
+            raise LocalProtocolError(f"response for {response.type_url} that was never requested")
+        self._nonce += 1
+        nonce = str(self._nonce)
+        state.versions.update(response.versions)
+        for name in response.removed:
+            if name in state.names:
+                state.versions[name] = ""  # told it does not exist: say so only once
+            else:
+                state.versions.pop(name, None)
+        for ref_type, ref_names in response.refresh.items():
+            dependent = self.types.get(ref_type)
+            if dependent is not None:
+                for name in ref_names:
+                    if dependent.versions.get(name):
+                        del dependent.versions[name]
+        state.sent_version = response.system_version
+        state.sent_nonce = nonce
+        state.awaiting_ack = True
+        state.responses_sent += 1
+        names = frozenset(response.versions) | response.removed
+        return response.body + wire.nonce_field(nonce), Sent(
+            response.type_url, response.system_version, nonce, names
+        )
+
+    def _type_url_of(self, request: DeltaDiscoveryRequest) -> str:
+        type_url: str = request.type_url
+        if self.type_url is None:
+            if not type_url:
+                raise RemoteProtocolError("delta ADS request without type_url")
+            return type_url
+        if type_url and type_url != self.type_url:
+            raise RemoteProtocolError(f"request for {type_url} on the stream for {self.type_url}")
+        return self.type_url
+
+    @staticmethod
+    def _update_subscription(
+        state: DeltaTypeState, request: DeltaDiscoveryRequest, first: bool, events: list[Event]
+    ) -> bool:
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if not (first or subscribe or unsubscribe):
+            return False
+        wildcard_on = WILDCARD in subscribe or (first and not subscribe)
+        wildcard_off = WILDCARD in unsubscribe
+        subscribe.discard(WILDCARD)
+        unsubscribe.discard(WILDCARD)
+        if not first:
+            # Subscribing (again) always sends: forget what the client was thought to hold.
+            for name in subscribe:
+                state.versions.pop(name, None)
+        added = subscribe - state.names
+        removed = unsubscribe & state.names
+        state.names |= subscribe
+        state.names -= unsubscribe
+        for name in unsubscribe:
+            state.versions.pop(name, None)
+        was_wildcard = state.wildcard
+        if wildcard_on:
+            state.wildcard = True
+        if wildcard_off:
+            state.wildcard = False
+        if first or added or subscribe or (state.wildcard and not was_wildcard):
+            events.append(Subscribed(state.type_url, frozenset(added), state.wildcard))
+        if removed or (was_wildcard and not state.wildcard):
+            events.append(
+                Unsubscribed(
+                    state.type_url, frozenset(removed), was_wildcard and not state.wildcard
+                )
+            )
+        return True
