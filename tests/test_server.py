@@ -215,3 +215,17 @@ async def test_every_sotw_service_answers_its_type(
         assert response.type_url == row.type_url
         assert response.version_info == cache.get_snapshot("n").version(row.type_url)
         stream.call.cancel()
+
+
+async def test_async_context_manager_and_address() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n", mesh(A, "a"))
+    async with XdsServer(cache) as server:
+        host, port = server.address
+        assert host == "127.0.0.1" and port > 0
+        async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+            stream = Stream(channel, ADS_SERVICE.stream or "")
+            await stream.send(CLUSTER_TYPE, node=Node(id="n"))
+            assert (await stream.read()).type_url == CLUSTER_TYPE
+            assert server.stream_count == 1
+    assert server.stream_count == 0

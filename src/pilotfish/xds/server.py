@@ -86,9 +86,23 @@ class XdsServer:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._host = "127.0.0.1"
         self._foreign: list[Callable[[], None]] = []
         self._foreign_lock = threading.Lock()
         self.port = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) proxies connect to, once started (what `envoy_bootstrap` takes)."""
+        return self._host, self.port
+
+    async def __aenter__(self) -> XdsServer:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     @property
     def stream_count(self) -> int:
@@ -111,6 +125,7 @@ class XdsServer:
         self._server = grpc.aio.server(options=self._options)
         self.register(self._server)
         self.port = self._server.add_insecure_port(address)
+        self._host = address.rpartition(":")[0].strip("[]") or "127.0.0.1"
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self._bind_loop()
