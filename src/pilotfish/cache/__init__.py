@@ -1,21 +1,30 @@
-"""Caches that hold config and answer the xDS server's watches (no grpc, no asyncio)."""
+"""Caches that hold config and answer the xDS server's watches (no grpc, no asyncio).
+
+`SnapshotCache` (a consistent snapshot per node or group), `LinearCache` (one type, fleet-wide,
+per-resource versions) and `MuxCache` (several caches behind one watcher, by type).
+"""
 
 from __future__ import annotations
 
+from .linear import LinearCache
+from .mux import MuxCache
 from .node_hash import NodeHash, by_cluster, by_id
 from .resource import CachedResource, content_version
 from .snapshot import Consistency, Snapshot, SnapshotStats
 from .snapshot_cache import SnapshotCache
-from .status import NodeStatus, TypeStatus
+from .status import NodeStatus, StatusTable, TypeStatus
 
 __all__ = [
     "CachedResource",
     "Consistency",
+    "LinearCache",
+    "MuxCache",
     "NodeHash",
     "NodeStatus",
     "Snapshot",
     "SnapshotCache",
     "SnapshotStats",
+    "StatusTable",
     "TypeStatus",
     "by_cluster",
     "by_id",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pilotfish.protos import RESOURCE_TYPES, Node, wire
+from pilotfish.protos import RESOURCE_TYPES, Node
 from pilotfish.xds import (
     Cancel,
     DeltaPreparedResponse,
@@ -26,9 +26,10 @@ from pilotfish.xds import (
     WatchRequest,
 )
 
+from .answers import delta_answer, sotw_answer
 from .node_hash import NodeHash, by_id
 from .snapshot import Snapshot
-from .status import NodeStatus
+from .status import NodeStatus, StatusTable
 
 __all__ = ["SnapshotCache"]
 
@@ -45,7 +46,7 @@ class _Watch:
     known_names: frozenset[str]
 
     def answer(self, snapshot: Snapshot) -> PreparedResponse | None:
-        response = _answer(snapshot, self.request, self.known_version, self.known_names)
+        response = sotw_answer(snapshot, self.request, self.known_version, self.known_names)
         if response is not None:
             self.known_version, self.known_names = response.version, response.names
         return response
@@ -64,7 +65,15 @@ class _DeltaWatch:
     respond: DeltaRespond
 
     def answer(self, snapshot: Snapshot) -> DeltaPreparedResponse | None:
-        return _answer_delta(snapshot, self.request)
+        type_url = self.request.type_url
+        if type_url not in RESOURCE_TYPES:
+            return None
+        return delta_answer(
+            self.request,
+            snapshot.resources(type_url),
+            snapshot.version(type_url),
+            snapshot.references_of,
+        )
 
     def deliver(self, response: PreparedResponse | DeltaPreparedResponse) -> None:
         assert isinstance(response, DeltaPreparedResponse)
@@ -78,11 +87,10 @@ class SnapshotCache:
         self, node_hash: NodeHash = by_id, *, clock: Callable[[], float] = time.time
     ) -> None:
         self._hash = node_hash
-        self._clock = clock
         self._lock = threading.Lock()
         self._snapshots: dict[str, Snapshot] = {}
         self._watches: dict[str, dict[int, _Watch | _DeltaWatch]] = {}
-        self._status: dict[str, NodeStatus] = {}
+        self._status = StatusTable(clock)
         self._ids = itertools.count(1)
 
     def node_key(self, node: Node) -> str:
@@ -124,7 +132,7 @@ class SnapshotCache:
     def status_keys(self) -> list[str]:
         """Keys of nodes with an open stream."""
         with self._lock:
-            return sorted(self._status)
+            return self._status.keys()
 
     def watch_count(self, key: str | None = None) -> int:
         """Open watches (of one key, or all): for tests and metrics."""
@@ -149,7 +157,7 @@ class SnapshotCache:
     def _open(self, node: Node, stream_id: int, watch: _Watch | _DeltaWatch) -> Cancel:
         key = self._hash(node)
         with self._lock:
-            self._touch(key, node, stream_id)
+            self._status.touch(key, node, stream_id)
             snapshot = self._snapshots.get(key)
             response = None if snapshot is None else watch.answer(snapshot)
             watch_id = next(self._ids)
@@ -171,7 +179,7 @@ class SnapshotCache:
         """Fold a stream event into the node's status."""
         key = self._hash(node)
         with self._lock:
-            self._touch(key, node, stream_id).record(event)
+            self._status.touch(key, node, stream_id).record(event)
 
     def on_stream_closed(self, stream_id: int, node: Node | None) -> None:
         """Drop the stream; drop the node's status with its last stream."""
@@ -179,79 +187,4 @@ class SnapshotCache:
             return
         key = self._hash(node)
         with self._lock:
-            status = self._status.get(key)
-            if status is not None:
-                status.streams.discard(stream_id)
-                if not status.streams:
-                    del self._status[key]
-
-    def _touch(self, key: str, node: Node, stream_id: int) -> NodeStatus:
-        status = self._status.get(key)
-        if status is None:
-            status = self._status[key] = NodeStatus(node)
-        status.streams.add(stream_id)
-        status.last_request_time = self._clock()
-        return status
-
-
-def _answer(
-    snapshot: Snapshot, request: WatchRequest, known_version: str, known_names: frozenset[str]
-) -> PreparedResponse | None:
-    """The response a watch needs from this snapshot, or None if its client is up to date."""
-    type_url = request.type_url
-    if type_url not in RESOURCE_TYPES or not (request.wildcard or request.names):
-        return None
-    names = None if request.wildcard else request.names
-    if snapshot.version(type_url) != known_version:
-        return snapshot.response(type_url, names)
-    if names is None:
-        return None
-    # Same version: only names the client newly asked for, present and never sent, need a push.
-    fresh = names - known_names
-    if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
-        return snapshot.response(type_url, names)
-    return None
-
-
-def _answer_delta(snapshot: Snapshot, request: DeltaWatchRequest) -> DeltaPreparedResponse | None:
-    """Resources whose version differs from the client's, and names to report as removed."""
-    type_url = request.type_url
-    if type_url not in RESOURCE_TYPES:
-        return None
-    table = snapshot.resources(type_url)
-    held = request.versions
-    wanted = table.keys() | request.names if request.wildcard else request.names
-    changed = sorted(
-        (
-            r
-            for name in wanted
-            if (r := table.get(name)) is not None and held.get(name) != r.version
-        ),
-        key=lambda r: r.name,
-    )
-    # Gone: held (or never told about, when explicitly subscribed) and not in the snapshot.
-    removed = sorted(
-        name
-        for name in wanted | held.keys()
-        if name not in table
-        and (held.get(name) or (name in request.names and name not in held))
-        and (request.wildcard or name in request.names)
-    )
-    if not changed and not removed:
-        return None
-    refresh: dict[str, set[str]] = {}
-    for r in changed:
-        if held.get(r.name):  # an update, not an addition: its dependents warm again
-            for ref_type, ref_names in snapshot.references_of(type_url, r.name).items():
-                refresh.setdefault(ref_type, set()).update(ref_names)
-    system_version = snapshot.version(type_url)
-    return DeltaPreparedResponse(
-        type_url=type_url,
-        system_version=system_version,
-        versions={r.name: r.version for r in changed},
-        removed=frozenset(removed),
-        body=wire.delta_response_body(
-            system_version, type_url, (r.resource for r in changed), removed
-        ),
-        refresh={t: frozenset(n) for t, n in refresh.items()},
-    )
+            self._status.closed(key, stream_id)

@@ -6,12 +6,13 @@ disconnected proxy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pilotfish.protos import Node
 from pilotfish.xds import Acked, Event, Nacked, Sent
 
-__all__ = ["NodeStatus", "TypeStatus"]
+__all__ = ["NodeStatus", "StatusTable", "TypeStatus"]
 
 
 @dataclass(slots=True)
@@ -50,3 +51,36 @@ class NodeStatus:
         elif isinstance(event, Nacked):
             status.last_nack = event
             status.nacks += 1
+
+
+class StatusTable:
+    """Node statuses by key, shared by the caches. Not locked: the owning cache holds its lock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._by_key: dict[str, NodeStatus] = {}
+
+    def get(self, key: str) -> NodeStatus | None:
+        """The status of `key`, if a stream of it is open."""
+        return self._by_key.get(key)
+
+    def keys(self) -> list[str]:
+        """Keys with an open stream."""
+        return sorted(self._by_key)
+
+    def touch(self, key: str, node: Node, stream_id: int) -> NodeStatus:
+        """Note a request from `stream_id`; creates the status on a node's first stream."""
+        status = self._by_key.get(key)
+        if status is None:
+            status = self._by_key[key] = NodeStatus(node)
+        status.streams.add(stream_id)
+        status.last_request_time = self._clock()
+        return status
+
+    def closed(self, key: str, stream_id: int) -> None:
+        """Drop the stream; the status goes with the node's last stream."""
+        status = self._by_key.get(key)
+        if status is not None:
+            status.streams.discard(stream_id)
+            if not status.streams:
+                del self._by_key[key]

@@ -1,0 +1,85 @@
+"""How a watch is answered from a set of serialized resources, shared by the caches.
+
+Pure functions of (what the client holds, what the cache has): no locks, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from pilotfish.protos import RESOURCE_TYPES, wire
+from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResponse, WatchRequest
+
+from .resource import CachedResource
+from .snapshot import Snapshot
+
+__all__ = ["delta_answer", "sotw_answer"]
+
+
+def _no_references(type_url: str, name: str) -> Mapping[str, set[str]]:
+    return {}
+
+
+def sotw_answer(
+    snapshot: Snapshot, request: WatchRequest, known_version: str, known_names: frozenset[str]
+) -> PreparedResponse | None:
+    """The response a watch needs from this snapshot, or None if its client is up to date."""
+    type_url = request.type_url
+    if type_url not in RESOURCE_TYPES or not (request.wildcard or request.names):
+        return None
+    names = None if request.wildcard else request.names
+    if snapshot.version(type_url) != known_version:
+        return snapshot.response(type_url, names)
+    if names is None:
+        return None
+    # Same version: only names the client newly asked for, present and never sent, need a push.
+    fresh = names - known_names
+    if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
+        return snapshot.response(type_url, names)
+    return None
+
+
+def delta_answer(
+    request: DeltaWatchRequest,
+    table: Mapping[str, CachedResource],
+    system_version: str,
+    references_of: Callable[[str, str], Mapping[str, set[str]]] = _no_references,
+) -> DeltaPreparedResponse | None:
+    """Resources of `table` whose version differs from the client's, and names to report as
+    removed; `references_of` names what an updated resource makes the client re-warm."""
+    type_url = request.type_url
+    held = request.versions
+    wanted = table.keys() | request.names if request.wildcard else request.names
+    changed = sorted(
+        (
+            r
+            for name in wanted
+            if (r := table.get(name)) is not None and held.get(name) != r.version
+        ),
+        key=lambda r: r.name,
+    )
+    # Gone: held (or never told about, when explicitly subscribed) and not in the snapshot.
+    removed = sorted(
+        name
+        for name in wanted | held.keys()
+        if name not in table
+        and (held.get(name) or (name in request.names and name not in held))
+        and (request.wildcard or name in request.names)
+    )
+    if not changed and not removed:
+        return None
+    refresh: dict[str, set[str]] = {}
+    for r in changed:
+        if held.get(r.name):  # an update, not an addition: its dependents warm again
+            for ref_type, ref_names in references_of(type_url, r.name).items():
+                refresh.setdefault(ref_type, set()).update(ref_names)
+    return DeltaPreparedResponse(
+        type_url=type_url,
+        system_version=system_version,
+        versions={r.name: r.version for r in changed},
+        removed=frozenset(removed),
+        body=wire.delta_response_body(
+            system_version, type_url, (r.resource for r in changed), removed
+        ),
+        refresh={t: frozenset(n) for t, n in refresh.items()},
+    )
