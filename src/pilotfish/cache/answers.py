@@ -29,13 +29,13 @@ def sotw_answer(
         return None
     names = None if request.wildcard else request.names
     if snapshot.version(type_url) != known_version:
-        return snapshot.response(type_url, names)
+        return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
     if names is None:
         return None
     # Same version: only names the client newly asked for, present and never sent, need a push.
     fresh = names - known_names
     if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
-        return snapshot.response(type_url, names)
+        return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
     return None
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from pilotfish.protos import RESOURCE_TYPES, Message, resource_type, wire
+from pilotfish.protos import RESOURCE_TYPES, RESOURCE_WRAPPER_TYPE, Message, resource_type, wire
 
-__all__ = ["CachedResource", "content_version", "to_message"]
+__all__ = ["CachedResource", "WithTtl", "content_version", "to_message"]
 
 
 def content_version(data: bytes) -> str:
@@ -36,6 +36,17 @@ def to_message(type_url: str, resource: object) -> Message:
 
 
 @dataclass(frozen=True, slots=True)
+class WithTtl:
+    """A resource the client drops `ttl` seconds after it last heard of it (xDS resource TTL).
+
+    The server's heartbeats keep it alive; if the server goes away, it expires in the client.
+    """
+
+    resource: Message | object
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class CachedResource:
     """One resource: name, deterministic bytes, content version, and the wrappers responses
     carry (`any` for state-of-the-world, `resource` for delta), all built once."""
@@ -46,22 +57,39 @@ class CachedResource:
     any: bytes
     version: str
     resource: bytes
+    ttl: float | None = None
+    ttl_any: bytes = b""
+    heartbeat_any: bytes = b""
+    heartbeat_resource: bytes = b""
 
     @classmethod
-    def of(cls, type_url: str, message: Message) -> CachedResource:
-        """Serialize `message` (deterministically) once."""
+    def of(cls, type_url: str, message: Message, ttl: float | None = None) -> CachedResource:
+        """Serialize `message` (deterministically) once, with its wrappers."""
         data = message.SerializeToString(deterministic=True)
         name = resource_type(type_url).name_of(message)
-        version = content_version(data)
+        # A TTL is part of what the client is told: changing it is a new version.
+        version = content_version(data if ttl is None else data + f"\0ttl={ttl!r}".encode())
         any_data = wire.any_bytes(type_url, data)
+        resource = wire.resource_bytes(name, version, any_data, ttl)
+        if ttl is None:
+            return cls(type_url, name, data, any_data, version, resource)
+        heartbeat = wire.resource_bytes(name, version, None, ttl)
         return cls(
-            type_url=type_url,
-            name=name,
-            data=data,
-            any=any_data,
-            version=version,
-            resource=wire.resource_bytes(name, version, any_data),
+            type_url,
+            name,
+            data,
+            any_data,
+            version,
+            resource,
+            ttl=ttl,
+            ttl_any=wire.any_bytes(RESOURCE_WRAPPER_TYPE, resource),
+            heartbeat_any=wire.any_bytes(RESOURCE_WRAPPER_TYPE, heartbeat),
+            heartbeat_resource=heartbeat,
         )
+
+    def sotw_any(self, ttl_aware: bool) -> bytes:
+        """What a SotW response carries: the `Resource` wrapper with its TTL where understood."""
+        return self.ttl_any if ttl_aware and self.ttl is not None else self.any
 
     def message(self) -> Message:
         """A fresh copy of the message; changing it changes nothing in the cache."""

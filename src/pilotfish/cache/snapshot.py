@@ -19,7 +19,7 @@ from pilotfish.protos import (
 )
 from pilotfish.xds import PreparedResponse
 
-from .resource import CachedResource, to_message
+from .resource import CachedResource, WithTtl, to_message
 
 __all__ = ["Consistency", "Snapshot", "SnapshotStats"]
 
@@ -67,16 +67,19 @@ class _TypeResources:
     version: str
     by_name: Mapping[str, CachedResource]
     names: frozenset[str]
-    responses: dict[frozenset[str] | None, PreparedResponse] = field(default_factory=dict)
+    responses: dict[tuple[frozenset[str] | None, bool], PreparedResponse] = field(
+        default_factory=dict
+    )
 
 
 class Snapshot:
     """Resources per type, serialized at construction, so later mutation of the caller's
     messages cannot change what is served.
 
-    `resources` maps a type URL or short name (`"cds"`) to messages. Each type's version is a
-    content hash unless given (`version` for every type, or `versions` per type). Types not given
-    are empty, with a version of their own, so clients asking for them get an answer.
+    `resources` maps a type URL or short name (`"cds"`) to messages (or `WithTtl(message, ttl)`).
+    Each type's version is a content hash unless given (`version` for every type, or `versions`
+    per type). Types not given are empty, with a version of their own, so clients asking for them
+    get an answer.
     """
 
     __slots__ = ("_lock", "_refs", "_refs_by_resource", "_types", "stats")
@@ -98,8 +101,9 @@ class Snapshot:
             type_url = resource_type(key).type_url
             table = by_type[type_url]
             for item in items:
-                message = to_message(type_url, item)
-                cached = CachedResource.of(type_url, message)
+                ttl = item.ttl if isinstance(item, WithTtl) else None
+                message = to_message(type_url, item.resource if isinstance(item, WithTtl) else item)
+                cached = CachedResource.of(type_url, message, ttl)
                 self.stats.resources_serialized += 1
                 if cached.name in table:
                     raise ValueError(f"two {key} resources named {cached.name!r}")
@@ -147,27 +151,47 @@ class Snapshot:
                 unreferenced[type_url] = extra
         return Consistency(MappingProxyType(missing), MappingProxyType(unreferenced))
 
-    def response(self, type_url: str, names: frozenset[str] | None) -> PreparedResponse:
-        """The response for a subscription (`None`: everything), built once per snapshot."""
+    def response(
+        self, type_url: str, names: frozenset[str] | None, *, ttl_aware: bool = False
+    ) -> PreparedResponse:
+        """The response for a subscription (`None`: everything), built once per snapshot.
+
+        `ttl_aware` clients get TTL'd resources wrapped in `Resource` with their TTL.
+        """
         entry = self._types[type_url]
+        key = (names, ttl_aware)
         with self._lock:
-            prepared = entry.responses.get(names)
+            prepared = entry.responses.get(key)
         if prepared is not None:
             return prepared
         if names is None:
             chosen = list(entry.by_name.values())
         else:
             chosen = [entry.by_name[n] for n in sorted(names) if n in entry.by_name]
-        body = wire.discovery_response_body(entry.version, type_url, (r.any for r in chosen))
+        body = wire.discovery_response_body(
+            entry.version, type_url, (r.sotw_any(ttl_aware) for r in chosen)
+        )
+        heartbeat = None
+        if ttl_aware and any(r.ttl is not None for r in chosen):
+            # A heartbeat refreshes TTLs without resource bodies; but for LDS and CDS Envoy takes
+            # any response as the full state, so there it must be the whole response again.
+            heartbeat = (
+                body
+                if RESOURCE_TYPES[type_url].full_state
+                else wire.discovery_response_body(
+                    entry.version, type_url, (r.heartbeat_any for r in chosen if r.ttl)
+                )
+            )
         prepared = PreparedResponse(
             type_url=type_url,
             version=entry.version,
             names=entry.names if names is None else frozenset(r.name for r in chosen),
             body=body,
+            heartbeat=heartbeat,
         )
         with self._lock:
             # Two threads may race to build it; the first one stored wins and is shared.
-            prepared = entry.responses.setdefault(names, prepared)
+            prepared = entry.responses.setdefault(key, prepared)
             if prepared.body is body:
                 self.stats.responses_built += 1
         return prepared

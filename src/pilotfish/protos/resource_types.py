@@ -22,10 +22,12 @@ __all__ = [
     "EXTENSION_CONFIG_TYPE",
     "LISTENER_TYPE",
     "RESOURCE_TYPES",
+    "RESOURCE_WRAPPER_TYPE",
     "ROUTE_TYPE",
     "RUNTIME_TYPE",
     "SCOPED_ROUTE_TYPE",
     "SECRET_TYPE",
+    "TTL_CLIENT_FEATURE",
     "TYPE_URL_PREFIX",
     "VIRTUAL_HOST_TYPE",
     "ResourceType",
@@ -45,6 +47,10 @@ ENDPOINT_TYPE = TYPE_URL_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignmen
 SECRET_TYPE = TYPE_URL_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 RUNTIME_TYPE = TYPE_URL_PREFIX + "envoy.service.runtime.v3.Runtime"
 EXTENSION_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
+RESOURCE_WRAPPER_TYPE = TYPE_URL_PREFIX + "envoy.service.discovery.v3.Resource"
+"""State-of-the-world responses wrap TTL'd resources in `Resource` (with its TTL)."""
+TTL_CLIENT_FEATURE = "xds.config.supports-resource-ttl"
+"""The node client feature that says a client understands TTLs and `Resource` wrappers."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ __all__ = [
     "any_bytes",
     "delta_response_body",
     "discovery_response_body",
+    "duration",
     "length_delimited",
     "nonce_field",
     "resource_bytes",
@@ -32,6 +33,9 @@ _DELTA_REMOVED = 6
 _RESOURCE_VERSION = 1
 _RESOURCE_RESOURCE = 2
 _RESOURCE_NAME = 3
+_RESOURCE_TTL = 6
+_DURATION_SECONDS = 1
+_DURATION_NANOS = 2
 _ANY_TYPE_URL = 1
 _ANY_VALUE = 2
 _WIRE_LEN = 2
@@ -74,13 +78,30 @@ def nonce_field(nonce: str) -> bytes:
     return length_delimited(_RESPONSE_NONCE, nonce.encode())
 
 
-def resource_bytes(name: str, version: str, any_data: bytes) -> bytes:
-    """The serialized `Resource` wrapper delta responses carry (name, version, the `Any`)."""
-    return (
-        length_delimited(_RESOURCE_VERSION, version.encode())
-        + length_delimited(_RESOURCE_RESOURCE, any_data)
-        + length_delimited(_RESOURCE_NAME, name.encode())
-    )
+def duration(seconds: float) -> bytes:
+    """A serialized `google.protobuf.Duration` (non-negative)."""
+    whole = int(seconds)
+    nanos = round((seconds - whole) * 1e9)
+    out = b""
+    if whole:
+        out += varint(_DURATION_SECONDS << 3) + varint(whole)
+    if nanos:
+        out += varint(_DURATION_NANOS << 3) + varint(nanos)
+    return out
+
+
+def resource_bytes(
+    name: str, version: str, any_data: bytes | None, ttl: float | None = None
+) -> bytes:
+    """A serialized `Resource` wrapper: name, version, the `Any` (absent in a TTL heartbeat)
+    and an optional TTL."""
+    out = length_delimited(_RESOURCE_VERSION, version.encode())
+    if any_data is not None:
+        out += length_delimited(_RESOURCE_RESOURCE, any_data)
+    out += length_delimited(_RESOURCE_NAME, name.encode())
+    if ttl is not None:
+        out += length_delimited(_RESOURCE_TTL, duration(ttl))
+    return out
 
 
 def delta_response_body(

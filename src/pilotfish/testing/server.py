@@ -92,8 +92,14 @@ class ServerThread:
         callbacks: Callbacks | None = None,
         address: str = "127.0.0.1:0",
         ordered_ads: bool = True,
+        heartbeat_interval: float | None = None,
     ) -> None:
-        self.server = XdsServer(watcher, callbacks=callbacks, ordered_ads=ordered_ads)
+        self.server = XdsServer(
+            watcher,
+            callbacks=callbacks,
+            ordered_ads=ordered_ads,
+            heartbeat_interval=heartbeat_interval,
+        )
         self._address = address
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

@@ -53,13 +53,14 @@ _Behavior = Callable[[AsyncIterator[_Request], _Context], AsyncIterator[bytes]]
 
 
 class _Stream:
-    """What the server needs to reach a live stream (to wake it, or end it on shutdown)."""
+    """What the server needs to reach a live stream (to wake it, beat it, or end it)."""
 
-    __slots__ = ("ended", "ready")
+    __slots__ = ("ended", "ready", "session")
 
     def __init__(self) -> None:
         self.ready = asyncio.Event()
         self.ended = False
+        self.session: Session | None = None
 
 
 class XdsServer:
@@ -75,11 +76,14 @@ class XdsServer:
         *,
         callbacks: Callbacks | None = None,
         ordered_ads: bool = True,
+        heartbeat_interval: float | None = None,
         options: Sequence[tuple[str, int | str]] = DEFAULT_OPTIONS,
     ) -> None:
         self._watcher = watcher
         self._callbacks = callbacks
         self._ordered = ordered_ads
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._options = list(options)
         self._ids = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
@@ -130,11 +134,16 @@ class XdsServer:
             raise OSError(f"cannot listen on {address}")
         self._bind_loop()
         await self._server.start()
+        if self._heartbeat_interval:
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(self._heartbeat_interval))
         _log.info("xDS server listening on %s (port %d)", address, self.port)
         return self.port
 
     async def stop(self, grace: float = 1.0) -> None:
         """End every stream politely (status OK, so proxies reconnect), then stop listening."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = None
         for stream in list(self._streams.values()):
             stream.ended = True
             stream.ready.set()
@@ -146,6 +155,14 @@ class XdsServer:
         """Block until the server stops."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+    async def _heartbeats(self, interval: float) -> None:
+        # Resources with a TTL expire in the client unless heard of again: refresh them.
+        while True:
+            await asyncio.sleep(interval)
+            for stream in list(self._streams.values()):
+                if stream.session is not None:
+                    stream.session.heartbeat()
 
     def _bind_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -199,6 +216,7 @@ class XdsServer:
             wakeup=stream.ready.set,
             dispatch=self._dispatch,
         )
+        stream.session = session
         callbacks = self._callbacks
         if callbacks is not None:
             await _run(callbacks.on_stream_open(stream_id, type_url))

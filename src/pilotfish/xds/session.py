@@ -51,6 +51,7 @@ class Session:
         "_closed",
         "_dispatch",
         "_generation",
+        "_heartbeats",
         "_ordered",
         "_pending",
         "_watcher",
@@ -79,6 +80,7 @@ class Session:
         self._cancels: dict[str, Cancel] = {}
         self._generation: dict[str, int] = {}
         self._pending: dict[str, _Prepared] = {}
+        self._heartbeats: dict[str, PreparedResponse] = {}
         self._closed = False
 
     @property
@@ -113,10 +115,35 @@ class Session:
         else:
             assert isinstance(response, PreparedResponse)
             data, sent = self.protocol.send(response)
+            if response.heartbeat is None:
+                self._heartbeats.pop(type_url, None)
+            else:
+                self._heartbeats[type_url] = PreparedResponse(
+                    type_url, response.version, response.names, response.heartbeat,
+                    response.heartbeat,
+                )  # fmt: skip
         node = self.protocol.node
         assert node is not None
         self._watcher.on_stream_event(self.stream_id, node, sent)
         return data, sent
+
+    def heartbeat(self) -> bool:
+        """Queue a TTL heartbeat for each type whose last response held TTL'd resources and is
+        settled (ACKed or NACKed, nothing newer pending). Returns whether any was queued."""
+        if self._closed or not isinstance(self.protocol, SotwStream):
+            return False
+        queued = False
+        for type_url, beat in self._heartbeats.items():
+            state = self.protocol.types.get(type_url)
+            if state is None or state.awaiting_ack or type_url in self._pending:
+                continue
+            if state.sent_version != beat.version:
+                continue
+            self._pending[type_url] = beat
+            queued = True
+        if queued and self.wakeup is not None:
+            self.wakeup()
+        return queued
 
     @property
     def has_pending(self) -> bool:

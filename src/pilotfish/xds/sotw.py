@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pilotfish.errors import LocalProtocolError, RemoteProtocolError
-from pilotfish.protos import DiscoveryRequest, Node, Status, wire
+from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, Status, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
 from pilotfish.xds.watch import DeltaWatchRequest, PreparedResponse, WatchRequest
 
@@ -72,6 +72,7 @@ class SotwStream:
     type_url: str | None = None
     node: Node | None = None
     types: dict[str, TypeState] = field(default_factory=dict)
+    ttl_aware: bool = False
     _nonce: int = 0
 
     def receive(self, request: DiscoveryRequest) -> Received:
@@ -80,6 +81,7 @@ class SotwStream:
             # Proxyless gRPC may send an empty node; Envoy sends it only on the first message.
             self.node = Node()
             self.node.CopyFrom(request.node)
+            self.ttl_aware = TTL_CLIENT_FEATURE in self.node.client_features
         type_url = self._type_url_of(request)
         state = self.types.get(type_url)
         nonce = request.response_nonce
@@ -123,6 +125,7 @@ class SotwStream:
             wildcard=state.wildcard,
             known_version=known_version,
             known_names=known_names,
+            ttl_aware=self.ttl_aware,
         )
         return Received(type_url, tuple(events), watch)
 

@@ -45,16 +45,22 @@ class WatchRequest:
     wildcard: bool
     known_version: str
     known_names: frozenset[str]
+    ttl_aware: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedResponse:
-    """A DiscoveryResponse serialized once, without its nonce; shared by every stream."""
+    """A DiscoveryResponse serialized once, without its nonce; shared by every stream.
+
+    `heartbeat`, when the response holds resources with a TTL, is the body of a response at the
+    same version that only refreshes their TTLs (no resource bodies).
+    """
 
     type_url: str
     version: str
     names: frozenset[str]
     body: bytes
+    heartbeat: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
