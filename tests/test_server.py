@@ -229,3 +229,31 @@ async def test_async_context_manager_and_address() -> None:
             assert (await stream.read()).type_url == CLUSTER_TYPE
             assert server.stream_count == 1
     assert server.stream_count == 0
+
+
+async def test_debug_view_shows_subscriptions_versions_and_nacks(
+    served: tuple[SnapshotCache, XdsServer, grpc.aio.Channel],
+) -> None:
+    cache, server, channel = served
+    cache.set_snapshot("n", mesh(A, "a"))
+    stream = Stream(channel, ADS_SERVICE.stream or "")
+    await stream.send(CLUSTER_TYPE, node=Node(id="n", cluster="web"))
+    good = await stream.read()
+    await stream.ack(good)
+    await stream.send(LISTENER_TYPE)
+    listeners = await stream.read()
+    await stream.send(
+        LISTENER_TYPE, response_nonce=listeners.nonce, error_detail={"message": "bad port"}
+    )
+    for _ in range(50):
+        views = server.describe_streams()
+        if views and views[0]["types"].get(LISTENER_TYPE, {}).get("last_nack"):
+            break
+        await asyncio.sleep(0.02)
+    (view,) = server.describe_streams()
+    assert (view["node_id"], view["node_cluster"], view["variant"]) == ("n", "web", "sotw")
+    cds = view["types"][CLUSTER_TYPE]
+    assert cds["wildcard"] and cds["acked_version"] == good.version_info
+    lds = view["types"][LISTENER_TYPE]
+    assert lds["last_nack"]["message"] == "bad port"
+    assert lds["acked_version"] == ""

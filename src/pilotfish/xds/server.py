@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -27,6 +27,7 @@ from pilotfish.protos import (
     ServiceMethods,
 )
 from pilotfish.xds.callbacks import Callbacks, HookResult
+from pilotfish.xds.debug import describe_session
 from pilotfish.xds.events import Nacked
 from pilotfish.xds.session import Session
 from pilotfish.xds.watch import ConfigWatcher
@@ -107,6 +108,14 @@ class XdsServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def describe_streams(self) -> list[dict[str, Any]]:
+        """Per open stream: node, subscriptions, sent/ACKed versions, last NACK (JSON-able)."""
+        return [
+            describe_session(stream.session)
+            for stream in list(self._streams.values())
+            if stream.session is not None
+        ]
 
     @property
     def stream_count(self) -> int:
