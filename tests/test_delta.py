@@ -155,3 +155,20 @@ def test_updated_cluster_gets_its_unchanged_endpoints_again() -> None:
     cds, eds = delta.poll()
     assert (cds.type_url, names(cds)) == (CLUSTER_TYPE, {"b"})
     assert (eds.type_url, names(eds)) == (ENDPOINT_TYPE, {"b"})
+
+
+def test_fresh_client_gets_a_first_answer_even_when_empty() -> None:
+    # Envoy's initialization waits for the first LDS/CDS answer, empty or not.
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", Snapshot({}))
+    delta = client(cache)
+    delta.subscribe(CLUSTER_TYPE)
+    (empty,) = delta.poll()
+    assert list(empty.resources) == [] and list(empty.removed_resources) == []
+    delta.ack(empty)
+    assert delta.poll() == []
+    # A resuming client (initial_resource_versions given) is not waiting: nothing is sent.
+    resumed = InMemoryDeltaClient(cache, node=Node(id="n1"))
+    resumed.subscribe(CLUSTER_TYPE, initial_versions={"gone": "v1"})
+    (removal,) = resumed.poll()
+    assert list(removal.removed_resources) == ["gone"]

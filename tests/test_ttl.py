@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.cache import Snapshot, SnapshotCache, WithTtl
 from pilotfish.protos import (
@@ -18,6 +20,7 @@ from pilotfish.protos import (
 from pilotfish.testing import (
     EnvoyProcess,
     InMemoryAdsClient,
+    InMemoryDeltaClient,
     RecordingCallbacks,
     ServerThread,
     wait_until,
@@ -86,13 +89,16 @@ def test_ttl_aware_clients_get_wrapped_resources_and_heartbeats() -> None:
     assert not plain.session.heartbeat()
 
 
-def test_envoy_drops_a_ttl_resource_only_without_heartbeats() -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_envoy_drops_a_ttl_resource_only_without_heartbeats(delta: bool) -> None:
     cache = SnapshotCache()
     cache.set_snapshot("edge", ttl_snapshot(2.0))
     callbacks = RecordingCallbacks()
     server = ServerThread(cache, callbacks=callbacks, heartbeat_interval=0.5).start()
     try:
-        bootstrap = envoy_bootstrap(node_id="edge", cluster="test", xds_address=server.address)
+        bootstrap = envoy_bootstrap(
+            node_id="edge", cluster="test", xds_address=server.address, delta=delta
+        )
         # Envoy understands TTLs but does not say so on its own: the bootstrap says it.
         bootstrap["node"]["client_features"] = [TTL_CLIENT_FEATURE]
         with EnvoyProcess(bootstrap) as envoy:
@@ -113,3 +119,23 @@ def test_envoy_drops_a_ttl_resource_only_without_heartbeats() -> None:
             assert time.monotonic() - started >= 1.0  # not at once: after its TTL ran out
     finally:
         server.stop()
+
+
+def test_delta_heartbeats_carry_only_ttl_resources_without_bodies() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n", ttl_snapshot(3))
+    delta = InMemoryDeltaClient(cache, node=Node(id="n"))
+    delta.subscribe(CLUSTER_TYPE)
+    (first,) = delta.poll()
+    leased = next(r for r in first.resources if r.name == "leased")
+    assert leased.ttl.seconds == 3
+    assert not delta.session.heartbeat()  # not ACKed yet
+    delta.ack(first)
+    assert delta.session.heartbeat()
+    (beat,) = delta.poll()
+    (only,) = beat.resources
+    assert only.name == "leased" and only.version == leased.version
+    assert not only.HasField("resource") and only.ttl.seconds == 3
+    assert list(beat.removed_resources) == []
+    delta.ack(beat)
+    assert delta.poll() == []

@@ -66,7 +66,7 @@ def delta_answer(
         and (held.get(name) or (name in request.names and name not in held))
         and (request.wildcard or name in request.names)
     )
-    if not changed and not removed:
+    if not changed and not removed and not request.initial:
         return None
     refresh: dict[str, set[str]] = {}
     for r in changed:
@@ -82,4 +82,5 @@ def delta_answer(
             system_version, type_url, (r.resource for r in changed), removed
         ),
         refresh={t: frozenset(n) for t, n in refresh.items()},
+        heartbeats={r.name: r.heartbeat_resource for r in changed if r.ttl is not None},
     )

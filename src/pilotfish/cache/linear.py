@@ -268,6 +268,7 @@ class LinearCache:
                     request.names | expanded,
                     request.wildcard,
                     request.versions,
+                    request.initial,
                 )
             return delta_answer(request, table, self._sotw_version(None))
         if not (request.wildcard or request.names):

@@ -37,6 +37,7 @@ class DeltaTypeState:
     names: set[str] = field(default_factory=set)
     wildcard: bool = False
     versions: dict[str, str] = field(default_factory=dict)
+    resumed: bool = False
     sent_version: str = ""
     sent_nonce: str = ""
     awaiting_ack: bool = False
@@ -66,6 +67,7 @@ class DeltaStream:
         if state is None:
             state = self.types[type_url] = DeltaTypeState(type_url)
             state.versions.update(request.initial_resource_versions)
+            state.resumed = bool(state.versions)
         events: list[Event] = []
         changed = self._update_subscription(state, request, first, events)
 
@@ -98,6 +100,8 @@ class DeltaStream:
             names=frozenset(state.names),
             wildcard=state.wildcard,
             versions=MappingProxyType(dict(state.versions)),
+            # A fresh client waits for a first answer, even an empty one; a resumed one does not.
+            initial=not state.sent_nonce and not state.resumed,
         )
 
     def send(self, response: DeltaPreparedResponse) -> tuple[bytes, Sent]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest
+from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest, wire
 from pilotfish.xds.delta import DeltaStream
 from pilotfish.xds.events import Sent
 from pilotfish.xds.sotw import Received, SotwStream
@@ -49,6 +49,7 @@ class Session:
     __slots__ = (
         "_cancels",
         "_closed",
+        "_delta_ttl",
         "_dispatch",
         "_generation",
         "_heartbeats",
@@ -81,6 +82,7 @@ class Session:
         self._generation: dict[str, int] = {}
         self._pending: dict[str, _Prepared] = {}
         self._heartbeats: dict[str, PreparedResponse] = {}
+        self._delta_ttl: dict[str, dict[str, bytes]] = {}
         self._closed = False
 
     @property
@@ -109,6 +111,10 @@ class Session:
         if isinstance(self.protocol, DeltaStream):
             assert isinstance(response, DeltaPreparedResponse)
             data, sent = self.protocol.send(response)
+            ttl = self._delta_ttl.setdefault(type_url, {})
+            for name in (*response.versions, *response.removed):
+                ttl.pop(name, None)
+            ttl.update(response.heartbeats)
             for ref_type in response.refresh:
                 if ref_type in self._cancels:  # an idle watch: re-open it on the new versions
                     self._open(ref_type, self.protocol.watch_request(ref_type))
@@ -130,17 +136,31 @@ class Session:
     def heartbeat(self) -> bool:
         """Queue a TTL heartbeat for each type whose last response held TTL'd resources and is
         settled (ACKed or NACKed, nothing newer pending). Returns whether any was queued."""
-        if self._closed or not isinstance(self.protocol, SotwStream):
+        if self._closed:
             return False
         queued = False
-        for type_url, beat in self._heartbeats.items():
-            state = self.protocol.types.get(type_url)
-            if state is None or state.awaiting_ack or type_url in self._pending:
-                continue
-            if state.sent_version != beat.version:
-                continue
-            self._pending[type_url] = beat
-            queued = True
+        protocol = self.protocol
+        if isinstance(protocol, DeltaStream):
+            for type_url, beats in self._delta_ttl.items():
+                delta_state = protocol.types.get(type_url)
+                if not beats or delta_state is None or delta_state.awaiting_ack:
+                    continue
+                if type_url not in self._pending:
+                    version = delta_state.sent_version
+                    body = wire.delta_response_body(version, type_url, beats.values(), ())
+                    self._pending[type_url] = DeltaPreparedResponse(
+                        type_url, version, {}, frozenset(), body
+                    )
+                    queued = True
+        else:
+            for type_url, beat in self._heartbeats.items():
+                state = protocol.types.get(type_url)
+                if state is None or state.awaiting_ack or type_url in self._pending:
+                    continue
+                if state.sent_version != beat.version:
+                    continue
+                self._pending[type_url] = beat
+                queued = True
         if queued and self.wakeup is not None:
             self.wakeup()
         return queued

@@ -68,7 +68,9 @@ class DeltaWatchRequest:
     """What one delta stream wants of one type, and the resource versions its client holds.
 
     `versions` maps names to the version the client holds; an empty version means "the client
-    was told this name does not exist". The watcher answers with what differs.
+    was told this name does not exist". The watcher answers with what differs. `initial` (no
+    response yet for this type on this stream) asks for an answer even when nothing differs:
+    a client waits for its first response, empty or not, before it is initialized.
     """
 
     node: Node
@@ -77,6 +79,7 @@ class DeltaWatchRequest:
     names: frozenset[str]
     wildcard: bool
     versions: Mapping[str, str]
+    initial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class DeltaPreparedResponse:
 
     `refresh` names resources of other types the client must be sent again once this response
     is written, even unchanged: Envoy re-warms an updated cluster and waits for its endpoints.
+    `heartbeats` holds, for each resource sent with a TTL, its body-less `Resource` bytes.
     """
 
     type_url: str
@@ -93,6 +97,7 @@ class DeltaPreparedResponse:
     removed: frozenset[str]
     body: bytes
     refresh: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    heartbeats: Mapping[str, bytes] = field(default_factory=dict)
 
 
 Respond = Callable[[PreparedResponse], None]
