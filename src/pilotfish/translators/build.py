@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.base_pb2 import Locality
 from envoy.config.core.v3.config_source_pb2 import (
     AggregatedConfigSource,
     ApiConfigSource,
@@ -100,8 +101,11 @@ def eds_cluster(
 def load_assignment(
     cluster_name: str, endpoints: Iterable[tuple[str, int]], *, weight: int = 1
 ) -> ClusterLoadAssignment:
-    """Endpoints of one cluster, in one locality (with the weight proxyless gRPC requires)."""
-    locality = LocalityLbEndpoints(load_balancing_weight=UInt32Value(value=weight))
+    """Endpoints of one cluster, in one locality (with the weight and the `locality` field that
+    proxyless gRPC requires; Envoy is fine with both)."""
+    locality = LocalityLbEndpoints(
+        locality=Locality(), load_balancing_weight=UInt32Value(value=weight)
+    )
     for host, port in endpoints:
         address = Address(socket_address=SocketAddress(address=host, port_value=port))
         locality.lb_endpoints.append(LbEndpoint(endpoint=Endpoint(address=address)))
