@@ -8,6 +8,12 @@ Reconnect speed: Envoy 1.40 takes the xDS stream reconnect backoff from
 (``Config::Utility::prepareJitteredExponentialBackOffStrategy``); without it Envoy waits a
 fully jittered 0.5 s .. 30 s between attempts, which makes a restarted control plane look
 dead for many seconds. We set it, so Envoy is back within about a second.
+
+REST mode (``rest=True``): Envoy polls the xDS REST/JSON fetch API (`pilotfish.xds.rest`) every
+``refresh_delay_ms`` instead of holding gRPC streams. Its REST client speaks HTTP/1.1 through
+the cluster it is given, so the REST server gets a static cluster of its own (`REST_CLUSTER`);
+the gRPC cluster is HTTP/2. REST subscriptions are per type and state-of-the-world: no ADS, no
+delta.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-__all__ = ["XDS_CLUSTER", "Address", "config_source", "envoy_bootstrap"]
+__all__ = ["REST_CLUSTER", "XDS_CLUSTER", "Address", "config_source", "envoy_bootstrap"]
 
 XDS_CLUSTER = "pilotfish_xds"
 """Name of the static cluster that points at the control plane."""
+
+REST_CLUSTER = "pilotfish_rest"
+"""Name of the static HTTP/1.1 cluster that points at the control plane's REST/JSON API."""
 
 Address = tuple[str, int]
 """A ``(host, port)`` pair."""
@@ -65,18 +74,53 @@ def _api_config_source(
     }
 
 
+def _rest_api_config_source(refresh_delay_ms: int, request_timeout_ms: int) -> dict[str, Any]:
+    """An ApiConfigSource that polls the REST/JSON API through `REST_CLUSTER`."""
+    if refresh_delay_ms <= 0 or request_timeout_ms <= 0:
+        raise ValueError(
+            f"need refresh_delay_ms > 0 and request_timeout_ms > 0, "
+            f"got {refresh_delay_ms} and {request_timeout_ms}"
+        )
+    return {
+        "api_type": "REST",
+        "transport_api_version": "V3",
+        "cluster_names": [REST_CLUSTER],
+        # Required for REST: Envoy polls this often (plus up to as much again of jitter).
+        "refresh_delay": _duration(refresh_delay_ms),
+        "request_timeout": _duration(request_timeout_ms),
+    }
+
+
+def _check_rest(ads: bool, delta: bool) -> None:
+    if ads or delta:
+        raise ValueError(
+            "REST polling is per type and state-of-the-world: rest=True needs ads=False "
+            "and delta=False"
+        )
+
+
 def config_source(
     ads: bool = True,
     *,
     delta: bool = False,
+    rest: bool = False,
     reconnect_base_ms: int = 100,
     reconnect_max_ms: int = 1000,
+    refresh_delay_ms: int = 200,
+    request_timeout_ms: int = 1000,
 ) -> dict[str, Any]:
     """The ConfigSource that served resources use for RDS/EDS, matching `envoy_bootstrap`.
 
     With ADS every type rides the one aggregated stream; otherwise each type gets its own
     gRPC stream to the same control plane (the arguments must match the bootstrap's).
+    ``rest=True`` (with ``ads=False``) polls the REST/JSON API every ``refresh_delay_ms``.
     """
+    if rest:
+        _check_rest(ads, delta)
+        return {
+            "api_config_source": _rest_api_config_source(refresh_delay_ms, request_timeout_ms),
+            "resource_api_version": "V3",
+        }
     if ads:
         return {"ads": {}, "resource_api_version": "V3"}
     return {
@@ -117,19 +161,30 @@ def _xds_cluster(
             "interval": _duration(keepalive_interval_s * 1000),
             "timeout": _duration(keepalive_timeout_s * 1000),
         }
+    return _static_cluster(XDS_CLUSTER, addresses, {"http2_protocol_options": http2})
+
+
+def _rest_cluster(addresses: list[Address]) -> dict[str, Any]:
+    """The static HTTP/1.1 cluster of the REST/JSON API (Envoy's REST client polls over it)."""
+    return _static_cluster(REST_CLUSTER, addresses, {"http_protocol_options": {}})
+
+
+def _static_cluster(
+    name: str, addresses: list[Address], http_config: dict[str, Any]
+) -> dict[str, Any]:
     return {
-        "name": XDS_CLUSTER,
+        "name": name,
         # STATIC needs IP literals; a host name (e.g. a Kubernetes service) needs DNS.
         "type": "STATIC" if all(_is_ip(host) for host, _ in addresses) else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             _HTTP_PROTOCOL_OPTIONS: {
                 "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
-                "explicit_http_config": {"http2_protocol_options": http2},
+                "explicit_http_config": http_config,
             }
         },
         "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
@@ -153,6 +208,10 @@ def envoy_bootstrap(
     xds_address: Address | Sequence[Address],
     ads: bool = True,
     delta: bool = False,
+    rest: bool = False,
+    rest_address: Address | Sequence[Address] | None = None,
+    refresh_delay_ms: int = 200,
+    request_timeout_ms: int = 1000,
     admin_address: str = "127.0.0.1",
     admin_port: int = 0,
     reconnect_base_ms: int = 100,
@@ -170,10 +229,25 @@ def envoy_bootstrap(
     HTTP/2 keepalive; note that gRPC servers reject pings more frequent than their
     ``grpc.http2.min_ping_interval_without_data_ms`` (5 minutes by default) with
     GOAWAY ``too_many_pings`` unless they are configured to allow them.
+
+    ``rest=True`` (needs ``ads=False``) makes Envoy poll CDS and LDS from the REST/JSON API
+    every ``refresh_delay_ms`` through the HTTP/1.1 cluster `REST_CLUSTER`; served resources
+    name it with ``config_source(ads=False, rest=True)``. The REST server is at
+    ``xds_address``, or at ``rest_address`` when given: then ``xds_address`` keeps its gRPC
+    cluster for resources with a gRPC config source. A ``rest_address`` without ``rest=True``
+    only adds the REST cluster.
     """
+    if rest:
+        _check_rest(ads, delta)
     dynamic: dict[str, Any] = {
         key: config_source(
-            ads, delta=delta, reconnect_base_ms=reconnect_base_ms, reconnect_max_ms=reconnect_max_ms
+            ads,
+            delta=delta,
+            rest=rest,
+            reconnect_base_ms=reconnect_base_ms,
+            reconnect_max_ms=reconnect_max_ms,
+            refresh_delay_ms=refresh_delay_ms,
+            request_timeout_ms=request_timeout_ms,
         )
         for key in ("cds_config", "lds_config")
     }
@@ -184,10 +258,13 @@ def envoy_bootstrap(
     node: dict[str, Any] = {"id": node_id, "cluster": cluster}
     if node_metadata:
         node["metadata"] = dict(node_metadata)
-    clusters = [
-        _xds_cluster(_addresses(xds_address), keepalive_interval_s, keepalive_timeout_s),
-        *(dict(c) for c in extra_static_clusters),
-    ]
+    clusters: list[dict[str, Any]] = []
+    if not rest or rest_address is not None:
+        grpc = _addresses(xds_address)
+        clusters.append(_xds_cluster(grpc, keepalive_interval_s, keepalive_timeout_s))
+    if rest or rest_address is not None:
+        clusters.append(_rest_cluster(_addresses(rest_address or xds_address)))
+    clusters.extend(dict(c) for c in extra_static_clusters)
     return {
         "node": node,
         "admin": {

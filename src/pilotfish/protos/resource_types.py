@@ -159,7 +159,7 @@ _ROWS = (
          "envoy.service.runtime.v3.RuntimeDiscoveryService", "Runtime", "runtime", order=7),
     _row(EXTENSION_CONFIG_TYPE, "ecds", m.TypedExtensionConfig, "name",
          "envoy.service.extension.v3.ExtensionConfigDiscoveryService", "ExtensionConfigs",
-         "extensionconfigs", order=8),
+         "extension_configs", order=8),
 )  # fmt: skip
 
 RESOURCE_TYPES: Mapping[str, ResourceType] = MappingProxyType({row.type_url: row for row in _ROWS})
