@@ -22,7 +22,11 @@ def test_bootstrap_is_accepted_by_real_envoy(
         main([*argv, "--xds-address", "127.0.0.1:15010", "--xds-address", "127.0.0.2:15010"]) == 0
     )
     bootstrap = json.loads(capsys.readouterr().out)
-    assert bootstrap["node"] == {"id": "web-1", "cluster": "web"}
+    assert bootstrap["node"] == {
+        "id": "web-1",
+        "cluster": "web",
+        "client_features": ["xds.config.supports-resource-ttl"],
+    }
     assert "ads_config" in bootstrap["dynamic_resources"]
     path = tmp_path / "bootstrap.json"
     path.write_text(json.dumps(bootstrap))

@@ -265,6 +265,7 @@ def test_ads_bootstrap_shape() -> None:
     assert bootstrap["node"] == {
         "id": "sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local",
         "cluster": "reviews",
+        "client_features": ["xds.config.supports-resource-ttl"],
         "metadata": {"NAMESPACE": "default"},
     }
     dynamic = bootstrap["dynamic_resources"]

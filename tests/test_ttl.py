@@ -99,8 +99,7 @@ def test_envoy_drops_a_ttl_resource_only_without_heartbeats(delta: bool) -> None
         bootstrap = envoy_bootstrap(
             node_id="edge", cluster="test", xds_address=server.address, delta=delta
         )
-        # Envoy understands TTLs but does not say so on its own: the bootstrap says it.
-        bootstrap["node"]["client_features"] = [TTL_CLIENT_FEATURE]
+        assert bootstrap["node"]["client_features"] == [TTL_CLIENT_FEATURE]
         with EnvoyProcess(bootstrap) as envoy:
             envoy.wait_ready()
             assert set(envoy.dynamic_clusters()) == {"stable", "leased"}

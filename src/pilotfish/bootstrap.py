@@ -255,7 +255,13 @@ def envoy_bootstrap(
         dynamic["ads_config"] = _api_config_source(
             delta=delta, reconnect_base_ms=reconnect_base_ms, reconnect_max_ms=reconnect_max_ms
         )
-    node: dict[str, Any] = {"id": node_id, "cluster": cluster}
+    # Envoy understands resource TTLs but does not advertise it; the control plane only sends
+    # TTLs (and heartbeats) to clients that do.
+    node: dict[str, Any] = {
+        "id": node_id,
+        "cluster": cluster,
+        "client_features": ["xds.config.supports-resource-ttl"],
+    }
     if node_metadata:
         node["metadata"] = dict(node_metadata)
     clusters: list[dict[str, Any]] = []
