@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pilotfish.xds.delta import DeltaStream, DeltaTypeState
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.requests import Received
 from pilotfish.xds.session import Dispatch, Session
-from pilotfish.xds.sotw import Received, SotwStream, TypeState
+from pilotfish.xds.sotw import SotwStream, TypeState
 from pilotfish.xds.watch import (
     Cancel,
     ConfigWatcher,

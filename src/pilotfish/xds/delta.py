@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pilotfish.errors import LocalProtocolError, RemoteProtocolError
-from pilotfish.protos import DeltaDiscoveryRequest, Node, Status, wire
-from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.sotw import Received
+from pilotfish.errors import LocalProtocolError
+from pilotfish.protos import DeltaDiscoveryRequest, Node, wire
+from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.requests import Received, request_type_url, settle
 from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest
 
 __all__ = ["DeltaStream", "DeltaTypeState"]
@@ -61,7 +61,7 @@ class DeltaStream:
         if self.node is None:
             self.node = Node()
             self.node.CopyFrom(request.node)
-        type_url = self._type_url_of(request)
+        type_url = request_type_url(self.type_url, request.type_url, "delta ADS")
         state = self.types.get(type_url)
         first = state is None
         if state is None:
@@ -73,18 +73,10 @@ class DeltaStream:
 
         nonce = request.response_nonce
         stale = bool(nonce) and nonce != state.sent_nonce
-        answered = not stale and state.awaiting_ack and nonce == state.sent_nonce
-        if answered:
-            state.awaiting_ack = False
-            if request.HasField("error_detail"):
-                detail = Status()
-                detail.CopyFrom(request.error_detail)
-                nack = Nacked(type_url, state.sent_version, nonce, state.acked_version, detail)
-                state.last_nack = nack
-                events.append(nack)
-            else:
-                state.acked_version = state.sent_version
-                events.append(Acked(type_url, state.sent_version, nonce))
+        settled = None if stale else settle(state, nonce, request)
+        answered = settled is not None
+        if settled is not None:
+            events.append(settled)
         if not (first or answered or changed) or (stale and not changed):
             return Received(type_url, tuple(events), stale=stale)
         return Received(type_url, tuple(events), self.watch_request(type_url), stale=stale)
@@ -131,16 +123,6 @@ class DeltaStream:
         return response.body + wire.nonce_field(nonce), Sent(
             response.type_url, response.system_version, nonce, names
         )
-
-    def _type_url_of(self, request: DeltaDiscoveryRequest) -> str:
-        type_url: str = request.type_url
-        if self.type_url is None:
-            if not type_url:
-                raise RemoteProtocolError("delta ADS request without type_url")
-            return type_url
-        if type_url and type_url != self.type_url:
-            raise RemoteProtocolError(f"request for {type_url} on the stream for {self.type_url}")
-        return self.type_url
 
     @staticmethod
     def _update_subscription(

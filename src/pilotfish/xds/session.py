@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest, wire
 from pilotfish.xds.delta import DeltaStream
 from pilotfish.xds.events import Sent
-from pilotfish.xds.sotw import Received, SotwStream
+from pilotfish.xds.requests import Received
+from pilotfish.xds.sotw import SotwStream
 from pilotfish.xds.watch import (
     Cancel,
     ConfigWatcher,

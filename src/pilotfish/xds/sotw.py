@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pilotfish.errors import LocalProtocolError, RemoteProtocolError
-from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, Status, wire
-from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.watch import DeltaWatchRequest, PreparedResponse, WatchRequest
+from pilotfish.errors import LocalProtocolError
+from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
+from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.requests import Received, request_type_url, settle
+from pilotfish.xds.watch import PreparedResponse, WatchRequest
 
-__all__ = ["Received", "SotwStream", "TypeState"]
+__all__ = ["SotwStream", "TypeState"]
 
 WILDCARD = "*"
 _EMPTY: frozenset[str] = frozenset()
@@ -50,20 +51,6 @@ class TypeState:
     responses_sent: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """The outcome of one request.
-
-    `watch` is the watch to open for the request's type, replacing any open one; None only
-    for a stale request, which changes nothing.
-    """
-
-    type_url: str
-    events: tuple[Event, ...] = ()
-    watch: WatchRequest | DeltaWatchRequest | None = None
-    stale: bool = False
-
-
 @dataclass(slots=True)
 class SotwStream:
     """One state-of-the-world stream. `type_url` is None for ADS, else the service's type."""
@@ -82,7 +69,7 @@ class SotwStream:
             self.node = Node()
             self.node.CopyFrom(request.node)
             self.ttl_aware = TTL_CLIENT_FEATURE in self.node.client_features
-        type_url = self._type_url_of(request)
+        type_url = request_type_url(self.type_url, request.type_url, "ADS")
         state = self.types.get(type_url)
         nonce = request.response_nonce
         if state is not None and state.sent_nonce and nonce != state.sent_nonce:
@@ -94,18 +81,10 @@ class SotwStream:
         events: list[Event] = []
         changed = self._update_subscription(state, request, first, events)
 
-        answered = state.awaiting_ack and nonce == state.sent_nonce
-        if answered:
-            state.awaiting_ack = False
-            if request.HasField("error_detail"):
-                detail = Status()
-                detail.CopyFrom(request.error_detail)
-                nack = Nacked(type_url, state.sent_version, nonce, state.acked_version, detail)
-                state.last_nack = nack
-                events.append(nack)
-            else:
-                state.acked_version = state.sent_version
-                events.append(Acked(type_url, state.sent_version, nonce))
+        settled = settle(state, nonce, request)
+        answered = settled is not None
+        if settled is not None:
+            events.append(settled)
 
         if first and request.version_info:
             # A reconnecting client says what it holds; trust it so nothing is resent needlessly.
@@ -144,16 +123,6 @@ class SotwStream:
         return response.body + wire.nonce_field(nonce), Sent(
             response.type_url, response.version, nonce, response.names
         )
-
-    def _type_url_of(self, request: DiscoveryRequest) -> str:
-        type_url: str = request.type_url
-        if self.type_url is None:
-            if not type_url:
-                raise RemoteProtocolError("ADS request without type_url")
-            return type_url
-        if type_url and type_url != self.type_url:
-            raise RemoteProtocolError(f"request for {type_url} on the stream for {self.type_url}")
-        return self.type_url
 
     @staticmethod
     def _update_subscription(
