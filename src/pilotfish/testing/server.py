@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node
 from pilotfish.xds import ConfigWatcher, Nacked, Sent
 from pilotfish.xds.callbacks import Callbacks
+from pilotfish.xds.rest import RestServer
 from pilotfish.xds.server import XdsServer
 
 __all__ = ["RecordingCallbacks", "ServerThread"]
@@ -83,7 +84,8 @@ class RecordingCallbacks(Callbacks):
 
 
 class ServerThread:
-    """Runs an `XdsServer` over `watcher` on a private event loop thread."""
+    """Runs an `XdsServer` (or, with `rest=True`, a REST/JSON `RestServer`) over `watcher` on a
+    private event loop thread."""
 
     def __init__(
         self,
@@ -93,12 +95,17 @@ class ServerThread:
         address: str = "127.0.0.1:0",
         ordered_ads: bool = True,
         heartbeat_interval: float | None = None,
+        rest: bool = False,
     ) -> None:
-        self.server = XdsServer(
-            watcher,
-            callbacks=callbacks,
-            ordered_ads=ordered_ads,
-            heartbeat_interval=heartbeat_interval,
+        self.server: XdsServer | RestServer = (
+            RestServer(watcher, callbacks=callbacks)
+            if rest
+            else XdsServer(
+                watcher,
+                callbacks=callbacks,
+                ordered_ads=ordered_ads,
+                heartbeat_interval=heartbeat_interval,
+            )
         )
         self._address = address
         self._loop = asyncio.new_event_loop()
@@ -115,7 +122,9 @@ class ServerThread:
         """End every stream, stop the server and its thread. Idempotent."""
         if not self._thread.is_alive():
             return
-        self._call(self.server.stop(grace)).result(timeout=grace + 10)
+        server = self.server
+        stopping = server.stop(grace) if isinstance(server, XdsServer) else server.stop()
+        self._call(stopping).result(timeout=grace + 10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
