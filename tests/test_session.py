@@ -110,6 +110,22 @@ def test_newly_subscribed_name_is_sent_at_an_unchanged_version(given_version: st
     assert ads.poll() == []  # dropping a name needs no response
 
 
+def test_a_change_to_other_names_is_not_pushed_to_a_named_subscription() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    ads = client(cache)
+    ads.subscribe(ENDPOINT_TYPE, ["a"])
+    ads.ack(ads.poll()[0])
+    cache.set_snapshot("n1", mesh({**AB, "b": [("127.0.0.1", 9)]}, "a"))  # only b changed
+    assert ads.poll() == []
+    cache.set_snapshot("n1", mesh({**AB, "a": [("127.0.0.1", 9)]}, "a"))
+    (changed,) = ads.poll()
+    assert len(changed.resources) == 1
+    ads.ack(changed)
+    ads.subscribe(ENDPOINT_TYPE, [])  # and dropping names sends nothing either
+    assert ads.poll() == []
+
+
 def test_absent_names_are_remembered_and_sent_when_they_appear() -> None:
     cache = SnapshotCache()
     cache.set_snapshot("n1", mesh(A, "a"))
@@ -231,9 +247,10 @@ def test_cluster_removed_and_added_back_resends_its_endpoints() -> None:
     ads.ack(ads.poll()[0])
     ads.subscribe(ENDPOINT_TYPE, ["a"])  # b's cluster went away
     cache.set_snapshot("n1", mesh(A, "a"))
-    ads.ack(ads.poll()[0])
+    assert ads.poll() == []  # a did not change: nothing to say
     cache.set_snapshot("n1", Snapshot({"eds": [build.load_assignment("a", [("127.0.0.1", 1)])]}))
     ads.subscribe(ENDPOINT_TYPE, ["a", "b"])
+    assert ads.poll() == []  # b does not exist (yet)
     cache.set_snapshot("n1", mesh(AB, "a"))
     (back,) = ads.poll()
     assert len(back.resources) == 2

@@ -21,7 +21,11 @@ def _no_references(type_url: str, name: str) -> Mapping[str, set[str]]:
 
 
 def sotw_answer(
-    snapshot: Snapshot, request: WatchRequest, known_version: str, known_names: frozenset[str]
+    snapshot: Snapshot,
+    request: WatchRequest,
+    known_version: str,
+    known_names: frozenset[str],
+    known_resources: Mapping[str, str] | None = None,
 ) -> PreparedResponse | None:
     """The response a watch needs from this snapshot, or None if its client is up to date."""
     type_url = request.type_url
@@ -29,6 +33,15 @@ def sotw_answer(
         return None
     names = None if request.wildcard else request.names
     if snapshot.version(type_url) != known_version:
+        if names is not None and known_resources is not None:
+            # A named subscription whose resources all stayed as they were gets nothing: a new
+            # version elsewhere in the type (another cluster's endpoints) is not its business.
+            table = snapshot.resources(type_url)
+            if all(
+                (r.version if (r := table.get(n)) is not None else None) == known_resources.get(n)
+                for n in names
+            ):
+                return None
         return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
     if names is None:
         return None

@@ -188,6 +188,7 @@ class Snapshot:
             names=entry.names if names is None else frozenset(r.name for r in chosen),
             body=body,
             heartbeat=heartbeat,
+            resource_versions=MappingProxyType({r.name: r.version for r in chosen}),
         )
         with self._lock:
             # Two threads may race to build it; the first one stored wins and is shared.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pilotfish.protos import RESOURCE_TYPES, Node
@@ -44,11 +44,15 @@ class _Watch:
     respond: Respond
     known_version: str
     known_names: frozenset[str]
+    known_resources: Mapping[str, str] | None
 
     def answer(self, snapshot: Snapshot) -> PreparedResponse | None:
-        response = sotw_answer(snapshot, self.request, self.known_version, self.known_names)
+        response = sotw_answer(
+            snapshot, self.request, self.known_version, self.known_names, self.known_resources
+        )
         if response is not None:
             self.known_version, self.known_names = response.version, response.names
+            self.known_resources = response.resource_versions
         return response
 
     def deliver(self, response: PreparedResponse | DeltaPreparedResponse) -> None:
@@ -146,7 +150,9 @@ class SnapshotCache:
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
         """Answer now if the snapshot has something new, and again on each newer snapshot,
         until cancelled."""
-        watch = _Watch(request, respond, request.known_version, request.known_names)
+        watch = _Watch(
+            request, respond, request.known_version, request.known_names, request.known_resources
+        )
         return self._open(request.node, request.stream_id, watch)
 
     def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:

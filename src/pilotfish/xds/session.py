@@ -9,6 +9,7 @@ listeners, routes, then the rest). The I/O layer calls `receive` for each reques
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest, wire
@@ -125,10 +126,7 @@ class Session:
             if response.heartbeat is None:
                 self._heartbeats.pop(type_url, None)
             else:
-                self._heartbeats[type_url] = PreparedResponse(
-                    type_url, response.version, response.names, response.heartbeat,
-                    response.heartbeat,
-                )  # fmt: skip
+                self._heartbeats[type_url] = dataclasses.replace(response, body=response.heartbeat)
         node = self.protocol.node
         assert node is not None
         self._watcher.on_stream_event(self.stream_id, node, sent)

@@ -19,6 +19,7 @@ Rules (xDS protocol, state-of-the-world):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pilotfish.errors import LocalProtocolError
@@ -45,6 +46,7 @@ class TypeState:
     sent_version: str = ""
     sent_nonce: str = ""
     sent_names: frozenset[str] = _EMPTY
+    sent_resources: Mapping[str, str] | None = None
     awaiting_ack: bool = False
     acked_version: str = ""
     last_nack: Nacked | None = None
@@ -86,11 +88,13 @@ class SotwStream:
         if settled is not None:
             events.append(settled)
 
+        known_resources = None
         if first and request.version_info:
             # A reconnecting client says what it holds; trust it so nothing is resent needlessly.
             known_version, known_names = request.version_info, state.names
         elif first or answered or changed:
             known_version, known_names = state.sent_version, state.sent_names
+            known_resources = state.sent_resources
         else:
             # The same subscription again with nothing in flight: the client wants the resources
             # again. Envoy does this when an updated cluster (or listener) must warm again, and
@@ -105,6 +109,7 @@ class SotwStream:
             known_version=known_version,
             known_names=known_names,
             ttl_aware=self.ttl_aware,
+            known_resources=known_resources,
         )
         return Received(type_url, tuple(events), watch)
 
@@ -118,6 +123,7 @@ class SotwStream:
         state.sent_version = response.version
         state.sent_nonce = nonce
         state.sent_names = response.names
+        state.sent_resources = response.resource_versions
         state.awaiting_ack = True
         state.responses_sent += 1
         return response.body + wire.nonce_field(nonce), Sent(
@@ -148,6 +154,8 @@ class SotwStream:
         if not wildcard:
             # The client forgets what it unsubscribes; subscribing again must resend it.
             state.sent_names &= names
+            if state.sent_resources is not None:
+                state.sent_resources = {n: v for n, v in state.sent_resources.items() if n in names}
         if first or added or wildcard_on:
             events.append(Subscribed(state.type_url, added, wildcard))
         if removed or wildcard_off:

@@ -36,6 +36,8 @@ class WatchRequest:
     `known_version` is the version the client holds, or the one it just rejected: the watcher
     must not answer with that version again unless new names were subscribed (names in
     `names - known_names` that exist). That is what keeps a NACKed version from being resent.
+    `known_resources`, when known, are the versions of the resources sent at `known_version`:
+    a new version of the type that changes none of the subscribed names is not sent.
     """
 
     node: Node
@@ -46,6 +48,7 @@ class WatchRequest:
     known_version: str
     known_names: frozenset[str]
     ttl_aware: bool = False
+    known_resources: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class PreparedResponse:
     names: frozenset[str]
     body: bytes
     heartbeat: bytes | None = None
+    resource_versions: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
