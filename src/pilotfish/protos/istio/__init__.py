@@ -1,0 +1,1 @@
+"""pilotfish's own schemas for Istio's APIs (generated protobuf modules)."""

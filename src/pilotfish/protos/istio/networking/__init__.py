@@ -1,0 +1,1 @@
+"""Generated types for Istio's networking.istio.io API (pilotfish's own schema)."""

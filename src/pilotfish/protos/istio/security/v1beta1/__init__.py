@@ -1,0 +1,1 @@
+"""security.istio.io/v1beta1: PeerAuthentication, AuthorizationPolicy (generated)."""

@@ -1,0 +1,1 @@
+"""istio.type.v1beta1: WorkloadSelector, PolicyTargetReference (generated)."""
