@@ -50,6 +50,12 @@ SPEC_TYPES: dict[str, type[Message]] = {
 API_VERSIONS = {f"networking.istio.io/{v}" for v in ("v1alpha3", "v1beta1", "v1")}
 
 
+def test_bookinfo_manifests_are_present() -> None:
+    # The parametrized tests below would silently collect nothing without them.
+    assert BOOKINFO.is_dir(), f"missing conformance inputs at {BOOKINFO}"
+    assert len(list(BOOKINFO.rglob("*.yaml"))) >= 20
+
+
 def _bookinfo_documents() -> list[tuple[str, dict[str, Any]]]:
     """(id, document) for every networking document of a kind in SPEC_TYPES."""
     found: list[tuple[str, dict[str, Any]]] = []
