@@ -11,6 +11,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "UnknownTypeError",
+    "ValidationError",
 ]
 
 
@@ -35,3 +36,41 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol; the stream is ended with this message."""
+
+
+class ValidationError(PilotfishError):
+    """A config object that cannot be used, located for a person: file, document, object, field.
+
+    `str()` reads like
+    `vs.yaml[2] VirtualService default/reviews: spec.http[0].route[1].weight: <why>`.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        file: str = "",
+        index: int | None = None,
+        kind: str = "",
+        namespace: str = "",
+        name: str = "",
+        field: str = "",
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.file = file
+        self.index = index
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.field = field
+
+    def __str__(self) -> str:
+        where = self.file + (f"[{self.index}]" if self.index is not None else "")
+        obj = " ".join(
+            p for p in (self.kind, "/".join(p for p in (self.namespace, self.name) if p)) if p
+        )
+        parts = [p for p in (where, obj) if p]
+        prefix = " ".join(parts)
+        field = f"{self.field}: " if self.field else ""
+        return f"{prefix}: {field}{self.reason}" if prefix else f"{field}{self.reason}"
