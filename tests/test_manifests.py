@@ -8,7 +8,7 @@ import pytest
 
 from pilotfish.errors import ValidationError
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
-from pilotfish.sources import load_documents, load_path
+from pilotfish.sources import load_documents, load_path, resolve_host
 
 BOOKINFO = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "istio-bookinfo"
 
@@ -86,3 +86,63 @@ def test_wrong_api_version_missing_name_and_bad_yaml() -> None:
     assert (second.index, second.field) == (1, "metadata.name")
     (broken,) = load_documents("a: [", file="y.yaml").errors
     assert broken.file == "y.yaml" and "not valid YAML" in broken.reason
+
+
+VS = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: "
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "reason"),
+    [
+        ("{hosts: [a], http: [{route: [{destination: {host: a}}], redirect: {uri: /x}}]}",
+         "spec.http[0]", "exactly one of route"),
+        ("{hosts: [a], http: [{route: [{destination: {host: a}, weight: 60}, "
+         "{destination: {host: b}, weight: 60}]}]}",
+         "spec.http[0].route", "add up to 120"),
+        ("{hosts: [a], http: [{route: [{destination: {host: a}}], fault: {abort: "
+         "{httpStatus: 700, percentage: {value: 100}}}}]}",
+         "spec.http[0].fault.abort.httpStatus", "between 200 and 599"),
+        ("{hosts: [a], http: [{route: [{destination: {host: a}}], fault: {delay: "
+         "{fixedDelay: 7s, percentage: {value: 150}}}}]}",
+         "spec.http[0].fault.delay.percentage.value", "between 0 and 100"),
+        ("{hosts: [a], http: [{route: [{destination: {host: a}}], timeout: 0s}]}",
+         "spec.http[0].timeout", "at least 1ms"),
+        ("{hosts: [a], http: [{route: [{destination: {host: a}}], "
+         "retries: {attempts: 3, retryOn: 'gateway-error,sometimes'}}]}",
+         "spec.http[0].retries.retryOn", "'sometimes'"),
+        ("{hosts: [a], http: [{redirect: {uri: /x, redirectCode: 200}}]}",
+         "spec.http[0].redirect.redirectCode", "301"),
+        ("{hosts: []}", "spec.hosts", "at least one host"),
+    ],
+)  # fmt: skip
+def test_istiod_rules_for_virtual_services(spec: str, field: str, reason: str) -> None:
+    (error,) = load_documents(VS + spec, file="vs.yaml").errors
+    assert (error.kind, error.name, error.field) == ("VirtualService", "r", field)
+    assert reason in error.reason
+
+
+def test_istiod_rules_for_destination_rules() -> None:
+    result = load_documents(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\n"
+        "spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}, "
+        "{name: V_2, labels: {version: v2}}, {name: v1, labels: {version: v3}}]}\n",
+        file="dr.yaml",
+    )
+    assert [(e.field, e.reason) for e in result.errors] == [
+        ("spec.subsets[1].name", "'V_2' is not a DNS-1123 label"),
+        ("spec.subsets[2].name", "subset 'v1' is defined twice"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("reviews", "reviews.default.svc.cluster.local"),
+        ("reviews.prod.svc.cluster.local", "reviews.prod.svc.cluster.local"),
+        ("www.google.com", "www.google.com"),
+        ("*.example.com", "*.example.com"),
+        ("*", "*"),
+    ],
+)
+def test_short_hosts_resolve_in_the_objects_namespace(host: str, expected: str) -> None:
+    assert resolve_host(host, "default") == expected

@@ -9,5 +9,14 @@ from pilotfish.sources.manifests import (
     load_documents,
     load_path,
 )
+from pilotfish.sources.validate import resolve_host, validate
 
-__all__ = ["KINDS", "ConfigObject", "LoadResult", "load_documents", "load_path"]
+__all__ = [
+    "KINDS",
+    "ConfigObject",
+    "LoadResult",
+    "load_documents",
+    "load_path",
+    "resolve_host",
+    "validate",
+]

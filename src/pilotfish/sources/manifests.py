@@ -1,6 +1,7 @@
 """Load Kubernetes-style manifests (YAML or JSON, many documents per file) into typed objects.
 
-Istio's networking and security kinds are parsed into pilotfish's own Istio-compatible messages.
+Istio's networking and security kinds are parsed into pilotfish's own Istio-compatible messages
+and checked against istiod's rules (`pilotfish.sources.validate`).
 Nothing is lost quietly: unknown kinds are reported and skipped, and an invalid object becomes a
 `ValidationError` that names the file, the document index, the object and the field path, while
 every valid object of the same file still loads.
@@ -31,6 +32,7 @@ from pilotfish.protos.istio.security.v1beta1 import (
     authorization_policy_pb2,
     peer_authentication_pb2,
 )
+from pilotfish.sources.validate import validate
 
 __all__ = ["KINDS", "ConfigObject", "LoadResult", "load_documents", "load_path"]
 
@@ -120,6 +122,8 @@ def load_documents(text: str, *, file: str = "<string>") -> LoadResult:
             continue
         if isinstance(loaded, str):
             result.skipped.append(loaded)
+        elif problems := validate(loaded):
+            result.errors.extend(problems)
         else:
             result.objects.append(loaded)
     return result
