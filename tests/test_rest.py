@@ -6,7 +6,6 @@ import asyncio
 import http.client
 import json
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +31,7 @@ from pilotfish.testing import (
     EnvoyProcess,
     HttpUpstream,
     RecordingCallbacks,
+    ServerThread,
     free_port,
     wait_until,
 )
@@ -48,38 +48,14 @@ EnvoyFactory = Callable[..., EnvoyProcess]
 REST_SOURCE = json_format.ParseDict(config_source(ads=False, rest=True), ConfigSource())
 
 
-class RestThread:
-    """A `RestServer` on a private event loop thread, so tests stay synchronous."""
-
-    def __init__(self, watcher: Any, callbacks: RecordingCallbacks | None = None) -> None:
-        self.server = RestServer(watcher, callbacks=callbacks)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def __enter__(self) -> RestThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=10)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.server.address
-
-
 @pytest.fixture
-def rest(xds_cache: SnapshotCache, xds_callbacks: RecordingCallbacks) -> Iterator[RestThread]:
-    with RestThread(xds_cache, xds_callbacks) as server:
+def rest(xds_cache: SnapshotCache, xds_callbacks: RecordingCallbacks) -> Iterator[ServerThread]:
+    with ServerThread(xds_cache, callbacks=xds_callbacks, rest=True) as server:
         yield server
 
 
 @pytest.fixture
-def rest_envoy(rest: RestThread) -> Iterator[EnvoyFactory]:
+def rest_envoy(rest: ServerThread) -> Iterator[EnvoyFactory]:
     """Start real Envoys that poll `rest` for everything (CDS, LDS, then EDS and RDS)."""
     started: list[EnvoyProcess] = []
 
@@ -176,46 +152,6 @@ def test_envoy_converges_over_rest_and_traffic_reaches_the_upstream(
     assert xds_cache.status_keys() == []
 
 
-def test_route_change_moves_traffic_and_only_routes_are_sent(
-    xds_cache: SnapshotCache,
-    xds_callbacks: RecordingCallbacks,
-    rest_envoy: EnvoyFactory,
-    http_upstream: Upstreams,
-) -> None:
-    port = free_port()
-    clusters = two_upstreams(http_upstream)
-    xds_cache.set_snapshot("sidecar", mesh(clusters, "blue", listener_port=port))
-    envoy = rest_envoy().wait_ready()
-    assert served_by(envoy, port) == "blue"
-    before = xds_callbacks.sent_count_by_type()
-
-    changed = mesh(clusters, "green", listener_port=port)
-    xds_cache.set_snapshot("sidecar", changed)
-    wait_until(lambda: served_by(envoy, port) == "green", message="traffic moved to green")
-    assert envoy.dynamic_route_configs() == {"local_route": changed.version(ROUTE_TYPE)}
-    assert xds_callbacks.sent_count_by_type() - before == {ROUTE_TYPE: 1}
-    assert envoy.stat("http.ingress_http.rds.local_route.update_success") == 2
-
-
-def test_removed_cluster_leaves_envoy(
-    xds_cache: SnapshotCache, rest_envoy: EnvoyFactory, http_upstream: Upstreams
-) -> None:
-    port = free_port()
-    clusters = two_upstreams(http_upstream)
-    xds_cache.set_snapshot("sidecar", mesh(clusters, "blue", listener_port=port))
-    envoy = rest_envoy().wait_ready()
-    assert set(envoy.dynamic_clusters()) == {"blue", "green"}
-
-    only_blue = mesh({"blue": clusters["blue"]}, "blue", listener_port=port)
-    xds_cache.set_snapshot("sidecar", only_blue)
-    wait_until(lambda: set(envoy.dynamic_clusters()) == {"blue"}, message="green removed")
-    assert served_by(envoy, port) == "blue"
-
-    xds_cache.set_snapshot("sidecar", mesh(clusters, "green", listener_port=port))
-    wait_until(lambda: served_by(envoy, port) == "green", message="green is back with endpoints")
-    assert envoy.stat("cluster.green.membership_healthy") == 1
-
-
 def test_rejected_snapshot_keeps_last_good_config_and_next_good_one_applies(
     xds_cache: SnapshotCache,
     xds_callbacks: RecordingCallbacks,
@@ -300,7 +236,7 @@ def snapshot(xds_cache: SnapshotCache) -> Snapshot:
 
 
 @pytest.fixture
-def conn(rest: RestThread) -> Iterator[http.client.HTTPConnection]:
+def conn(rest: ServerThread) -> Iterator[http.client.HTTPConnection]:
     connection = http.client.HTTPConnection(*rest.address, timeout=5)
     try:
         yield connection
@@ -394,7 +330,7 @@ def test_fetches_are_one_request_streams_for_the_watcher(
             xds_cache.on_stream_closed(stream_id, node)
 
     current = snapshot.version(ENDPOINT_TYPE)
-    with RestThread(Watcher()) as server:
+    with ServerThread(Watcher(), rest=True) as server:
         connection = http.client.HTTPConnection(*server.address, timeout=5)
         try:
             wildcard = fetch_body(CLUSTER_TYPE)
@@ -471,7 +407,7 @@ def test_every_type_has_the_path_envoy_posts_to() -> None:
 
 
 def test_keep_alive_and_connection_close(
-    snapshot: Snapshot, rest: RestThread, conn: http.client.HTTPConnection
+    snapshot: Snapshot, rest: ServerThread, conn: http.client.HTTPConnection
 ) -> None:
     current = snapshot.version(CLUSTER_TYPE)
     first, _ = post(conn, "/v3/discovery:clusters", fetch_body(CLUSTER_TYPE))
@@ -505,7 +441,7 @@ def test_keep_alive_and_connection_close(
     assert json_format.Parse(payload, DiscoveryResponse()).version_info == current
 
 
-def test_malformed_http_is_refused_and_closed(snapshot: Snapshot, rest: RestThread) -> None:
+def test_malformed_http_is_refused_and_closed(snapshot: Snapshot, rest: ServerThread) -> None:
     def exchange(data: bytes) -> bytes:
         with socket.create_connection(rest.address, timeout=5) as raw:
             raw.sendall(data)

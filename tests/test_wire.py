@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf.wrappers_pb2 import BytesValue, UInt64Value
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,11 +22,8 @@ def test_length_delimited_parses_as_protobuf_bytes(data: bytes) -> None:
 
 
 def test_varint_rejects_negative() -> None:
-    try:
+    with pytest.raises(ValueError, match="negative"):
         wire.varint(-1)
-    except ValueError:
-        return
-    raise AssertionError("negative varint accepted")
 
 
 @given(
