@@ -6,7 +6,6 @@ last version it accepted, and each request carries them.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,11 +17,9 @@ from pilotfish.protos import (
     Node,
     Status,
 )
-from pilotfish.xds import ConfigWatcher, Received, Session
+from pilotfish.xds import ConfigWatcher, Received, Session, new_stream_id
 
 __all__ = ["InMemoryAdsClient", "InMemoryDeltaClient"]
-
-_stream_ids = itertools.count(1_000_000)
 
 
 @dataclass(slots=True)
@@ -46,7 +43,7 @@ class InMemoryAdsClient:
     _first: bool = True
 
     def __post_init__(self) -> None:
-        self.session = Session(self.watcher, next(_stream_ids), self.type_url, ordered=self.ordered)
+        self.session = Session(self.watcher, new_stream_id(), self.type_url, ordered=self.ordered)
 
     def send(self, request: DiscoveryRequest) -> Received:
         """Send a raw request (the node is added to the first one)."""
@@ -114,7 +111,7 @@ class InMemoryDeltaClient:
     _first: bool = True
 
     def __post_init__(self) -> None:
-        self.session = Session(self.watcher, next(_stream_ids), self.type_url, delta=True)
+        self.session = Session(self.watcher, new_stream_id(), self.type_url, delta=True)
 
     def send(self, request: DeltaDiscoveryRequest) -> Received:
         """Send a raw request (the node is added to the first one)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pilotfish.xds.delta import DeltaStream, DeltaTypeState
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
 from pilotfish.xds.requests import Received
-from pilotfish.xds.session import Dispatch, Session
+from pilotfish.xds.session import Dispatch, Session, new_stream_id
 from pilotfish.xds.sotw import SotwStream, TypeState
 from pilotfish.xds.watch import (
     Cancel,
@@ -44,4 +44,5 @@ __all__ = [
     "TypeState",
     "Unsubscribed",
     "WatchRequest",
+    "new_stream_id",
 ]

@@ -25,12 +25,11 @@ import asyncio
 import contextlib
 import email.utils
 import inspect
-import itertools
 import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import MappingProxyType
@@ -42,16 +41,13 @@ from pilotfish.errors import RemoteProtocolError
 from pilotfish.protos import RESOURCE_TYPES, DiscoveryRequest, DiscoveryResponse, Node
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.events import Sent
-from pilotfish.xds.session import Session
+from pilotfish.xds.session import Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
 
-__all__ = ["FIRST_STREAM_ID", "REST_PATHS", "RestServer"]
+__all__ = ["REST_PATHS", "RestServer"]
 
 _log = logging.getLogger(__name__)
 
-FIRST_STREAM_ID = 1 << 32
-"""Default first stream id of REST fetches: far above the ids an `XdsServer` counts from 1, so
-the two can share a watcher (which keeps node status per stream id) without colliding."""
 
 _MAX_LINE = 64 * 1024
 _MAX_HEADERS = 100
@@ -140,8 +136,6 @@ class RestServer:
 
     `callbacks` see each fetch as a one-request stream: `on_stream_open`, `on_stream_request`,
     `on_stream_response` (only when a 200 answer goes out) and `on_stream_close`.
-    `stream_ids` lets the REST fetches share an id sequence with other servers on the same
-    watcher; by default they count from `FIRST_STREAM_ID`.
     """
 
     def __init__(
@@ -149,13 +143,11 @@ class RestServer:
         watcher: ConfigWatcher,
         *,
         callbacks: Callbacks | None = None,
-        stream_ids: Iterator[int] | None = None,
         max_body: int = _MAX_BODY,
         idle_timeout: float = _IDLE_TIMEOUT,
     ) -> None:
         self._watcher = watcher
         self._callbacks = callbacks
-        self._ids = stream_ids if stream_ids is not None else itertools.count(FIRST_STREAM_ID)
         self._max_body = max_body
         self._idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
@@ -265,7 +257,7 @@ class RestServer:
     # xDS
 
     async def _fetch(self, type_url: str, request: DiscoveryRequest) -> _Response:
-        stream_id = next(self._ids)
+        stream_id = new_stream_id()
         callbacks = self._callbacks
         node: Node | None = request.node if request.HasField("node") else None
         if callbacks is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,7 +28,7 @@ from pilotfish.protos import (
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.debug import describe_session
 from pilotfish.xds.events import Nacked
-from pilotfish.xds.session import Session
+from pilotfish.xds.session import Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
 
 __all__ = ["DEFAULT_OPTIONS", "XdsServer"]
@@ -86,7 +85,6 @@ class XdsServer:
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._options = list(options)
-        self._ids = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -214,7 +212,7 @@ class XdsServer:
     ) -> AsyncIterator[bytes]:
         if self._loop is None:
             self._bind_loop()
-        stream_id = next(self._ids)
+        stream_id = new_stream_id()
         stream = self._streams[stream_id] = _Stream()
         session = Session(
             self._watcher,

@@ -10,6 +10,7 @@ listeners, routes, then the rest). The I/O layer calls `receive` for each reques
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest, wire
@@ -26,7 +27,7 @@ from pilotfish.xds.watch import (
     WatchRequest,
 )
 
-__all__ = ["Dispatch", "Session"]
+__all__ = ["Dispatch", "Session", "new_stream_id"]
 
 _Prepared = PreparedResponse | DeltaPreparedResponse
 
@@ -39,6 +40,15 @@ _LAST = len(RESOURCE_TYPES)
 def _order(type_url: str) -> int:
     row = RESOURCE_TYPES.get(type_url)
     return _LAST if row is None else row.order
+
+
+_stream_ids = itertools.count(1)
+
+
+def new_stream_id() -> int:
+    """A stream id unique in this process. Caches keep node status per stream id, so every
+    server (gRPC, REST) and test client on a shared watcher draws from this one sequence."""
+    return next(_stream_ids)
 
 
 def _call_now(fn: Callable[[], None]) -> None:
