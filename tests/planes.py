@@ -16,8 +16,8 @@ from pilotfish.bootstrap import config_source, envoy_bootstrap
 from pilotfish.cache import LinearCache, MuxCache, Snapshot, SnapshotCache
 from pilotfish.protos import ENDPOINT_TYPE
 from pilotfish.testing import EnvoyProcess, RecordingCallbacks, ServerThread
-from pilotfish.translators import build
 from pilotfish.xds import ConfigWatcher
+from tests import helpers
 
 
 @dataclass(frozen=True)
@@ -122,15 +122,12 @@ class Plane:
         connect_timeout: float = 1.0,
     ) -> Snapshot:
         """EDS clusters, their endpoints, one route config and one listener, for this mode."""
-        source = self.mode.source()
-        return Snapshot(
-            {
-                "cds": [
-                    build.eds_cluster(n, config_source=source, connect_timeout=connect_timeout)
-                    for n in clusters
-                ],
-                "eds": [build.load_assignment(n, eps) for n, eps in clusters.items()],
-                "lds": [build.http_listener("web", port, "routes", config_source=source)],
-                "rds": [build.route_config("routes", route_to)],
-            }
+        return helpers.mesh(
+            clusters,
+            route_to,
+            listener_port=port,
+            listener_name="web",
+            route_name="routes",
+            connect_timeout=connect_timeout,
+            config_source=self.mode.source(),
         )

@@ -35,10 +35,10 @@ from pilotfish.testing import (
     free_port,
     wait_until,
 )
-from pilotfish.translators import build
 from pilotfish.xds import Event, Respond, Sent, Subscribed, WatchRequest
 from pilotfish.xds.rest import REST_PATHS, RestServer
 from pilotfish.xds.watch import Cancel
+from tests import helpers
 
 Upstreams = Callable[[str], HttpUpstream]
 EnvoyFactory = Callable[..., EnvoyProcess]
@@ -82,20 +82,12 @@ def mesh(
     connect_timeout: float = 1.0,
 ) -> Snapshot:
     """EDS clusters with their endpoints, one HTTP listener and its routes, all over REST."""
-    return Snapshot(
-        {
-            "cds": [
-                build.eds_cluster(n, config_source=REST_SOURCE, connect_timeout=connect_timeout)
-                for n in clusters
-            ],
-            "eds": [build.load_assignment(n, [address]) for n, address in clusters.items()],
-            "lds": [
-                build.http_listener(
-                    "listener_0", listener_port, "local_route", config_source=REST_SOURCE
-                )
-            ],
-            "rds": [build.route_config("local_route", route_to)],
-        }
+    return helpers.mesh(
+        {name: [address] for name, address in clusters.items()},
+        route_to,
+        listener_port=listener_port,
+        connect_timeout=connect_timeout,
+        config_source=REST_SOURCE,
     )
 
 
