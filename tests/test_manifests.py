@@ -17,9 +17,9 @@ def test_every_bookinfo_file_loads() -> None:
     result = load_path(BOOKINFO)
     assert result.errors == []
     kinds = sorted({o.kind for o in result.objects})
-    assert kinds == ["DestinationRule", "Gateway", "ServiceEntry", "VirtualService"]
-    assert len(result.objects) == 38
-    # The platform manifests (Service, Deployment, ...) are reported, not silently dropped.
+    assert kinds == ["DestinationRule", "Gateway", "Service", "ServiceEntry", "VirtualService"]
+    assert len(result.objects) == 42  # 38 networking objects and 4 Kubernetes Services
+    # The rest of the platform manifests (Deployment, ...) are reported, not silently dropped.
     assert any("Deployment" in s and "kind not supported" in s for s in result.skipped)
     reviews = next(
         o
@@ -112,7 +112,8 @@ VS = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name:
          "spec.http[0].retries.retryOn", "'sometimes'"),
         ("{hosts: [a], http: [{redirect: {uri: /x, redirectCode: 200}}]}",
          "spec.http[0].redirect.redirectCode", "301"),
-        ("{hosts: []}", "spec.hosts", "at least one host"),
+        ("{hosts: [], http: [{route: [{destination: {host: a}}]}]}",
+         "spec.hosts", "at least one host"),
     ],
 )  # fmt: skip
 def test_istiod_rules_for_virtual_services(spec: str, field: str, reason: str) -> None:
@@ -146,3 +147,24 @@ def test_istiod_rules_for_destination_rules() -> None:
 )
 def test_short_hosts_resolve_in_the_objects_namespace(host: str, expected: str) -> None:
     assert resolve_host(host, "default") == expected
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds", "nanos"),
+    [("1m", 60, 0), ("500ms", 0, 500_000_000), ("1h2m3.5s", 3723, 500_000_000), ("7s", 7, 0),
+     ("0.7s", 0, 700_000_000), ("2500ms", 2, 500_000_000)],
+)  # fmt: skip
+def test_go_style_durations_as_istio_writes_them(written: str, seconds: int, nanos: int) -> None:
+    result = load_documents(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\n"
+        f"spec: {{host: d, trafficPolicy: {{outlierDetection: {{interval: {written}}}}}}}\n"
+    )
+    assert result.errors == []
+    interval = result.objects[0].spec.traffic_policy.outlier_detection.interval  # type: ignore[attr-defined]
+    assert (interval.seconds, interval.nanos) == (seconds, nanos)
+
+
+def test_a_duration_that_is_not_one_names_its_field() -> None:
+    result = load_documents(VS + "{hosts: [r], http: [{route: [{destination: {host: r}}], "
+                            "timeout: 5 minutes}]}", file="t.yaml")  # fmt: skip
+    assert [e.field for e in result.errors] == ["spec.http[0].timeout"]

@@ -9,8 +9,10 @@ every valid object of the same file still loads.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,15 @@ from pilotfish.protos.istio.security.v1beta1 import (
     authorization_policy_pb2,
     peer_authentication_pb2,
 )
+from pilotfish.protos.k8s import registry_pb2
 from pilotfish.sources.validate import validate
 
 __all__ = ["KINDS", "ConfigObject", "LoadResult", "load_documents", "load_path"]
 
 _NETWORKING = ("networking.istio.io", ("v1alpha3", "v1beta1", "v1"))
 _SECURITY = ("security.istio.io", ("v1beta1", "v1"))
+_CORE = ("", ("v1",))
+_DISCOVERY = ("discovery.k8s.io", ("v1",))
 
 KINDS: Mapping[str, tuple[tuple[str, tuple[str, ...]], type[Message]]] = {
     "VirtualService": (_NETWORKING, virtual_service_pb2.VirtualService),
@@ -48,8 +53,16 @@ KINDS: Mapping[str, tuple[tuple[str, tuple[str, ...]], type[Message]]] = {
     "Sidecar": (_NETWORKING, sidecar_pb2.Sidecar),
     "PeerAuthentication": (_SECURITY, peer_authentication_pb2.PeerAuthentication),
     "AuthorizationPolicy": (_SECURITY, authorization_policy_pb2.AuthorizationPolicy),
+    "Service": (_CORE, registry_pb2.ServiceSpec),
+    "EndpointSlice": (_DISCOVERY, registry_pb2.EndpointSlice),
+    "Pod": (_CORE, registry_pb2.Pod),
 }
 """Kinds pilotfish understands: (API group, versions) and the message of their `spec`."""
+
+# Kubernetes kinds: only the registry's fields are declared, the rest is ignored, and for these
+# the message is the whole document (less apiVersion, kind, metadata) rather than `spec`.
+_KUBERNETES = frozenset({"Service", "EndpointSlice", "Pod"})
+_WHOLE_DOCUMENT = frozenset({"EndpointSlice", "Pod"})
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -157,15 +170,21 @@ def _load_one(document: object, file: str, index: int) -> ConfigObject | str:
                               field="apiVersion", **where)  # fmt: skip
     if not name:
         raise ValidationError("is required", field="metadata.name", **where)
-    spec = document.get("spec")
+    spec: Any
+    if kind in _WHOLE_DOCUMENT:
+        spec = {k: v for k, v in document.items() if k not in ("apiVersion", "kind", "metadata")}
+    else:
+        spec = document.get("spec")
     if not isinstance(spec, dict):
         raise ValidationError("must be a mapping", field="spec", **where)
     message = message_type()
+    spec = _go_durations(message_type.DESCRIPTOR, spec)
     try:
-        json_format.ParseDict(spec, message)
+        json_format.ParseDict(spec, message, ignore_unknown_fields=kind in _KUBERNETES)
     except json_format.ParseError as error:
-        path, reason = _locate(message_type.DESCRIPTOR, spec, "spec")
-        raise ValidationError(reason or _short(str(error)), field=path, **where) from error
+        root = "" if kind in _WHOLE_DOCUMENT else "spec"
+        path, reason = _locate(message_type.DESCRIPTOR, spec, root, kind in _KUBERNETES)
+        raise ValidationError(reason or _leaf_reason(str(error)), field=path, **where) from error
     return ConfigObject(
         api_version=api_version,
         kind=kind,
@@ -179,6 +198,53 @@ def _load_one(document: object, file: str, index: int) -> ConfigObject | str:
     )
 
 
+_GO_UNIT = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_SECONDS = {"ns": "1e-9", "us": "1e-6", "µs": "1e-6", "ms": "0.001", "s": "1", "m": "60",
+               "h": "3600"}  # fmt: skip
+
+
+def _go_duration(text: str) -> str:
+    """Istio writes durations the Go way (`1m30s`, `500ms`); protobuf's JSON wants seconds
+    (`90s`). Anything that is not a Go duration is returned as it is, for the parser to refuse."""
+    sign, body = ("-", text[1:]) if text.startswith("-") else ("", text)
+    parts = _GO_UNIT.findall(body)
+    if not parts or "".join(n + u for n, u in parts) != body:
+        return text
+    total = sum((Decimal(n) * Decimal(_GO_SECONDS[u]) for n, u in parts), Decimal(0))
+    digits = format(total.quantize(Decimal("1e-9")), "f").rstrip("0").rstrip(".")
+    return f"{sign}{digits}s"
+
+
+def _go_durations(descriptor: Any, data: Any) -> Any:
+    """`data` with every string in a google.protobuf.Duration field read as a Go duration."""
+    if not isinstance(data, dict):
+        return data
+    fields = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
+    out = {}
+    for key, value in data.items():
+        fd = fields.get(key)
+        out[key] = value if fd is None else _go_durations_in(fd, value)
+    return out
+
+
+def _go_durations_in(fd: Any, value: Any) -> Any:
+    if fd.type != FieldDescriptor.TYPE_MESSAGE:
+        return value
+    target = fd.message_type
+    if target.GetOptions().map_entry:
+        value_fd = target.fields_by_name["value"]
+        if value_fd.type == FieldDescriptor.TYPE_MESSAGE and isinstance(value, dict):
+            return {k: _go_durations(value_fd.message_type, v) for k, v in value.items()}
+        return value
+    if target.full_name == "google.protobuf.Duration":
+        return _go_duration(value) if isinstance(value, str) else value
+    if target.full_name.startswith("google.protobuf."):
+        return value
+    if isinstance(value, list):
+        return [_go_durations(target, v) for v in value]
+    return _go_durations(target, value)
+
+
 def _strings(value: object) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
@@ -187,15 +253,17 @@ def _short(message: str) -> str:
     return message.split("\n", 1)[0].rstrip(".")
 
 
-def _locate(descriptor: Any, data: Any, path: str) -> tuple[str, str]:
+def _locate(descriptor: Any, data: Any, path: str, ignore_unknown: bool = False) -> tuple[str, str]:
     """The path of the first thing in `data` that does not parse as `descriptor`, and why."""
     if not isinstance(data, dict):
         return path, f"expected an object, got {type(data).__name__}"
     fields = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
     for key, value in data.items():
-        here = f"{path}.{key}"
+        here = f"{path}.{key}" if path else key
         fd = fields.get(key)
         if fd is None:
+            if ignore_unknown:
+                continue
             return here, "unknown field"
         is_message = fd.type == FieldDescriptor.TYPE_MESSAGE
         is_map = is_message and fd.message_type.GetOptions().map_entry
@@ -208,14 +276,17 @@ def _locate(descriptor: Any, data: Any, path: str) -> tuple[str, str]:
             )
             for item_path, item in items:
                 try:
-                    json_format.ParseDict(item, _message_class(fd.message_type)())
+                    target = _message_class(fd.message_type)()
+                    json_format.ParseDict(item, target, ignore_unknown_fields=ignore_unknown)
                 except json_format.ParseError:
-                    return _locate(fd.message_type, item, item_path)
+                    return _locate(fd.message_type, item, item_path, ignore_unknown)
                 except (TypeError, AttributeError) as error:
                     return item_path, str(error)
             continue
         try:
-            json_format.ParseDict({key: value}, _message_class(descriptor)())
+            json_format.ParseDict(
+                {key: value}, _message_class(descriptor)(), ignore_unknown_fields=ignore_unknown
+            )
         except json_format.ParseError as error:
             return here, _leaf_reason(str(error))
     return path, ""
