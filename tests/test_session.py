@@ -11,7 +11,9 @@ from pilotfish.protos import (
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    ClusterLoadAssignment,
     DiscoveryRequest,
+    DiscoveryResponse,
     Node,
 )
 from pilotfish.testing.client import InMemoryAdsClient
@@ -270,3 +272,56 @@ def test_repeated_subscription_is_answered_even_at_the_same_version() -> None:
     (resent,) = ads.poll()
     assert resent.version_info == first.version_info
     assert len(resent.resources) == 1
+
+
+def test_an_updated_cluster_gets_its_unchanged_endpoints_again() -> None:
+    # Envoy re-warms an updated cluster and waits for its endpoints, even unchanged ones; its
+    # EDS request may change the subscription (here: a removed cluster), so it is no plain
+    # "send it again". Seen with real Envoy as clusters stuck warming and CDS never ACKed.
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (cds,) = ads.poll()
+    ads.ack(cds)
+    ads.subscribe(ENDPOINT_TYPE, ["a", "b"])
+    (eds,) = ads.poll()
+    ads.ack(eds)
+    cache.set_snapshot("n1", mesh(A, "a", connect_timeout=2.0))  # a updated, b gone
+    written = ads.session.next_response()  # only the CDS response goes out ...
+    assert written is not None
+    cds = DiscoveryResponse.FromString(written[0])
+    assert cds.type_url == CLUSTER_TYPE
+    ads.ack(cds)
+    ads.subscribe(ENDPOINT_TYPE, ["a"])  # ... before Envoy drops b's endpoints and re-warms a
+    (again,) = ads.poll()
+    assert again.type_url == ENDPOINT_TYPE
+    names = [ClusterLoadAssignment.FromString(r.value).cluster_name for r in again.resources]
+    assert names == ["a"]
+
+
+def test_an_added_cluster_does_not_resend_other_endpoints() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    ads.ack(ads.poll()[0])
+    ads.subscribe(ENDPOINT_TYPE, ["a"])
+    ads.ack(ads.poll()[0])
+    cache.set_snapshot("n1", mesh(AB, "a"))  # b added, a unchanged
+    got = ads.poll()
+    assert [r.type_url for r in got] == [CLUSTER_TYPE]
+
+
+def test_updated_clusters_endpoints_follow_at_once() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    ads.ack(ads.poll()[0])
+    ads.subscribe(ENDPOINT_TYPE, ["a", "b"])
+    ads.ack(ads.poll()[0])
+    cache.set_snapshot("n1", mesh(AB, "a", connect_timeout=2.0))  # both updated, endpoints not
+    got = ads.poll()
+    assert [r.type_url for r in got] == [CLUSTER_TYPE, ENDPOINT_TYPE]
+    assert len(got[1].resources) == 2

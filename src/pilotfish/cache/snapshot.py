@@ -79,7 +79,8 @@ class Snapshot:
     `resources` maps a type URL or short name (`"cds"`) to messages (or `WithTtl(message, ttl)`).
     Each type's version is a content hash unless given (`version` for every type, or `versions`
     per type). Types not given are empty, with a version of their own, so clients asking for them
-    get an answer.
+    get an answer. `version_prefix` starts every content-hash version (translators put their own
+    version there, so a proxy's config dump shows which translator produced it).
     """
 
     __slots__ = ("_lock", "_refs", "_refs_by_resource", "_types", "stats")
@@ -90,6 +91,7 @@ class Snapshot:
         *,
         version: str | None = None,
         versions: Mapping[str, str] | None = None,
+        version_prefix: str = "",
     ) -> None:
         given_versions = {resource_type(k).type_url: v for k, v in (versions or {}).items()}
         self.stats = SnapshotStats()
@@ -115,7 +117,9 @@ class Snapshot:
                     self._refs.setdefault(ref_type, set()).update(names)
         self._types = {
             type_url: _TypeResources(
-                version=given_versions.get(type_url) or version or _type_version(table),
+                version=given_versions.get(type_url)
+                or version
+                or version_prefix + _type_version(table),
                 by_name=MappingProxyType(table),
                 names=frozenset(table),
             )
@@ -137,6 +141,16 @@ class Snapshot:
     def references_of(self, type_url: str, name: str) -> Mapping[str, set[str]]:
         """What one resource names in other types (a cluster's EDS name, a listener's RDS)."""
         return self._refs_by_resource.get((resource_type(type_url).type_url, name), {})
+
+    def _references(
+        self, type_url: str, chosen: Iterable[CachedResource]
+    ) -> Mapping[str, Mapping[str, frozenset[str]]] | None:
+        found = {
+            r.name: _frozen(refs)
+            for r in chosen
+            if (refs := self._refs_by_resource.get((type_url, r.name)))
+        }
+        return MappingProxyType(found) if found else None
 
     def consistent(self) -> Consistency:
         """Report dangling references (see `Consistency`)."""
@@ -189,6 +203,7 @@ class Snapshot:
             body=body,
             heartbeat=heartbeat,
             resource_versions=MappingProxyType({r.name: r.version for r in chosen}),
+            references=self._references(type_url, chosen),
         )
         with self._lock:
             # Two threads may race to build it; the first one stored wins and is shared.
@@ -196,6 +211,10 @@ class Snapshot:
             if prepared.body is body:
                 self.stats.responses_built += 1
         return prepared
+
+
+def _frozen(refs: Mapping[str, set[str]]) -> Mapping[str, frozenset[str]]:
+    return MappingProxyType({t: frozenset(n) for t, n in refs.items()})
 
 
 def _type_version(table: Mapping[str, CachedResource]) -> str:

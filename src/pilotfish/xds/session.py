@@ -133,6 +133,9 @@ class Session:
         else:
             assert isinstance(response, PreparedResponse)
             data, sent = self.protocol.send(response)
+            for ref_type in self.protocol.rewarm:
+                if ref_type in self._cancels:  # an idle watch: answer the forgotten names now
+                    self._open(ref_type, self.protocol.watch_request(ref_type))
             if response.heartbeat is None:
                 self._heartbeats.pop(type_url, None)
             else:

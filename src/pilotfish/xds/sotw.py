@@ -62,6 +62,7 @@ class SotwStream:
     node: Node | None = None
     types: dict[str, TypeState] = field(default_factory=dict)
     ttl_aware: bool = False
+    rewarm: frozenset[str] = frozenset()
     _nonce: int = 0
 
     def receive(self, request: DiscoveryRequest) -> Received:
@@ -114,10 +115,28 @@ class SotwStream:
         return Received(type_url, tuple(events), watch)
 
     def send(self, response: PreparedResponse) -> tuple[bytes, Sent]:
-        """Give `response` this stream's next nonce; returns the wire bytes and the event."""
+        """Give `response` this stream's next nonce; returns the wire bytes and the event.
+
+        Resources of other types that an updated resource depends on are forgotten (as sent),
+        so the next answer for their type includes them even if unchanged: the client re-warms
+        the updated resource (a cluster) and waits for them (its endpoints). `rewarm` lists
+        the types affected.
+        """
         state = self.types.get(response.type_url)
         if state is None:
             raise LocalProtocolError(f"response for {response.type_url} that was never requested")
+        self.rewarm = frozenset()
+        before = state.sent_resources
+        if response.references and before:
+            affected = set()
+            for name, refs in response.references.items():
+                old = before.get(name)
+                if old is None or old == (response.resource_versions or {}).get(name):
+                    continue  # added, or unchanged: nothing warms again
+                for ref_type, names in refs.items():
+                    if self._forget(ref_type, names):
+                        affected.add(ref_type)
+            self.rewarm = frozenset(affected)
         self._nonce += 1
         nonce = str(self._nonce)
         state.sent_version = response.version
@@ -128,6 +147,32 @@ class SotwStream:
         state.responses_sent += 1
         return response.body + wire.nonce_field(nonce), Sent(
             response.type_url, response.version, nonce, response.names
+        )
+
+    def _forget(self, type_url: str, names: frozenset[str]) -> bool:
+        state = self.types.get(type_url)
+        if state is None or state.sent_resources is None:
+            return False
+        if names.isdisjoint(state.sent_resources):
+            return False
+        state.sent_names = state.sent_names - names
+        state.sent_resources = {n: v for n, v in state.sent_resources.items() if n not in names}
+        return True
+
+    def watch_request(self, type_url: str) -> WatchRequest:
+        """The watch for a type's current subscription, knowing what was sent and is held."""
+        state = self.types[type_url]
+        assert self.node is not None
+        return WatchRequest(
+            node=self.node,
+            stream_id=self.stream_id,
+            type_url=type_url,
+            names=state.names,
+            wildcard=state.wildcard,
+            known_version=state.sent_version,
+            known_names=state.sent_names,
+            ttl_aware=self.ttl_aware,
+            known_resources=state.sent_resources,
         )
 
     @staticmethod

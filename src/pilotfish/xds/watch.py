@@ -56,7 +56,9 @@ class PreparedResponse:
     """A DiscoveryResponse serialized once, without its nonce; shared by every stream.
 
     `heartbeat`, when the response holds resources with a TTL, is the body of a response at the
-    same version that only refreshes their TTLs (no resource bodies).
+    same version that only refreshes their TTLs (no resource bodies). `references` maps each
+    resource to the names of other types it depends on (a cluster's endpoints), so a stream can
+    resend those when the resource is updated: the client re-warms it and waits for them.
     """
 
     type_url: str
@@ -65,6 +67,7 @@ class PreparedResponse:
     body: bytes
     heartbeat: bytes | None = None
     resource_versions: Mapping[str, str] | None = None
+    references: Mapping[str, Mapping[str, frozenset[str]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
