@@ -1,0 +1,118 @@
+"""What the mesh knows about services and the workloads behind them, independent of the source.
+
+A `Service` is a host name with ports; a `Workload` is one instance (a pod, a VM, a local
+process) with an address, labels and an identity. An `Endpoint` is a workload's address for one
+service port, the unit that ends up in a ClusterLoadAssignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "HTTP_PROTOCOLS",
+    "Endpoint",
+    "Resolution",
+    "Service",
+    "ServicePort",
+    "Workload",
+    "protocol_of",
+]
+
+Resolution = Literal["STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE"]
+
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
+"""Protocols served through an HTTP connection manager (routes, retries, faults)."""
+
+_KNOWN = ("HTTP", "HTTP2", "HTTPS", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "REDIS", "MYSQL")
+
+
+def protocol_of(name: str, declared: str = "") -> str:
+    """Istio's protocol selection: an explicit protocol, else the port name's prefix
+    (`http`, `http-web`, `grpc-api`), else TCP (pilotfish does no protocol sniffing)."""
+    if declared:
+        upper = declared.upper()
+        return "HTTP" if upper == "HTTP1" else upper
+    prefix = name.split("-", 1)[0].upper()
+    return prefix if prefix in _KNOWN else "TCP"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """A port of a service; `target_port` is where workloads listen (a number or a port name)."""
+
+    name: str
+    number: int
+    protocol: str = "HTTP"
+    target_port: int | str | None = None
+
+    @property
+    def is_http(self) -> bool:
+        """Whether traffic on this port is routed as HTTP."""
+        return self.protocol in HTTP_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class Service:
+    """A host name clients use, its ports, and how its endpoints are found.
+
+    `selector` picks workloads by label in the service's namespace (Kubernetes selector,
+    ServiceEntry workloadSelector); `None` means endpoints are listed explicitly.
+    """
+
+    hostname: str
+    namespace: str = "default"
+    ports: tuple[ServicePort, ...] = ()
+    resolution: Resolution = "STATIC"
+    mesh_external: bool = False
+    addresses: tuple[str, ...] = ()
+    selector: Mapping[str, str] | None = None
+    subject_alt_names: tuple[str, ...] = ()
+
+    def port(self, number: int) -> ServicePort | None:
+        """The port with this number, if the service has it."""
+        return next((p for p in self.ports if p.number == number), None)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One instance: where it is, what it is labelled, who it is.
+
+    `ports` maps service port names to the workload's own port numbers (WorkloadEntry.ports);
+    `locality` is `region/zone/subzone`.
+    """
+
+    address: str
+    name: str = ""
+    namespace: str = "default"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: Mapping[str, int] = field(default_factory=dict)
+    locality: str = ""
+    weight: int = 1
+    service_account: str = "default"
+    network: str = ""
+
+    def matches(self, selector: Mapping[str, str]) -> bool:
+        """Whether every label of `selector` is on this workload."""
+        return all(self.labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """A workload's address for one service port."""
+
+    address: str
+    port: int
+    locality: str = ""
+    weight: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+    service_account: str = "default"
+    namespace: str = "default"
+    workload: str = ""
+
+    def matches(self, selector: Mapping[str, str]) -> bool:
+        """Whether every label of `selector` is on this endpoint (subset filtering)."""
+        labels = dict(self.labels)
+        return all(labels.get(k) == v for k, v in selector.items())

@@ -1,0 +1,317 @@
+"""The service registry: services and their endpoints, from manifests or a plain Python API.
+
+Sources, as Istio reads them:
+
+- `ServiceEntry`: one service per host; endpoints listed inline, or WorkloadEntries picked by
+  `workloadSelector` in the same namespace.
+- `WorkloadEntry`: a workload, selected by ServiceEntries and by Kubernetes Services.
+- Kubernetes `Service` (host `<name>.<namespace>.svc.cluster.local`) with its `EndpointSlice`s
+  (label `kubernetes.io/service-name`); a slice endpoint's labels and service account come from
+  the `Pod` its `targetRef` names, when that Pod is loaded. The selector also picks WorkloadEntries.
+
+Library users call `add_service` / `add_workload` / `set_endpoints` directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
+from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
+from pilotfish.protos.k8s import registry_pb2
+from pilotfish.registry.model import (
+    Endpoint,
+    Resolution,
+    Service,
+    ServicePort,
+    Workload,
+    protocol_of,
+)
+from pilotfish.sources import ConfigObject, resolve_host
+
+__all__ = ["Registry"]
+
+_RESOLUTIONS: tuple[Resolution, ...] = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class Registry:
+    """Services by host name, workloads, and explicitly listed endpoints. Thread-safe.
+
+    Host names are unique: when two sources define the same host, the first one wins (Kubernetes
+    Services before ServiceEntries, then by namespace/name) and the conflict is recorded in
+    `conflicts` (Istio merges some such cases; pilotfish does not).
+    """
+
+    def __init__(self, domain: str = "cluster.local") -> None:
+        self.domain = domain
+        self.conflicts: list[str] = []
+        self._lock = threading.Lock()
+        self._services: dict[str, Service] = {}
+        self._workloads: dict[tuple[str, str, str], Workload] = {}
+        self._explicit: dict[str, tuple[Workload, ...]] = {}
+
+    # -- the Python API ---------------------------------------------------------------------
+
+    def add_service(self, service: Service, endpoints: Iterable[Workload] | None = None) -> None:
+        """Add (or replace) a service; `endpoints` lists its instances explicitly."""
+        with self._lock:
+            self._services[service.hostname] = service
+            if endpoints is not None:
+                self._explicit[service.hostname] = tuple(endpoints)
+
+    def set_endpoints(self, hostname: str, endpoints: Iterable[Workload]) -> None:
+        """Replace the explicitly listed instances of a service."""
+        with self._lock:
+            self._explicit[hostname] = tuple(endpoints)
+
+    def remove_service(self, hostname: str) -> None:
+        """Forget a service and its explicit endpoints."""
+        with self._lock:
+            self._services.pop(hostname, None)
+            self._explicit.pop(hostname, None)
+
+    def add_workload(self, workload: Workload) -> None:
+        """Add (or replace, by namespace/name/address) a workload that selectors can pick."""
+        with self._lock:
+            self._workloads[workload.namespace, workload.name, workload.address] = workload
+
+    def remove_workload(self, workload: Workload) -> None:
+        """Forget a workload."""
+        with self._lock:
+            self._workloads.pop((workload.namespace, workload.name, workload.address), None)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def services(self) -> list[Service]:
+        """Every service, sorted by host name (translators depend on a stable order)."""
+        with self._lock:
+            return [self._services[h] for h in sorted(self._services)]
+
+    def service(self, hostname: str) -> Service | None:
+        """The service with this host name."""
+        with self._lock:
+            return self._services.get(hostname)
+
+    def instances(self, hostname: str) -> list[Workload]:
+        """The workloads behind a service: explicit ones, then those its selector picks."""
+        with self._lock:
+            service = self._services.get(hostname)
+            if service is None:
+                return []
+            found = list(self._explicit.get(hostname, ()))
+            if service.selector is not None:
+                found.extend(
+                    w
+                    for key, w in sorted(self._workloads.items())
+                    if w.namespace == service.namespace and w.matches(service.selector)
+                )
+            return found
+
+    def endpoints(
+        self, hostname: str, port: int, subset: Mapping[str, str] | None = None
+    ) -> list[Endpoint]:
+        """Endpoints of a service port, optionally only those carrying the `subset` labels;
+        sorted, so equal registries give equal load assignments."""
+        service = self.service(hostname)
+        service_port = service.port(port) if service else None
+        if service is None or service_port is None:
+            return []
+        found = set()
+        for workload in self.instances(hostname):
+            endpoint = Endpoint(
+                address=workload.address,
+                port=_workload_port(service_port, workload),
+                locality=workload.locality,
+                weight=workload.weight or 1,
+                labels=tuple(sorted(workload.labels.items())),
+                service_account=workload.service_account,
+                namespace=workload.namespace,
+                workload=workload.name,
+            )
+            if subset is None or endpoint.matches(subset):
+                found.add(endpoint)
+        return sorted(found)
+
+    def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:
+        """Services whose selector picks a workload with these labels in `namespace` (the
+        services a sidecar receives inbound traffic for)."""
+        return [
+            s
+            for s in self.services()
+            if s.selector
+            and s.namespace == namespace
+            and all(labels.get(k) == v for k, v in s.selector.items())
+        ]
+
+    # -- from manifests ---------------------------------------------------------------------
+
+    @classmethod
+    def from_objects(
+        cls, objects: Iterable[ConfigObject], domain: str = "cluster.local"
+    ) -> Registry:
+        """A registry of every ServiceEntry, WorkloadEntry, Service, EndpointSlice and Pod."""
+        registry = cls(domain)
+        ordered = sorted(objects, key=lambda o: (o.namespace, o.name, o.kind, o.file, o.index))
+        pods = {(o.namespace, o.name): o for o in ordered if o.kind == "Pod"}
+        slices: dict[tuple[str, str], list[ConfigObject]] = {}
+        for obj in ordered:
+            if obj.kind == "EndpointSlice" and SERVICE_NAME_LABEL in obj.labels:
+                slices.setdefault((obj.namespace, obj.labels[SERVICE_NAME_LABEL]), []).append(obj)
+        for obj in ordered:
+            if obj.kind == "WorkloadEntry":
+                assert isinstance(obj.spec, WorkloadEntry)
+                registry.add_workload(_workload(obj.spec, obj.namespace, obj.name, obj.labels))
+        # Kubernetes first (Istio's aggregate registry asks it first), then ServiceEntries.
+        for obj in ordered:
+            if obj.kind == "Service":
+                service, endpoints = _kubernetes_service(obj, domain)
+                for slice_ in slices.get((obj.namespace, obj.name), []):
+                    endpoints.extend(_slice_workloads(slice_, pods))
+                registry._add_once(service, endpoints, obj)
+        for obj in ordered:
+            if obj.kind == "ServiceEntry":
+                for service, endpoints in _service_entry(obj, domain):
+                    registry._add_once(service, endpoints, obj)
+        return registry
+
+    def _add_once(self, service: Service, endpoints: list[Workload], obj: ConfigObject) -> None:
+        if self.service(service.hostname) is not None:
+            self.conflicts.append(
+                f"{obj.file}[{obj.index}] {obj.kind} {obj.namespace}/{obj.name}: host "
+                f"{service.hostname} is already defined; this definition is ignored"
+            )
+            return
+        self.add_service(service, endpoints)
+
+
+def _workload_port(port: ServicePort, workload: Workload) -> int:
+    if port.name in workload.ports:
+        return workload.ports[port.name]
+    if isinstance(port.target_port, str) and port.target_port in workload.ports:
+        return workload.ports[port.target_port]
+    if isinstance(port.target_port, int) and port.target_port:
+        return port.target_port
+    return port.number
+
+
+def _workload(
+    spec: WorkloadEntry, namespace: str, name: str = "", labels: Mapping[str, str] | None = None
+) -> Workload:
+    return Workload(
+        address=spec.address,
+        name=name,
+        namespace=namespace,
+        labels={**(labels or {}), **dict(spec.labels)},
+        ports=dict(spec.ports),
+        locality=spec.locality,
+        weight=spec.weight or 1,
+        service_account=spec.service_account or "default",
+        network=spec.network,
+    )
+
+
+def _service_entry(obj: ConfigObject, domain: str) -> list[tuple[Service, list[Workload]]]:
+    spec = obj.spec
+    assert isinstance(spec, ServiceEntry)
+    ports = tuple(
+        ServicePort(
+            name=p.name,
+            number=p.number,
+            protocol=protocol_of(p.name, p.protocol),
+            target_port=p.target_port or None,
+        )
+        for p in spec.ports
+    )
+    selector = dict(spec.workload_selector.labels) if spec.HasField("workload_selector") else None
+    endpoints = [_workload(e, obj.namespace, obj.name) for e in spec.endpoints]
+    out = []
+    for host in spec.hosts:
+        service = Service(
+            hostname=resolve_host(host, obj.namespace, domain),
+            namespace=obj.namespace,
+            ports=ports,
+            resolution=_RESOLUTIONS[spec.resolution],
+            mesh_external=spec.location == ServiceEntry.MESH_EXTERNAL,
+            addresses=tuple(spec.addresses),
+            selector=selector,
+            subject_alt_names=tuple(spec.subject_alt_names),
+        )
+        out.append((service, list(endpoints)))
+    return out
+
+
+def _kubernetes_service(obj: ConfigObject, domain: str) -> tuple[Service, list[Workload]]:
+    spec = obj.spec
+    assert isinstance(spec, registry_pb2.ServiceSpec)
+    ports = tuple(
+        ServicePort(
+            name=p.name,
+            number=p.port,
+            protocol=protocol_of(p.name, p.app_protocol),
+            target_port=_int_or_string(p.target_port) if p.HasField("target_port") else None,
+        )
+        for p in spec.ports
+    )
+    addresses = tuple(a for a in (*spec.cluster_ips, spec.cluster_ip) if a and a != "None")
+    hostname = f"{obj.name}.{obj.namespace}.svc.{domain}"
+    if spec.type == "ExternalName":
+        service = Service(hostname, obj.namespace, ports, "DNS", mesh_external=True)
+        return service, [Workload(address=spec.external_name, namespace=obj.namespace)]
+    selector = dict(spec.selector) if spec.selector else None
+    service = Service(
+        hostname,
+        obj.namespace,
+        ports,
+        "STATIC",
+        addresses=tuple(dict.fromkeys(addresses)),
+        selector=selector,
+    )
+    return service, []
+
+
+def _int_or_string(value: Any) -> int | str | None:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return int(value.number_value)
+    if kind == "string_value":
+        text = str(value.string_value)
+        return int(text) if text.isdigit() else text
+    return None
+
+
+def _slice_workloads(
+    obj: ConfigObject, pods: Mapping[tuple[str, str], ConfigObject]
+) -> list[Workload]:
+    spec = obj.spec
+    assert isinstance(spec, registry_pb2.EndpointSlice)
+    ports = {p.name: p.port for p in spec.ports}
+    out = []
+    for endpoint in spec.endpoints:
+        conditions = endpoint.conditions
+        if conditions.HasField("ready") and not conditions.ready.value:
+            continue
+        labels: Mapping[str, str] = {}
+        account = "default"
+        ref = endpoint.target_ref
+        pod = pods.get((ref.namespace or obj.namespace, ref.name)) if ref.kind == "Pod" else None
+        if pod is not None:
+            labels = pod.labels
+            assert isinstance(pod.spec, registry_pb2.Pod)
+            account = pod.spec.spec.service_account_name or "default"
+        locality = f"/{endpoint.zone}" if endpoint.zone else ""
+        for address in endpoint.addresses:
+            out.append(
+                Workload(
+                    address=address,
+                    name=ref.name or obj.name,
+                    namespace=obj.namespace,
+                    labels=labels,
+                    ports=ports,
+                    locality=locality,
+                    service_account=account,
+                )
+            )
+    return out

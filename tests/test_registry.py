@@ -1,0 +1,183 @@
+"""The service registry: Kubernetes Services with EndpointSlices and Pods, ServiceEntries with
+WorkloadEntries, and the plain Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pilotfish.registry import Registry, Service, ServicePort, Workload, protocol_of
+from pilotfish.sources import load_documents, load_path
+
+BOOKINFO = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "istio-bookinfo"
+
+KUBE = """
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  clusterIP: 10.0.0.7
+  sessionAffinity: None
+  ports: [{name: http, port: 9080, targetPort: web}, {name: grpc-api, port: 7070, targetPort: 7071}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-abc, namespace: shop, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 8000}, {name: grpc-api, port: 7071}]
+endpoints:
+- addresses: [10.1.0.1]
+  zone: us-east-1a
+  targetRef: {kind: Pod, name: reviews-v1-1}
+- addresses: [10.1.0.2]
+  targetRef: {kind: Pod, name: reviews-v2-1}
+- addresses: [10.1.0.3]
+  conditions: {ready: false}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1-1, namespace: shop, labels: {app: reviews, version: v1}}
+spec: {serviceAccountName: bookinfo-reviews, containers: [{name: app, image: x}]}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2-1, namespace: shop, labels: {app: reviews, version: v2}}
+spec: {serviceAccountName: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-vm, namespace: shop}
+spec: {address: 10.9.0.1, labels: {app: reviews, version: v3}, ports: {http: 9999},
+       serviceAccount: vm, locality: eu/west/1}
+"""
+
+
+def test_kubernetes_service_with_slices_pods_and_workload_entries() -> None:
+    loaded = load_documents(KUBE, file="kube.yaml")
+    assert loaded.errors == []
+    registry = Registry.from_objects(loaded.objects)
+    service = registry.service("reviews.shop.svc.cluster.local")
+    assert service is not None
+    assert service.addresses == ("10.0.0.7",)
+    assert [(p.name, p.number, p.protocol) for p in service.ports] == [
+        ("http", 9080, "HTTP"),
+        ("grpc-api", 7070, "GRPC"),
+    ]
+    endpoints = registry.endpoints("reviews.shop.svc.cluster.local", 9080)
+    # The not-ready address is left out; the VM (selected by labels) uses its own port.
+    assert [(e.address, e.port) for e in endpoints] == [
+        ("10.1.0.1", 8000),
+        ("10.1.0.2", 8000),
+        ("10.9.0.1", 9999),
+    ]
+    first = endpoints[0]
+    assert dict(first.labels) == {"app": "reviews", "version": "v1"}
+    assert first.service_account == "bookinfo-reviews"
+    assert first.locality == "/us-east-1a"
+    v2 = registry.endpoints("reviews.shop.svc.cluster.local", 9080, {"version": "v2"})
+    assert [e.address for e in v2] == ["10.1.0.2"]
+    grpc = registry.endpoints("reviews.shop.svc.cluster.local", 7070)
+    assert {e.port for e in grpc} == {7071}
+    assert registry.endpoints("reviews.shop.svc.cluster.local", 1234) == []
+
+
+def test_service_entry_inline_endpoints_and_selector() -> None:
+    loaded = load_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-pg, protocol: TCP}]
+  endpoints:
+  - {address: 10.2.0.1, labels: {role: primary}}
+  - {address: 10.2.0.2, ports: {tcp-pg: 6432}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vms, namespace: data}
+spec:
+  hosts: [vm.internal]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: vm}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: data}
+spec: {address: 10.3.0.1, labels: {app: vm}, weight: 3}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-elsewhere, namespace: other}
+spec: {address: 10.3.0.2, labels: {app: vm}}
+"""
+    )
+    assert loaded.errors == []
+    registry = Registry.from_objects(loaded.objects)
+    assert [s.hostname for s in registry.services()] == ["db.internal", "vm.internal"]
+    db = registry.service("db.internal")
+    assert db is not None and not db.mesh_external and db.ports[0].protocol == "TCP"
+    assert [(e.address, e.port) for e in registry.endpoints("db.internal", 5432)] == [
+        ("10.2.0.1", 5432),
+        ("10.2.0.2", 6432),
+    ]
+    # The selector only picks workloads of the ServiceEntry's namespace.
+    vms = registry.endpoints("vm.internal", 80)
+    assert [(e.address, e.weight) for e in vms] == [("10.3.0.1", 3)]
+
+
+def test_bookinfo_platform_services_and_conflicts() -> None:
+    result = load_path(BOOKINFO)
+    registry = Registry.from_objects(result.objects)
+    hosts = [s.hostname for s in registry.services()]
+    assert hosts == [
+        "details.default.svc.cluster.local",
+        "productpage.default.svc.cluster.local",
+        "ratings.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local",
+        "www.googleapis.com",
+    ]
+    google = registry.service("www.googleapis.com")
+    assert google is not None and google.resolution == "DNS" and google.mesh_external
+    twice = load_documents(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: again}\n"
+        "spec: {hosts: [details.default.svc.cluster.local], ports: [{number: 1, name: tcp}]}\n",
+        file="again.yaml",
+    )
+    registry = Registry.from_objects([*result.objects, *twice.objects])
+    assert len(registry.conflicts) == 1
+    assert "again.yaml[0] ServiceEntry default/again" in registry.conflicts[0]
+
+
+def test_python_api() -> None:
+    registry = Registry()
+    registry.add_service(
+        Service("api.example", ports=(ServicePort("http", 80),), selector={"app": "api"})
+    )
+    registry.add_workload(Workload("10.0.0.1", name="a", labels={"app": "api"}))
+    registry.add_workload(Workload("10.0.0.2", name="b", labels={"app": "web"}))
+    assert [e.address for e in registry.endpoints("api.example", 80)] == ["10.0.0.1"]
+    registry.remove_workload(Workload("10.0.0.1", name="a"))
+    assert registry.endpoints("api.example", 80) == []
+    registry.set_endpoints("api.example", [Workload("10.0.0.9")])
+    assert [e.address for e in registry.endpoints("api.example", 80)] == ["10.0.0.9"]
+    assert registry.services_of("default", {"app": "api", "version": "v1"})[0].hostname == (
+        "api.example"
+    )
+    registry.remove_service("api.example")
+    assert registry.services() == []
+
+
+def test_protocol_selection() -> None:
+    assert protocol_of("http") == "HTTP"
+    assert protocol_of("http2-x") == "HTTP2"
+    assert protocol_of("grpc-web") == "GRPC"
+    assert protocol_of("mysql") == "MYSQL"
+    assert protocol_of("web") == "TCP"
+    assert protocol_of("web", "http") == "HTTP"
+    assert protocol_of("x", "HTTP1") == "HTTP"
