@@ -1,9 +1,16 @@
 """Translators: pure functions from high-level config to Envoy resources.
 
-`pilotfish.translators.build` holds the small, explicit Envoy resource builders that custom
-control planes, tests and the Istio translators share.
+`translate(proxy, objects, registry)` turns Istio networking objects plus a service registry
+into one proxy's listeners, routes, clusters and endpoints (`Translation.snapshot()` plugs into
+the cache). `pilotfish.translators.build` holds the small, explicit Envoy resource builders that
+custom control planes and tests share.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.proxy import Proxy, ProxyKind
+from pilotfish.translators.translate import Translation, translate
+from pilotfish.translators.version import TRANSLATOR_VERSION
+
+__all__ = ["TRANSLATOR_VERSION", "ConfigIndex", "Proxy", "ProxyKind", "Translation", "translate"]

@@ -1,0 +1,55 @@
+"""What every proxy in the mesh gets for calling services: outbound clusters and their endpoints.
+
+Sidecars and gateways share this; subsets become clusters of their own, their endpoints filtered
+by the subset's labels here, on the server side, as Istio does.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+from pilotfish.registry import Registry
+from pilotfish.translators.clusters import effective_policy, outbound_clusters
+from pilotfish.translators.endpoints import cluster_load_assignment
+from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.naming import parse_cluster_name
+from pilotfish.translators.proxy import Proxy
+
+__all__ = ["outbound"]
+
+
+def outbound(
+    proxy: Proxy, index: ConfigIndex, registry: Registry
+) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
+    """Every service port's clusters, and a load assignment for each EDS cluster."""
+    clusters: list[Cluster] = []
+    assignments: list[ClusterLoadAssignment] = []
+    for service in registry.services():
+        rule = index.destination_rule(service.hostname, proxy.namespace)
+        for port in service.ports:
+            for cluster in outbound_clusters(
+                service, port, rule, registry=registry, proxy=proxy, domain=index.domain
+            ):
+                clusters.append(cluster)
+                if cluster.type != Cluster.EDS:
+                    continue
+                _, number, subset, host = parse_cluster_name(cluster.name)
+                labels = None
+                if subset:
+                    chosen = rule.subset(subset) if rule else None
+                    labels = dict(chosen.labels) if chosen else {}
+                policy = effective_policy(rule, number, subset)
+                locality = policy.load_balancer.locality_lb_setting
+                failover = policy.HasField("outlier_detection") and (
+                    not locality.HasField("enabled") or locality.enabled.value
+                )
+                assignments.append(
+                    cluster_load_assignment(
+                        cluster.name,
+                        registry.endpoints(host, number, labels),
+                        proxy_locality=proxy.locality,
+                        failover=failover,
+                    )
+                )
+    return clusters, assignments

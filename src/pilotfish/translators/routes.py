@@ -1,0 +1,859 @@
+"""VirtualService HTTP routes as Envoy `Route`s, the way istiod builds them.
+
+Each HTTPRoute becomes one Envoy route per match that can apply to this proxy on this port
+(or one prefix `/` route when it has no match); translation stops after the first catch-all
+route, as in istiod, since Envoy would never go past it. Delegate VirtualServices are merged into
+their root first (root conditions AND delegate conditions). Routes carry Istio's defaults:
+timeout 0s (disabled) and the default retry policy unless the VirtualService says otherwise.
+
+Not translated (yet): JWT claim matches (`@request.auth.claims...` headers become plain header
+matchers), gateway-API/ingress route semantics, stateful sessions, the deprecated
+`max_grpc_timeout`, and delegate `exportTo` visibility.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3.base_pb2 import (
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    RuntimeFractionalPercent,
+)
+from envoy.config.route.v3.route_components_pb2 import (
+    Decorator,
+    DirectResponseAction,
+    HeaderMatcher,
+    QueryParameterMatcher,
+    RedirectAction,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteMatch,
+    WeightedCluster,
+)
+from envoy.extensions.filters.common.fault.v3.fault_pb2 import FaultDelay
+from envoy.extensions.filters.http.cors.v3.cors_pb2 import CorsPolicy as EnvoyCorsPolicy
+from envoy.extensions.filters.http.fault.v3.fault_pb2 import FaultAbort, HTTPFault
+from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import (
+    PreviousHostsPredicate,
+)
+from envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2 import (
+    PreviousPrioritiesConfig,
+)
+from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatcher
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+from envoy.type.v3.percent_pb2 import FractionalPercent
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
+
+from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import (
+    CorsPolicy,
+    Destination,
+    Headers,
+    HTTPDirectResponse,
+    HTTPFaultInjection,
+    HTTPMatchRequest,
+    HTTPRedirect,
+    HTTPRetry,
+    HTTPRoute,
+    HTTPRouteDestination,
+    Percent,
+    StringMatch,
+    VirtualService,
+)
+from pilotfish.registry import Registry
+from pilotfish.sources import ConfigObject
+from pilotfish.translators.index import MESH, ConfigIndex, MergedRule
+from pilotfish.translators.naming import cluster_name, parse_cluster_name
+from pilotfish.translators.proxy import Proxy
+from pilotfish.translators.version import stamp
+
+__all__ = ["CORS_FILTER", "FAULT_FILTER", "default_route", "http_routes"]
+
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
+
+_DEFAULT_ROUTE_NAME = "default"
+_PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+_PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
+_DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+_REDIRECT_CODES = {
+    0: RedirectAction.MOVED_PERMANENTLY,
+    301: RedirectAction.MOVED_PERMANENTLY,
+    302: RedirectAction.FOUND,
+    303: RedirectAction.SEE_OTHER,
+    307: RedirectAction.TEMPORARY_REDIRECT,
+    308: RedirectAction.PERMANENT_REDIRECT,
+}
+_GRPC_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+               "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+               "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+               "UNAUTHENTICATED")  # fmt: skip
+_GRPC_CODES = {name: code for code, name in enumerate(_GRPC_NAMES)}
+"""gRPC status names, as istiod maps `abort.grpcStatus`."""
+
+_HashPolicyFn = Callable[[MergedRule | None, int, str], list[Any]]
+"""`route_hash_policy(rule, port, subset)` of `pilotfish.translators.clusters`."""
+
+
+# -- public API ----------------------------------------------------------------------------------
+
+
+def http_routes(
+    vs: ConfigObject,
+    *,
+    port: int,
+    proxy: Proxy,
+    index: ConfigIndex,
+    registry: Registry,
+    gateway: str = MESH,
+    hash_policy: _HashPolicyFn | None = None,
+) -> list[Route]:
+    """The Envoy routes of a VirtualService for traffic arriving on `port` (a sidecar's outbound
+    service port or a gateway server port), for this proxy, bound through `gateway` ("mesh" or
+    "ns/name")."""
+    spec = vs.spec
+    assert isinstance(spec, VirtualService)
+    context = _Context(port, proxy, index, registry, gateway, hash_policy, vs.name)
+    root_source = _source(vs)
+    out: list[Route] = []
+    for rule in _merged_rules(spec, vs.namespace, root_source, index):
+        catchall = not rule.route.match
+        for match in rule.route.match or [None]:
+            if not context.applies(match):
+                continue
+            route = _translate(rule, match, context)
+            if route is None:
+                continue
+            out.append(route)
+            if _is_catch_all(route):
+                catchall = True
+                break
+        if catchall:
+            break
+    return out
+
+
+def default_route(
+    host: str,
+    port: int,
+    *,
+    index: ConfigIndex,
+    proxy: Proxy,
+    hash_policy: _HashPolicyFn | None = None,
+) -> Route:
+    """The route for a service without a VirtualService: prefix "/" to outbound|port||host, with
+    Istio's defaults (timeout 0s = disabled, default retry policy)."""
+    action = RouteAction(
+        cluster=cluster_name(port, host),
+        timeout=Duration(),
+        retry_policy=_retry_policy(None, consistent_hash=False),
+    )
+    if hash_policy is not None:
+        rule = index.destination_rule(host, proxy.namespace)
+        action.hash_policy.extend(hash_policy(rule, port, ""))
+    route = Route(
+        name=_DEFAULT_ROUTE_NAME,
+        match=RouteMatch(prefix="/"),
+        route=action,
+        decorator=Decorator(operation=f"{host}:{port}/*"),
+    )
+    return stamp(route)
+
+
+# -- delegation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """An HTTPRoute with host names resolved and match gateways qualified, after merging with its
+    root when it came from a delegate; `sources` names the VirtualServices it came from."""
+
+    route: HTTPRoute
+    sources: tuple[str, ...]
+
+
+def _source(vs: ConfigObject) -> str:
+    return f"VirtualService/{vs.namespace}/{vs.name}"
+
+
+def _merged_rules(
+    spec: VirtualService, namespace: str, source: str, index: ConfigIndex
+) -> Iterator[_Rule]:
+    for route in spec.http:
+        resolved = _normalized(route, namespace, index)
+        if not route.HasField("delegate"):
+            yield _Rule(resolved, (source,))
+            continue
+        delegate = index.delegate(route.delegate.name, route.delegate.namespace or namespace)
+        if delegate is None:
+            continue  # as istiod: a missing delegate drops only this HTTP route
+        delegate_spec = delegate.spec
+        assert isinstance(delegate_spec, VirtualService)
+        for sub in delegate_spec.http:
+            if sub.HasField("delegate"):
+                continue  # delegation is one level deep
+            merged = _merge_route(resolved, _normalized(sub, delegate.namespace, index))
+            if merged is not None:
+                yield _Rule(merged, (source, _source(delegate)))
+
+
+def _normalized(route: HTTPRoute, namespace: str, index: ConfigIndex) -> HTTPRoute:
+    """A copy of `route` with destination hosts as FQDNs and match gateways as `ns/name`, as
+    istiod resolves them when it reads the object (so a merged route needs no namespace)."""
+    out = HTTPRoute()
+    out.CopyFrom(route)
+    for item in out.route:
+        item.destination.host = index.resolve(item.destination.host, namespace)
+    if out.HasField("mirror"):
+        out.mirror.host = index.resolve(out.mirror.host, namespace)
+    for mirror in out.mirrors:
+        mirror.destination.host = index.resolve(mirror.destination.host, namespace)
+    for match in out.match:
+        names = [g if g == MESH or "/" in g else f"{namespace}/{g}" for g in match.gateways]
+        del match.gateways[:]
+        match.gateways.extend(names)
+    return out
+
+
+_INHERITED = (
+    "rewrite",
+    "timeout",
+    "retries",
+    "fault",
+    "mirror",
+    "mirror_percent",
+    "mirror_percentage",
+    "cors_policy",
+    "headers",
+)
+
+
+def _merge_route(root: HTTPRoute, delegate: HTTPRoute) -> HTTPRoute | None:
+    """istiod's `mergeHTTPRoute`: the delegate route with the root's match conditions folded in
+    and the root's settings where the delegate has none; None on a match conflict."""
+    matches = _merge_matches(list(root.match), list(delegate.match))
+    if matches is None:
+        return None
+    out = HTTPRoute()
+    out.CopyFrom(delegate)
+    del out.match[:]
+    out.match.extend(matches)
+    if not out.name:
+        out.name = root.name
+    elif root.name:
+        out.name = f"{root.name}-{out.name}"
+    for name in _INHERITED:
+        if not out.HasField(name) and root.HasField(name):
+            getattr(out, name).CopyFrom(getattr(root, name))
+    return out
+
+
+def _merge_matches(
+    root: list[HTTPMatchRequest], delegate: list[HTTPMatchRequest]
+) -> list[HTTPMatchRequest] | None:
+    """Every delegate match must be narrower than some root match; each compatible pair merges."""
+    if not root:
+        return delegate
+    if not delegate:
+        return root
+    out = []
+    for sub in delegate:
+        merged = [_merge_match(top, sub) for top in root if not _conflict(top, sub)]
+        if not merged:
+            return None
+        out.extend(merged)
+    return out
+
+
+def _merge_match(root: HTTPMatchRequest, delegate: HTTPMatchRequest) -> HTTPMatchRequest:
+    out = HTTPMatchRequest()
+    out.CopyFrom(delegate)
+    if not out.name:
+        out.name = root.name
+    elif root.name:
+        out.name = f"{root.name}-{out.name}"
+    for name in ("uri", "scheme", "method", "authority"):
+        if not out.HasField(name) and root.HasField(name):
+            getattr(out, name).CopyFrom(getattr(root, name))
+    for name in ("headers", "without_headers", "query_params"):
+        combined = getattr(out, name)
+        own: Mapping[str, StringMatch] = getattr(delegate, name)
+        for key, value in getattr(root, name).items():
+            if key not in own:
+                combined[key].CopyFrom(value)
+    if not out.port:
+        out.port = root.port
+    for key, value in root.source_labels.items():
+        if key not in delegate.source_labels:
+            out.source_labels[key] = value
+    if not out.source_namespace:
+        out.source_namespace = root.source_namespace
+    if not out.gateways:
+        out.gateways.extend(root.gateways)
+    return out
+
+
+def _conflict(root: HTTPMatchRequest, leaf: HTTPMatchRequest) -> bool:
+    """istiod's `hasConflict`: whether `leaf` can not be a refinement of `root`."""
+    for name in ("uri", "scheme", "method", "authority"):
+        if (
+            root.HasField(name)
+            and leaf.HasField(name)
+            and _string_conflict(getattr(root, name), getattr(leaf, name))
+        ):
+            return True
+    for name in ("headers", "without_headers", "query_params"):
+        mine: Mapping[str, StringMatch] = getattr(root, name)
+        theirs: Mapping[str, StringMatch] = getattr(leaf, name)
+        for key, value in theirs.items():
+            if key in mine and _string_conflict(mine[key], value):
+                return True
+    if root.ignore_uri_case != leaf.ignore_uri_case:
+        return True
+    if root.port and leaf.port and root.port != leaf.port:
+        return True
+    if root.source_namespace and leaf.source_namespace != root.source_namespace:
+        return True
+    for key, label in leaf.source_labels.items():
+        if key in root.source_labels and root.source_labels[key] != label:
+            return True
+    if root.gateways and leaf.gateways:
+        return not set(leaf.gateways) <= set(root.gateways)
+    return False
+
+
+def _string_conflict(root: StringMatch, leaf: StringMatch) -> bool:
+    """istiod's `stringMatchConflict` (unset oneof members read as "")."""
+    if root.regex and (leaf.regex or leaf.prefix or leaf.exact):
+        return True
+    if leaf.regex and (root.regex or root.prefix or root.exact):
+        return True
+    if root.exact:
+        return bool(leaf.prefix) or leaf.exact != root.exact
+    if root.prefix:
+        if leaf.prefix:
+            return not leaf.prefix.startswith(root.prefix)
+        if leaf.exact:
+            return not leaf.exact.startswith(root.prefix)
+    return True
+
+
+# -- translation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    port: int
+    proxy: Proxy
+    index: ConfigIndex
+    registry: Registry
+    gateway: str
+    hash_policy: _HashPolicyFn | None
+    vs_name: str
+
+    def applies(self, match: HTTPMatchRequest | None) -> bool:
+        """istiod's port check and `sourceMatchHTTP`: gateways named in the match take
+        precedence over source labels and namespace."""
+        if match is None:
+            return True
+        if match.port and match.port != self.port:
+            return False
+        if match.gateways:
+            return self.gateway in match.gateways
+        labels = self.proxy.labels
+        if any(labels.get(k) != v for k, v in match.source_labels.items()):
+            return False
+        return not match.source_namespace or match.source_namespace == self.proxy.namespace
+
+    def cluster(self, destination: Destination) -> tuple[str, int]:
+        """istiod's `GetDestinationCluster`: the cluster name and the port it names."""
+        port = self.port
+        if destination.HasField("port") and destination.port.number:
+            port = destination.port.number
+        else:
+            service = self.registry.service(destination.host)
+            if service is not None and len(service.ports) == 1:
+                port = service.ports[0].number
+        return cluster_name(port, destination.host, destination.subset), port
+
+    def hashes(self, destination: Destination, port: int) -> list[Any]:
+        if self.hash_policy is None:
+            return []
+        rule = self.index.destination_rule(destination.host, self.proxy.namespace)
+        return list(self.hash_policy(rule, port, destination.subset))
+
+
+def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -> Route | None:
+    spec = rule.route
+    name = spec.name
+    if match is not None and match.name:
+        name = f"{name}.{match.name}"
+    out = Route(name=name, match=_route_match(match))
+    if match is not None and match.stat_prefix:
+        out.stat_prefix = match.stat_prefix
+    authority = ""
+    if spec.HasField("headers"):
+        authority = _apply_headers(out, spec.headers)
+    if spec.HasField("redirect"):
+        if not _apply_redirect(out, spec.redirect, context.port):
+            return None  # unsupported code: istiod emits a route without action, Envoy NACKs it
+    elif spec.HasField("direct_response"):
+        _apply_direct_response(out, spec.direct_response)
+    else:
+        _apply_destinations(out, spec, authority, context)
+    out.decorator.operation = _operation(out, context.vs_name, context.port)
+    if spec.HasField("fault") and (fault := _fault(spec.fault)) is not None:
+        out.typed_per_filter_config[FAULT_FILTER].CopyFrom(_pack(fault))
+    if spec.HasField("cors_policy"):
+        out.typed_per_filter_config[CORS_FILTER].CopyFrom(_pack(_cors(spec.cors_policy)))
+    return stamp(out, rule.sources)
+
+
+# -- matches -------------------------------------------------------------------------------------
+
+
+def _route_match(match: HTTPMatchRequest | None) -> RouteMatch:
+    out = RouteMatch(prefix="/")
+    if match is None:
+        return out
+    headers = [_header_matcher(k, v) for k, v in match.headers.items()]
+    for key, value in match.without_headers.items():
+        matcher = _header_matcher(key, value)
+        matcher.invert_match = True
+        if not _is_present_match(value):
+            matcher.treat_missing_header_as_empty = True
+        headers.append(matcher)
+    headers.sort(key=lambda h: (h.name, h.invert_match))
+    if match.HasField("uri"):
+        kind = match.uri.WhichOneof("match_type")
+        if kind == "exact":
+            out.path = match.uri.exact
+        elif kind == "prefix":
+            out.prefix = match.uri.prefix
+        elif kind == "regex":
+            out.safe_regex.regex = match.uri.regex
+    out.case_sensitive.value = not match.ignore_uri_case
+    for name, field in ((":method", "method"), (":authority", "authority"), (":scheme", "scheme")):
+        if match.HasField(field):
+            headers.append(_header_matcher(name, getattr(match, field)))
+    out.headers.extend(headers)
+    for key in sorted(match.query_params):
+        value = match.query_params[key]
+        parameter = QueryParameterMatcher(name=key)
+        if _is_present_match(value):
+            parameter.present_match = True
+        elif (string := _string_matcher(value)) is not None:
+            parameter.string_match.CopyFrom(string)
+        out.query_parameters.append(parameter)
+    return out
+
+
+def _is_present_match(match: StringMatch) -> bool:
+    """An empty StringMatch, or regex `*` (istio/istio#20629), means "present"."""
+    kind = match.WhichOneof("match_type")
+    return kind is None or (kind == "regex" and match.regex == "*")
+
+
+def _string_matcher(match: StringMatch) -> StringMatcher | None:
+    kind = match.WhichOneof("match_type")
+    if kind == "exact":
+        return StringMatcher(exact=match.exact)
+    if kind == "prefix":
+        return StringMatcher(prefix=match.prefix)
+    if kind == "regex":
+        return StringMatcher(safe_regex=RegexMatcher(regex=match.regex))
+    return None
+
+
+def _header_matcher(name: str, match: StringMatch) -> HeaderMatcher:
+    out = HeaderMatcher(name=name)
+    if _is_present_match(match):
+        out.present_match = True
+    elif (string := _string_matcher(match)) is not None:
+        out.string_match.CopyFrom(string)
+    return out
+
+
+def _is_catch_all(route: Route) -> bool:
+    match = route.match
+    kind = match.WhichOneof("path_specifier")
+    catchall = (
+        (kind == "prefix" and match.prefix == "/")
+        or (kind == "path_separated_prefix" and match.path_separated_prefix == "/")
+        or (kind == "safe_regex" and match.safe_regex.regex == ".*")
+    )
+    return bool(
+        catchall and not match.headers and not match.query_parameters and not match.dynamic_metadata
+    )
+
+
+# -- headers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _HeaderOps:
+    request_add: list[Any]
+    request_remove: list[str]
+    response_add: list[Any]
+    response_remove: list[str]
+    authority: str
+
+
+def _is_internal(name: str) -> bool:
+    return name.startswith(":") or name.lower() == "host"
+
+
+def _is_authority(name: str) -> bool:
+    return name.lower() in (":authority", "host")
+
+
+def _header_options(values: Mapping[str, str], append: bool) -> tuple[list[Any], str]:
+    """Header options sorted by name (pseudo-headers and `host` dropped), and the authority
+    they set, if any."""
+    action = (
+        HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+        if append
+        else HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    )
+    authority = ""
+    options = []
+    for key in sorted(values):
+        if _is_authority(key):
+            authority = values[key]
+        if _is_internal(key):
+            continue
+        options.append(
+            HeaderValueOption(header=HeaderValue(key=key, value=values[key]), append_action=action)
+        )
+    return options, authority
+
+
+def _header_ops(headers: Headers) -> _HeaderOps:
+    request, response = headers.request, headers.response
+    set_options, set_authority = _header_options(request.set, append=False)
+    add_options, add_authority = _header_options(request.add, append=True)
+    response_set, _ = _header_options(response.set, append=False)
+    response_add, _ = _header_options(response.add, append=True)
+    return _HeaderOps(
+        request_add=set_options + add_options,
+        request_remove=[h for h in request.remove if not _is_internal(h)],
+        response_add=response_set + response_add,
+        response_remove=[h for h in response.remove if not _is_internal(h)],
+        authority=set_authority or add_authority,
+    )
+
+
+def _add_header_ops(target: Any, ops: _HeaderOps) -> None:
+    """Append to a Route's or ClusterWeight's header fields."""
+    target.request_headers_to_add.extend(ops.request_add)
+    target.request_headers_to_remove.extend(ops.request_remove)
+    target.response_headers_to_add.extend(ops.response_add)
+    target.response_headers_to_remove.extend(ops.response_remove)
+
+
+def _apply_headers(out: Route, headers: Headers) -> str:
+    ops = _header_ops(headers)
+    _add_header_ops(out, ops)
+    return ops.authority
+
+
+# -- actions -------------------------------------------------------------------------------------
+
+
+def _apply_redirect(out: Route, redirect: HTTPRedirect, port: int) -> bool:
+    """istiod's `ApplyRedirect`. A derived or explicit port is dropped when it is the scheme's
+    default; without a scheme, http is assumed (istiod assumes https on TLS servers)."""
+    code = _REDIRECT_CODES.get(redirect.redirect_code)
+    if code is None:
+        return False
+    action = RedirectAction(host_redirect=redirect.authority, response_code=code)
+    if redirect.uri:
+        action.path_redirect = redirect.uri
+    if redirect.scheme:
+        action.scheme_redirect = redirect.scheme
+    which = redirect.WhichOneof("redirect_port")
+    if which is not None:
+        if which == "port":
+            action.port_redirect = redirect.port
+        elif redirect.derive_port == HTTPRedirect.FROM_REQUEST_PORT:
+            action.port_redirect = port
+        scheme = redirect.scheme or "http"
+        if (action.port_redirect, scheme) in ((80, "http"), (443, "https")):
+            action.port_redirect = 0  # no explicit default port
+    out.redirect.CopyFrom(action)
+    return True
+
+
+def _apply_direct_response(out: Route, response: HTTPDirectResponse) -> None:
+    action = DirectResponseAction(status=response.status)
+    kind = response.body.WhichOneof("specifier") if response.HasField("body") else None
+    if kind == "string":
+        action.body.CopyFrom(DataSource(inline_string=response.body.string))
+    elif kind == "bytes":
+        action.body.CopyFrom(DataSource(inline_bytes=response.body.bytes))
+    out.direct_response.CopyFrom(action)
+
+
+def _apply_destinations(out: Route, spec: HTTPRoute, authority: str, context: _Context) -> None:
+    """istiod's `applyHTTPRouteDestination`."""
+    action = out.route
+    action.timeout.CopyFrom(spec.timeout if spec.HasField("timeout") else Duration())
+    if spec.HasField("rewrite"):
+        rewrite = spec.rewrite
+        if rewrite.HasField("uri_regex_rewrite"):
+            action.regex_rewrite.CopyFrom(
+                RegexMatchAndSubstitute(
+                    pattern=RegexMatcher(regex=rewrite.uri_regex_rewrite.match),
+                    substitution=rewrite.uri_regex_rewrite.rewrite,
+                )
+            )
+        elif rewrite.uri:
+            action.prefix_rewrite = rewrite.uri
+        if rewrite.authority:
+            authority = rewrite.authority
+    if authority:
+        action.host_rewrite_literal = authority
+    for destination, fraction in _mirrors(spec):
+        name, _ = context.cluster(destination)
+        action.request_mirror_policies.append(
+            RouteAction.RequestMirrorPolicy(
+                cluster=name, runtime_fraction=fraction, trace_sampled=BoolValue(value=False)
+            )
+        )
+    hashes: list[Any] = []
+    consistent_hash = False
+    if len(spec.route) == 1:
+        hashes = _single_destination(out, action, spec.route[0], context)
+        consistent_hash = bool(hashes)
+    else:
+        weighted = WeightedCluster()
+        for item in spec.route:
+            if item.weight == 0:
+                continue  # istiod drops zero weights when there are several destinations
+            weight, item_hashes = _weighted_destination(item, context)
+            weighted.clusters.append(weight)
+            hashes.extend(h for h in item_hashes if h not in hashes)
+        action.weighted_clusters.CopyFrom(weighted)
+    action.hash_policy.extend(hashes)
+    policy = _retry_policy(spec.retries if spec.HasField("retries") else None, consistent_hash)
+    if policy is not None:
+        action.retry_policy.CopyFrom(policy)
+
+
+def _single_destination(
+    out: Route, action: Any, item: HTTPRouteDestination, context: _Context
+) -> list[Any]:
+    name, port = context.cluster(item.destination)
+    action.cluster = name
+    if item.HasField("headers"):
+        ops = _header_ops(item.headers)
+        _add_header_ops(out, ops)
+        if ops.authority and not action.host_rewrite_literal:
+            action.host_rewrite_literal = ops.authority
+    return context.hashes(item.destination, port)
+
+
+def _weighted_destination(item: HTTPRouteDestination, context: _Context) -> tuple[Any, list[Any]]:
+    name, port = context.cluster(item.destination)
+    weight = WeightedCluster.ClusterWeight(name=name, weight=UInt32Value(value=item.weight))
+    if item.HasField("headers"):
+        ops = _header_ops(item.headers)
+        _add_header_ops(weight, ops)
+        if ops.authority:
+            weight.host_rewrite_literal = ops.authority
+    return weight, context.hashes(item.destination, port)
+
+
+def _mirrors(spec: HTTPRoute) -> Iterator[tuple[Destination, Any]]:
+    """(destination, runtime fraction) of each mirror; an explicit 0% mirrors nothing."""
+    if spec.HasField("mirror"):
+        if spec.HasField("mirror_percentage"):
+            if spec.mirror_percentage.value > 0:
+                yield spec.mirror, _fraction(_per_million(spec.mirror_percentage))
+        elif spec.HasField("mirror_percent"):
+            if spec.mirror_percent.value > 0:
+                yield spec.mirror, _fraction(_hundred(spec.mirror_percent.value))
+        else:
+            yield spec.mirror, _fraction(_hundred(100))
+    for mirror in spec.mirrors:
+        if not mirror.HasField("destination"):
+            continue
+        if mirror.HasField("percentage"):
+            if mirror.percentage.value > 0:
+                yield mirror.destination, _fraction(_per_million(mirror.percentage))
+        else:
+            yield mirror.destination, _fraction(_hundred(100))
+
+
+def _fraction(percent: Any) -> Any:
+    return RuntimeFractionalPercent(default_value=percent)
+
+
+def _per_million(percent: Percent) -> Any:
+    """istiod's `translatePercentToFractionalPercent` (truncating, as Go's uint32())."""
+    return FractionalPercent(
+        numerator=int(percent.value * 10000), denominator=FractionalPercent.MILLION
+    )
+
+
+def _hundred(value: int) -> Any:
+    return FractionalPercent(numerator=value, denominator=FractionalPercent.HUNDRED)
+
+
+def _operation(route: Route, vs_name: str, port: int) -> str:
+    """istiod's `GetRouteOperation`: `host:port/path` for one cluster, else `vs:port/path`."""
+    match = route.match
+    kind = match.WhichOneof("path_specifier")
+    path = "/*"
+    if kind == "prefix":
+        path = match.prefix + "*"
+    elif kind == "path":
+        path = match.path
+    elif kind == "safe_regex":
+        path = match.safe_regex.regex
+    if route.WhichOneof("action") == "route" and route.route.cluster.count("|") == 3:
+        _, number, _, host = parse_cluster_name(route.route.cluster)
+        return f"{host}:{number}{path}"
+    return f"{vs_name}:{port}{path}"
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+
+def _previous_hosts() -> Any:
+    return RetryPolicy.RetryHostPredicate(
+        name=_PREVIOUS_HOSTS, typed_config=_pack(PreviousHostsPredicate())
+    )
+
+
+def _retry_policy(retries: HTTPRetry | None, consistent_hash: bool) -> Any:
+    """istiod's `retry.ConvertPolicy`: the default policy when unset, none for 0 attempts, else
+    the default overridden by what is set. With consistent hashing the default does not move
+    retries to other hosts."""
+    out = RetryPolicy(
+        num_retries=UInt32Value(value=2),
+        retry_on=_DEFAULT_RETRY_ON,
+        host_selection_retry_max_attempts=5,
+        retriable_status_codes=[503],
+    )
+    if not consistent_hash:
+        out.retry_host_predicate.append(_previous_hosts())
+    if retries is None:
+        return out
+    if retries.attempts <= 0:
+        return None
+    out.num_retries.value = retries.attempts
+    if retries.retry_on:
+        retry_on, codes = _parse_retry_on(retries.retry_on)
+        out.retry_on = retry_on
+        del out.retriable_status_codes[:]
+        out.retriable_status_codes.extend(codes)
+        if codes and "retriable-status-codes" not in retry_on:
+            out.retry_on = ",".join(p for p in (retry_on, "retriable-status-codes") if p)
+    if retries.HasField("per_try_timeout"):
+        out.per_try_timeout.CopyFrom(retries.per_try_timeout)
+    if retries.HasField("retry_ignore_previous_hosts"):
+        del out.retry_host_predicate[:]
+        if retries.retry_ignore_previous_hosts.value:
+            out.retry_host_predicate.append(_previous_hosts())
+    if retries.HasField("retry_remote_localities") and retries.retry_remote_localities.value:
+        out.retry_priority.CopyFrom(
+            RetryPolicy.RetryPriority(
+                name=_PREVIOUS_PRIORITIES,
+                typed_config=_pack(PreviousPrioritiesConfig(update_frequency=2)),
+            )
+        )
+    if retries.HasField("backoff"):
+        out.retry_back_off.base_interval.CopyFrom(retries.backoff)
+    return out
+
+
+def _parse_retry_on(text: str) -> tuple[str, list[int]]:
+    """Retry conditions, with HTTP status codes split out."""
+    conditions: list[str] = []
+    codes: list[int] = []
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        if part.isdigit() and _is_status(int(part)):
+            codes.append(int(part))
+        else:
+            conditions.append(part)
+    return ",".join(conditions), codes
+
+
+def _is_status(code: int) -> bool:
+    try:
+        http.HTTPStatus(code)
+    except ValueError:
+        return False
+    return True
+
+
+# -- per-filter configs --------------------------------------------------------------------------
+
+
+def _pack(message: Message) -> AnyProto:
+    packed = AnyProto()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def _fault(fault: HTTPFaultInjection) -> Any:
+    """istiod's `TranslateFault`; None when neither a fixed delay nor an HTTP/gRPC abort."""
+    out = HTTPFault()
+    if fault.HasField("delay") and fault.delay.HasField("fixed_delay"):
+        delay = FaultDelay(fixed_delay=fault.delay.fixed_delay)
+        if fault.delay.HasField("percentage"):
+            delay.percentage.CopyFrom(_per_million(fault.delay.percentage))
+        else:
+            delay.percentage.CopyFrom(_hundred(fault.delay.percent))
+        out.delay.CopyFrom(delay)
+    if fault.HasField("abort"):
+        kind = fault.abort.WhichOneof("error_type")
+        abort = FaultAbort()
+        if fault.abort.HasField("percentage"):
+            abort.percentage.CopyFrom(_per_million(fault.abort.percentage))
+        if kind == "http_status":
+            abort.http_status = fault.abort.http_status
+            out.abort.CopyFrom(abort)
+        elif kind == "grpc_status":
+            status = fault.abort.grpc_status
+            abort.grpc_status = int(status) if status.isdigit() else _GRPC_CODES.get(status, 0)
+            out.abort.CopyFrom(abort)
+    if not out.HasField("delay") and not out.HasField("abort"):
+        return None
+    return out
+
+
+def _cors(policy: CorsPolicy) -> Any:
+    """istiod's `TranslateCORSPolicy`."""
+    out = EnvoyCorsPolicy(
+        forward_not_matching_preflights=BoolValue(
+            value=policy.unmatched_preflights != CorsPolicy.IGNORE
+        ),
+        filter_enabled=_fraction(_hundred(100)),
+        allow_headers=",".join(policy.allow_headers),
+        allow_methods=",".join(policy.allow_methods),
+        expose_headers=",".join(policy.expose_headers),
+    )
+    origins: Iterable[Any]
+    if policy.allow_origins:
+        origins = (m for m in map(_string_matcher, policy.allow_origins) if m is not None)
+    else:
+        origins = (StringMatcher(exact=o) for o in policy.allow_origin)
+    out.allow_origin_string_match.extend(origins)
+    if policy.HasField("allow_credentials"):
+        out.allow_credentials.CopyFrom(policy.allow_credentials)
+    if policy.HasField("max_age"):
+        out.max_age = str(policy.max_age.seconds)
+    return out

@@ -1,0 +1,262 @@
+"""A sidecar's config: outbound listeners and routes per service port, inbound listeners and
+clusters for the workload it fronts.
+
+Outbound HTTP listeners are named `0.0.0.0_<port>` and use route config `<port>`, with one
+virtual host per service on that port. Listeners bind only for ports in `Proxy.port_map`; the
+rest are Istio-style virtual listeners (`bind_to_port: false`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_components_pb2 import (
+    Route,
+    RouteAction,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.wrappers_pb2 import BoolValue
+
+from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
+from pilotfish.registry import Registry, Service, ServicePort
+from pilotfish.translators.clusters import route_hash_policy
+from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
+from pilotfish.translators.index import MESH, ConfigIndex
+from pilotfish.translators.listeners import http_connection_manager, listener, tcp_proxy, tls_chain
+from pilotfish.translators.naming import (
+    cluster_name,
+    inbound_cluster_name,
+    inbound_listener_name,
+    listener_name,
+    virtual_host_name,
+)
+from pilotfish.translators.proxy import Proxy
+from pilotfish.translators.routes import default_route, http_routes
+from pilotfish.translators.version import stamp
+
+__all__ = ["inbound", "outbound_listeners", "outbound_routes"]
+
+
+def _domains(service: Service, port: int, proxy: Proxy, domain: str) -> Iterator[str]:
+    host = service.hostname
+    names = [host]
+    suffix = f".{service.namespace}.svc.{domain}"
+    if host.endswith(suffix):
+        short = host[: -len(suffix)]
+        names += [f"{short}.{service.namespace}", f"{short}.{service.namespace}.svc"]
+        if service.namespace == proxy.namespace:
+            names.insert(1, short)
+    names += list(service.addresses)
+    for name in names:
+        yield name
+        yield f"{name}:{port}"
+
+
+def outbound_routes(
+    proxy: Proxy, index: ConfigIndex, registry: Registry
+) -> list[RouteConfiguration]:
+    """One route configuration per HTTP service port, named by the port."""
+    by_port: dict[int, list[Service]] = {}
+    for service in registry.services():
+        for port in service.ports:
+            if port.is_http:
+                by_port.setdefault(port.number, []).append(service)
+    configs = []
+    for number in sorted(by_port):
+        config = RouteConfiguration(name=str(number), validate_clusters=_false())
+        used: set[str] = set()
+        for service in by_port[number]:
+            domains = [d for d in _domains(service, number, proxy, index.domain) if d not in used]
+            used.update(domains)
+            vs = index.for_host(service.hostname, MESH)
+            routes: list[Route]
+            if vs is not None:
+                routes = http_routes(
+                    vs,
+                    port=number,
+                    proxy=proxy,
+                    index=index,
+                    registry=registry,
+                    gateway=MESH,
+                    hash_policy=route_hash_policy,
+                )
+            else:
+                routes = [
+                    default_route(
+                        service.hostname,
+                        number,
+                        index=index,
+                        proxy=proxy,
+                        hash_policy=route_hash_policy,
+                    )
+                ]
+            host = VirtualHost(
+                name=virtual_host_name(service.hostname, number), domains=domains, routes=routes
+            )
+            config.virtual_hosts.append(
+                stamp(host, [f"VirtualService/{vs.namespace}/{vs.name}"] if vs else [])
+            )
+        configs.append(config)
+    return configs
+
+
+def _false() -> BoolValue:
+    return BoolValue(value=False)
+
+
+def outbound_listeners(proxy: Proxy, index: ConfigIndex, registry: Registry) -> list[Listener]:
+    """`0.0.0.0_<port>` for every service port: HTTP via RDS, otherwise tcp_proxy (TLS by SNI)."""
+    by_port: dict[int, list[tuple[Service, ServicePort]]] = {}
+    for service in registry.services():
+        for port in service.ports:
+            by_port.setdefault(port.number, []).append((service, port))
+    result = []
+    for number in sorted(by_port):
+        members = by_port[number]
+        name = listener_name(number)
+        bind = number in proxy.port_map
+        address = proxy.address if bind else "0.0.0.0"
+        if any(p.is_http for _, p in members):
+            hcm = http_connection_manager(f"outbound_0.0.0.0_{number}", rds=str(number))
+            chains = [tls_chain([hcm])]
+            inspect = False
+        else:
+            chains, inspect = _tcp_chains(number, members, proxy, index)
+        result.append(
+            stamp(
+                listener(
+                    name, address, proxy.bind_port(number), chains, bind=bind, inspect_tls=inspect
+                )
+            )
+        )
+    return result
+
+
+def _tcp_chains(
+    number: int, members: list[tuple[Service, ServicePort]], proxy: Proxy, index: ConfigIndex
+) -> tuple[list[FilterChain], bool]:
+    chains = []
+    seen_sni: set[str] = set()
+    default: Filter | None = None
+    for service, _port in members:
+        vs = index.for_host(service.hostname, MESH)
+        spec = vs.spec if vs is not None else None
+        if isinstance(spec, VirtualService) and vs is not None:
+            for tls in spec.tls:
+                matches = [m for m in tls.match if not m.port or m.port == number]
+                snis = sorted({s for m in matches for s in m.sni_hosts} - seen_sni)
+                if not matches or not snis:
+                    continue
+                seen_sni.update(snis)
+                stat = f"outbound|{number}||{service.hostname}"
+                chains.append(
+                    tls_chain(
+                        [tcp_proxy(stat, _weights(tls.route, number, vs.namespace, index))],
+                        server_names=snis,
+                    )
+                )
+            for tcp in spec.tcp:
+                if default is None and all(not m.port or m.port == number for m in tcp.match):
+                    default = tcp_proxy(
+                        f"outbound|{number}||{service.hostname}",
+                        _weights(tcp.route, number, vs.namespace, index),
+                    )
+        if default is None:
+            target = cluster_name(number, service.hostname)
+            default = tcp_proxy(target, target)
+    assert default is not None
+    chains.append(tls_chain([default]))
+    return chains, len(chains) > 1
+
+
+def _weights(
+    destinations: Iterable[Any], port: int, namespace: str, index: ConfigIndex
+) -> dict[str, int]:
+    weights: dict[str, int] = {}
+    items = list(destinations)
+    for item in items:
+        d = item.destination
+        number = d.port.number or port
+        name = cluster_name(number, index.resolve(d.host, namespace), d.subset)
+        weights[name] = weights.get(name, 0) + (item.weight or (100 if len(items) == 1 else 0))
+    return weights
+
+
+def inbound(proxy: Proxy, registry: Registry) -> tuple[list[Listener], list[Cluster]]:
+    """A listener and an `inbound|<port>||` cluster per port of the services this workload
+    serves; the listener binds the workload's own endpoint port (where other proxies send)."""
+    listeners: list[Listener] = []
+    clusters: list[Cluster] = []
+    seen: set[int] = set()
+    for service in registry.services_of(proxy.namespace, proxy.labels):
+        for port in service.ports:
+            target = port.target_port if isinstance(port.target_port, int) else port.number
+            if target in seen:
+                continue
+            seen.add(target)
+            mine = [
+                e
+                for e in registry.endpoints(service.hostname, port.number)
+                if e.address == proxy.address
+                and e.namespace == proxy.namespace
+                and (e.workload == proxy.workload if proxy.workload else _mine(e.labels, proxy))
+            ]
+            cluster = inbound_cluster_name(target)
+            clusters.append(_inbound_cluster(cluster, proxy.app_port(target)))
+            if port.is_http:
+                routes = RouteConfiguration(
+                    name=cluster,
+                    validate_clusters=_false(),
+                    virtual_hosts=[
+                        VirtualHost(
+                            name=f"inbound|http|{target}",
+                            domains=["*"],
+                            routes=[
+                                Route(
+                                    name="default",
+                                    match=RouteMatch(prefix="/"),
+                                    route=RouteAction(cluster=cluster, timeout=Duration()),
+                                )
+                            ],
+                        )
+                    ],
+                )
+                chain = tls_chain([http_connection_manager(cluster, route_config=routes)])
+            else:
+                chain = tls_chain([tcp_proxy(cluster, cluster)])
+            bind_port = mine[0].port if mine else target
+            listeners.append(
+                stamp(
+                    listener(
+                        inbound_listener_name(target),
+                        proxy.address if mine else "0.0.0.0",
+                        bind_port,
+                        [chain],
+                        bind=bool(mine),
+                        inbound=True,
+                    )
+                )
+            )
+    return listeners, clusters
+
+
+def _mine(labels: Iterable[tuple[str, str]], proxy: Proxy) -> bool:
+    return all(proxy.labels.get(k) == v for k, v in labels)
+
+
+def _inbound_cluster(name: str, app_port: int) -> Cluster:
+    cluster = Cluster(name=name, type=Cluster.STATIC)
+    cluster.connect_timeout.FromSeconds(10)
+    cluster.load_assignment.CopyFrom(cluster_load_assignment(name, []))
+    cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
+        socket_address("127.0.0.1", app_port)
+    )
+    stamp(cluster)
+    return cluster

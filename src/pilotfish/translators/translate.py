@@ -1,0 +1,88 @@
+"""Translate Istio-compatible config and a service registry into one proxy's Envoy config.
+
+`translate` is pure: the same objects, registry contents and proxy give byte-equal resources
+and the same versions (every version starts with the translator version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+from google.protobuf.message import Message
+
+from pilotfish.cache import Snapshot
+from pilotfish.registry import Registry
+from pilotfish.sources import ConfigObject
+from pilotfish.translators.gateway import gateway_config
+from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.outbound import outbound
+from pilotfish.translators.proxy import Proxy
+from pilotfish.translators.sidecar import inbound, outbound_listeners, outbound_routes
+from pilotfish.translators.version import TRANSLATOR_VERSION
+
+__all__ = ["Translation", "translate"]
+
+
+@dataclass(frozen=True)
+class Translation:
+    """One proxy's Envoy resources, by type, in a stable order."""
+
+    proxy: Proxy
+    listeners: tuple[Listener, ...]
+    routes: tuple[RouteConfiguration, ...]
+    clusters: tuple[Cluster, ...]
+    endpoints: tuple[ClusterLoadAssignment, ...]
+    secrets: tuple[Secret, ...] = ()
+    translator_version: str = TRANSLATOR_VERSION
+    warnings: tuple[str, ...] = field(default=())
+
+    def resources(self) -> Mapping[str, Sequence[Message]]:
+        """Resources keyed by short type name, as `Snapshot` takes them."""
+        return {
+            "lds": self.listeners,
+            "rds": self.routes,
+            "cds": self.clusters,
+            "eds": self.endpoints,
+            "sds": self.secrets,
+        }
+
+    def snapshot(self) -> Snapshot:
+        """A cache snapshot; versions are `<translator version>/<content hash>`."""
+        return Snapshot(self.resources(), version_prefix=f"{self.translator_version}/")
+
+
+def translate(
+    proxy: Proxy,
+    config: ConfigIndex | Iterable[ConfigObject],
+    registry: Registry,
+    *,
+    secrets: Iterable[Secret] = (),
+) -> Translation:
+    """The Envoy config for `proxy` (a sidecar or a gateway)."""
+    index = config if isinstance(config, ConfigIndex) else ConfigIndex.build(config)
+    clusters, endpoints = outbound(proxy, index, registry)
+    listeners: list[Listener]
+    routes: list[RouteConfiguration]
+    if proxy.kind == "gateway":
+        listeners, routes = gateway_config(proxy, index, registry)
+    else:
+        routes = outbound_routes(proxy, index, registry)
+        listeners = outbound_listeners(proxy, index, registry)
+        inbound_listeners, inbound_clusters = inbound(proxy, registry)
+        listeners += inbound_listeners
+        clusters += inbound_clusters
+    return Translation(
+        proxy=proxy,
+        listeners=tuple(listeners),
+        routes=tuple(routes),
+        clusters=tuple(clusters),
+        endpoints=tuple(endpoints),
+        secrets=tuple(sorted(secrets, key=lambda s: s.name)),
+        warnings=tuple(registry.conflicts),
+    )
