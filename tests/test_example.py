@@ -75,3 +75,23 @@ def test_ctrl_c_stops_envoy_and_exits_130() -> None:
     assert proc.returncode == 130, output
     assert "interrupted" in output, output
     assert not is_running(envoy_pid(output)), "Ctrl-C left Envoy running"
+
+
+def test_bookinfo_demo_walks_through_its_scenarios() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.bookinfo.mesh", "--requests", "6"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("bookinfo up: 6 sidecars and a gateway")
+    after = {line.split(":")[0]: i for i, line in enumerate(lines) if line.endswith(".yaml:")}
+    assert lines[after["all-v1.yaml"] + 1].strip() == "anonymous: 6x 200 reviews-v1 (no stars)"
+    assert lines[after["jason-v2.yaml"] + 2].strip() == "jason: 6x 200 reviews-v2 (black)"
+    assert lines[after["ratings-abort-jason.yaml"] + 2].strip() == (
+        "jason: 6x 200 reviews-v2 (unavailable)"
+    )

@@ -1,4 +1,4 @@
-"""Where config comes from: manifest files today (a watched directory and etcd come later)."""
+"""Where config comes from: manifest files, kept per file as the last good version (etcd later)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pilotfish.sources.manifests import (
     load_documents,
     load_path,
 )
+from pilotfish.sources.store import ConfigStore
 from pilotfish.sources.validate import resolve_host, validate
 
 __all__ = [
     "KINDS",
     "ConfigObject",
+    "ConfigStore",
     "LoadResult",
     "load_documents",
     "load_path",

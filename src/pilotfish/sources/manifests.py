@@ -37,7 +37,7 @@ from pilotfish.protos.istio.security.v1beta1 import (
 from pilotfish.protos.k8s import registry_pb2
 from pilotfish.sources.validate import validate
 
-__all__ = ["KINDS", "ConfigObject", "LoadResult", "load_documents", "load_path"]
+__all__ = ["KINDS", "SUFFIXES", "ConfigObject", "LoadResult", "load_documents", "load_path"]
 
 _NETWORKING = ("networking.istio.io", ("v1alpha3", "v1beta1", "v1"))
 _SECURITY = ("security.istio.io", ("v1beta1", "v1"))
@@ -64,7 +64,7 @@ KINDS: Mapping[str, tuple[tuple[str, tuple[str, ...]], type[Message]]] = {
 _KUBERNETES = frozenset({"Service", "EndpointSlice", "Pod"})
 _WHOLE_DOCUMENT = frozenset({"EndpointSlice", "Pod"})
 
-_SUFFIXES = (".yaml", ".yml", ".json")
+SUFFIXES = (".yaml", ".yml", ".json")
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class LoadResult:
 def load_path(path: str | Path) -> LoadResult:
     """Load one manifest file, or every .yaml/.yml/.json file under a directory (sorted)."""
     root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.suffix in _SUFFIXES) if root.is_dir() else [root]
+    files = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES) if root.is_dir() else [root]
     result = LoadResult()
     for file in files:
         try:

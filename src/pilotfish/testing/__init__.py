@@ -17,6 +17,7 @@ from pilotfish.testing.envoy import (
     free_port,
     wait_until,
 )
+from pilotfish.testing.mesh import LocalMesh, MeshProxy
 from pilotfish.testing.server import RecordingCallbacks, ServerThread
 from pilotfish.testing.upstream import HttpUpstream
 
@@ -29,6 +30,8 @@ __all__ = [
     "HttpUpstream",
     "InMemoryAdsClient",
     "InMemoryDeltaClient",
+    "LocalMesh",
+    "MeshProxy",
     "RecordingCallbacks",
     "ServerThread",
     "find_envoy",

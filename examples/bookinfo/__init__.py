@@ -1,0 +1,1 @@
+"""Istio's bookinfo sample, as small local Python services for demos and end-to-end tests."""

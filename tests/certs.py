@@ -1,0 +1,34 @@
+"""Throwaway certificates for tests, made with the openssl command line tool: a root CA and a
+workload certificate carrying a SPIFFE identity, as SDS `Secret`s named like Istio's."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def workload_secrets(spiffe: str = "spiffe://cluster.local/ns/default/sa/default") -> list[Secret]:
+    """Secrets `default` (key and certificate for `spiffe`) and `ROOTCA` (the CA)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                 "/O=pilotfish test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+        (d / "ext.cnf").write_text(f"subjectAltName=URI:{spiffe}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=pilotfish",
+                 "-keyout", "w.key", "-out", "w.csr", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", "w.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "w.pem",
+                 cwd=d)  # fmt: skip
+        workload = Secret(name="default")
+        workload.tls_certificate.certificate_chain.inline_bytes = (d / "w.pem").read_bytes()
+        workload.tls_certificate.private_key.inline_bytes = (d / "w.key").read_bytes()
+        root = Secret(name="ROOTCA")
+        root.validation_context.trusted_ca.inline_bytes = (d / "ca.pem").read_bytes()
+        return [workload, root]
