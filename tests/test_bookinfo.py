@@ -237,3 +237,28 @@ def test_a_bad_file_never_replaces_the_last_good_translation(
     assert store.sync(tmp_path) == {}
     bookinfo.apply(store.objects())
     assert bookinfo.page("jason").reviews_version == "v2"
+
+
+def test_delegate_virtual_service(bookinfo: Bookinfo) -> None:
+    delegation = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    delegate: {name: reviews-for-jason}
+  - route: [{destination: {host: reviews, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-for-jason}
+spec:
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v3}}]
+"""
+    bookinfo.apply(objects("virtual-service-all-v1.yaml", text=delegation))
+    assert Counter(bookinfo.page("jason").reviews_version for _ in range(10)) == {"v3": 10}
+    assert Counter(bookinfo.page().reviews_version for _ in range(10)) == {"v1": 10}

@@ -112,8 +112,10 @@ VS = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name:
          "spec.http[0].retries.retryOn", "'sometimes'"),
         ("{hosts: [a], http: [{redirect: {uri: /x, redirectCode: 200}}]}",
          "spec.http[0].redirect.redirectCode", "301"),
-        ("{hosts: [], http: [{route: [{destination: {host: a}}]}]}",
-         "spec.hosts", "at least one host"),
+        ("{hosts: [], gateways: [gw], http: [{route: [{destination: {host: a}}]}]}",
+         "spec.gateways", "delegate"),
+        ("{hosts: [], http: [{delegate: {name: other}}]}",
+         "spec.http[0].delegate", "cannot delegate again"),
     ],
 )  # fmt: skip
 def test_istiod_rules_for_virtual_services(spec: str, field: str, reason: str) -> None:

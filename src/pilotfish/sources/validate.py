@@ -155,7 +155,14 @@ def _virtual_service(spec: Any) -> _Problems:
     # Bound to gateways only: `*` hosts and JWT-claim routing are allowed there, not in the mesh.
     gateways_only = bool(spec.gateways) and "mesh" not in spec.gateways
     if not spec.hosts:
-        yield "spec.hosts", "at least one host is required"
+        # No hosts: a delegate, included by another VirtualService's `delegate` route.
+        if spec.gateways:
+            yield "spec.gateways", "a delegate VirtualService (no hosts) must not name gateways"
+        if spec.tls or spec.tcp:
+            yield "spec", "a delegate VirtualService (no hosts) has only http routes"
+        for i, route in enumerate(spec.http):
+            if route.HasField("delegate"):
+                yield f"spec.http[{i}].delegate", "a delegate cannot delegate again"
     hosts_valid = True
     for i, host in enumerate(spec.hosts):
         problem = _domain_problem(host)
