@@ -32,3 +32,22 @@ def workload_secrets(spiffe: str = "spiffe://cluster.local/ns/default/sa/default
         root = Secret(name="ROOTCA")
         root.validation_context.trusted_ca.inline_bytes = (d / "ca.pem").read_bytes()
         return [workload, root]
+
+
+def server_secret(name: str, host: str) -> tuple[Secret, bytes]:
+    """An SDS secret `name` holding a key and certificate for DNS name `host`, and the PEM of
+    the CA that signed it (for the client to trust)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                 "/O=pilotfish test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+        (d / "ext.cnf").write_text(f"subjectAltName=DNS:{host}\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+                 "-keyout", "s.key", "-out", "s.csr", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", "s.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "s.pem",
+                 cwd=d)  # fmt: skip
+        secret = Secret(name=name)
+        secret.tls_certificate.certificate_chain.inline_bytes = (d / "s.pem").read_bytes()
+        secret.tls_certificate.private_key.inline_bytes = (d / "s.key").read_bytes()
+        return secret, (d / "ca.pem").read_bytes()
