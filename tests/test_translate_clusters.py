@@ -837,3 +837,46 @@ def test_envoy_accepts_every_cluster(tmp_path: Path) -> None:
     )
     assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-4000:]
     assert "Deprecated field" not in checked.stderr, checked.stderr[-4000:]
+
+
+def test_locality_distribute_weights_the_load_assignment() -> None:
+    from pilotfish.registry import Registry, Service, ServicePort, Workload
+    from pilotfish.sources import load_documents
+    from pilotfish.translators import Proxy, translate
+
+    loaded = load_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api.example
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        distribute:
+        - from: us/east/*
+          to: {"us/east/*": 80, "us/west/*": 20}
+"""
+    )
+    assert loaded.errors == []
+    registry = Registry()
+    registry.add_service(
+        Service("api.example", ports=(ServicePort("http", 80),), selector={"app": "api"})
+    )
+    for n, locality in enumerate(["us/east/a", "us/east/b", "us/west/a", "eu/west/a"]):
+        registry.add_workload(Workload(f"10.0.0.{n}", name=f"w{n}", labels={"app": "api"},
+                                       locality=locality))  # fmt: skip
+    east = Proxy(id="east", locality="us/east/a")
+    (cla,) = translate(east, loaded.objects, registry).endpoints
+    weights = {
+        f"{g.locality.region}/{g.locality.zone}/{g.locality.sub_zone}": (
+            g.load_balancing_weight.value
+        )
+        for g in cla.endpoints
+    }
+    # 80 split over the two east localities, 20 to the west one, nothing to eu.
+    assert weights == {"us/east/a": 40000, "us/east/b": 40000, "us/west/a": 20000}
+    west = Proxy(id="west", locality="us/west/a")  # no rule for it: plain endpoint weights
+    (plain,) = translate(west, loaded.objects, registry).endpoints
+    assert [g.load_balancing_weight.value for g in plain.endpoints] == [1, 1, 1, 1]

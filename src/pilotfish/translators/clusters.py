@@ -16,14 +16,14 @@ What the traffic policy becomes:
 Done elsewhere: locality failover priorities and locality weights of EDS clusters live in the
 load assignments (`endpoints.cluster_load_assignment`); consistent-hash keys are route hash
 policies (`route_hash_policy`, used by the route translators); `tunnel` configures the TCP proxy
-of a listener, not the cluster. Not done: Istio's auto mTLS (an unset `tls` means plaintext) and
-`localityLbSetting.distribute` weights.
+of a listener, not the cluster; `localityLbSetting.distribute` weights go into the load
+assignments too (`distribution`). Not done: Istio's auto mTLS (an unset `tls` means plaintext).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -68,7 +68,7 @@ from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
 )
 from pilotfish.registry import Endpoint, Registry, Service, ServicePort
 from pilotfish.translators.build import ads_config_source
-from pilotfish.translators.endpoints import cluster_load_assignment
+from pilotfish.translators.endpoints import cluster_load_assignment, distribution_for
 from pilotfish.translators.index import MergedRule
 from pilotfish.translators.naming import (
     ROOT_CA_SECRET,
@@ -80,7 +80,13 @@ from pilotfish.translators.naming import (
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.version import stamp
 
-__all__ = ["effective_policy", "outbound_clusters", "route_hash_policy", "upstream_tls"]
+__all__ = [
+    "distribution",
+    "effective_policy",
+    "outbound_clusters",
+    "route_hash_policy",
+    "upstream_tls",
+]
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -499,6 +505,15 @@ def _apply_load_balancer(cluster: Any, policy: TrafficPolicy) -> None:
             cluster.ring_hash_lb_config.minimum_ring_size.value = size
 
 
+def distribution(policy: TrafficPolicy, proxy_locality: str) -> Mapping[str, int] | None:
+    """The locality weights `localityLbSetting.distribute` gives a proxy in `proxy_locality`."""
+    setting = policy.load_balancer.locality_lb_setting
+    if setting.HasField("enabled") and not setting.enabled.value:
+        return None
+    rules = [(getattr(rule, "from"), dict(rule.to)) for rule in setting.distribute]
+    return distribution_for(rules, proxy_locality)
+
+
 def _locality_failover(policy: TrafficPolicy) -> bool:
     """Istio's rule: failover priorities only with outlier detection (else Envoy never moves
     traffic to a lower priority), unless locality load balancing is disabled."""
@@ -601,6 +616,7 @@ def _cluster(
                 endpoints[:1] if logical else endpoints,
                 proxy_locality=proxy.locality,
                 failover=_locality_failover(policy),
+                distribute=distribution(policy, proxy.locality),
             )
         )
     else:

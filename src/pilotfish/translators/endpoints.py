@@ -3,7 +3,7 @@ locality failover) prioritised by distance from the proxy, as istiod does for ED
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.config.core.v3.base_pb2 import Locality
@@ -19,7 +19,13 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from pilotfish.registry import Endpoint
 
-__all__ = ["cluster_load_assignment", "locality_priority", "socket_address"]
+__all__ = [
+    "cluster_load_assignment",
+    "distribution_for",
+    "locality_matches",
+    "locality_priority",
+    "socket_address",
+]
 
 
 def socket_address(host: str, port: int) -> Address:
@@ -44,25 +50,70 @@ def locality_priority(endpoint_locality: str, proxy_locality: str) -> int:
     return 3
 
 
+def locality_matches(pattern: str, locality: str) -> bool:
+    """Istio's locality patterns: `region/zone/subzone`, where `*` matches the rest."""
+    parts = [*locality.split("/"), "", ""][:3]
+    for want, have in zip(pattern.split("/"), parts, strict=False):
+        if want == "*":
+            return True
+        if want != have:
+            return False
+    return True
+
+
+def distribution_for(
+    rules: Iterable[tuple[str, Mapping[str, int]]], proxy_locality: str
+) -> Mapping[str, int] | None:
+    """The `to` weights of the first `localityLbSetting.distribute` rule whose `from` matches
+    the proxy's locality (None: no rule applies)."""
+    for source, targets in rules:
+        if proxy_locality and locality_matches(source, proxy_locality):
+            return targets
+    return None
+
+
+def _distributed(localities: Iterable[str], targets: Mapping[str, int]) -> dict[str, int]:
+    """Weight per locality: each `to` pattern's share split evenly over the localities it
+    matches first; localities no pattern matches get no traffic (weight 0, left out)."""
+    owner = {
+        loc: next((p for p in sorted(targets) if locality_matches(p, loc)), None)
+        for loc in localities
+    }
+    count: dict[str, int] = {}
+    for pattern in owner.values():
+        if pattern is not None:
+            count[pattern] = count.get(pattern, 0) + 1
+    return {
+        loc: max(1, targets[p] * 1000 // count[p]) if p is not None else 0
+        for loc, p in owner.items()
+    }
+
+
 def cluster_load_assignment(
     cluster: str,
     endpoints: Iterable[Endpoint],
     *,
     proxy_locality: str = "",
     failover: bool = False,
+    distribute: Mapping[str, int] | None = None,
 ) -> ClusterLoadAssignment:
     """Endpoints grouped by (priority, locality), sorted; each locality weighted by the sum of
-    its endpoints' weights (proxyless gRPC requires the locality weight)."""
+    its endpoints' weights (proxyless gRPC requires the locality weight), or, with `distribute`
+    (`to` patterns and percentages), by Istio's locality-weighted distribution."""
     groups: dict[tuple[int, str], list[Endpoint]] = {}
     for endpoint in endpoints:
         priority = locality_priority(endpoint.locality, proxy_locality) if failover else 0
         groups.setdefault((priority, endpoint.locality), []).append(endpoint)
+    shares = _distributed({loc for _, loc in groups}, distribute) if distribute else None
     assignment = ClusterLoadAssignment(cluster_name=cluster)
     for (priority, locality), members in sorted(groups.items()):
+        weight = shares[locality] if shares is not None else sum(e.weight for e in members)
+        if weight == 0:
+            continue
         group = LocalityLbEndpoints(
             locality=_locality(locality),
             priority=priority,
-            load_balancing_weight=UInt32Value(value=sum(e.weight for e in members)),
+            load_balancing_weight=UInt32Value(value=weight),
         )
         for endpoint in sorted(members):
             group.lb_endpoints.append(

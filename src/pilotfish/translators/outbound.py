@@ -10,7 +10,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from pilotfish.registry import Registry
-from pilotfish.translators.clusters import effective_policy, outbound_clusters
+from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
 from pilotfish.translators.endpoints import cluster_load_assignment
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.naming import parse_cluster_name
@@ -50,6 +50,7 @@ def outbound(
                         registry.endpoints(host, number, labels),
                         proxy_locality=proxy.locality,
                         failover=failover,
+                        distribute=distribution(policy, proxy.locality),
                     )
                 )
     return clusters, assignments
