@@ -48,20 +48,38 @@ class Proxy:
 
     @classmethod
     def from_node(cls, node: Any, **placement: Any) -> Proxy:
-        """A proxy from an Envoy `Node` carrying Istio-style metadata (`NAMESPACE`, `LABELS`,
-        `SERVICE_ACCOUNT`); an id like `router~...` marks a gateway, as in Istio."""
+        """A proxy from an Envoy `Node` with Istio-style metadata (`NAMESPACE`, `LABELS`,
+        `SERVICE_ACCOUNT`; an id starting `router~` or `PROXY_KIND: gateway` marks a gateway)
+        and pilotfish's placement keys for hosts without traffic capture: `PORT_MAP` and
+        `APP_PORTS` (`{"9080": 15001}`), `WORKLOAD` and `ADDRESS`. `placement` overrides."""
         fields = node.metadata.fields
-        namespace = fields["NAMESPACE"].string_value if "NAMESPACE" in fields else "default"
+
+        def text(key: str, default: str = "") -> str:
+            return str(fields[key].string_value) if key in fields else default
+
+        def ports(key: str) -> dict[int, int]:
+            if key not in fields:
+                return {}
+            return {int(k): int(v.number_value or v.string_value)
+                    for k, v in fields[key].struct_value.fields.items()}  # fmt: skip
+
         labels: dict[str, str] = {}
         if "LABELS" in fields:
             labels = {k: v.string_value for k, v in fields["LABELS"].struct_value.fields.items()}
-        account = fields["SERVICE_ACCOUNT"].string_value if "SERVICE_ACCOUNT" in fields else ""
-        kind: ProxyKind = "gateway" if node.id.startswith("router~") else "sidecar"
-        return cls(
-            id=node.id,
-            namespace=namespace,
-            labels=labels,
-            service_account=account or "default",
-            kind=kind,
-            **placement,
-        )
+        gateway = node.id.startswith("router~") or text("PROXY_KIND") == "gateway"
+        locality = node.locality
+        where = "/".join((locality.region, locality.zone, locality.sub_zone)).rstrip("/")
+        values: dict[str, Any] = {
+            "id": node.id,
+            "namespace": text("NAMESPACE", "default"),
+            "labels": labels,
+            "service_account": text("SERVICE_ACCOUNT") or "default",
+            "kind": "gateway" if gateway else "sidecar",
+            "address": text("ADDRESS", "127.0.0.1"),
+            "locality": where,
+            "port_map": ports("PORT_MAP"),
+            "app_ports": ports("APP_PORTS"),
+            "workload": text("WORKLOAD"),
+        }
+        values.update(placement)
+        return cls(**values)

@@ -231,15 +231,17 @@ def inbound(proxy: Proxy, registry: Registry) -> tuple[list[Listener], list[Clus
                 chain = tls_chain([http_connection_manager(cluster, route_config=routes)])
             else:
                 chain = tls_chain([tcp_proxy(cluster, cluster)])
-            bind_port = mine[0].port if mine else target
+            if not mine:
+                # No endpoint of this workload is registered: nobody is sent here, and a
+                # virtual listener on the service port would clash with the outbound one.
+                continue
             listeners.append(
                 stamp(
                     listener(
                         inbound_listener_name(target),
-                        proxy.address if mine else "0.0.0.0",
-                        bind_port,
+                        proxy.address,
+                        mine[0].port,
                         [chain],
-                        bind=bool(mine),
                         inbound=True,
                     )
                 )

@@ -1,0 +1,98 @@
+"""`pilotfish bootstrap`: print an Envoy bootstrap that connects to a pilotfish server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pilotfish.bootstrap import envoy_bootstrap
+from pilotfish.commands import address
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:
+    """Add the `bootstrap` subcommand."""
+    boot = commands.add_parser(
+        "bootstrap",
+        help="print an Envoy bootstrap that connects to a pilotfish server",
+        description="Print an Envoy v3 bootstrap (JSON) pointed at a pilotfish xDS server.",
+    )
+    boot.add_argument("--node-id", required=True, help="the proxy's node id")
+    boot.add_argument("--cluster", required=True, help="the proxy's service cluster")
+    boot.add_argument(
+        "--xds-address",
+        type=address,
+        action="append",
+        required=True,
+        help="HOST:PORT of a pilotfish server (repeat for several replicas)",
+    )
+    boot.add_argument("--per-type", action="store_true", help="one stream per type instead of ADS")
+    boot.add_argument("--admin-port", type=int, default=0, help="Envoy admin port (0: any)")
+    who = boot.add_argument_group(
+        "identity (node metadata the Istio translators read, as Istio's agent sets it)"
+    )
+    who.add_argument("--namespace", help="the workload's namespace (NAMESPACE)")
+    who.add_argument("--label", action="append", type=_pair, default=[], metavar="KEY=VALUE",
+                     help="a workload label (LABELS); repeat")  # fmt: skip
+    who.add_argument("--service-account", help="the workload's service account")
+    who.add_argument("--gateway", action="store_true", help="this Envoy is a gateway")
+    where = boot.add_argument_group("placement on a host without traffic capture")
+    where.add_argument("--port-map", action="append", type=_ports, default=[],
+                       metavar="MESH_PORT=BIND_PORT",
+                       help="bind a mesh port's listener on another port; repeat")  # fmt: skip
+    where.add_argument("--app-port", action="append", type=_ports, default=[],
+                       metavar="PORT=APP_PORT",
+                       help="where the application behind a sidecar listens; repeat")  # fmt: skip
+    where.add_argument("--workload", help="the workload (pod, WorkloadEntry) name")
+    boot.set_defaults(func=run)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _ports(text: str) -> tuple[str, int]:
+    key, value = _pair(text)
+    if not key.isdigit() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected PORT=PORT, got {text!r}")
+    return key, int(value)
+
+
+def _metadata(args: argparse.Namespace) -> dict[str, object]:
+    metadata: dict[str, object] = {}
+    if args.namespace:
+        metadata["NAMESPACE"] = args.namespace
+    if args.label:
+        metadata["LABELS"] = dict(args.label)
+    if args.service_account:
+        metadata["SERVICE_ACCOUNT"] = args.service_account
+    if args.gateway:
+        metadata["PROXY_KIND"] = "gateway"
+    if args.port_map:
+        metadata["PORT_MAP"] = dict(args.port_map)
+    if args.app_port:
+        metadata["APP_PORTS"] = dict(args.app_port)
+    if args.workload:
+        metadata["WORKLOAD"] = args.workload
+    return metadata
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the bootstrap."""
+    bootstrap = envoy_bootstrap(
+        node_id=args.node_id,
+        cluster=args.cluster,
+        xds_address=args.xds_address,
+        ads=not args.per_type,
+        admin_port=args.admin_port,
+        node_metadata=_metadata(args) or None,
+    )
+    json.dump(bootstrap, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0

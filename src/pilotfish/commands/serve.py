@@ -1,0 +1,226 @@
+"""`pilotfish serve`: the control plane for a directory of Istio manifests.
+
+Settings come from flags, else `PILOTFISH_<NAME>` environment variables, else a YAML config file
+(`--config-file`, keys as the long flags with underscores), else the defaults. Serves xDS and
+the admin endpoints on loopback unless told otherwise. SIGTERM or SIGINT drains the streams and
+exits; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pilotfish.admin import AdminServer
+from pilotfish.cache import SnapshotCache
+from pilotfish.commands import CommandError, address
+from pilotfish.controller import Controller
+from pilotfish.metrics import Metrics
+from pilotfish.sources import ConfigStore
+from pilotfish.sources.watch import DirectoryWatcher
+from pilotfish.xds.server import XdsServer
+
+__all__ = ["Settings", "register", "settings_from"]
+
+log = logging.getLogger("pilotfish.serve")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `serve` runs with, after flags, environment and config file are merged."""
+
+    config: Path
+    xds_address: tuple[str, int] = ("127.0.0.1", 15010)
+    admin_address: tuple[str, int] = ("127.0.0.1", 15014)
+    debounce: float = 0.1
+    max_delay: float = 10.0
+    grace: float = 5.0
+    log_level: str = "info"
+
+
+_CONVERT: dict[str, Any] = {
+    "config": Path,
+    "xds_address": address,
+    "admin_address": address,
+    "debounce": float,
+    "max_delay": float,
+    "grace": float,
+    "log_level": str,
+}
+
+
+def register(commands: Any) -> None:
+    """Add the `serve` subcommand."""
+    serve = commands.add_parser(
+        "serve",
+        help="serve a directory of Istio manifests to Envoy proxies",
+        description=(
+            "Watch a directory of Istio (networking.istio.io) and Kubernetes Service manifests, "
+            "translate them for every connected Envoy and serve the result over xDS. Each "
+            "setting can also come from PILOTFISH_<NAME> (e.g. PILOTFISH_XDS_ADDRESS) or from "
+            "--config-file."
+        ),
+    )
+    serve.add_argument("--config", metavar="DIR", help="the manifest directory to serve")
+    serve.add_argument(
+        "--xds-address", metavar="HOST:PORT", help="where proxies connect (default 127.0.0.1:15010)"
+    )
+    serve.add_argument(
+        "--admin-address",
+        metavar="HOST:PORT",
+        help="/healthz, /readyz, /metrics, /debug/* (default 127.0.0.1:15014)",
+    )
+    serve.add_argument(
+        "--debounce",
+        metavar="SECONDS",
+        help="quiet period before translating changes (default 0.1)",
+    )
+    serve.add_argument(
+        "--max-delay",
+        metavar="SECONDS",
+        help="translate at the latest this long after a change (default 10)",
+    )
+    serve.add_argument(
+        "--grace", metavar="SECONDS", help="time given to streams to end on shutdown (default 5)"
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--config-file", metavar="FILE", help="YAML file with any of the above")
+    serve.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Merge flags, `PILOTFISH_*` environment and the config file (in that priority)."""
+    env = dict(os.environ if environ is None else environ)
+    from_file: dict[str, Any] = {}
+    config_file = args.config_file or env.get("PILOTFISH_CONFIG_FILE")
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CommandError(f"cannot read config file {config_file}: {error}") from error
+        if not isinstance(loaded, dict):
+            raise CommandError(f"config file {config_file}: expected a mapping")
+        from_file = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+        unknown = set(from_file) - set(_CONVERT)
+        if unknown:
+            raise CommandError(f"config file {config_file}: unknown settings {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for name, convert in _CONVERT.items():
+        raw = getattr(args, name, None)
+        origin = f"--{name.replace('_', '-')}"
+        if raw is None and f"PILOTFISH_{name.upper()}" in env:
+            raw, origin = env[f"PILOTFISH_{name.upper()}"], f"PILOTFISH_{name.upper()}"
+        if raw is None and name in from_file:
+            raw, origin = from_file[name], f"{config_file}: {name}"
+        if raw is None:
+            continue
+        try:
+            values[name] = convert(str(raw))
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise CommandError(f"{origin}: {error}") from error
+    if "config" not in values:
+        raise CommandError("no config directory: give --config DIR (or PILOTFISH_CONFIG)")
+    return Settings(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT."""
+    settings = settings_from(args)
+    if not settings.config.is_dir():
+        raise CommandError(f"config directory {settings.config} does not exist")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # we log what a change did
+    return asyncio.run(serve(settings))
+
+
+def _host_port(value: tuple[str, int]) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(settings: Settings, started: asyncio.Event | None = None) -> int:
+    """Run the control plane until a signal (or `started`'s loop is stopped by the caller)."""
+    store = ConfigStore()
+    refused = store.sync(settings.config)
+    for problems in refused.values():
+        for problem in problems:
+            log.error("%s (not served)", problem)
+    log.info(
+        "loaded %d objects from %s (%d files refused)",
+        len(store.objects()),
+        settings.config,
+        len(refused),
+    )
+    cache = SnapshotCache()
+    metrics = Metrics()
+    controller = Controller(
+        cache,
+        store,
+        debounce=settings.debounce,
+        max_delay=settings.max_delay,
+        on_translated=metrics.observe_translation,
+    )
+    metrics.inner = controller
+    server = XdsServer(cache, callbacks=metrics)
+    try:
+        xds_port = await server.start(_host_port(settings.xds_address))
+    except Exception as error:  # grpc raises RuntimeError for a port in use
+        raise CommandError(
+            f"cannot serve xDS on {_host_port(settings.xds_address)}: {error}"
+        ) from error
+    admin = AdminServer(controller, metrics, *settings.admin_address)
+    try:
+        admin.start()
+    except OSError as error:
+        await server.stop(0)
+        raise CommandError(
+            f"cannot serve admin on {_host_port(settings.admin_address)}: {error}"
+        ) from error
+    controller.start()
+    watcher = DirectoryWatcher(settings.config, store, controller.changed).start()
+    log.info(
+        "serving xDS on %s:%d, admin on http://%s:%d",
+        settings.xds_address[0],
+        xds_port,
+        settings.admin_address[0],
+        admin.port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("stopping: draining streams (up to %.1fs)", settings.grace)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+    finally:
+        watcher.stop()
+        controller.stop()
+        await server.stop(settings.grace)
+        admin.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return 0

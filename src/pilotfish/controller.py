@@ -1,0 +1,225 @@
+"""The controller: config sources -> translators -> cache, for every connected proxy.
+
+A proxy is known from its first request (its node says who it is, `Proxy.from_node`) and
+forgotten when its last stream closes. A config change is debounced: translation runs once the
+changes have been quiet for `debounce` seconds, or `max_delay` after the first one at the
+latest, so a burst of edits (an editor's atomic save, a `git checkout`) is one translation and
+one push per affected proxy. Snapshot versions are content hashes, so a proxy whose config did
+not change is not sent anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pilotfish.cache import SnapshotCache
+from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node, Secret
+from pilotfish.registry import Registry
+from pilotfish.sources import ConfigObject, ConfigStore
+from pilotfish.translators import ConfigIndex, Proxy, Translation, translate
+from pilotfish.xds.callbacks import Callbacks
+from pilotfish.xds.events import Nacked
+
+__all__ = ["Controller", "ControllerStats"]
+
+log = logging.getLogger("pilotfish.controller")
+
+
+@dataclass
+class ControllerStats:
+    """Counters for metrics and tests."""
+
+    translations: int = 0  # full passes over the known proxies
+    proxies_translated: int = 0
+    snapshots_changed: int = 0  # proxies handed a snapshot that differs from their last one
+    last_translation_seconds: float = 0.0
+    translation_seconds: list[float] = field(default_factory=list)
+
+
+class Controller(Callbacks):
+    """Keeps every connected proxy's snapshot in `cache` current with `store`'s objects.
+
+    Also an xDS `Callbacks`: give it to the server so it learns which proxies connect.
+    `services` are registry objects that are not in the store (a platform's Services);
+    `on_translated(seconds, objects, refused_files)` is called after each translation (metrics).
+    """
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        store: ConfigStore,
+        *,
+        services: Iterable[ConfigObject] = (),
+        secrets: Iterable[Secret] = (),
+        debounce: float = 0.1,
+        max_delay: float = 10.0,
+        placement: Callable[[Node], dict[str, object]] | None = None,
+        on_translated: Callable[[float, list[ConfigObject], int], None] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.store = store
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.stats = ControllerStats()
+        self._services = list(services)
+        self._secrets = list(secrets)
+        self._placement = placement
+        self._on_translated = on_translated
+        self._lock = threading.RLock()
+        self._proxies: dict[str, Proxy] = {}
+        self._streams: dict[int, str] = {}
+        self._translations: dict[str, Translation] = {}
+        self._index: ConfigIndex | None = None
+        self._registry: Registry | None = None
+        self._ready = threading.Event()
+        self._wake = threading.Condition()
+        self._first_change: float | None = None
+        self._last_change = 0.0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Controller:
+        """Translate the current config, then debounce later changes on a thread."""
+        self.flush()
+        self._thread = threading.Thread(target=self._run, name="pilotfish-controller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the debounce thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def ready(self) -> bool:
+        """True once the config has been translated at least once."""
+        return self._ready.is_set()
+
+    # -- what changed -----------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Config changed: translate after the quiet period (or `max_delay` at the latest)."""
+        now = time.monotonic()
+        with self._wake:
+            if self._first_change is None:
+                self._first_change = now
+            self._last_change = now
+            self._wake.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and self._first_change is None:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                first = self._first_change
+                assert first is not None
+                due = min(self._last_change + self.debounce, first + self.max_delay)
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self._first_change = None
+            try:
+                self.flush()
+            except Exception:  # keep serving the last snapshots; say why
+                log.exception("translation failed; proxies keep their last config")
+
+    def flush(self) -> int:
+        """Translate for every known proxy now; returns how many got a different snapshot."""
+        started = time.perf_counter()
+        objects = self.store.objects()
+        with self._lock:
+            self._index = ConfigIndex.build(objects)
+            self._registry = Registry.from_objects([*self._services, *objects])
+            changed = sum(self._translate(proxy) for proxy in list(self._proxies.values()))
+            self.stats.translations += 1
+        elapsed = time.perf_counter() - started
+        self.stats.last_translation_seconds = elapsed
+        self.stats.translation_seconds.append(elapsed)
+        del self.stats.translation_seconds[:-1000]
+        self._ready.set()
+        if self._on_translated is not None:
+            self._on_translated(elapsed, objects, len(self.store.errors()))
+        log.info(
+            "translated %d objects for %d proxies in %.1f ms; %d changed",
+            len(objects), len(self._proxies), elapsed * 1000, changed,
+        )  # fmt: skip
+        return changed
+
+    def _translate(self, proxy: Proxy) -> bool:
+        assert self._index is not None and self._registry is not None
+        translation = translate(proxy, self._index, self._registry, secrets=self._secrets)
+        self.stats.proxies_translated += 1
+        snapshot = translation.snapshot()
+        self._translations[proxy.id] = translation
+        try:
+            old = self.cache.get_snapshot(proxy.id)
+        except KeyError:
+            old = None
+        if old is not None and all(
+            old.version(t) == snapshot.version(t) for t in ("lds", "rds", "cds", "eds", "sds")
+        ):
+            return False
+        self.cache.set_snapshot(proxy.id, snapshot)
+        self.stats.snapshots_changed += 1
+        return True
+
+    # -- who is connected -------------------------------------------------------------------
+
+    def proxies(self) -> dict[str, Proxy]:
+        """Connected proxies by id."""
+        with self._lock:
+            return dict(self._proxies)
+
+    def translation(self, proxy_id: str) -> Translation | None:
+        """What a proxy was last given."""
+        with self._lock:
+            return self._translations.get(proxy_id)
+
+    def objects(self) -> list[ConfigObject]:
+        """The objects being served."""
+        return self.store.objects()
+
+    def on_stream_request(
+        self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
+    ) -> None:
+        if stream_id in self._streams or not request.HasField("node"):
+            return
+        node = request.node
+        placement = self._placement(node) if self._placement else {}
+        proxy = Proxy.from_node(node, **placement)
+        with self._lock:
+            self._streams[stream_id] = proxy.id
+            known = proxy.id in self._proxies
+            self._proxies[proxy.id] = proxy
+            if self._index is not None and not known:
+                self._translate(proxy)
+        if not known:
+            log.info("proxy %s connected (%s, namespace %s)", proxy.id, proxy.kind, proxy.namespace)
+
+    def on_stream_close(self, stream_id: int, node: Node | None) -> None:
+        with self._lock:
+            proxy_id = self._streams.pop(stream_id, None)
+            if proxy_id is None or proxy_id in self._streams.values():
+                return
+            self._proxies.pop(proxy_id, None)
+            self._translations.pop(proxy_id, None)
+            self.cache.clear_snapshot(proxy_id)
+        log.info("proxy %s disconnected", proxy_id)
+
+    def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> None:
+        log.warning(
+            "proxy %s rejected %s version %s: %s",
+            node.id, nack.type_url.rsplit(".", 1)[-1], nack.version, nack.message,
+        )  # fmt: skip
