@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from examples.bookinfo.apps import RATINGS_UNAVAILABLE, REVIEWS_UNAVAILABLE, ProductPage
-from examples.bookinfo.mesh import Bookinfo
+from pilotfish.demo.apps import RATINGS_UNAVAILABLE, REVIEWS_UNAVAILABLE, ProductPage
+from pilotfish.demo.bookinfo import Bookinfo
 from pilotfish.sources import ConfigObject, ConfigStore, load_documents, load_path
 
 BOOKINFO = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "istio-bookinfo"

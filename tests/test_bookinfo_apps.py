@@ -1,4 +1,4 @@
-"""The bookinfo apps of examples/bookinfo, wired straight to each other (no Envoy in between)."""
+"""The bookinfo apps of pilotfish.demo, wired straight to each other (no Envoy in between)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from examples.bookinfo.apps import (
+from pilotfish.demo.apps import (
     DETAILS_UNAVAILABLE,
     RATINGS_UNAVAILABLE,
     REVIEWS_UNAVAILABLE,

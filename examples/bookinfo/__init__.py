@@ -1,1 +1,1 @@
-"""Istio's bookinfo sample, as small local Python services for demos and end-to-end tests."""
+"""Istio's bookinfo driven from Python (`mesh.py`); services and harness: `pilotfish.demo`."""

@@ -1,0 +1,1 @@
+"""Manifests of `pilotfish demo` (package data, read from this directory; no code)."""
