@@ -168,9 +168,13 @@ def test_an_invalid_file_is_reported_and_the_last_good_config_stays(running: Run
 def test_metrics_and_syncz_follow_pushes_and_acks(running: Running) -> None:
     pushes = running.counter("pilotfish_xds_pushes_total")
     acks = running.counter("pilotfish_xds_acks_total")
+    rounds = running.counter("pilotfish_convergence_seconds_count")
     _switch(running, "blue" if running.colour() == "green" else "green")
     wait_until(lambda: running.counter("pilotfish_xds_acks_total") > acks, timeout=5)
     assert running.counter("pilotfish_xds_pushes_total") > pushes
+    # The change was translated, pushed and ACKed by the one proxy: one convergence observed.
+    wait_until(lambda: running.counter("pilotfish_convergence_seconds_count") == rounds + 1)
+    assert 0 < running.counter("pilotfish_convergence_seconds_sum") < 60
     syncz = json.loads(running.admin("/debug/syncz"))
     (entry,) = [e for e in syncz if e["proxy"] == "client-1"]
     assert entry["synced"] is True

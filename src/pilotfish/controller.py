@@ -16,8 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pilotfish.cache import SnapshotCache
-from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node, Secret
+from pilotfish.cache import Snapshot, SnapshotCache
+from pilotfish.protos import (
+    RESOURCE_TYPES,
+    DeltaDiscoveryRequest,
+    DiscoveryRequest,
+    Node,
+    Secret,
+)
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject, ConfigStore
 from pilotfish.translators import ConfigIndex, Proxy, Translation, translate
@@ -45,7 +51,9 @@ class Controller(Callbacks):
 
     Also an xDS `Callbacks`: give it to the server so it learns which proxies connect.
     `services` are registry objects that are not in the store (a platform's Services);
-    `on_translated(seconds, objects, refused_files)` is called after each translation (metrics).
+    `on_translated(seconds, objects, refused_files)` is called after each translation, and
+    `on_pushed(started, {proxy: {type URL: version}})` with what connected proxies must now ACK
+    (both for metrics: translation time, convergence time).
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class Controller(Callbacks):
         max_delay: float = 10.0,
         placement: Callable[[Node], dict[str, object]] | None = None,
         on_translated: Callable[[float, list[ConfigObject], int], None] | None = None,
+        on_pushed: Callable[[float, dict[str, dict[str, str]]], None] | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
@@ -69,6 +78,7 @@ class Controller(Callbacks):
         self._secrets = list(secrets)
         self._placement = placement
         self._on_translated = on_translated
+        self._on_pushed = on_pushed
         self._lock = threading.RLock()
         self._proxies: dict[str, Proxy] = {}
         self._streams: dict[int, str] = {}
@@ -138,12 +148,24 @@ class Controller(Callbacks):
     def flush(self) -> int:
         """Translate for every known proxy now; returns how many got a different snapshot."""
         started = time.perf_counter()
+        began = time.monotonic()
         objects = self.store.objects()
+        targets: dict[str, dict[str, str]] = {}
         with self._lock:
             self._index = ConfigIndex.build(objects)
             self._registry = Registry.from_objects([*self._services, *objects])
-            changed = sum(self._translate(proxy) for proxy in list(self._proxies.values()))
+            ready: list[tuple[str, Snapshot]] = []
+            for proxy in list(self._proxies.values()):
+                if (prepared := self._translate(proxy)) is not None:
+                    snapshot, targets[proxy.id] = prepared
+                    ready.append((proxy.id, snapshot))
+            changed = len(ready)
             self.stats.translations += 1
+            # Say what to expect before pushing: a local proxy ACKs within a millisecond.
+            if self._on_pushed is not None:
+                self._on_pushed(began, {p: t for p, t in targets.items() if t})
+            for proxy_id, snapshot in ready:
+                self.cache.set_snapshot(proxy_id, snapshot)
         elapsed = time.perf_counter() - started
         self.stats.last_translation_seconds = elapsed
         self.stats.translation_seconds.append(elapsed)
@@ -157,7 +179,10 @@ class Controller(Callbacks):
         )  # fmt: skip
         return changed
 
-    def _translate(self, proxy: Proxy) -> bool:
+    def _translate(self, proxy: Proxy) -> tuple[Snapshot, dict[str, str]] | None:
+        """Translate for one proxy; None if its config is unchanged, else its new snapshot (for
+        the caller to set) and the new versions of the changed types it subscribes to (what it
+        will ACK)."""
         assert self._index is not None and self._registry is not None
         translation = translate(proxy, self._index, self._registry, secrets=self._secrets)
         self.stats.proxies_translated += 1
@@ -167,13 +192,15 @@ class Controller(Callbacks):
             old = self.cache.get_snapshot(proxy.id)
         except KeyError:
             old = None
-        if old is not None and all(
-            old.version(t) == snapshot.version(t) for t in ("lds", "rds", "cds", "eds", "sds")
-        ):
-            return False
-        self.cache.set_snapshot(proxy.id, snapshot)
+        changed = [
+            t for t in RESOURCE_TYPES if old is None or old.version(t) != snapshot.version(t)
+        ]
+        if not changed:
+            return None
         self.stats.snapshots_changed += 1
-        return True
+        status = self.cache.status(proxy.id)
+        subscribed = status.types if status is not None else {}
+        return snapshot, {t: snapshot.version(t) for t in changed if t in subscribed}
 
     # -- who is connected -------------------------------------------------------------------
 
@@ -204,7 +231,9 @@ class Controller(Callbacks):
             known = proxy.id in self._proxies
             self._proxies[proxy.id] = proxy
             if self._index is not None and not known:
-                self._translate(proxy)
+                prepared = self._translate(proxy)
+                if prepared is not None:
+                    self.cache.set_snapshot(proxy.id, prepared[0])
         if not known:
             log.info("proxy %s connected (%s, namespace %s)", proxy.id, proxy.kind, proxy.namespace)
 

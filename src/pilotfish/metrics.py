@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter as _Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -65,8 +65,11 @@ class Metrics(Callbacks):
         self._stream_urls: dict[int, str | None] = {}  # open stream -> its type URL (None: ADS)
         self._stream_nodes: dict[int, str] = {}  # open stream -> node id (from first request)
         self._node_streams: dict[str, int] = {}  # node id -> open streams
-        # open stream -> type URL -> (nonce, when) of the last response sent and not yet answered
-        self._pending: dict[int, dict[str, tuple[str, float]]] = {}
+        # open stream -> type URL -> (nonce, when, version) of the last response not yet answered
+        self._pending: dict[int, dict[str, tuple[str, float, str]]] = {}
+        # the latest push round: (node id, type URL) -> version still to be ACKed, and its start
+        self._round: dict[tuple[str, str], str] = {}
+        self._round_started: float | None = None
         self._kinds: set[str] = set(KINDS)
         r = self.registry
         self._streams = Gauge(
@@ -134,6 +137,14 @@ class Metrics(Callbacks):
         """A config change reached (was ACKed by) every affected proxy after `seconds`."""
         self._convergence.observe(seconds)
 
+    def expect(self, started: float, targets: Mapping[str, Mapping[str, str]]) -> None:
+        """A push round began at `started` (this clock): convergence is observed once every
+        proxy has ACKed the version of each type in `targets` (node id -> type URL -> version).
+        A newer round replaces an unfinished one."""
+        with self._lock:
+            self._round = {(n, t): v for n, types in targets.items() for t, v in types.items()}
+            self._round_started = started if self._round else None
+
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format (`prometheus_client.CONTENT_TYPE_LATEST`)."""
         return generate_latest(self.registry)
@@ -167,7 +178,8 @@ class Metrics(Callbacks):
     def on_stream_request(
         self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
     ) -> HookResult:
-        answered: tuple[str, float] | None = None
+        answered: tuple[str, float, str] | None = None
+        converged: float | None = None
         now = self._clock()
         with self._lock:
             if stream_id not in self._stream_nodes and request.node.id:
@@ -182,6 +194,14 @@ class Metrics(Callbacks):
                 if last is not None and last[0] == request.response_nonce:
                     del pending[type_url]  # answered: a repeat of the nonce is no second ACK
                     answered = last
+            if answered is not None and self._round and not request.HasField("error_detail"):
+                key = (self._stream_nodes.get(stream_id, ""), type_url)
+                if self._round.get(key) == answered[2]:
+                    del self._round[key]
+                    if not self._round and self._round_started is not None:
+                        converged, self._round_started = now - self._round_started, None
+        if converged is not None:
+            self._convergence.observe(max(0.0, converged))
         if answered is not None and not request.HasField("error_detail"):
             label = _type_label(type_url)
             self._acks.labels(label).inc()
@@ -192,7 +212,11 @@ class Metrics(Callbacks):
         now = self._clock()
         with self._lock:
             if stream_id in self._stream_urls:  # not after close: nothing outlives its stream
-                self._pending.setdefault(stream_id, {})[sent.type_url] = (sent.nonce, now)
+                self._pending.setdefault(stream_id, {})[sent.type_url] = (
+                    sent.nonce,
+                    now,
+                    sent.version,
+                )
         self._pushes.labels(_type_label(sent.type_url)).inc()
         return self.inner.on_stream_response(stream_id, node, sent) if self.inner else None
 

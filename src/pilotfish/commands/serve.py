@@ -170,6 +170,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         debounce=settings.debounce,
         max_delay=settings.max_delay,
         on_translated=metrics.observe_translation,
+        on_pushed=metrics.expect,
     )
     metrics.inner = controller
     server = XdsServer(cache, callbacks=metrics)
