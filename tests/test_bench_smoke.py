@@ -41,3 +41,16 @@ def test_benchmark_converges_and_serializes_once_per_push(tmp_path: Path) -> Non
     ]
     assert per_n[0] == per_n[1]
     assert per_n[0][0] == (2 * 3 + 2, 4)  # C clusters + C assignments + listener + route
+
+
+def test_translate_benchmark_shares_translations_by_proxy_shape(tmp_path: Path) -> None:
+    from bench.translate import main as translate_main
+
+    out = tmp_path / "translate.json"
+    assert translate_main(["--proxies", "12", "--repeat", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    shared, distinct = rows
+    assert (shared["proxies"], shared["shapes"], distinct["shapes"]) == (12, 6, 12)
+    # Translations done in the last run (initial, full, edit): one per shape per round.
+    assert shared["translations_last_run"] == 6 * 3
+    assert distinct["translations_last_run"] == 12 * 3
