@@ -10,7 +10,7 @@ still Istio's (`0.0.0.0_9080`, `outbound|9080|v1|reviews...`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -48,8 +48,9 @@ class LocalMesh:
     """Config objects + a registry -> translated snapshots -> real Envoys, all on 127.0.0.1.
 
     `services` are the platform's registry objects (Kubernetes Services, ServiceEntries); each
-    sidecar registers its workload. Objects can be replaced at any time with `apply`; every proxy
-    is re-translated and pushed.
+    sidecar registers its workload. `secrets` (SDS) are the same for every proxy, or a function
+    of the proxy (its own workload certificate). Objects can be replaced at any time with
+    `apply`; every proxy is re-translated and pushed.
     `wait_converged` waits until every Envoy has ACKed what it was sent.
     """
 
@@ -58,7 +59,7 @@ class LocalMesh:
         services: Iterable[ConfigObject] = (),
         objects: Iterable[ConfigObject] = (),
         *,
-        secrets: Iterable[Secret] = (),
+        secrets: Iterable[Secret] | Callable[[Proxy], Iterable[Secret]] = (),
         envoy_log_level: str = "warning",
         callbacks: Callbacks | None = None,
     ) -> None:
@@ -68,7 +69,7 @@ class LocalMesh:
         self._services = list(services)
         self._objects = list(objects)
         self._workloads: list[Workload] = []
-        self._secrets = list(secrets)
+        self._secrets = secrets if callable(secrets) else list(secrets)
         self._log_level = envoy_log_level
         self._lock = threading.Lock()
         self.registry = self._registry()
@@ -194,8 +195,9 @@ class LocalMesh:
         with self._lock:
             self.registry = self._registry()
             for member in self.proxies.values():
+                secrets = self._secrets(member.proxy) if callable(self._secrets) else self._secrets
                 member.translation = translate(
-                    member.proxy, self._objects, self.registry, secrets=self._secrets
+                    member.proxy, self._objects, self.registry, secrets=secrets
                 )
                 snapshot = member.translation.snapshot()
                 check = snapshot.consistent()

@@ -591,9 +591,13 @@ def _cluster(
     proxy: Proxy,
     identities: Sequence[str],
     sources: Sequence[str],
+    auto_mtls: bool = False,
 ) -> Any:
     name = cluster_name(port.number, service.hostname, subset)
     policy = effective_policy(rule, port.number, subset)
+    if auto_mtls and not policy.HasField("tls") and not service.mesh_external:
+        # Istio's auto mTLS: in-mesh destinations get ISTIO_MUTUAL unless a rule says otherwise.
+        policy.tls.mode = ClientTLSSettings.ISTIO_MUTUAL
     cluster = Cluster(name=name)
     cluster.connect_timeout.CopyFrom(CONNECT_TIMEOUT)
     cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
@@ -641,9 +645,11 @@ def outbound_clusters(
     registry: Registry,
     proxy: Proxy,
     domain: str = "cluster.local",
+    auto_mtls: bool = False,
 ) -> list[Cluster]:
     """`outbound|<port>||<host>` plus one `outbound|<port>|<subset>|<host>` per subset (in
-    subset order)."""
+    subset order). `auto_mtls`: in-mesh destinations without a `tls` setting use ISTIO_MUTUAL
+    (only when workload certificates are served, or Envoy would wait for them forever)."""
     sources = [f"{o.kind}/{o.namespace}/{o.name}" for o in rule.sources] if rule else []
     identities = sorted(
         {
@@ -653,7 +659,12 @@ def outbound_clusters(
         | set(service.subject_alt_names)
     )
     build = partial(
-        _cluster, registry=registry, proxy=proxy, identities=identities, sources=sources
+        _cluster,
+        registry=registry,
+        proxy=proxy,
+        identities=identities,
+        sources=sources,
+        auto_mtls=auto_mtls,
     )
     clusters = [build(service, port, rule, "", None)]
     for subset in rule.subsets if rule else ():

@@ -28,12 +28,17 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
     Rds,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
-from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsContext
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import SdsSecretConfig
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
+    CommonTlsContext,
+    DownstreamTlsContext,
+)
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.translators.build import ads_config_source
 from pilotfish.translators.endpoints import socket_address
+from pilotfish.translators.naming import ROOT_CA_SECRET, WORKLOAD_SECRET
 
 __all__ = [
     "CORS_FILTER",
@@ -44,6 +49,7 @@ __all__ = [
     "TLS_INSPECTOR",
     "TLS_TRANSPORT_SOCKET",
     "http_connection_manager",
+    "istio_mutual_downstream",
     "listener",
     "tcp_proxy",
     "tls_chain",
@@ -70,9 +76,12 @@ def http_connection_manager(
     rds: str = "",
     route_config: RouteConfiguration | None = None,
     edge: bool = False,
+    forward_client_cert: bool = False,
 ) -> Filter:
     """An HCM using RDS route config `rds` (or an inline `route_config`). `edge` (gateways)
-    trusts the connection's address for X-Forwarded-For, as Istio gateways do."""
+    trusts the connection's address for X-Forwarded-For, as Istio gateways do;
+    `forward_client_cert` (inbound) tells the application who called, in
+    `x-forwarded-client-cert`, from the peer's certificate (its SPIFFE URI)."""
     manager = HttpConnectionManager(
         stat_prefix=stat_prefix,
         normalize_path=BoolValue(value=True),
@@ -83,6 +92,9 @@ def http_connection_manager(
             _http_filter(ROUTER_FILTER, Router()),
         ],
     )
+    if forward_client_cert:
+        manager.forward_client_cert_details = HttpConnectionManager.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
     if route_config is not None:
         manager.route_config.CopyFrom(route_config)
     else:
@@ -90,6 +102,22 @@ def http_connection_manager(
     hcm = Filter(name=HCM_FILTER)
     hcm.typed_config.Pack(manager)
     return hcm
+
+
+def istio_mutual_downstream() -> DownstreamTlsContext:
+    """Inbound mutual TLS with the workload's SDS certificate (`default`), requiring a client
+    certificate that chains to the mesh's roots (`ROOTCA`); both come over ADS."""
+    common = CommonTlsContext(
+        tls_certificate_sds_secret_configs=[
+            SdsSecretConfig(name=WORKLOAD_SECRET, sds_config=ads_config_source())
+        ],
+        validation_context_sds_secret_config=SdsSecretConfig(
+            name=ROOT_CA_SECRET, sds_config=ads_config_source()
+        ),
+    )
+    context = DownstreamTlsContext(common_tls_context=common)
+    context.require_client_certificate.value = True
+    return context
 
 
 def tcp_proxy(stat_prefix: str, clusters: Mapping[str, int] | str) -> Filter:
@@ -113,12 +141,16 @@ def tls_chain(
     server_names: Sequence[str] = (),
     tls: DownstreamTlsContext | None = None,
     name: str = "",
+    transport_protocol: str = "",
 ) -> FilterChain:
-    """A filter chain selected by SNI (`server_names`; none = any), optionally terminating TLS."""
+    """A filter chain selected by SNI (`server_names`; none = any) and, with the TLS inspector,
+    by `transport_protocol` (`tls` or `raw_buffer`), optionally terminating TLS."""
     chain = FilterChain(name=name, filters=list(filters))
     names = [n for n in server_names if n != "*"]
     if names:
         chain.filter_chain_match.CopyFrom(FilterChainMatch(server_names=sorted(set(names))))
+    if transport_protocol:
+        chain.filter_chain_match.transport_protocol = transport_protocol
     if tls is not None:
         chain.transport_socket.name = TLS_TRANSPORT_SOCKET
         chain.transport_socket.typed_config.Pack(tls)

@@ -20,7 +20,7 @@ __all__ = ["outbound"]
 
 
 def outbound(
-    proxy: Proxy, index: ConfigIndex, registry: Registry
+    proxy: Proxy, index: ConfigIndex, registry: Registry, *, auto_mtls: bool = False
 ) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
     """Every service port's clusters, and a load assignment for each EDS cluster."""
     clusters: list[Cluster] = []
@@ -29,7 +29,13 @@ def outbound(
         rule = index.destination_rule(service.hostname, proxy.namespace)
         for port in service.ports:
             for cluster in outbound_clusters(
-                service, port, rule, registry=registry, proxy=proxy, domain=index.domain
+                service,
+                port,
+                rule,
+                registry=registry,
+                proxy=proxy,
+                domain=index.domain,
+                auto_mtls=auto_mtls,
             ):
                 clusters.append(cluster)
                 if cluster.type != Cluster.EDS:

@@ -29,7 +29,13 @@ from pilotfish.registry import Registry, Service, ServicePort
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
 from pilotfish.translators.index import MESH, ConfigIndex
-from pilotfish.translators.listeners import http_connection_manager, listener, tcp_proxy, tls_chain
+from pilotfish.translators.listeners import (
+    http_connection_manager,
+    istio_mutual_downstream,
+    listener,
+    tcp_proxy,
+    tls_chain,
+)
 from pilotfish.translators.naming import (
     cluster_name,
     inbound_cluster_name,
@@ -37,6 +43,7 @@ from pilotfish.translators.naming import (
     listener_name,
     virtual_host_name,
 )
+from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.routes import default_route, http_routes
 from pilotfish.translators.version import stamp
@@ -189,9 +196,16 @@ def _weights(
     return weights
 
 
-def inbound(proxy: Proxy, registry: Registry) -> tuple[list[Listener], list[Cluster]]:
+def inbound(
+    proxy: Proxy,
+    registry: Registry,
+    index: ConfigIndex | None = None,
+    *,
+    mtls: bool = False,
+) -> tuple[list[Listener], list[Cluster]]:
     """A listener and an `inbound|<port>||` cluster per port of the services this workload
-    serves; the listener binds the workload's own endpoint port (where other proxies send)."""
+    serves; the listener binds the workload's own endpoint port (where other proxies send).
+    With `mtls` (workload certificates are served) each port follows PeerAuthentication."""
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
     seen: set[int] = set()
@@ -210,27 +224,12 @@ def inbound(proxy: Proxy, registry: Registry) -> tuple[list[Listener], list[Clus
             ]
             cluster = inbound_cluster_name(target)
             clusters.append(_inbound_cluster(cluster, proxy.app_port(target)))
-            if port.is_http:
-                routes = RouteConfiguration(
-                    name=cluster,
-                    validate_clusters=_false(),
-                    virtual_hosts=[
-                        VirtualHost(
-                            name=f"inbound|http|{target}",
-                            domains=["*"],
-                            routes=[
-                                Route(
-                                    name="default",
-                                    match=RouteMatch(prefix="/"),
-                                    route=RouteAction(cluster=cluster, timeout=Duration()),
-                                )
-                            ],
-                        )
-                    ],
-                )
-                chain = tls_chain([http_connection_manager(cluster, route_config=routes)])
-            else:
-                chain = tls_chain([tcp_proxy(cluster, cluster)])
+            mode = (
+                mtls_mode(index.others if index else (), proxy.namespace, proxy.labels, target)
+                if mtls
+                else "DISABLE"
+            )
+            chains = _inbound_chains(cluster, target, port.is_http, mode)
             if not mine:
                 # No endpoint of this workload is registered: nobody is sent here, and a
                 # virtual listener on the service port would clash with the outbound one.
@@ -241,12 +240,47 @@ def inbound(proxy: Proxy, registry: Registry) -> tuple[list[Listener], list[Clus
                         inbound_listener_name(target),
                         proxy.address,
                         mine[0].port,
-                        [chain],
+                        chains,
                         inbound=True,
+                        inspect_tls=mode == "PERMISSIVE",
                     )
                 )
             )
     return listeners, clusters
+
+
+def _inbound_chains(cluster: str, target: int, http: bool, mode: str) -> list[FilterChain]:
+    """Plain text, mutual TLS, or both told apart by the TLS inspector (PERMISSIVE)."""
+
+    def filters(tls: bool) -> list[Filter]:
+        if not http:
+            return [tcp_proxy(cluster, cluster)]
+        routes = RouteConfiguration(
+            name=cluster,
+            validate_clusters=_false(),
+            virtual_hosts=[
+                VirtualHost(
+                    name=f"inbound|http|{target}",
+                    domains=["*"],
+                    routes=[
+                        Route(
+                            name="default",
+                            match=RouteMatch(prefix="/"),
+                            route=RouteAction(cluster=cluster, timeout=Duration()),
+                        )
+                    ],
+                )
+            ],
+        )
+        return [http_connection_manager(cluster, route_config=routes, forward_client_cert=tls)]
+
+    if mode == "DISABLE":
+        return [tls_chain(filters(False))]
+    secure = tls_chain(filters(True), tls=istio_mutual_downstream(), name=f"{cluster}-mtls",
+                       transport_protocol="tls" if mode == "PERMISSIVE" else "")  # fmt: skip
+    if mode == "STRICT":
+        return [secure]
+    return [secure, tls_chain(filters(False), name=cluster, transport_protocol="raw_buffer")]
 
 
 def _mine(labels: Iterable[tuple[str, str]], proxy: Proxy) -> bool:

@@ -21,6 +21,7 @@ from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
 from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.naming import ROOT_CA_SECRET, WORKLOAD_SECRET
 from pilotfish.translators.outbound import outbound
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.sidecar import inbound, outbound_listeners, outbound_routes
@@ -64,9 +65,19 @@ def translate(
     *,
     secrets: Iterable[Secret] = (),
 ) -> Translation:
-    """The Envoy config for `proxy` (a sidecar or a gateway)."""
+    """The Envoy config for `proxy` (a sidecar or a gateway).
+
+    With `secrets` named `default` and `ROOTCA` (the proxy's workload certificate and the mesh
+    roots), sidecars speak mutual TLS: in-mesh upstreams without a DestinationRule `tls`
+    setting use ISTIO_MUTUAL (auto mTLS), and inbound ports follow PeerAuthentication
+    (PERMISSIVE by default).
+    """
     index = config if isinstance(config, ConfigIndex) else ConfigIndex.build(config)
-    clusters, endpoints = outbound(proxy, index, registry)
+    secrets = list(secrets)
+    # Mutual TLS needs the workload's certificate and the roots (from a CA, over SDS); without
+    # them Envoy would wait for the secrets forever, so traffic stays plain text.
+    mtls = {WORKLOAD_SECRET, ROOT_CA_SECRET} <= {s.name for s in secrets}
+    clusters, endpoints = outbound(proxy, index, registry, auto_mtls=mtls)
     listeners: list[Listener]
     routes: list[RouteConfiguration]
     if proxy.kind == "gateway":
@@ -74,7 +85,7 @@ def translate(
     else:
         routes = outbound_routes(proxy, index, registry)
         listeners = outbound_listeners(proxy, index, registry)
-        inbound_listeners, inbound_clusters = inbound(proxy, registry)
+        inbound_listeners, inbound_clusters = inbound(proxy, registry, index, mtls=mtls)
         listeners += inbound_listeners
         clusters += inbound_clusters
     return Translation(
