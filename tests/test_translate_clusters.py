@@ -880,3 +880,28 @@ spec:
     west = Proxy(id="west", locality="us/west/a")  # no rule for it: plain endpoint weights
     (plain,) = translate(west, loaded.objects, registry).endpoints
     assert [g.load_balancing_weight.value for g in plain.endpoints] == [1, 1, 1, 1]
+
+
+def test_auto_mtls_only_towards_workloads_with_a_sidecar() -> None:
+    from pilotfish.registry import Registry, Service, ServicePort, Workload
+    from pilotfish.translators import Proxy, translate
+    from pilotfish.translators.clusters import TLS_MODE_LABEL
+    from tests.certs import workload_secrets
+
+    registry = Registry()
+    for host, app in (("meshed.example", "meshed"), ("plain.example", "plain")):
+        registry.add_service(Service(host, ports=(ServicePort("http", 80),), selector={"app": app}))
+    registry.add_workload(Workload("10.0.0.1", name="m", labels={"app": "meshed",
+                                   TLS_MODE_LABEL: "istio"}, service_account="api"))  # fmt: skip
+    registry.add_workload(Workload("10.0.0.2", name="p", labels={"app": "plain"}))
+    proxy = Proxy(id="client")
+    secured = {
+        c.name: c for c in translate(proxy, [], registry, secrets=workload_secrets()).clusters
+    }
+    meshed = secured["outbound|80||meshed.example"]
+    assert meshed.transport_socket.name == "envoy.transport_sockets.tls"
+    assert b"spiffe://cluster.local/ns/default/sa/api" in meshed.transport_socket.typed_config.value
+    assert not secured["outbound|80||plain.example"].HasField("transport_socket")
+    # Without workload certificates there is no mTLS at all (Envoy would wait for them).
+    plain = {c.name: c for c in translate(proxy, [], registry).clusters}
+    assert not plain["outbound|80||meshed.example"].HasField("transport_socket")

@@ -127,7 +127,8 @@ class LocalMesh:
             address="127.0.0.1",
             name=name,
             namespace=namespace,
-            labels=dict(labels),
+            # The injector's label: this workload's sidecar terminates mutual TLS.
+            labels={**labels, "security.istio.io/tlsMode": "istio"},
             ports={port_name: inbound},
             service_account=service_account,
         )

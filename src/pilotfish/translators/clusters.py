@@ -80,7 +80,11 @@ from pilotfish.translators.naming import (
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.version import stamp
 
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+"""The endpoint label that says a workload has a sidecar terminating mutual TLS."""
+
 __all__ = [
+    "TLS_MODE_LABEL",
     "distribution",
     "effective_policy",
     "outbound_clusters",
@@ -648,15 +652,19 @@ def outbound_clusters(
     auto_mtls: bool = False,
 ) -> list[Cluster]:
     """`outbound|<port>||<host>` plus one `outbound|<port>|<subset>|<host>` per subset (in
-    subset order). `auto_mtls`: in-mesh destinations without a `tls` setting use ISTIO_MUTUAL
-    (only when workload certificates are served, or Envoy would wait for them forever)."""
+    subset order). `auto_mtls`: destinations whose endpoints all have a sidecar (label
+    `security.istio.io/tlsMode: istio`) and no `tls` setting use ISTIO_MUTUAL (pass it only when
+    workload certificates are served, or Envoy would wait for them forever)."""
     sources = [f"{o.kind}/{o.namespace}/{o.name}" for o in rule.sources] if rule else []
+    endpoints = registry.endpoints(service.hostname, port.number)
     identities = sorted(
-        {
-            spiffe_id(e.namespace, e.service_account, domain)
-            for e in registry.endpoints(service.hostname, port.number)
-        }
+        {spiffe_id(e.namespace, e.service_account, domain) for e in endpoints}
         | set(service.subject_alt_names)
+    )
+    # Auto mTLS only towards workloads that have a sidecar to terminate it: Istio's injector
+    # labels them `security.istio.io/tlsMode: istio`.
+    meshed = bool(endpoints) and all(
+        dict(e.labels).get(TLS_MODE_LABEL) == "istio" for e in endpoints
     )
     build = partial(
         _cluster,
@@ -664,7 +672,7 @@ def outbound_clusters(
         proxy=proxy,
         identities=identities,
         sources=sources,
-        auto_mtls=auto_mtls,
+        auto_mtls=auto_mtls and meshed,
     )
     clusters = [build(service, port, rule, "", None)]
     for subset in rule.subsets if rule else ():
