@@ -27,6 +27,7 @@ from pilotfish.protos import (
     Secret,
 )
 from pilotfish.registry import Registry
+from pilotfish.security import RevokedIdentity, WorkloadSecrets
 from pilotfish.sources import ConfigObject, ConfigStore
 from pilotfish.translators import ConfigIndex, Proxy, Translation, translate
 from pilotfish.xds.callbacks import Callbacks
@@ -55,7 +56,9 @@ class Controller(Callbacks):
     `services` are registry objects that are not in the store (a platform's Services);
     `on_translated(seconds, objects, refused_files)` is called after each translation, and
     `on_pushed(started, {proxy: {type URL: version}})` with what connected proxies must now ACK
-    (both for metrics: translation time, convergence time).
+    (both for metrics: translation time, convergence time). With `workload_secrets` (a CA),
+    every proxy is served its own identity's certificate over SDS (so sidecars speak mutual
+    TLS), re-issued at half its lifetime: only the SDS resources change then.
     """
 
     def __init__(
@@ -70,6 +73,8 @@ class Controller(Callbacks):
         placement: Callable[[Node], dict[str, object]] | None = None,
         on_translated: Callable[[float, list[ConfigObject], int], None] | None = None,
         on_pushed: Callable[[float, dict[str, dict[str, str]]], None] | None = None,
+        workload_secrets: WorkloadSecrets | None = None,
+        rotation_check: float = 1.0,
     ) -> None:
         self.cache = cache
         self.store = store
@@ -77,10 +82,12 @@ class Controller(Callbacks):
         self.max_delay = max_delay
         self.stats = ControllerStats()
         self._services = list(services)
-        self._secrets = list(secrets)
+        self._secrets_given = list(secrets)
         self._placement = placement
         self._on_translated = on_translated
         self._on_pushed = on_pushed
+        self._workload_secrets = workload_secrets
+        self._rotation_check = rotation_check
         self._lock = threading.RLock()
         self._proxies: dict[str, Proxy] = {}
         self._streams: dict[int, str] = {}
@@ -133,21 +140,36 @@ class Controller(Callbacks):
         while True:
             with self._wake:
                 while not self._closed and self._first_change is None:
-                    self._wake.wait()
+                    if not self._wake.wait(self._rotation_check) and self._rotation_due():
+                        break
                 if self._closed:
                     return
+                rotate = self._first_change is None  # woken for certificate rotation
                 first = self._first_change
-                assert first is not None
-                due = min(self._last_change + self.debounce, first + self.max_delay)
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
-                    continue
-                self._first_change = None
+                if first is not None:
+                    due = min(self._last_change + self.debounce, first + self.max_delay)
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        self._wake.wait(wait)
+                        continue
+                    self._first_change = None
             try:
-                self.flush()
+                self.flush(force=rotate)
             except Exception:  # keep serving the last snapshots; say why
                 log.exception("translation failed; proxies keep their last config")
+
+    def _rotation_due(self) -> bool:
+        return self._workload_secrets is not None and bool(self._workload_secrets.rotate_due())
+
+    def _secrets(self, proxy: Proxy) -> list[Secret]:
+        if self._workload_secrets is None:
+            return list(self._secrets_given)
+        try:
+            issued = self._workload_secrets.secrets_for(proxy.namespace, proxy.service_account)
+        except (RevokedIdentity, ValueError) as error:
+            log.warning("proxy %s gets no workload certificate: %s", proxy.id, error)
+            return list(self._secrets_given)
+        return [*issued, *self._secrets_given]
 
     def flush(self, *, force: bool = False) -> int:
         """Translate for every known proxy now; returns how many got a different snapshot.
@@ -203,7 +225,8 @@ class Controller(Callbacks):
         shape = _shape(proxy)
         shared = self._shapes.get(shape)
         if shared is None:
-            translation = translate(proxy, self._index, self._registry, secrets=self._secrets)
+            secrets = self._secrets(proxy)
+            translation = translate(proxy, self._index, self._registry, secrets=secrets)
             self.stats.proxies_translated += 1
             shared = self._shapes[shape] = (translation, translation.snapshot())
         translation = dataclasses.replace(shared[0], proxy=proxy)
@@ -263,9 +286,13 @@ class Controller(Callbacks):
             proxy_id = self._streams.pop(stream_id, None)
             if proxy_id is None or proxy_id in self._streams.values():
                 return
-            self._proxies.pop(proxy_id, None)
+            gone = self._proxies.pop(proxy_id, None)
             self._translations.pop(proxy_id, None)
             self.cache.clear_snapshot(proxy_id)
+            identity = (gone.namespace, gone.service_account) if gone else None
+            in_use = {(p.namespace, p.service_account) for p in self._proxies.values()}
+            if self._workload_secrets is not None and identity and identity not in in_use:
+                self._workload_secrets.forget(*identity)  # no rotation for nobody
         log.info("proxy %s disconnected", proxy_id)
 
     def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pilotfish.cache import SnapshotCache
 from pilotfish.commands import CommandError, address
 from pilotfish.controller import Controller
 from pilotfish.metrics import Metrics
+from pilotfish.security import CertificateAuthority, WorkloadSecrets
 from pilotfish.sources import ConfigStore
 from pilotfish.sources.watch import DirectoryWatcher
 from pilotfish.xds.server import XdsServer
@@ -44,6 +46,8 @@ class Settings:
     max_delay: float = 10.0
     grace: float = 5.0
     log_level: str = "info"
+    ca_dir: Path | None = None
+    cert_ttl: float = 86400.0
 
 
 _CONVERT: dict[str, Any] = {
@@ -54,6 +58,8 @@ _CONVERT: dict[str, Any] = {
     "max_delay": float,
     "grace": float,
     "log_level": str,
+    "ca_dir": Path,
+    "cert_ttl": float,
 }
 
 
@@ -92,6 +98,17 @@ def register(commands: Any) -> None:
         "--grace", metavar="SECONDS", help="time given to streams to end on shutdown (default 5)"
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--ca-dir",
+        metavar="DIR",
+        help="run the workload CA with its root kept here (created on first start): every proxy "
+        "gets its SPIFFE certificate over SDS and sidecars speak mutual TLS",
+    )
+    serve.add_argument(
+        "--cert-ttl",
+        metavar="SECONDS",
+        help="workload certificate lifetime (default 86400; renewed at half)",
+    )
     serve.add_argument("--config-file", metavar="FILE", help="YAML file with any of the above")
     serve.set_defaults(func=run)
 
@@ -164,6 +181,14 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
     )
     cache = SnapshotCache()
     metrics = Metrics()
+    workload_secrets = None
+    if settings.ca_dir is not None:
+        try:
+            ca = CertificateAuthority.load_or_create(settings.ca_dir)
+        except (OSError, ValueError) as error:
+            raise CommandError(f"cannot use CA directory {settings.ca_dir}: {error}") from error
+        workload_secrets = WorkloadSecrets(ca, ttl=timedelta(seconds=settings.cert_ttl))
+        log.info("workload CA %s (trust domain %s)", settings.ca_dir, ca.trust_domain)
     controller = Controller(
         cache,
         store,
@@ -171,6 +196,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         max_delay=settings.max_delay,
         on_translated=metrics.observe_translation,
         on_pushed=metrics.expect,
+        workload_secrets=workload_secrets,
     )
     metrics.inner = controller
     server = XdsServer(cache, callbacks=metrics)
