@@ -77,11 +77,13 @@ def http_connection_manager(
     route_config: RouteConfiguration | None = None,
     edge: bool = False,
     forward_client_cert: bool = False,
+    authorization: Sequence[HttpFilter] = (),
 ) -> Filter:
     """An HCM using RDS route config `rds` (or an inline `route_config`). `edge` (gateways)
     trusts the connection's address for X-Forwarded-For, as Istio gateways do;
     `forward_client_cert` (inbound) tells the application who called, in
-    `x-forwarded-client-cert`, from the peer's certificate (its SPIFFE URI)."""
+    `x-forwarded-client-cert`, from the peer's certificate (its SPIFFE URI); `authorization`
+    (RBAC filters) runs after fault and CORS, before the router."""
     manager = HttpConnectionManager(
         stat_prefix=stat_prefix,
         normalize_path=BoolValue(value=True),
@@ -89,6 +91,7 @@ def http_connection_manager(
         http_filters=[
             _http_filter(FAULT_FILTER, HTTPFault()),
             _http_filter(CORS_FILTER, Cors()),
+            *authorization,
             _http_filter(ROUTER_FILTER, Router()),
         ],
     )

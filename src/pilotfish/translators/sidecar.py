@@ -8,7 +8,7 @@ rest are Istio-style virtual listeners (`bind_to_port: false`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -21,11 +21,15 @@ from envoy.config.route.v3.route_components_pb2 import (
     VirtualHost,
 )
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
+    HttpFilter,
+)
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
 from pilotfish.registry import Registry, Service, ServicePort
+from pilotfish.translators.authorization import policies_for, rbac_http_filters
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
 from pilotfish.translators.index import MESH, ConfigIndex
@@ -229,7 +233,11 @@ def inbound(
                 if mtls
                 else "DISABLE"
             )
-            chains = _inbound_chains(cluster, target, port.is_http, mode)
+            rbac = rbac_http_filters(
+                policies_for(index.others if index else (), proxy.namespace, proxy.labels),
+                trust_domain=index.domain if index else "cluster.local",
+            )
+            chains = _inbound_chains(cluster, target, port.is_http, mode, rbac)
             if not mine:
                 # No endpoint of this workload is registered: nobody is sent here, and a
                 # virtual listener on the service port would clash with the outbound one.
@@ -249,8 +257,11 @@ def inbound(
     return listeners, clusters
 
 
-def _inbound_chains(cluster: str, target: int, http: bool, mode: str) -> list[FilterChain]:
-    """Plain text, mutual TLS, or both told apart by the TLS inspector (PERMISSIVE)."""
+def _inbound_chains(
+    cluster: str, target: int, http: bool, mode: str, rbac: Sequence[HttpFilter] = ()
+) -> list[FilterChain]:
+    """Plain text, mutual TLS, or both told apart by the TLS inspector (PERMISSIVE); HTTP
+    requests pass the workload's AuthorizationPolicies (`rbac`) first."""
 
     def filters(tls: bool) -> list[Filter]:
         if not http:
@@ -272,7 +283,11 @@ def _inbound_chains(cluster: str, target: int, http: bool, mode: str) -> list[Fi
                 )
             ],
         )
-        return [http_connection_manager(cluster, route_config=routes, forward_client_cert=tls)]
+        return [
+            http_connection_manager(
+                cluster, route_config=routes, forward_client_cert=tls, authorization=rbac
+            )
+        ]
 
     if mode == "DISABLE":
         return [tls_chain(filters(False))]
