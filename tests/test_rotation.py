@@ -45,12 +45,23 @@ spec: {{mtls: {{mode: STRICT}}}}
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[tuple[EnvoyProcess, EnvoyProcess, HttpUpstream, int]]:
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(tmp_path / "ca")
+
+
+@pytest.fixture
+def ttl() -> timedelta:
+    return timedelta(seconds=3)  # renewed every ~1.5 s
+
+
+@pytest.fixture
+def mesh(
+    ca: CertificateAuthority, ttl: timedelta
+) -> Iterator[tuple[EnvoyProcess, EnvoyProcess, HttpUpstream, int]]:
     inbound, outbound = free_port(), free_port()
     store = ConfigStore()
     assert store.update("mesh.yaml", CONFIG.format(inbound=inbound)) == []
-    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-    secrets = WorkloadSecrets(ca, ttl=timedelta(seconds=3))  # renewed every ~1.5 s
+    secrets = WorkloadSecrets(ca, ttl=ttl)
     cache = SnapshotCache()
     controller = Controller(cache, store, workload_secrets=secrets, rotation_check=0.2)
     with HttpUpstream("server-app") as app, ServerThread(cache, callbacks=controller) as xds:
@@ -114,3 +125,31 @@ def test_certificates_rotate_under_traffic_without_listener_or_cluster_updates(
         assert envoy.stat("cluster_manager.cds.update_success") == clusters[envoy.name]
     # Mutual TLS all along (one pooled connection may carry every request).
     assert client.stat("cluster.outbound|9080||server.default.svc.cluster.local.ssl.handshake") >= 1
+
+
+@pytest.mark.parametrize("ttl", [timedelta(hours=1)])
+def test_root_rotation_with_overlap_keeps_traffic_flowing(
+    mesh: tuple[EnvoyProcess, EnvoyProcess, HttpUpstream, int], ca: CertificateAuthority
+) -> None:
+    client, _server, _app, port = mesh
+    wait_until(lambda: _get(port) == 200, timeout=10)
+    before = _serials(client)
+    old_root = ca.fingerprint
+    statuses = []
+    deadline = time.monotonic() + 4
+    rotated = False
+    while time.monotonic() < deadline:
+        statuses.append(_get(port))
+        if not rotated and time.monotonic() > deadline - 3:
+            ca.rotate_root(overlap=timedelta(minutes=5))  # both roots trusted meanwhile
+            rotated = True
+        time.sleep(0.05)
+    assert ca.fingerprint != old_root
+    assert set(statuses) == {200}, statuses
+    # Everyone was re-issued from the new root (the rotation check runs every 0.2 s).
+    wait_until(lambda: _serials(client) - before, timeout=5)
+    # New connections with the new certificates work too: the server trusts both roots.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/", headers={"host": "server:9080", "connection": "close"})
+    assert connection.getresponse().status == 200
+    connection.close()
