@@ -60,13 +60,15 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def callers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[dict[str, int], CertificateAuthority, Controller]]:
     inbound = free_port()
     store = ConfigStore()
     assert store.update("mesh.yaml", CONFIG.format(inbound=inbound)) == []
     ca = CertificateAuthority.load_or_create(tmp_path_factory.mktemp("ca"))
     cache = SnapshotCache()
-    controller = Controller(cache, store, workload_secrets=WorkloadSecrets(ca))
+    controller = Controller(cache, store, workload_secrets=WorkloadSecrets(ca), rotation_check=0.2)
     with HttpUpstream("api") as app, ServerThread(cache, callbacks=controller) as xds:
         controller.start()
         try:
@@ -91,7 +93,7 @@ def callers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]
             for envoy in envoys.values():
                 envoy.wait_ready()
             wait_until(lambda: _get(ports["reader"], "GET", "/api/items") == 200, timeout=10)
-            yield ports
+            yield ports, ca, controller
         finally:
             for envoy in envoys.values():
                 envoy.stop()
@@ -119,6 +121,29 @@ def _get(port: int, method: str, path: str) -> int:
         ("reader", "GET", "/api/admin", 403),  # DENY beats ALLOW
     ],
 )
-def test_authorization(callers: dict[str, int], caller: str, method: str, path: str,
-                       status: int) -> None:  # fmt: skip
-    assert _get(callers[caller], method, path) == status
+def test_authorization(
+    mesh: tuple[dict[str, int], CertificateAuthority, Controller],
+    caller: str,
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    assert _get(mesh[0][caller], method, path) == status
+
+
+def test_a_revoked_identity_loses_its_certificate_and_its_access(
+    mesh: tuple[dict[str, int], CertificateAuthority, Controller],
+) -> None:
+    # Last in the module: it changes the mesh. Revoke the allowed identity.
+    ports, ca, controller = mesh
+    ca.revoke("default", "reader")
+    # The rotation check sees the new CRL: the reader is served no certificate any more (its
+    # sidecar falls back to plain text, which STRICT refuses); everyone's ROOTCA carries the CRL.
+    wait_until(lambda: _get(ports["reader"], "GET", "/api/items") != 200, timeout=10)
+    assert _get(ports["reader"], "GET", "/api/items") in (403, 503)
+    translation = controller.translation("api-1")
+    assert translation is not None
+    (root,) = [s for s in translation.secrets if s.name == "ROOTCA"]
+    assert b"BEGIN X509 CRL" in root.validation_context.crl.inline_bytes
+    reader = controller.translation("reader-1")
+    assert reader is not None and [s.name for s in reader.secrets] == []
