@@ -1192,6 +1192,42 @@ def _rule_fields(message: Any, at: str, what: str) -> _Problems:
                 yield here, f"{value!r} is not a port number from 0 to 65535"
             elif json_name in ("paths", "notPaths") and _bad_path_template(value):
                 yield here, f"{value!r}: path templates may only use {{*}} and {{**}} segments"
+            elif (
+                json_name in ("principals", "notPrincipals")
+                and (problem := _principal_problem(value))
+            ) or (
+                json_name in ("namespaces", "notNamespaces")
+                and (problem := _wildcard_problem(value, "namespace"))
+            ):
+                yield here, problem
+
+
+_PRINCIPAL = re.compile(r"^[^/*]+/ns/[^/*]+/sa/[^/*]+$")
+
+
+def _wildcard_problem(value: str, what: str) -> str | None:
+    """Istio's string matching: exact, `*`, a `prefix*` or a `*suffix`; nothing else."""
+    if value == "*":
+        return None
+    inner = value[1:] if value.startswith("*") else value[:-1] if value.endswith("*") else value
+    if "*" in inner:
+        return f"{value!r}: a {what} may only have a leading or trailing '*'"
+    return None
+
+
+def _principal_problem(value: str) -> str | None:
+    """Principals are SPIFFE ids without the scheme: `<trust domain>/ns/<ns>/sa/<account>`."""
+    if value.startswith("spiffe://"):
+        return (
+            f"{value!r}: write principals without 'spiffe://' (as <trust domain>/ns/<ns>/sa/<sa>)"
+        )
+    if problem := _wildcard_problem(value, "principal"):
+        return problem
+    if "*" not in value and not _PRINCIPAL.match(value):
+        return (
+            f"{value!r} is not a principal of the form <trust domain>/ns/<namespace>/sa/<account>"
+        )
+    return None
 
 
 def _condition(condition: Any, at: str) -> _Problems:
