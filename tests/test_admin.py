@@ -437,3 +437,19 @@ def test_envoy_through_metrics_and_debug_endpoints(plane: Plane) -> None:
     assert plane.sample("pilotfish_xds_streams", type="ads") == 0
     assert get(plane.admin, "/debug/syncz").json() == []
     assert get(plane.admin, f"/debug/config_dump?proxy={PROXY}").status == 404
+
+
+def test_refused_streams_are_counted_by_code() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = Metrics()
+    metrics.on_stream_refused(1, "no client certificate", "UNAUTHENTICATED")
+    metrics.on_stream_refused(2, "may not act as node b", "PERMISSION_DENIED")
+    metrics.on_stream_refused(3, "may not act as node c", "PERMISSION_DENIED")
+    samples = {
+        s.labels["code"]: s.value
+        for f in text_string_to_metric_families(metrics.exposition().decode())
+        for s in f.samples
+        if s.name == "pilotfish_xds_refused_streams_total"
+    }
+    assert samples == {"unauthenticated": 1.0, "permission_denied": 2.0}

@@ -14,6 +14,12 @@ REST mode (``rest=True``): Envoy polls the xDS REST/JSON fetch API (`pilotfish.x
 the cluster it is given, so the REST server gets a static cluster of its own (`REST_CLUSTER`);
 the gRPC cluster is HTTP/2. REST subscriptions are per type and state-of-the-world: no ADS, no
 delta.
+
+A secured control plane (`pilotfish.xds.server.server_credentials`, `pilotfish.xds.auth`):
+``xds_ca`` makes Envoy reach the gRPC xDS cluster over TLS, verifying the server against that CA
+(no SAN match); ``xds_tls_cert``/``xds_tls_key`` add a client certificate (the proxy's SPIFFE
+identity); ``xds_token`` sends ``authorization: Bearer <token>`` on every xDS stream. All are
+file paths, read by Envoy, except the token.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ Address = tuple[str, int]
 """A ``(host, port)`` pair."""
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def _duration(ms: float) -> str:
@@ -41,14 +48,17 @@ def _duration(ms: float) -> str:
     return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
 
 
-def _grpc_service(reconnect_base_ms: int, reconnect_max_ms: int) -> dict[str, Any]:
-    """The gRPC service of the control plane, with a fast stream-reconnect backoff."""
+def _grpc_service(
+    reconnect_base_ms: int, reconnect_max_ms: int, xds_token: str | None = None
+) -> dict[str, Any]:
+    """The gRPC service of the control plane, with a fast stream-reconnect backoff (and the
+    bearer token, if any, on every stream)."""
     if reconnect_base_ms <= 0 or reconnect_max_ms < reconnect_base_ms:
         raise ValueError(
             f"need 0 < reconnect_base_ms <= reconnect_max_ms, "
             f"got {reconnect_base_ms} and {reconnect_max_ms}"
         )
-    return {
+    service: dict[str, Any] = {
         "envoy_grpc": {
             "cluster_name": XDS_CLUSTER,
             "retry_policy": {
@@ -59,16 +69,21 @@ def _grpc_service(reconnect_base_ms: int, reconnect_max_ms: int) -> dict[str, An
             },
         }
     }
+    if xds_token is not None:
+        if not xds_token or any(c.isspace() for c in xds_token):
+            raise ValueError("xds_token must be non-empty, without whitespace")
+        service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {xds_token}"}]
+    return service
 
 
 def _api_config_source(
-    *, delta: bool, reconnect_base_ms: int, reconnect_max_ms: int
+    *, delta: bool, reconnect_base_ms: int, reconnect_max_ms: int, xds_token: str | None = None
 ) -> dict[str, Any]:
     """An ApiConfigSource for the control plane (used for ADS and per-type streams alike)."""
     return {
         "api_type": "DELTA_GRPC" if delta else "GRPC",
         "transport_api_version": "V3",
-        "grpc_services": [_grpc_service(reconnect_base_ms, reconnect_max_ms)],
+        "grpc_services": [_grpc_service(reconnect_base_ms, reconnect_max_ms, xds_token)],
         # Envoy's node is ~60 KB; sending it once per stream is enough.
         "set_node_on_first_message_only": True,
     }
@@ -108,12 +123,14 @@ def config_source(
     reconnect_max_ms: int = 1000,
     refresh_delay_ms: int = 200,
     request_timeout_ms: int = 1000,
+    xds_token: str | None = None,
 ) -> dict[str, Any]:
     """The ConfigSource that served resources use for RDS/EDS, matching `envoy_bootstrap`.
 
     With ADS every type rides the one aggregated stream; otherwise each type gets its own
-    gRPC stream to the same control plane (the arguments must match the bootstrap's).
-    ``rest=True`` (with ``ads=False``) polls the REST/JSON API every ``refresh_delay_ms``.
+    gRPC stream to the same control plane (the arguments must match the bootstrap's, including
+    ``xds_token``). ``rest=True`` (with ``ads=False``) polls the REST/JSON API every
+    ``refresh_delay_ms``.
     """
     if rest:
         _check_rest(ads, delta)
@@ -125,7 +142,10 @@ def config_source(
         return {"ads": {}, "resource_api_version": "V3"}
     return {
         "api_config_source": _api_config_source(
-            delta=delta, reconnect_base_ms=reconnect_base_ms, reconnect_max_ms=reconnect_max_ms
+            delta=delta,
+            reconnect_base_ms=reconnect_base_ms,
+            reconnect_max_ms=reconnect_max_ms,
+            xds_token=xds_token,
         ),
         "resource_api_version": "V3",
     }
@@ -150,10 +170,33 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _upstream_tls(ca: str, cert: str | None, key: str | None) -> dict[str, Any]:
+    """A TLS transport socket: verify the server against `ca`; present `cert` if given."""
+    common: dict[str, Any] = {
+        # gRPC servers expect HTTP/2 negotiated by ALPN.
+        "alpn_protocols": ["h2"],
+        "validation_context": {"trusted_ca": {"filename": ca}},
+    }
+    if cert is not None and key is not None:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+        ]
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"type.googleapis.com/{_UPSTREAM_TLS}",
+            "common_tls_context": common,
+        },
+    }
+
+
 def _xds_cluster(
-    addresses: list[Address], keepalive_interval_s: float, keepalive_timeout_s: float
+    addresses: list[Address],
+    keepalive_interval_s: float,
+    keepalive_timeout_s: float,
+    tls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The static HTTP/2 cluster that carries the xDS streams."""
+    """The static HTTP/2 cluster that carries the xDS streams (over `tls` if given)."""
     http2: dict[str, Any] = {}
     if keepalive_interval_s > 0:
         # HTTP/2 PINGs notice a control plane that hangs or vanishes without a FIN/RST.
@@ -161,7 +204,10 @@ def _xds_cluster(
             "interval": _duration(keepalive_interval_s * 1000),
             "timeout": _duration(keepalive_timeout_s * 1000),
         }
-    return _static_cluster(XDS_CLUSTER, addresses, {"http2_protocol_options": http2})
+    cluster = _static_cluster(XDS_CLUSTER, addresses, {"http2_protocol_options": http2})
+    if tls is not None:
+        cluster["transport_socket"] = tls
+    return cluster
 
 
 def _rest_cluster(addresses: list[Address]) -> dict[str, Any]:
@@ -220,6 +266,10 @@ def envoy_bootstrap(
     keepalive_timeout_s: float = 5.0,
     node_metadata: Mapping[str, object] | None = None,
     extra_static_clusters: Iterable[Mapping[str, Any]] = (),
+    xds_ca: str | None = None,
+    xds_tls_cert: str | None = None,
+    xds_tls_key: str | None = None,
+    xds_token: str | None = None,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap that gets listeners and clusters from the control plane.
 
@@ -236,9 +286,21 @@ def envoy_bootstrap(
     ``xds_address``, or at ``rest_address`` when given: then ``xds_address`` keeps its gRPC
     cluster for resources with a gRPC config source. A ``rest_address`` without ``rest=True``
     only adds the REST cluster.
+
+    ``xds_ca`` (a PEM file) puts the gRPC xDS cluster on TLS, trusting that CA for the server;
+    ``xds_tls_cert`` and ``xds_tls_key`` (PEM files, both or neither; need ``xds_ca``) are the
+    client certificate. ``xds_token`` is sent as ``authorization: Bearer <token>``. None of
+    them applies to REST polling.
     """
     if rest:
         _check_rest(ads, delta)
+        if xds_ca or xds_tls_cert or xds_tls_key or xds_token:
+            raise ValueError("xds_ca, xds_tls_cert, xds_tls_key and xds_token need gRPC, not rest")
+    if (xds_tls_cert is None) != (xds_tls_key is None):
+        raise ValueError("xds_tls_cert and xds_tls_key go together")
+    if xds_tls_cert is not None and xds_ca is None:
+        raise ValueError("a client certificate (xds_tls_cert) needs xds_ca to verify the server")
+    tls = _upstream_tls(xds_ca, xds_tls_cert, xds_tls_key) if xds_ca is not None else None
     dynamic: dict[str, Any] = {
         key: config_source(
             ads,
@@ -248,12 +310,16 @@ def envoy_bootstrap(
             reconnect_max_ms=reconnect_max_ms,
             refresh_delay_ms=refresh_delay_ms,
             request_timeout_ms=request_timeout_ms,
+            xds_token=xds_token,
         )
         for key in ("cds_config", "lds_config")
     }
     if ads:
         dynamic["ads_config"] = _api_config_source(
-            delta=delta, reconnect_base_ms=reconnect_base_ms, reconnect_max_ms=reconnect_max_ms
+            delta=delta,
+            reconnect_base_ms=reconnect_base_ms,
+            reconnect_max_ms=reconnect_max_ms,
+            xds_token=xds_token,
         )
     # Envoy understands resource TTLs but does not advertise it; the control plane only sends
     # TTLs (and heartbeats) to clients that do.
@@ -267,7 +333,7 @@ def envoy_bootstrap(
     clusters: list[dict[str, Any]] = []
     if not rest or rest_address is not None:
         grpc = _addresses(xds_address)
-        clusters.append(_xds_cluster(grpc, keepalive_interval_s, keepalive_timeout_s))
+        clusters.append(_xds_cluster(grpc, keepalive_interval_s, keepalive_timeout_s, tls))
     if rest or rest_address is not None:
         clusters.append(_rest_cluster(_addresses(rest_address or xds_address)))
     clusters.extend(dict(c) for c in extra_static_clusters)

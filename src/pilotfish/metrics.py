@@ -91,6 +91,12 @@ class Metrics(Callbacks):
             "pilotfish_xds_nacks", "xDS responses rejected by the client, by type.", ["type"],
             registry=r,
         )  # fmt: skip
+        self._refused = Counter(
+            "pilotfish_xds_refused_streams",
+            "Streams refused: no valid identity, or one that may not act as the node it claims.",
+            ["code"],
+            registry=r,
+        )
         self._push_ack = Histogram(
             "pilotfish_xds_push_ack_seconds", "Time from a response being sent to its ACK.",
             ["type"], buckets=_LATENCY_BUCKETS, registry=r,
@@ -219,6 +225,10 @@ class Metrics(Callbacks):
                 )
         self._pushes.labels(_type_label(sent.type_url)).inc()
         return self.inner.on_stream_response(stream_id, node, sent) if self.inner else None
+
+    def on_stream_refused(self, stream_id: int, reason: str, code: str) -> HookResult:
+        self._refused.labels(code.lower()).inc()
+        return self.inner.on_stream_refused(stream_id, reason, code) if self.inner else None
 
     def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> HookResult:
         self._nacks.labels(_type_label(nack.type_url)).inc()

@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import grpc
+
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node
 from pilotfish.xds import ConfigWatcher, Nacked, Sent
+from pilotfish.xds.auth import Authenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.rest import RestServer
 from pilotfish.xds.server import XdsServer
@@ -96,6 +99,8 @@ class ServerThread:
         ordered_ads: bool = True,
         heartbeat_interval: float | None = None,
         rest: bool = False,
+        credentials: grpc.ServerCredentials | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.server: XdsServer | RestServer = (
             RestServer(watcher, callbacks=callbacks)
@@ -105,6 +110,8 @@ class ServerThread:
                 callbacks=callbacks,
                 ordered_ads=ordered_ads,
                 heartbeat_interval=heartbeat_interval,
+                credentials=credentials,
+                authenticator=authenticator,
             )
         )
         self._address = address

@@ -40,3 +40,9 @@ class Callbacks:
     def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> HookResult:
         """A client rejected a response; `nack.error_detail` says why."""
         return None
+
+    def on_stream_refused(self, stream_id: int, reason: str, code: str) -> HookResult:
+        """The server refused a stream: `code` is the gRPC status name (``UNAUTHENTICATED``:
+        no identity, refused before `on_stream_open`; ``PERMISSION_DENIED``: the identity may
+        not act as the node of the first request, which no other hook has seen)."""
+        return None

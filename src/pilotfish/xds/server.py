@@ -3,6 +3,12 @@
 Serves ADS and every per-type state-of-the-world service from one `ConfigWatcher`. Responses are
 written as prepared bytes (the serializer is bypassed), so a response built once is shared by
 every stream; only the nonce is appended per stream.
+
+Securing the server itself: `credentials` (see `server_credentials`) make the port TLS, with
+client certificates required by default; an `authenticator` (`pilotfish.xds.auth`) proves who
+each stream's peer is before anything is read (else ``UNAUTHENTICATED``), and the node of the
+stream's first request must be that identity's (else ``PERMISSION_DENIED``), checked before any
+callback or the cache sees the node. Refusals are counted in `XdsServer.refused`.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
@@ -25,13 +31,15 @@ from pilotfish.protos import (
     DiscoveryRequest,
     ServiceMethods,
 )
+from pilotfish.xds.auth import AuthenticationError, Authenticator, Identity, NodeOwners, Peer
+from pilotfish.xds.auth import authorize as _authorize
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.debug import describe_session
 from pilotfish.xds.events import Nacked
 from pilotfish.xds.session import Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
 
-__all__ = ["DEFAULT_OPTIONS", "XdsServer"]
+__all__ = ["DEFAULT_OPTIONS", "XdsServer", "server_credentials"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,12 +63,30 @@ _Behavior = Callable[[AsyncIterator[_Request], _Context], AsyncIterator[bytes]]
 class _Stream:
     """What the server needs to reach a live stream (to wake it, beat it, or end it)."""
 
-    __slots__ = ("ended", "ready", "session")
+    __slots__ = ("claimed", "ended", "ready", "refusal", "session")
 
     def __init__(self) -> None:
         self.ready = asyncio.Event()
         self.ended = False
         self.session: Session | None = None
+        self.refusal: tuple[grpc.StatusCode, str] | None = None
+        self.claimed: str | None = None  # the node id this stream holds in `NodeOwners`
+
+
+def server_credentials(
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_pem: bytes | None = None,
+    *,
+    require_client_auth: bool = True,
+) -> grpc.ServerCredentials:
+    """TLS for the xDS port: the server's certificate chain and key, and the CA (PEM) that
+    signs client certificates, which are required unless `require_client_auth` is False."""
+    if require_client_auth and not ca_pem:
+        raise ValueError("require_client_auth needs ca_pem, the CA of the client certificates")
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=require_client_auth
+    )
 
 
 class XdsServer:
@@ -68,6 +94,9 @@ class XdsServer:
 
     Either `await start()` to run its own grpc.aio server, or `register(server)` to add the
     discovery services to a grpc.aio server you own.
+
+    `credentials` make `start` listen with TLS; with an `authenticator`, every stream must prove
+    an identity that may act as its node. `refused` counts refused streams by status code.
     """
 
     def __init__(
@@ -78,8 +107,14 @@ class XdsServer:
         ordered_ads: bool = True,
         heartbeat_interval: float | None = None,
         options: Sequence[tuple[str, int | str]] = DEFAULT_OPTIONS,
+        credentials: grpc.ServerCredentials | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._watcher = watcher
+        self._credentials = credentials
+        self._authenticator = authenticator
+        self._owners = NodeOwners()
+        self.refused: dict[grpc.StatusCode, int] = {}
         self._callbacks = callbacks
         self._ordered = ordered_ads
         self._heartbeat_interval = heartbeat_interval
@@ -132,10 +167,14 @@ class XdsServer:
         server.add_generic_rpc_handlers(self.handlers())
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
-        """Listen on `address` (plaintext); returns the bound port."""
+        """Listen on `address` (TLS if the server has credentials, else plaintext); returns the
+        bound port."""
         self._server = grpc.aio.server(options=self._options)
         self.register(self._server)
-        self.port = self._server.add_insecure_port(address)
+        if self._credentials is not None:
+            self.port = self._server.add_secure_port(address, self._credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         self._host = address.rpartition(":")[0].strip("[]") or "127.0.0.1"
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
@@ -213,6 +252,15 @@ class XdsServer:
         if self._loop is None:
             self._bind_loop()
         stream_id = new_stream_id()
+        identity: Identity | None = None
+        if self._authenticator is not None:
+            try:
+                identity = self._authenticator.authenticate(
+                    Peer.of(context.auth_context(), context.invocation_metadata())
+                )
+            except AuthenticationError as unknown:
+                reason = str(unknown)
+                await self._refuse(context, stream_id, grpc.StatusCode.UNAUTHENTICATED, reason)
         stream = self._streams[stream_id] = _Stream()
         session = Session(
             self._watcher,
@@ -227,7 +275,7 @@ class XdsServer:
         callbacks = self._callbacks
         if callbacks is not None:
             await _run(callbacks.on_stream_open(stream_id, type_url))
-        reader = asyncio.create_task(self._read(session, stream, requests))
+        reader = asyncio.create_task(self._read(session, stream, requests, identity))
         try:
             while True:
                 await stream.ready.wait()
@@ -243,6 +291,8 @@ class XdsServer:
                     yield data
             if reader.done() and (error := reader.exception()) is not None:
                 raise error
+            if stream.refusal is not None:
+                await self._refuse(context, stream_id, *stream.refusal)
         except RemoteProtocolError as error:
             _log.warning("stream %d: %s", stream_id, error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -252,13 +302,43 @@ class XdsServer:
             session.close()
             if callbacks is not None:
                 await _run(callbacks.on_stream_close(stream_id, session.protocol.node))
+            # Last: the node id is free only once callbacks (a controller) know the node left.
+            if stream.claimed is not None and identity is not None:
+                self._owners.release(stream.claimed, identity)
+
+    async def _refuse(
+        self, context: _Context, stream_id: int, code: grpc.StatusCode, reason: str
+    ) -> NoReturn:
+        self.refused[code] = self.refused.get(code, 0) + 1
+        _log.warning("stream %d refused (%s): %s", stream_id, code.name, reason)
+        if self._callbacks is not None:
+            await _run(self._callbacks.on_stream_refused(stream_id, reason, code.name))
+        await context.abort(code, reason)
+
+    def _admit(self, stream: _Stream, identity: Identity, request: _Request) -> bool:
+        # The first request carries the node; later nodes are ignored by the protocol core.
+        node = request.node
+        reason = _authorize(identity, node) or self._owners.claim(node.id, identity)
+        if reason is not None:
+            stream.refusal = (grpc.StatusCode.PERMISSION_DENIED, reason)
+            return False
+        stream.claimed = node.id
+        return True
 
     async def _read(
-        self, session: Session, stream: _Stream, requests: AsyncIterator[_Request]
+        self,
+        session: Session,
+        stream: _Stream,
+        requests: AsyncIterator[_Request],
+        identity: Identity | None,
     ) -> None:
         callbacks = self._callbacks
         try:
             async for request in requests:
+                if identity is not None:
+                    if not self._admit(stream, identity, request):
+                        return
+                    identity = None  # admitted: the node is settled
                 if callbacks is not None:
                     await _run(callbacks.on_stream_request(session.stream_id, request))
                 received = session.receive(request)
