@@ -294,3 +294,16 @@ def test_envoy_enforces_policies() -> None:
         # DENY beats ALLOW, even when an ALLOW rule (path or header) matches.
         assert envoy.request(port, "/public/admin").status == 403
         assert envoy.request(port, "/public/admin", headers={"x-token": "secret"}).status == 403
+
+
+def test_audit_logs_and_never_denies() -> None:
+    audit = policy("audit-admin", {"action": "AUDIT", "rules": [{"to": [{"operation": {
+        "paths": ["/public/*"]}}]}]})  # fmt: skip
+    filters = rbac_http_filters([*POLICIES, audit])
+    assert [rules_of(f).action for f in filters] == [RbacRules.LOG, RbacRules.DENY, RbacRules.ALLOW]
+    port = free_port()
+    with EnvoyProcess(bootstrap(port, filters), name="rbac-audit") as envoy:
+        envoy.wait_ready()
+        wait_until(lambda: envoy.request(port, "/health").status == 200, message="listener")
+        assert envoy.request(port, "/public/page").status == 200  # audited, still allowed
+        assert envoy.request(port, "/public/admin").status == 403  # DENY still applies

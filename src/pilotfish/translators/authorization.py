@@ -15,7 +15,8 @@ Not supported (fail-closed, as istiod does for attributes a filter cannot enforc
 using something this module cannot translate (``requestPrincipals``, ``request.auth.*`` and
 other unknown ``when`` keys, path templates) is *dropped* from an ALLOW policy (it never
 allows) and has the unsupported part *ignored* in a DENY policy (it denies more). AUDIT
-policies (which only log) and CUSTOM policies (ext_authz providers) are skipped; policies with
+policies become an RBAC filter with action LOG (it marks requests for the access log and never
+denies); CUSTOM policies (ext_authz providers) are skipped; policies with
 ``targetRef(s)`` target gateways/waypoints, not sidecars, and are not selected by
 `policies_for`.
 """
@@ -323,13 +324,15 @@ def _rbac_filter(action: RbacRules.Action.ValueType, policies: Mapping[str, Poli
 def rbac_http_filters(
     policies: Sequence[ConfigObject], *, trust_domain: str = "cluster.local"
 ) -> list[HttpFilter]:
-    """Envoy HTTP filters, in Istio's order: DENY first, then ALLOW. Empty when no policies.
+    """Envoy HTTP filters, in Istio's order: AUDIT (a LOG filter), DENY, then ALLOW. Empty when
+    no policies.
 
-    AUDIT and CUSTOM policies are skipped (see the module docstring). Raises `ValueError` on
+    CUSTOM policies are skipped (see the module docstring). Raises `ValueError` on
     malformed values (bad CIDR, bad port).
     """
     deny: dict[str, Policy] = {}
     allow: dict[str, Policy] = {}
+    audit: dict[str, Policy] = {}
     has_allow = False
     for obj in sorted(policies, key=lambda o: (o.namespace, o.name)):
         spec = _spec(obj)
@@ -338,8 +341,10 @@ def rbac_http_filters(
         elif spec.action == AuthorizationPolicy.ALLOW:
             target, lenient = allow, False
             has_allow = True
+        elif spec.action == AuthorizationPolicy.AUDIT:
+            target, lenient = audit, True  # only marks requests for the access log
         else:
-            continue  # AUDIT (logging only) and CUSTOM (ext_authz) are not translated
+            continue  # CUSTOM (ext_authz) is not translated
         builder = _RuleBuilder(lenient, trust_domain)
         for index, rule in enumerate(spec.rules):
             try:
@@ -350,6 +355,9 @@ def rbac_http_filters(
                 raise ValueError(f"AuthorizationPolicy {obj.namespace}/{obj.name}: {exc}") from exc
             target[f"ns[{obj.namespace}]-policy[{obj.name}]-rule[{index}]"] = policy
     filters: list[HttpFilter] = []
+    if audit:
+        # Envoy's LOG action never denies; it sets the access log's shouldLog marker.
+        filters.append(_rbac_filter(RbacRules.LOG, audit))
     if deny:
         filters.append(_rbac_filter(RbacRules.DENY, deny))
     if has_allow:
