@@ -20,6 +20,13 @@ def _no_references(type_url: str, name: str) -> Mapping[str, set[str]]:
     return {}
 
 
+# For each type, the types namespaced by its names (route configurations: their virtual hosts).
+_NAMESPACED = {
+    parent: [row for row in RESOURCE_TYPES.values() if row.namespace_type == parent]
+    for parent in RESOURCE_TYPES
+}
+
+
 def sotw_answer(
     snapshot: Snapshot,
     request: WatchRequest,
@@ -81,18 +88,32 @@ def delta_answer(
     )
     if not changed and not removed and not request.initial:
         return None
+    unresolved: list[str] = []
+    row = RESOURCE_TYPES.get(type_url)
+    if row is not None and row.unresolved_aliases:
+        # Never told about and asked for by name (on demand): answered as an unresolved alias.
+        unresolved = [n for n in removed if n not in held]
+        removed = [n for n in removed if n in held]
     refresh: dict[str, set[str]] = {}
     for r in changed:
         if held.get(r.name):  # an update, not an addition: its dependents warm again
             for ref_type, ref_names in references_of(type_url, r.name).items():
                 refresh.setdefault(ref_type, set()).update(ref_names)
+        for namespaced in _NAMESPACED.get(type_url, ()):
+            # Each route configuration sent may start a VHDS subscription that waits for an
+            # answer in its namespace; a namespaced stream answers it again (see xds.delta).
+            names = refresh.setdefault(namespaced.type_url, set())
+            names.add(namespaced.namespace_name(r.name))
     return DeltaPreparedResponse(
         type_url=type_url,
         system_version=system_version,
         versions={r.name: r.version for r in changed},
-        removed=frozenset(removed),
+        removed=frozenset(removed).union(unresolved),
         body=wire.delta_response_body(
-            system_version, type_url, (r.resource for r in changed), removed
+            system_version,
+            type_url,
+            [*(r.resource for r in changed), *map(wire.unresolved_alias_bytes, unresolved)],
+            removed,
         ),
         refresh={t: frozenset(n) for t, n in refresh.items()},
         heartbeats={r.name: r.heartbeat_resource for r in changed if r.ttl is not None},

@@ -78,6 +78,14 @@ class ResourceType:
     `full_state` types (LDS, CDS) are answered with every subscribed resource in each
     state-of-the-world response: a missing one means "deleted" to the client. `order` is the
     make-before-break position used by ordered ADS (clusters, endpoints, listeners, routes).
+
+    `namespace_type` (VHDS: routes) says resource names are `<namespace>/<name>`, where the
+    namespaces are the names of that type the client subscribed to: Envoy subscribes to a route
+    configuration's virtual hosts as a whole without naming them (its first request carries no
+    names) and then asks for `<route configuration>/<host>` on demand. `unresolved_aliases` says
+    a subscribed name that does not exist is answered with a body-less `Resource` whose
+    `aliases` repeat the name (how VHDS says "no such host", so a paused request resumes with a
+    404) rather than in `removed_resources`.
     """
 
     type_url: str
@@ -88,6 +96,13 @@ class ResourceType:
     rest_path: str | None
     full_state: bool
     order: int
+    namespace_type: str | None = None
+    unresolved_aliases: bool = False
+
+    def namespace_name(self, namespace: str) -> str:
+        """For a namespaced type, the name that stands for the whole of `namespace`:
+        `<namespace>/`, which is never a resource's (its own part is empty)."""
+        return namespace + "/"
 
     def name_of(self, resource: m.Message) -> str:
         """The resource's xDS name (for example `cluster_name` of a ClusterLoadAssignment)."""
@@ -124,6 +139,8 @@ def _row(
     full_state: bool = False,
     order: int,
     sotw: bool = True,
+    namespace_type: str | None = None,
+    unresolved_aliases: bool = False,
 ) -> ResourceType:
     methods = _service(
         service,
@@ -132,7 +149,16 @@ def _row(
         f"Fetch{stem}" if sotw else None,
     )
     return ResourceType(
-        type_url, short_name, message, name_field, methods, rest_path, full_state, order
+        type_url,
+        short_name,
+        message,
+        name_field,
+        methods,
+        rest_path,
+        full_state,
+        order,
+        namespace_type,
+        unresolved_aliases,
     )
 
 
@@ -152,7 +178,7 @@ _ROWS = (
          order=4),
     _row(VIRTUAL_HOST_TYPE, "vhds", m.VirtualHost, "name",
          "envoy.service.route.v3.VirtualHostDiscoveryService", "VirtualHosts", None,
-         order=5, sotw=False),
+         order=5, sotw=False, namespace_type=ROUTE_TYPE, unresolved_aliases=True),
     _row(SECRET_TYPE, "sds", m.Secret, "name",
          "envoy.service.secret.v3.SecretDiscoveryService", "Secrets", "secrets", order=6),
     _row(RUNTIME_TYPE, "rtds", m.Runtime, "name",

@@ -17,6 +17,7 @@ __all__ = [
     "length_delimited",
     "nonce_field",
     "resource_bytes",
+    "unresolved_alias_bytes",
     "varint",
 ]
 
@@ -33,6 +34,7 @@ _DELTA_REMOVED = 6
 _RESOURCE_VERSION = 1
 _RESOURCE_RESOURCE = 2
 _RESOURCE_NAME = 3
+_RESOURCE_ALIASES = 4
 _RESOURCE_TTL = 6
 _DURATION_SECONDS = 1
 _DURATION_NANOS = 2
@@ -102,6 +104,14 @@ def resource_bytes(
     if ttl is not None:
         out += length_delimited(_RESOURCE_TTL, duration(ttl))
     return out
+
+
+def unresolved_alias_bytes(name: str) -> bytes:
+    """A serialized `Resource` that only names `name`, also as its alias: how a delta response
+    says an on-demand (VHDS) name resolves to nothing."""
+    return length_delimited(_RESOURCE_NAME, name.encode()) + length_delimited(
+        _RESOURCE_ALIASES, name.encode()
+    )
 
 
 def delta_response_body(

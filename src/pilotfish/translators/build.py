@@ -1,7 +1,8 @@
 """Builders for the Envoy resources a simple HTTP control plane serves.
 
 Plain functions returning xds-protos messages with the defaults an Envoy user expects: an EDS
-cluster with its ClusterLoadAssignment, a route configuration, and an HTTP listener using RDS.
+cluster with its ClusterLoadAssignment, a route configuration, and an HTTP listener using RDS;
+for VHDS, a route configuration whose virtual hosts come on demand, and those virtual hosts.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from envoy.config.route.v3.route_components_pb2 import (
     VirtualHost,
     WeightedCluster,
 )
-from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.config.route.v3.route_pb2 import RouteConfiguration, Vhds
+from envoy.extensions.filters.http.on_demand.v3.on_demand_pb2 import OnDemand
 from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
@@ -50,10 +52,13 @@ __all__ = [
     "http_listener",
     "load_assignment",
     "route_config",
+    "vhds_route_config",
+    "virtual_host",
 ]
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
+ON_DEMAND_FILTER = "envoy.filters.http.on_demand"
 
 
 def ads_config_source() -> ConfigSource:
@@ -112,15 +117,24 @@ def load_assignment(
     return ClusterLoadAssignment(cluster_name=cluster_name, endpoints=[locality])
 
 
-def route_config(
+def virtual_host(
     name: str,
     clusters: str | Mapping[str, int],
     *,
     domains: Sequence[str] = ("*",),
     prefix: str = "/",
-    virtual_host: str = "default",
-) -> RouteConfiguration:
-    """One virtual host routing `prefix` to a cluster, or split by weight over several."""
+) -> VirtualHost:
+    """A virtual host routing `prefix` to a cluster, or split by weight over several.
+
+    Served over VHDS, its name is `<route configuration>/<host>` (the name Envoy asks for on
+    demand, and the one a removal names), with `<host>` among `domains`.
+    """
+    return _virtual_host(name, clusters, domains, prefix)
+
+
+def _virtual_host(
+    name: str, clusters: str | Mapping[str, int], domains: Sequence[str], prefix: str
+) -> VirtualHost:
     action = RouteAction()
     if isinstance(clusters, str):
         action.cluster = clusters
@@ -134,8 +148,37 @@ def route_config(
             )
         )
     route = Route(match=RouteMatch(prefix=prefix), route=action)
-    host = VirtualHost(name=virtual_host, domains=list(domains), routes=[route])
+    return VirtualHost(name=name, domains=list(domains), routes=[route])
+
+
+def route_config(
+    name: str,
+    clusters: str | Mapping[str, int],
+    *,
+    domains: Sequence[str] = ("*",),
+    prefix: str = "/",
+    virtual_host: str = "default",
+) -> RouteConfiguration:
+    """One virtual host routing `prefix` to a cluster, or split by weight over several."""
+    host = _virtual_host(virtual_host, clusters, domains, prefix)
     return RouteConfiguration(name=name, virtual_hosts=[host])
+
+
+def vhds_route_config(
+    name: str,
+    *,
+    virtual_hosts: Iterable[VirtualHost] = (),
+    config_source: ConfigSource | None = None,
+) -> RouteConfiguration:
+    """A route configuration whose virtual hosts come from VHDS (besides any given inline).
+
+    VHDS is delta only: over ADS (the default source) the proxy's ADS stream must be delta.
+    """
+    return RouteConfiguration(
+        name=name,
+        virtual_hosts=list(virtual_hosts),
+        vhds=Vhds(config_source=config_source or ads_config_source()),
+    )
 
 
 def http_listener(
@@ -146,8 +189,10 @@ def http_listener(
     address: str = "127.0.0.1",
     config_source: ConfigSource | None = None,
     stat_prefix: str = "ingress_http",
+    on_demand: bool = False,
 ) -> Listener:
-    """An HTTP listener whose routes come from RDS."""
+    """An HTTP listener whose routes come from RDS; `on_demand` adds the filter that fetches
+    a request's unknown virtual host over VHDS before routing it."""
     manager = HttpConnectionManager(
         stat_prefix=stat_prefix,
         rds=Rds(
@@ -155,6 +200,10 @@ def http_listener(
             route_config_name=route_config_name,
         ),
     )
+    if on_demand:
+        fetch = HttpFilter(name=ON_DEMAND_FILTER)
+        fetch.typed_config.Pack(OnDemand())
+        manager.http_filters.append(fetch)
     router = HttpFilter(name=ROUTER_FILTER)
     router.typed_config.Pack(Router())
     manager.http_filters.append(router)

@@ -11,6 +11,14 @@ Differences from state-of-the-world that matter here (xDS protocol, incremental 
 - Subscribing to a name again always resends it.
 - A first request with no names is a (legacy) wildcard subscription; `*` subscribes or
   unsubscribes the wildcard explicitly.
+- Except for a namespaced type (VHDS): there Envoy means "the namespaces I hold", which on ADS
+  are the names of the namespace type (route configurations) the stream subscribed to. The
+  stream subscribes to `<namespace>/` for each: a name that never exists, so the first answer
+  carries it (as an unresolved alias), which is what ends Envoy's wait for VHDS. Hosts are then
+  subscribed by name, on demand. Envoy waits again, without asking, for each route configuration
+  it is sent later (a new one, or one whose VHDS source changed): a response of the namespace
+  type names those in `refresh`, and the stream subscribes to (or forgets it told) their
+  `<namespace>/`, so the namespaced watch answers it again.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pilotfish.errors import LocalProtocolError
-from pilotfish.protos import DeltaDiscoveryRequest, Node, wire
+from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, Node, wire
 from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
 from pilotfish.xds.requests import Received, request_type_url, settle
 from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest
@@ -36,6 +44,7 @@ class DeltaTypeState:
     type_url: str
     names: set[str] = field(default_factory=set)
     wildcard: bool = False
+    namespaced: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     resumed: bool = False
     sent_version: str = ""
@@ -69,7 +78,11 @@ class DeltaStream:
             state.versions.update(request.initial_resource_versions)
             state.resumed = bool(state.versions)
         events: list[Event] = []
-        changed = self._update_subscription(state, request, first, events)
+        subscribe = set(request.resource_names_subscribe)
+        if first and not subscribe and (namespaces := self._namespaces(type_url)):
+            state.namespaced = True
+            subscribe = set(namespaces)
+        changed = self._update_subscription(state, request, subscribe, first, events)
 
         nonce = request.response_nonce
         stale = bool(nonce) and nonce != state.sent_nonce
@@ -111,10 +124,16 @@ class DeltaStream:
                 state.versions.pop(name, None)
         for ref_type, ref_names in response.refresh.items():
             dependent = self.types.get(ref_type)
-            if dependent is not None:
+            if dependent is None:
+                continue
+            if dependent.namespaced:  # answer these namespaces again (module docstring)
+                dependent.names |= ref_names
                 for name in ref_names:
-                    if dependent.versions.get(name):
-                        del dependent.versions[name]
+                    dependent.versions.pop(name, None)
+                continue
+            for name in ref_names:
+                if dependent.versions.get(name):
+                    del dependent.versions[name]
         state.sent_version = response.system_version
         state.sent_nonce = nonce
         state.awaiting_ack = True
@@ -124,11 +143,25 @@ class DeltaStream:
             response.type_url, response.system_version, nonce, names
         )
 
+    def _namespaces(self, type_url: str) -> frozenset[str]:
+        """`<namespace>/` for each name of the type's namespace type this stream subscribed to
+        (none: not a namespaced type, or a stream that knows no namespace, as a VHDS service)."""
+        row = RESOURCE_TYPES.get(type_url)
+        if row is None or row.namespace_type is None:
+            return frozenset()
+        parent = self.types.get(row.namespace_type)
+        if parent is None:
+            return frozenset()
+        return frozenset(row.namespace_name(n) for n in parent.names)
+
     @staticmethod
     def _update_subscription(
-        state: DeltaTypeState, request: DeltaDiscoveryRequest, first: bool, events: list[Event]
+        state: DeltaTypeState,
+        request: DeltaDiscoveryRequest,
+        subscribe: set[str],
+        first: bool,
+        events: list[Event],
     ) -> bool:
-        subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)
         if not (first or subscribe or unsubscribe):
             return False
