@@ -1,4 +1,4 @@
-"""The `pilotfish` command: `serve`, `validate`, `translate`, `bootstrap`, `demo`.
+"""The `pilotfish` command: `serve`, `validate`, `translate`, `bootstrap`, `cert`, `demo`.
 
 Each subcommand lives in `pilotfish.commands.<name>`; this module only parses and dispatches,
 and turns user mistakes (`CommandError`) into one line on stderr and exit status 2.
@@ -16,7 +16,7 @@ from pilotfish.commands import CommandError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ("serve", "validate", "translate", "bootstrap", "demo")
+COMMANDS = ("serve", "validate", "translate", "bootstrap", "cert", "demo")
 
 
 def _parser() -> argparse.ArgumentParser:

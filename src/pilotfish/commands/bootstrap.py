@@ -47,6 +47,11 @@ def register(commands: Any) -> None:
                        metavar="PORT=APP_PORT",
                        help="where the application behind a sidecar listens; repeat")  # fmt: skip
     where.add_argument("--workload", help="the workload (pod, WorkloadEntry) name")
+    secure = boot.add_argument_group("a secured xDS port (serve --xds-tls / --xds-token)")
+    secure.add_argument("--xds-ca", metavar="PEM", help="trust this CA for the control plane")
+    secure.add_argument("--xds-cert", metavar="PEM", help="client certificate (pilotfish cert)")
+    secure.add_argument("--xds-key", metavar="PEM", help="its private key")
+    secure.add_argument("--xds-token", help="a development token instead of a certificate")
     boot.set_defaults(func=run)
 
 
@@ -92,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         ads=not args.per_type,
         admin_port=args.admin_port,
         node_metadata=_metadata(args) or None,
+        xds_ca=args.xds_ca,
+        xds_tls_cert=args.xds_cert,
+        xds_tls_key=args.xds_key,
+        xds_token=args.xds_token,
     )
     json.dump(bootstrap, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
 from pilotfish.admin import AdminServer
@@ -28,7 +29,8 @@ from pilotfish.metrics import Metrics
 from pilotfish.security import CertificateAuthority, WorkloadSecrets
 from pilotfish.sources import ConfigStore
 from pilotfish.sources.watch import DirectoryWatcher
-from pilotfish.xds.server import XdsServer
+from pilotfish.xds.auth import Authenticator, SpiffeAuthenticator, TokenAuthenticator
+from pilotfish.xds.server import XdsServer, server_credentials
 
 __all__ = ["Settings", "register", "settings_from"]
 
@@ -48,6 +50,8 @@ class Settings:
     log_level: str = "info"
     ca_dir: Path | None = None
     cert_ttl: float = 86400.0
+    xds_tls: bool = False
+    xds_token: str = ""
 
 
 _CONVERT: dict[str, Any] = {
@@ -60,6 +64,8 @@ _CONVERT: dict[str, Any] = {
     "log_level": str,
     "ca_dir": Path,
     "cert_ttl": float,
+    "xds_tls": lambda text: text.lower() in ("1", "true", "yes", "on"),
+    "xds_token": str,
 }
 
 
@@ -104,6 +110,14 @@ def register(commands: Any) -> None:
         help="run the workload CA with its root kept here (created on first start): every proxy "
         "gets its SPIFFE certificate over SDS and sidecars speak mutual TLS",
     )
+    serve.add_argument(
+        "--xds-tls",
+        action="store_const",
+        const="true",
+        help="serve xDS over TLS (a certificate from the CA, --ca-dir) and require each proxy's "
+        "client certificate, whose identity must match the node it claims",
+    )
+    serve.add_argument("--xds-token", help="accept this bearer token for any node (development)")
     serve.add_argument(
         "--cert-ttl",
         metavar="SECONDS",
@@ -161,6 +175,24 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
+def _xds_security(
+    settings: Settings, workload_secrets: WorkloadSecrets | None
+) -> tuple[grpc.ServerCredentials | None, Authenticator | None]:
+    """TLS with client certificates checked against the node (--xds-tls), a token, or neither."""
+    if settings.xds_tls and settings.xds_token:
+        raise CommandError("--xds-tls and --xds-token exclude each other")
+    if settings.xds_token:
+        return None, TokenAuthenticator({settings.xds_token: None})
+    if not settings.xds_tls:
+        return None, None
+    if workload_secrets is None:
+        raise CommandError("--xds-tls needs the CA: give --ca-dir too")
+    ca = workload_secrets.ca
+    issued = ca.issue("istio-system", "pilotfish", ttl=timedelta(days=365))
+    credentials = server_credentials(issued.cert_pem, issued.key_pem, ca.trust_bundle())
+    return credentials, SpiffeAuthenticator(ca.trust_domain, is_revoked=ca.is_revoked)
+
+
 def _host_port(value: tuple[str, int]) -> str:
     host, port = value
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -199,7 +231,10 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         workload_secrets=workload_secrets,
     )
     metrics.inner = controller
-    server = XdsServer(cache, callbacks=metrics)
+    credentials, authenticator = _xds_security(settings, workload_secrets)
+    server = XdsServer(
+        cache, callbacks=metrics, credentials=credentials, authenticator=authenticator
+    )
     try:
         xds_port = await server.start(_host_port(settings.xds_address))
     except Exception as error:  # grpc raises RuntimeError for a port in use
