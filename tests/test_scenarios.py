@@ -50,7 +50,13 @@ def test_warming_then_traffic(plane: Plane, http_upstream: Upstreams) -> None:
     assert envoy.dynamic_clusters() == {
         n: version(snapshot, CLUSTER_TYPE, n) for n in ("blue", "green")
     }
-    assert envoy.dynamic_listeners() == {"web": version(snapshot, LISTENER_TYPE, "web")}
+    listeners = {"web": version(snapshot, LISTENER_TYPE, "web")}
+    if plane.mode.rest:
+        # Seen once in CI under load (REST only, not reproduced in 9 runs with the CPUs busy):
+        # right after serving traffic the listener had no active state, so wait for it rather
+        # than fail, and say so. Everything else about REST mode is asserted as in the others.
+        wait_until(lambda: envoy.dynamic_listeners() == listeners, timeout=5)
+    assert envoy.dynamic_listeners() == listeners
     assert envoy.dynamic_route_configs() == {"routes": version(snapshot, ROUTE_TYPE, "routes")}
     assert envoy.stat("cluster.green.membership_healthy") == 1
 
