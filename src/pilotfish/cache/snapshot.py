@@ -203,7 +203,8 @@ class Snapshot:
             body=body,
             heartbeat=heartbeat,
             resource_versions=MappingProxyType({r.name: r.version for r in chosen}),
-            references=self._references(type_url, chosen),
+            references=(references := self._references(type_url, chosen)),
+            reference_types=frozenset(t for refs in (references or {}).values() for t in refs),
         )
         with self._lock:
             # Two threads may race to build it; the first one stored wins and is shared.

@@ -134,7 +134,9 @@ class Session:
             assert isinstance(response, PreparedResponse)
             data, sent = self.protocol.send(response)
             for ref_type in self.protocol.rewarm:
-                if ref_type in self._cancels:  # an idle watch: answer the forgotten names now
+                # An idle watch: answer the forgotten names now. (A pending answer was made for
+                # the whole subscription at the new version: it carries them already.)
+                if ref_type in self._cancels and ref_type not in self._pending:
                     self._open(ref_type, self.protocol.watch_request(ref_type))
             if response.heartbeat is None:
                 self._heartbeats.pop(type_url, None)

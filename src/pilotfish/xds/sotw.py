@@ -128,15 +128,16 @@ class SotwStream:
         self.rewarm = frozenset()
         before = state.sent_resources
         if response.references and before:
-            affected = set()
-            for name, refs in response.references.items():
-                old = before.get(name)
-                if old is None or old == (response.resource_versions or {}).get(name):
-                    continue  # added, or unchanged: nothing warms again
-                for ref_type, names in refs.items():
-                    if self._forget(ref_type, names):
-                        affected.add(ref_type)
-            self.rewarm = frozenset(affected)
+            now = response.resource_versions or {}
+            # Any update (not an addition) of a resource others depend on: the client re-warms
+            # it and waits for its dependents, so the next answer of their types must come even
+            # if unchanged. A state-of-the-world answer carries every subscribed name anyway, so
+            # forgetting the whole type costs nothing more, and this stops at the first update.
+            if any(
+                (old := before.get(name)) is not None and old != now.get(name)
+                for name in response.references
+            ):
+                self.rewarm = frozenset(t for t in response.reference_types if self._forget_all(t))
         self._nonce += 1
         nonce = str(self._nonce)
         state.sent_version = response.version
@@ -149,14 +150,12 @@ class SotwStream:
             response.type_url, response.version, nonce, response.names
         )
 
-    def _forget(self, type_url: str, names: frozenset[str]) -> bool:
+    def _forget_all(self, type_url: str) -> bool:
         state = self.types.get(type_url)
-        if state is None or state.sent_resources is None:
+        if state is None or not state.sent_resources:
             return False
-        if names.isdisjoint(state.sent_resources):
-            return False
-        state.sent_names = state.sent_names - names
-        state.sent_resources = {n: v for n, v in state.sent_resources.items() if n not in names}
+        state.sent_names = frozenset()
+        state.sent_resources = {}
         return True
 
     def watch_request(self, type_url: str) -> WatchRequest:

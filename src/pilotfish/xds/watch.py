@@ -68,6 +68,7 @@ class PreparedResponse:
     heartbeat: bytes | None = None
     resource_versions: Mapping[str, str] | None = None
     references: Mapping[str, Mapping[str, frozenset[str]]] | None = None
+    reference_types: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
