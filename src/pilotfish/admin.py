@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pilotfish.cache import Snapshot, SnapshotCache
 from pilotfish.errors import PilotfishError, ValidationError
+from pilotfish.httpthread import ThreadedHttp
 from pilotfish.metrics import Metrics
 from pilotfish.protos import RESOURCE_TYPES, Message
 from pilotfish.sources import ConfigObject
@@ -251,31 +249,14 @@ class _Views:
         return _json({"objects": objects, "errors": errors})
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # idle keep-alive connections must not hold up stop()
-    views: _Views
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up is routine (scrapers, curl ^C): no traceback on stderr.
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            log.debug("admin client %s went away", client_address)
-        else:
-            log.exception("admin request from %s failed", client_address)
-
-
-class _IPv6HttpServer(_HttpServer):
-    address_family = socket.AF_INET6
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds an idle keep-alive connection is kept
-    server: _HttpServer
 
     def _reply(self, with_body: bool) -> None:
         url = urlsplit(self.path)
-        view = self.server.views.routes.get(url.path)
+        views: _Views = self.server.owner  # type: ignore[attr-defined]
+        view = views.routes.get(url.path)
         try:
             reply = (
                 view(parse_qs(url.query))
@@ -315,41 +296,21 @@ class AdminServer:
     ) -> None:
         self.host = host
         self._views = _Views(source, metrics)
-        self._requested_port = port
-        self._server: _HttpServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = ThreadedHttp(_Handler, self._views, host=host, port=port,
+                                  name="pilotfish-admin", poll_interval=0.1)  # fmt: skip
 
     def __repr__(self) -> str:
-        where = f"{self.host}:{self.port}" if self._server else "stopped"
+        where = f"{self.host}:{self.port}" if self._http.running else "stopped"
         return f"<AdminServer {where}>"
 
     def start(self) -> Self:
         """Bind and serve in a daemon thread (OSError if the address is taken)."""
-        if self._server is not None:
-            return self
-        kind = _IPv6HttpServer if ":" in self.host else _HttpServer
-        server = kind((self.host, self._requested_port), _Handler)
-        server.views = self._views
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="pilotfish-admin",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
         """Stop serving. Idempotent."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -365,13 +326,9 @@ class AdminServer:
     @property
     def port(self) -> int:
         """The bound port."""
-        if self._server is None:
-            raise RuntimeError(f"{self!r} is not running")
-        port: int = self._server.server_address[1]
-        return port
+        return self._http.port
 
     @property
     def url(self) -> str:
         """`http://host:port`, for clients."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._http.url

@@ -31,16 +31,17 @@ import contextlib
 import http.client
 import json
 import re
-import socket
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, ClassVar, Self
+
+from pilotfish.httpthread import ThreadedHttp
 
 __all__ = [
     "DETAILS_UNAVAILABLE",
@@ -150,33 +151,12 @@ class Reply:
         return None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    app: App
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Stay quiet when a caller gave up (a timeout upstream); report anything else."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     # Envoy keeps connections alive: speak HTTP/1.1 and always set content-length.
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle on, the body waits for the peer's
     # delayed ACK (~40 ms per answer, so ~45 ms per product page instead of ~3 ms).
     disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.app._opened(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.app._closed(self.connection)
 
     def _serve(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -184,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         path, _, query = self.path.partition("?")
         headers = {name.lower(): value for name, value in self.headers.items()}
-        app = self.server.app
+        app: App = self.server.owner  # type: ignore[attr-defined]
         status, body = app._handle(Request(self.command, path, query, headers))
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -246,10 +226,10 @@ class App:
         self._failing = False
         self._last_headers: dict[str, str] = {}
         self._last_path = ""
-        self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # Polls often: how soon stop() is noticed.
+        self._http = ThreadedHttp(_Handler, self, host=host, name=f"bookinfo-{self.name}",
+                                  poll_interval=0.02)  # fmt: skip
 
     @property
     def name(self) -> str:
@@ -257,44 +237,23 @@ class App:
         return f"{self.service}-{self.version}"
 
     def __repr__(self) -> str:
-        where = self.url if self._server is not None else "stopped"
+        where = self.url if self._http.running else "stopped"
         return f"<{type(self).__name__} {self.name} {where}>"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> Self:
         """Bind a free port on `host` and serve in a background thread."""
-        if self._server is not None:
-            return self
-        self._stopping.clear()
-        server = _Server((self.host, 0), _Handler)
-        server.app = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.02},  # how soon stop() is noticed
-            name=f"bookinfo-{self.name}",
-            daemon=True,
-        )
-        self._thread.start()
+        if not self._http.running:
+            self._stopping.clear()
+            self._http.start()
         return self
 
     def stop(self) -> None:
         """Stop serving, close the listening socket and the kept-alive connections."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        self._stopping.set()  # cuts delays short
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join()
+        if self._http.running:
+            self._stopping.set()  # cuts delays short
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -309,10 +268,7 @@ class App:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError(f"{self!r} is not running")
-        port: int = self._server.server_address[1]
-        return port
+        return self._http.port
 
     @property
     def address(self) -> Address:
@@ -372,14 +328,6 @@ class App:
             self._last_path = ""
 
     # -- serving --------------------------------------------------------------------------------
-
-    def _opened(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(conn)
-
-    def _closed(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(conn)
 
     def _handle(self, request: Request) -> tuple[int, Any]:
         with self._lock:

@@ -5,41 +5,25 @@ Every request gets ``200`` with body = the upstream's name and header ``x-upstre
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Self
 
+from pilotfish.httpthread import ThreadedHttp
+
 __all__ = ["HttpUpstream"]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    upstream: HttpUpstream
 
 
 class _Handler(BaseHTTPRequestHandler):
     # Envoy keeps upstream connections alive: speak HTTP/1.1 and always set content-length.
     protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.upstream._opened(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.upstream._closed(self.connection)
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
-        upstream = self.server.upstream
+        upstream: HttpUpstream = self.server.owner  # type: ignore[attr-defined]
         upstream._record(self.path, {k.lower(): v for k, v in self.headers.items()})
         body = upstream.name.encode()
         self.send_response(200)
@@ -66,45 +50,20 @@ class HttpUpstream:
         self._requests = 0
         self._last_headers: dict[str, str] = {}
         self._last_path = ""
-        self._connections: set[socket.socket] = set()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = ThreadedHttp(_Handler, self, host=host, name=f"HttpUpstream-{name}")
 
     def __repr__(self) -> str:
-        where = f"{self.host}:{self._server.server_address[1]}" if self._server else "stopped"
+        where = f"{self.host}:{self._http.port}" if self._http.running else "stopped"
         return f"<HttpUpstream {self.name} {where}>"
 
     def start(self) -> Self:
         """Bind a free port and serve in a background thread."""
-        if self._server is not None:
-            return self
-        server = _Server((self.host, 0), _Handler)
-        server.upstream = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"HttpUpstream-{self.name}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and close kept-alive connections too, so Envoy sees the upstream go."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join()
+        self._http.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -119,10 +78,7 @@ class HttpUpstream:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError(f"{self!r} is not running")
-        port: int = self._server.server_address[1]
-        return port
+        return self._http.port
 
     @property
     def address(self) -> tuple[str, int]:
@@ -150,11 +106,3 @@ class HttpUpstream:
             self._requests += 1
             self._last_headers = headers
             self._last_path = path
-
-    def _opened(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(conn)
-
-    def _closed(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(conn)
