@@ -98,16 +98,16 @@ def test_disable_serves_plain_text_only(
     mesh: tuple[LocalMesh, MeshProxy, MeshProxy, HttpUpstream],
 ) -> None:
     running, client, server, app = mesh
-    # DISABLE on the server; the client must not originate TLS to it then: a DestinationRule
-    # says so (auto mTLS does not look at the destination's policy yet).
-    rule = """
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: server, namespace: default}
-spec: {host: server, trafficPolicy: {tls: {mode: DISABLE}}}
-"""
-    running.apply(_objects(SERVICE + "---\n" + DISABLE + "---\n" + rule))
+    # DISABLE on the server: auto mTLS sees it and the client's sidecar sends plain text.
+    running.apply(_objects(SERVICE + "---\n" + DISABLE))
     running.wait_converged()
     assert _plain_to_server(server) == 200
     assert _through_client(client).status == 200
     assert "x-forwarded-client-cert" not in app.last_headers
+    # The 200 above already says the client sent plain text (the server takes nothing else);
+    # its cluster confirms it.
+    translation = client.translation
+    assert translation is not None
+    name = "outbound|9080||server.default.svc.cluster.local"
+    (cluster,) = [c for c in translation.clusters if c.name == name]
+    assert not cluster.HasField("transport_socket")

@@ -14,6 +14,7 @@ from pilotfish.translators.clusters import distribution, effective_policy, outbo
 from pilotfish.translators.endpoints import cluster_load_assignment
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.naming import parse_cluster_name
+from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
 
 __all__ = ["outbound"]
@@ -28,6 +29,13 @@ def outbound(
     for service in registry.services():
         rule = index.destination_rule(service.hostname, proxy.namespace)
         for port in service.ports:
+            # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
+            # says DISABLE for the port would not accept TLS, so they get plain text.
+            endpoints = registry.endpoints(service.hostname, port.number) if auto_mtls else []
+            accepts_tls = any(
+                mtls_mode(index.others, e.namespace, dict(e.labels), e.port) != "DISABLE"
+                for e in endpoints
+            )
             for cluster in outbound_clusters(
                 service,
                 port,
@@ -35,7 +43,7 @@ def outbound(
                 registry=registry,
                 proxy=proxy,
                 domain=index.domain,
-                auto_mtls=auto_mtls,
+                auto_mtls=auto_mtls and accepts_tls,
             ):
                 clusters.append(cluster)
                 if cluster.type != Cluster.EDS:
