@@ -1244,3 +1244,38 @@ def test_envoy_accepts_the_routes(tmp_path: Path) -> None:
     )
     assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-4000:]
     assert "Deprecated field" not in checked.stderr, checked.stderr[-4000:]
+
+
+def test_tcp_destinations_follow_the_http_port_rule() -> None:
+    # One rule for every route kind (istiod's GetDestinationCluster): a destination without a
+    # port goes to the service's only port, not to the port the traffic arrived on.
+    from pilotfish.registry import Registry, Service, ServicePort
+    from pilotfish.translators.index import ConfigIndex
+    from pilotfish.translators.routes import tcp_destinations
+
+    loaded = load_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: data}
+spec:
+  hosts: [db.example]
+  tcp:
+  - route:
+    - {destination: {host: pg}, weight: 70}
+    - {destination: {host: pg, port: {number: 6432}}, weight: 30}
+"""
+    )
+    assert loaded.errors == []
+    registry = Registry()
+    registry.add_service(
+        Service("pg.data.svc.cluster.local", "data", (ServicePort("tcp", 5432, "TCP"),))
+    )
+    (vs,) = loaded.objects
+    spec: Any = vs.spec
+    index = ConfigIndex.build(loaded.objects)
+    weights = tcp_destinations(spec.tcp[0].route, 9000, "data", index, registry)
+    assert weights == {
+        "outbound|5432||pg.data.svc.cluster.local": 70,
+        "outbound|6432||pg.data.svc.cluster.local": 30,
+    }

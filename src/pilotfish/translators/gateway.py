@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -42,13 +41,12 @@ from pilotfish.translators.listeners import http_connection_manager, listener, t
 from pilotfish.translators.naming import (
     ROOT_CA_SECRET,
     WORKLOAD_SECRET,
-    cluster_name,
     gateway_https_route_name,
     gateway_route_name,
     listener_name,
 )
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.routes import http_routes
+from pilotfish.translators.routes import http_routes, tcp_destinations
 from pilotfish.translators.version import stamp
 
 __all__ = ["gateway_config"]
@@ -101,11 +99,11 @@ def gateway_config(
                 )
                 port.inspect_tls = True
             elif protocol in ("TLS", "HTTPS"):
-                chains = _passthrough_chains(gateway, server, index)
+                chains = _passthrough_chains(gateway, server, index, registry)
                 port.chains.extend(chains)
                 port.inspect_tls = True
             else:
-                port.chains.extend(_tcp_chains(gateway, server, index))
+                port.chains.extend(_tcp_chains(gateway, server, index, registry))
     listeners: list[Listener] = []
     routes: list[RouteConfiguration] = []
     for number in sorted(ports):
@@ -252,20 +250,8 @@ def _tls(settings: ServerTLSSettings, http: bool) -> DownstreamTlsContext:
     return context
 
 
-def _destinations(
-    destinations: Iterable[Any], port: int, vs: ConfigObject, index: ConfigIndex
-) -> dict[str, int]:
-    items = list(destinations)
-    weights: dict[str, int] = {}
-    for item in items:
-        d = item.destination
-        name = cluster_name(d.port.number or port, index.resolve(d.host, vs.namespace), d.subset)
-        weights[name] = weights.get(name, 0) + (item.weight or (100 if len(items) == 1 else 0))
-    return weights
-
-
 def _passthrough_chains(
-    gateway: ConfigObject, server: Server, index: ConfigIndex
+    gateway: ConfigObject, server: Server, index: ConfigIndex, registry: Registry
 ) -> list[FilterChain]:
     chains = []
     number = server.port.number
@@ -278,19 +264,22 @@ def _passthrough_chains(
             )
             if snis:
                 proxy = tcp_proxy(
-                    f"{server.port.name}.{number}", _destinations(route.route, number, vs, index)
+                    f"{server.port.name}.{number}",
+                    tcp_destinations(route.route, number, vs.namespace, index, registry),
                 )
                 chains.append(tls_chain([proxy], server_names=snis))
     return chains
 
 
-def _tcp_chains(gateway: ConfigObject, server: Server, index: ConfigIndex) -> list[FilterChain]:
+def _tcp_chains(
+    gateway: ConfigObject, server: Server, index: ConfigIndex, registry: Registry
+) -> list[FilterChain]:
     number = server.port.number
     for vs, _host in _bound(gateway, server, index):
         spec = vs.spec
         assert isinstance(spec, VirtualService)
         for route in spec.tcp:
             if all(not m.port or m.port == number for m in route.match):
-                weights = _destinations(route.route, number, vs, index)
+                weights = tcp_destinations(route.route, number, vs.namespace, index, registry)
                 return [tls_chain([tcp_proxy(f"{server.port.name}.{number}", weights)])]
     return []

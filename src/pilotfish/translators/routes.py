@@ -65,6 +65,7 @@ from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import (
     HTTPRoute,
     HTTPRouteDestination,
     Percent,
+    RouteDestination,
     StringMatch,
     VirtualService,
 )
@@ -75,7 +76,14 @@ from pilotfish.translators.naming import cluster_name, parse_cluster_name
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.version import stamp
 
-__all__ = ["CORS_FILTER", "FAULT_FILTER", "default_route", "http_routes"]
+__all__ = [
+    "CORS_FILTER",
+    "FAULT_FILTER",
+    "default_route",
+    "destination_cluster",
+    "http_routes",
+    "tcp_destinations",
+]
 
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
@@ -104,6 +112,39 @@ _HashPolicyFn = Callable[[MergedRule | None, int, str], list[Any]]
 
 
 # -- public API ----------------------------------------------------------------------------------
+
+
+def destination_cluster(destination: Destination, port: int, registry: Registry) -> tuple[str, int]:
+    """istiod's `GetDestinationCluster` for a destination whose host is an FQDN: its cluster
+    and the port it names (the destination's port, else the service's only port, else `port`,
+    the port the traffic arrived on)."""
+    if destination.HasField("port") and destination.port.number:
+        port = destination.port.number
+    else:
+        service = registry.service(destination.host)
+        if service is not None and len(service.ports) == 1:
+            port = service.ports[0].number
+    return cluster_name(port, destination.host, destination.subset), port
+
+
+def tcp_destinations(
+    destinations: Iterable[RouteDestination],
+    port: int,
+    namespace: str,
+    index: ConfigIndex,
+    registry: Registry,
+) -> dict[str, int]:
+    """Cluster weights of a TCP or TLS route written in `namespace`: a sole destination without
+    a weight takes everything, as in HTTP routes."""
+    items = list(destinations)
+    weights: dict[str, int] = {}
+    for item in items:
+        destination = Destination()
+        destination.CopyFrom(item.destination)
+        destination.host = index.resolve(destination.host, namespace)
+        name, _ = destination_cluster(destination, port, registry)
+        weights[name] = weights.get(name, 0) + (item.weight or (100 if len(items) == 1 else 0))
+    return weights
 
 
 def http_routes(
@@ -375,14 +416,7 @@ class _Context:
 
     def cluster(self, destination: Destination) -> tuple[str, int]:
         """istiod's `GetDestinationCluster`: the cluster name and the port it names."""
-        port = self.port
-        if destination.HasField("port") and destination.port.number:
-            port = destination.port.number
-        else:
-            service = self.registry.service(destination.host)
-            if service is not None and len(service.ports) == 1:
-                port = service.ports[0].number
-        return cluster_name(port, destination.host, destination.subset), port
+        return destination_cluster(destination, self.port, self.registry)
 
     def hashes(self, destination: Destination, port: int) -> list[Any]:
         if self.hash_policy is None:

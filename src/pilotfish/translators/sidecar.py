@@ -9,7 +9,6 @@ rest are Istio-style virtual listeners (`bind_to_port: false`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
@@ -49,7 +48,7 @@ from pilotfish.translators.naming import (
 )
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.routes import default_route, http_routes
+from pilotfish.translators.routes import default_route, http_routes, tcp_destinations
 from pilotfish.translators.version import stamp
 
 __all__ = ["inbound", "outbound_listeners", "outbound_routes"]
@@ -139,7 +138,7 @@ def outbound_listeners(proxy: Proxy, index: ConfigIndex, registry: Registry) -> 
             chains = [tls_chain([hcm])]
             inspect = False
         else:
-            chains, inspect = _tcp_chains(number, members, proxy, index)
+            chains, inspect = _tcp_chains(number, members, index, registry)
         result.append(
             stamp(
                 listener(
@@ -151,7 +150,7 @@ def outbound_listeners(proxy: Proxy, index: ConfigIndex, registry: Registry) -> 
 
 
 def _tcp_chains(
-    number: int, members: list[tuple[Service, ServicePort]], proxy: Proxy, index: ConfigIndex
+    number: int, members: list[tuple[Service, ServicePort]], index: ConfigIndex, registry: Registry
 ) -> tuple[list[FilterChain], bool]:
     chains = []
     seen_sni: set[str] = set()
@@ -169,7 +168,12 @@ def _tcp_chains(
                 stat = f"outbound|{number}||{service.hostname}"
                 chains.append(
                     tls_chain(
-                        [tcp_proxy(stat, _weights(tls.route, number, vs.namespace, index))],
+                        [
+                            tcp_proxy(
+                                stat,
+                                tcp_destinations(tls.route, number, vs.namespace, index, registry),
+                            )
+                        ],
                         server_names=snis,
                     )
                 )
@@ -177,7 +181,7 @@ def _tcp_chains(
                 if default is None and all(not m.port or m.port == number for m in tcp.match):
                     default = tcp_proxy(
                         f"outbound|{number}||{service.hostname}",
-                        _weights(tcp.route, number, vs.namespace, index),
+                        tcp_destinations(tcp.route, number, vs.namespace, index, registry),
                     )
         if default is None:
             target = cluster_name(number, service.hostname)
@@ -187,25 +191,8 @@ def _tcp_chains(
     return chains, len(chains) > 1
 
 
-def _weights(
-    destinations: Iterable[Any], port: int, namespace: str, index: ConfigIndex
-) -> dict[str, int]:
-    weights: dict[str, int] = {}
-    items = list(destinations)
-    for item in items:
-        d = item.destination
-        number = d.port.number or port
-        name = cluster_name(number, index.resolve(d.host, namespace), d.subset)
-        weights[name] = weights.get(name, 0) + (item.weight or (100 if len(items) == 1 else 0))
-    return weights
-
-
 def inbound(
-    proxy: Proxy,
-    registry: Registry,
-    index: ConfigIndex | None = None,
-    *,
-    mtls: bool = False,
+    proxy: Proxy, registry: Registry, index: ConfigIndex, *, mtls: bool = False
 ) -> tuple[list[Listener], list[Cluster]]:
     """A listener and an `inbound|<port>||` cluster per port of the services this workload
     serves; the listener binds the workload's own endpoint port (where other proxies send).
@@ -213,6 +200,10 @@ def inbound(
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
     seen: set[int] = set()
+    # AuthorizationPolicies select workloads, not ports: one set of filters for every port.
+    rbac = rbac_http_filters(
+        policies_for(index.others, proxy.namespace, proxy.labels), trust_domain=index.domain
+    )
     for service in registry.services_of(proxy.namespace, proxy.labels):
         for port in service.ports:
             target = port.target_port if isinstance(port.target_port, int) else port.number
@@ -228,20 +219,16 @@ def inbound(
             ]
             cluster = inbound_cluster_name(target)
             clusters.append(_inbound_cluster(cluster, proxy.app_port(target)))
-            mode = (
-                mtls_mode(index.others if index else (), proxy.namespace, proxy.labels, target)
-                if mtls
-                else "DISABLE"
-            )
-            rbac = rbac_http_filters(
-                policies_for(index.others if index else (), proxy.namespace, proxy.labels),
-                trust_domain=index.domain if index else "cluster.local",
-            )
-            chains = _inbound_chains(cluster, target, port.is_http, mode, rbac)
             if not mine:
                 # No endpoint of this workload is registered: nobody is sent here, and a
                 # virtual listener on the service port would clash with the outbound one.
                 continue
+            mode = (
+                mtls_mode(index.others, proxy.namespace, proxy.labels, target)
+                if mtls
+                else "DISABLE"
+            )
+            chains = _inbound_chains(cluster, target, port.is_http, mode, rbac)
             listeners.append(
                 stamp(
                     listener(
