@@ -27,7 +27,7 @@ import pytest
 
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.demo.apps import App, Details, ProductPage, Ratings, Reviews
-from pilotfish.demo.bookinfo import Page, _get
+from pilotfish.demo.bookinfo import Page, get_page
 from pilotfish.testing import EnvoyProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ class Mesh:
     log: list[str] = field(default_factory=list)
 
     def page(self, user: str | None = None) -> Page:
-        return _get("127.0.0.1", self.gateway_port, "/productpage",
+        return get_page("127.0.0.1", self.gateway_port, "/productpage",
                     {"end-user": user} if user else {})  # fmt: skip
 
     def versions(self, user: str | None, n: int = 10) -> Counter[str | None]:

@@ -20,8 +20,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf.json_format import MessageToDict
@@ -29,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pilotfish.cache import Snapshot, SnapshotCache
 from pilotfish.errors import PilotfishError, ValidationError
-from pilotfish.httpthread import ThreadedHttp
+from pilotfish.httpthread import HttpService, ThreadedHttp
 from pilotfish.metrics import Metrics
 from pilotfish.protos import RESOURCE_TYPES, Message
 from pilotfish.sources import ConfigObject
@@ -284,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class AdminServer:
+class AdminServer(HttpService):
     """The admin endpoints on `host:port` (port 0: any free port; see `.port` once started)."""
 
     def __init__(
@@ -302,33 +301,3 @@ class AdminServer:
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self._http.running else "stopped"
         return f"<AdminServer {where}>"
-
-    def start(self) -> Self:
-        """Bind and serve in a daemon thread (OSError if the address is taken)."""
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving. Idempotent."""
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return self._http.port
-
-    @property
-    def url(self) -> str:
-        """`http://host:port`, for clients."""
-        return self._http.url

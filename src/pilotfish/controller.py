@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pilotfish.cache import Snapshot, SnapshotCache
@@ -313,15 +313,11 @@ def _digest(objects: Iterable[ConfigObject]) -> bytes:
 
 
 def _shape(proxy: Proxy) -> tuple[object, ...]:
-    """Everything about a proxy that translation reads: all but its id."""
-    return (
-        proxy.namespace,
-        tuple(sorted(proxy.labels.items())),
-        proxy.service_account,
-        proxy.kind,
-        proxy.address,
-        proxy.locality,
-        tuple(sorted(proxy.port_map.items())),
-        tuple(sorted(proxy.app_ports.items())),
-        proxy.workload,
+    """Everything about a proxy that translation reads: all its fields but its id (derived from
+    the dataclass, so a new field cannot be forgotten here)."""
+    return tuple(
+        tuple(sorted(value.items())) if isinstance(value, Mapping) else value
+        for f in dataclasses.fields(proxy)
+        if f.name != "id"
+        for value in (getattr(proxy, f.name),)
     )

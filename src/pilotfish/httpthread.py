@@ -13,9 +13,10 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
-__all__ = ["ThreadedHttp"]
+__all__ = ["HttpService", "ThreadedHttp"]
 
 
 class _Server(ThreadingHTTPServer):
@@ -119,3 +120,39 @@ class ThreadedHttp:
         """`http://host:port`."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+class HttpService:
+    """Base of an object serving HTTP through `self._http`: start/stop, `with`, port and url."""
+
+    _http: ThreadedHttp
+
+    def start(self) -> Self:
+        """Bind and serve in a daemon thread (OSError if the address is taken)."""
+        self._http.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close kept-alive connections. Idempotent."""
+        self._http.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self._http.port
+
+    @property
+    def url(self) -> str:
+        """`http://host:port`."""
+        return self._http.url

@@ -38,10 +38,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from pilotfish.httpthread import ThreadedHttp
+from pilotfish.httpthread import HttpService, ThreadedHttp
 
 __all__ = [
     "DETAILS_UNAVAILABLE",
@@ -194,7 +193,7 @@ def _with_id(
     return answer(int(raw))
 
 
-class App:
+class App(HttpService):
     """One bookinfo service instance: a JSON HTTP server in a background thread.
 
     `outbound` is the address of this app's own sidecar outbound listener; `upstreams` maps a
@@ -246,37 +245,17 @@ class App:
         """Bind a free port on `host` and serve in a background thread."""
         if not self._http.running:
             self._stopping.clear()
-            self._http.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
         """Stop serving, close the listening socket and the kept-alive connections."""
         if self._http.running:
             self._stopping.set()  # cuts delays short
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._http.port
+        super().stop()
 
     @property
     def address(self) -> Address:
         return (self.host, self.port)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- what tests look at and control ---------------------------------------------------------
 

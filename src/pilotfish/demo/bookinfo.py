@@ -24,7 +24,15 @@ from pilotfish.demo.apps import RATINGS_UNAVAILABLE, App, Details, ProductPage, 
 from pilotfish.sources import ConfigObject, load_path
 from pilotfish.testing import LocalMesh, MeshProxy
 
-__all__ = ["CONFIG", "GATEWAY_PORT", "SERVICE_PORT", "Bookinfo", "Page", "config_objects"]
+__all__ = [
+    "CONFIG",
+    "GATEWAY_PORT",
+    "SERVICE_PORT",
+    "Bookinfo",
+    "Page",
+    "config_objects",
+    "get_page",
+]
 
 CONFIG = Path(__file__).resolve().parent / "config"
 """The demo's manifests: services.yaml, gateway.yaml, destination-rules.yaml, routes/*.yaml."""
@@ -172,7 +180,7 @@ class Bookinfo:
         """GET the product page through the gateway, as `user` (the `end-user` header)."""
         host, port = self.gateway_address
         headers = {"end-user": user} if user else {}
-        return _get(host, port, path, headers)
+        return get_page(host, port, path, headers)
 
     def call(
         self,
@@ -184,14 +192,15 @@ class Bookinfo:
     ) -> Page:
         """GET `http://<service>:9080<path>` the way app `client` would: via its sidecar."""
         host, port = self.sidecars[client].outbound(SERVICE_PORT)
-        return _get(
+        return get_page(
             host, port, path, {"host": f"{service}:{SERVICE_PORT}", **(headers or {})}, timeout
         )
 
 
-def _get(
+def get_page(
     host: str, port: int, path: str, headers: Mapping[str, str], timeout: float = 10.0
 ) -> Page:
+    """GET `path` from `host:port` (a gateway or a sidecar listener) as a `Page`."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         connection.request("GET", path, headers=dict(headers))

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Self
 
-from pilotfish.httpthread import ThreadedHttp
+from pilotfish.httpthread import HttpService, ThreadedHttp
 
 __all__ = ["HttpUpstream"]
 
@@ -40,7 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Silence per-request logging (pytest output stays readable)."""
 
 
-class HttpUpstream:
+class HttpUpstream(HttpService):
     """An HTTP/1.1 server on 127.0.0.1 (port chosen at bind time) in a daemon thread."""
 
     def __init__(self, name: str = "upstream", host: str = "127.0.0.1") -> None:
@@ -55,30 +53,6 @@ class HttpUpstream:
     def __repr__(self) -> str:
         where = f"{self.host}:{self._http.port}" if self._http.running else "stopped"
         return f"<HttpUpstream {self.name} {where}>"
-
-    def start(self) -> Self:
-        """Bind a free port and serve in a background thread."""
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close kept-alive connections too, so Envoy sees the upstream go."""
-        self._http.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._http.port
 
     @property
     def address(self) -> tuple[str, int]:
