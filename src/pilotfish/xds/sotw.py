@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
@@ -89,29 +90,16 @@ class SotwStream:
         if settled is not None:
             events.append(settled)
 
-        known_resources = None
         if first and request.version_info:
             # A reconnecting client says what it holds; trust it so nothing is resent needlessly.
-            known_version, known_names = request.version_info, state.names
+            watch = self.watch_request(type_url, request.version_info, state.names, None)
         elif first or answered or changed:
-            known_version, known_names = state.sent_version, state.sent_names
-            known_resources = state.sent_resources
+            watch = self.watch_request(type_url)
         else:
             # The same subscription again with nothing in flight: the client wants the resources
             # again. Envoy does this when an updated cluster (or listener) must warm again, and
             # it waits until it gets them, unchanged or not (xDS protocol, "Resource warming").
-            known_version, known_names = "", _EMPTY
-        watch = WatchRequest(
-            node=self.node,
-            stream_id=self.stream_id,
-            type_url=type_url,
-            names=state.names,
-            wildcard=state.wildcard,
-            known_version=known_version,
-            known_names=known_names,
-            ttl_aware=self.ttl_aware,
-            known_resources=known_resources,
-        )
+            watch = self.watch_request(type_url, "", _EMPTY, None)
         return Received(type_url, tuple(events), watch)
 
     def send(self, response: PreparedResponse) -> tuple[bytes, Sent]:
@@ -158,8 +146,15 @@ class SotwStream:
         state.sent_resources = {}
         return True
 
-    def watch_request(self, type_url: str) -> WatchRequest:
-        """The watch for a type's current subscription, knowing what was sent and is held."""
+    def watch_request(
+        self,
+        type_url: str,
+        known_version: str | None = None,
+        known_names: frozenset[str] | None = None,
+        known_resources: Mapping[str, str] | Literal["sent"] | None = "sent",
+    ) -> WatchRequest:
+        """The watch for a type's current subscription; by default the client is taken to hold
+        what was last sent (version, names and resource versions)."""
         state = self.types[type_url]
         assert self.node is not None
         return WatchRequest(
@@ -168,10 +163,10 @@ class SotwStream:
             type_url=type_url,
             names=state.names,
             wildcard=state.wildcard,
-            known_version=state.sent_version,
-            known_names=state.sent_names,
+            known_version=state.sent_version if known_version is None else known_version,
+            known_names=state.sent_names if known_names is None else known_names,
             ttl_aware=self.ttl_aware,
-            known_resources=state.sent_resources,
+            known_resources=state.sent_resources if known_resources == "sent" else known_resources,
         )
 
     @staticmethod
