@@ -117,11 +117,16 @@ def load_path(path: str | Path) -> LoadResult:
     return result
 
 
+# libyaml's parser (PyYAML's wheels bundle it) reads a 10,000-service mesh ~10x faster than
+# the pure-Python one, with the same safe constructors.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_documents(text: str, *, file: str = "<string>") -> LoadResult:
     """Load every document of a YAML (or JSON) text."""
     result = LoadResult()
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=_LOADER))
     except yaml.YAMLError as error:
         result.errors.append(ValidationError(f"not valid YAML: {error}", file=file))
         return result

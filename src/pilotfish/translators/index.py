@@ -52,13 +52,20 @@ class MergedRule:
 
 @dataclass
 class ConfigIndex:
-    """Lookups over one consistent set of config objects."""
+    """Lookups over one consistent set of config objects.
+
+    Lookups are by dictionary (host, gateway, namespace/name), built on first use: a mesh of
+    thousands of services must not scan every object for every host (that was quadratic).
+    Only wildcard hosts are matched by scanning, and there are few of them. The index is not
+    changed after `build`; lookups are memoized.
+    """
 
     domain: str = "cluster.local"
     virtual_services: list[ConfigObject] = field(default_factory=list)
     destination_rules: list[ConfigObject] = field(default_factory=list)
     gateways: list[ConfigObject] = field(default_factory=list)
     others: list[ConfigObject] = field(default_factory=list)
+    _lookups: _Lookups | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, objects: Iterable[ConfigObject], domain: str = "cluster.local") -> ConfigIndex:
@@ -76,54 +83,43 @@ class ConfigIndex:
                 index.others.append(obj)
         return index
 
+    @property
+    def _look(self) -> _Lookups:
+        if self._lookups is None:
+            self._lookups = _Lookups(self)
+        return self._lookups
+
     # -- VirtualServices ------------------------------------------------------------------
 
     def gateways_of(self, vs: ConfigObject) -> list[str]:
         """The gateways a VirtualService binds to, as `mesh` or `namespace/name`."""
-        spec = vs.spec
-        assert isinstance(spec, VirtualService)
-        names = list(spec.gateways) or [MESH]
-        return [n if n == MESH or "/" in n else f"{vs.namespace}/{n}" for n in names]
+        return list(self._look.vs_gateways(vs))
 
     def hosts_of(self, vs: ConfigObject) -> list[str]:
         """A VirtualService's hosts as FQDNs."""
-        spec = vs.spec
-        assert isinstance(spec, VirtualService)
-        return [resolve_host(h, vs.namespace, self.domain) for h in spec.hosts]
+        return list(self._look.vs_hosts(vs))
 
     def bound_to(self, gateway: str) -> list[ConfigObject]:
         """Root VirtualServices (those with hosts) bound to `gateway` (`mesh` or `ns/name`)."""
-        return [
-            vs
-            for vs in self.virtual_services
-            if self.hosts_of(vs) and gateway in self.gateways_of(vs)
-        ]
+        return list(self._look.bound.get(gateway, ()))
 
     def for_host(self, host: str, gateway: str = MESH) -> ConfigObject | None:
         """The VirtualService that routes `host` through `gateway`: an exact host wins over a
         wildcard, then the oldest (here: first by namespace/name) wins, as in Istio."""
-        candidates = self.bound_to(gateway)
-        exact = [vs for vs in candidates if host in self.hosts_of(vs)]
-        if exact:
-            return exact[0]
-        wild = [
-            (max(len(p) for p in self.hosts_of(vs) if host_matches(p, host)), vs)
-            for vs in candidates
-            if any(host_matches(p, host) for p in self.hosts_of(vs))
-        ]
-        wild.sort(key=lambda pair: -pair[0])
-        return wild[0][1] if wild else None
+        look = self._look
+        exact = look.exact_vs.get((gateway, host))
+        if exact is not None:
+            return exact
+        best: tuple[int, ConfigObject] | None = None
+        for vs, patterns in look.wild_vs.get(gateway, ()):
+            length = max((len(p) for p in patterns if host_matches(p, host)), default=-1)
+            if length >= 0 and (best is None or length > best[0]):
+                best = (length, vs)
+        return best[1] if best else None
 
     def delegate(self, name: str, namespace: str) -> ConfigObject | None:
         """A delegate VirtualService (one without hosts) by name."""
-        return next(
-            (
-                vs
-                for vs in self.virtual_services
-                if vs.name == name and vs.namespace == namespace and not self.hosts_of(vs)
-            ),
-            None,
-        )
+        return self._look.delegates.get((namespace, name))
 
     def resolve(self, host: str, namespace: str) -> str:
         """A host as written in an object of `namespace`, as an FQDN."""
@@ -134,21 +130,19 @@ class ConfigIndex:
     def destination_rule(self, host: str, proxy_namespace: str = "") -> MergedRule | None:
         """The merged DestinationRule for `host`: rules in the proxy's namespace come first,
         then the rest by namespace/name; an exact host beats a wildcard."""
-        matching: list[tuple[int, ConfigObject]] = []
-        for obj in self.destination_rules:
-            spec = obj.spec
-            assert isinstance(spec, DestinationRule)
-            rule_host = self.resolve(spec.host, obj.namespace)
-            if rule_host == host:
-                matching.append((0, obj))
-            elif host_matches(rule_host, host):
-                matching.append((1, obj))
-        if not matching:
-            return None
-        best = min(rank for rank, _ in matching)
-        chosen = [o for rank, o in matching if rank == best]
-        chosen.sort(key=lambda o: (o.namespace != proxy_namespace, o.namespace, o.name))
-        return _merge(host, chosen)
+        look = self._look
+        key = (host, proxy_namespace)
+        if key in look.merged:
+            return look.merged[key]
+        chosen = list(look.exact_dr.get(host, ()))
+        if not chosen:
+            chosen = [obj for rule_host, obj in look.wild_dr if host_matches(rule_host, host)]
+        merged = None
+        if chosen:
+            chosen.sort(key=lambda o: (o.namespace != proxy_namespace, o.namespace, o.name))
+            merged = _merge(host, chosen)
+        look.merged[key] = merged
+        return merged
 
     # -- Gateways -------------------------------------------------------------------------
 
@@ -161,6 +155,62 @@ class ConfigIndex:
             if all(labels.get(k) == v for k, v in spec.selector.items()):
                 found.append(obj)
         return found
+
+
+class _Lookups:
+    """The dictionaries behind `ConfigIndex`'s lookups, built once from its lists."""
+
+    def __init__(self, index: ConfigIndex) -> None:
+        self.domain = index.domain
+        self.hosts: dict[int, tuple[str, ...]] = {}
+        self.gateway_names: dict[int, tuple[str, ...]] = {}
+        self.bound: dict[str, list[ConfigObject]] = {}
+        self.exact_vs: dict[tuple[str, str], ConfigObject] = {}
+        self.wild_vs: dict[str, list[tuple[ConfigObject, tuple[str, ...]]]] = {}
+        self.delegates: dict[tuple[str, str], ConfigObject] = {}
+        for vs in index.virtual_services:
+            hosts = self.vs_hosts(vs)
+            if not hosts:
+                self.delegates.setdefault((vs.namespace, vs.name), vs)
+                continue
+            wild = tuple(h for h in hosts if h.startswith("*"))
+            for gateway in dict.fromkeys(self.vs_gateways(vs)):
+                self.bound.setdefault(gateway, []).append(vs)
+                for host in hosts:
+                    self.exact_vs.setdefault((gateway, host), vs)
+                if wild:
+                    self.wild_vs.setdefault(gateway, []).append((vs, wild))
+        self.exact_dr: dict[str, list[ConfigObject]] = {}
+        self.wild_dr: list[tuple[str, ConfigObject]] = []
+        for obj in index.destination_rules:
+            spec = obj.spec
+            assert isinstance(spec, DestinationRule)
+            rule_host = resolve_host(spec.host, obj.namespace, self.domain)
+            self.exact_dr.setdefault(rule_host, []).append(obj)
+            if rule_host.startswith("*"):
+                self.wild_dr.append((rule_host, obj))
+        self.merged: dict[tuple[str, str], MergedRule | None] = {}
+
+    def vs_hosts(self, vs: ConfigObject) -> tuple[str, ...]:
+        hosts = self.hosts.get(id(vs))
+        if hosts is None:
+            spec = vs.spec
+            assert isinstance(spec, VirtualService)
+            hosts = tuple(resolve_host(h, vs.namespace, self.domain) for h in spec.hosts)
+            self.hosts[id(vs)] = hosts
+        return hosts
+
+    def vs_gateways(self, vs: ConfigObject) -> tuple[str, ...]:
+        names = self.gateway_names.get(id(vs))
+        if names is None:
+            spec = vs.spec
+            assert isinstance(spec, VirtualService)
+            names = tuple(
+                n if n == MESH or "/" in n else f"{vs.namespace}/{n}"
+                for n in (list(spec.gateways) or [MESH])
+            )
+            self.gateway_names[id(vs)] = names
+        return names
 
 
 def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
