@@ -29,7 +29,7 @@ from pilotfish.protos import (
 from pilotfish.registry import Registry
 from pilotfish.security import RevokedIdentity, WorkloadSecrets
 from pilotfish.sources import ConfigObject, ConfigStore
-from pilotfish.translators import ConfigIndex, Proxy, Translation, translate
+from pilotfish.translators import ConfigIndex, Proxy, Translation, TranslationMemo, translate
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.events import Nacked
 
@@ -94,7 +94,9 @@ class Controller(Callbacks):
         self._translations: dict[str, Translation] = {}
         self._index: ConfigIndex | None = None
         self._digest = b""
+        self._digests = _Digests()
         self._shapes: dict[tuple[object, ...], tuple[Translation, Snapshot]] = {}
+        self._memos: dict[tuple[object, ...], TranslationMemo] = {}
         self._registry: Registry | None = None
         self._ready = threading.Event()
         self._wake = threading.Condition()
@@ -182,7 +184,7 @@ class Controller(Callbacks):
         started = time.perf_counter()
         began = time.monotonic()
         objects = self.store.objects()
-        digest = _digest(objects)
+        digest = self._digests(objects)
         if digest == self._digest and not force and self._ready.is_set():
             log.debug("config unchanged (%d objects): nothing to translate", len(objects))
             return 0
@@ -204,6 +206,8 @@ class Controller(Callbacks):
                 self._on_pushed(began, {p: t for p, t in targets.items() if t})
             for proxy_id, snapshot in ready:
                 self.cache.set_snapshot(proxy_id, snapshot)
+            # A shape nobody has any more takes its memo along.
+            self._memos = {s: m for s, m in self._memos.items() if s in self._shapes}
         elapsed = time.perf_counter() - started
         self.stats.last_translation_seconds = elapsed
         self.stats.translation_seconds.append(elapsed)
@@ -226,9 +230,10 @@ class Controller(Callbacks):
         shared = self._shapes.get(shape)
         if shared is None:
             secrets = self._secrets(proxy)
-            translation = translate(proxy, self._index, self._registry, secrets=secrets)
+            memo = self._memos.setdefault(shape, TranslationMemo())
+            translation = translate(proxy, self._index, self._registry, secrets=secrets, memo=memo)
             self.stats.proxies_translated += 1
-            shared = self._shapes[shape] = (translation, translation.snapshot())
+            shared = self._shapes[shape] = (translation, translation.snapshot(memo))
         translation = dataclasses.replace(shared[0], proxy=proxy)
         snapshot = shared[1]
         self._translations[proxy.id] = translation
@@ -302,14 +307,29 @@ class Controller(Callbacks):
         )  # fmt: skip
 
 
-def _digest(objects: Iterable[ConfigObject]) -> bytes:
-    """A hash of what the objects say (not where they came from)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for obj in sorted(objects, key=lambda o: o.key):
-        digest.update("\0".join((obj.api_version, *obj.key)).encode())
-        digest.update(obj.spec.SerializeToString(deterministic=True))
-        digest.update(repr(sorted(obj.labels.items())).encode())
-    return digest.digest()
+class _Digests:
+    """A hash of what the objects say (not where they came from). Each object's own hash is
+    kept while the object is served: an unchanged file's objects are the same objects from
+    round to round, so a round hashes only what changed (plus one short hash per object)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[ConfigObject, bytes]] = {}
+
+    def __call__(self, objects: Iterable[ConfigObject]) -> bytes:
+        known: dict[int, tuple[ConfigObject, bytes]] = {}
+        digest = hashlib.blake2b(digest_size=16)
+        for obj in sorted(objects, key=lambda o: o.key):
+            entry = self._known.get(id(obj))
+            if entry is None or entry[0] is not obj:
+                one = hashlib.blake2b(digest_size=16)
+                one.update("\0".join((obj.api_version, *obj.key)).encode())
+                one.update(obj.spec.SerializeToString(deterministic=True))
+                one.update(repr(sorted(obj.labels.items())).encode())
+                entry = (obj, one.digest())
+            known[id(obj)] = entry
+            digest.update(entry[1])
+        self._known = known
+        return digest.digest()
 
 
 def _shape(proxy: Proxy) -> tuple[object, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .linear import LinearCache
 from .mux import MuxCache
 from .node_hash import NodeHash, by_cluster, by_id
-from .resource import CachedResource, WithTtl, content_version
+from .resource import CachedResource, Serialized, WithTtl, content_version
 from .snapshot import Consistency, Snapshot, SnapshotStats
 from .snapshot_cache import SnapshotCache
 from .status import NodeStatus, StatusTable, TypeStatus
@@ -21,6 +21,7 @@ __all__ = [
     "MuxCache",
     "NodeHash",
     "NodeStatus",
+    "Serialized",
     "Snapshot",
     "SnapshotCache",
     "SnapshotStats",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pilotfish.protos import RESOURCE_TYPES, RESOURCE_WRAPPER_TYPE, Message, resource_type, wire
 
-__all__ = ["CachedResource", "WithTtl", "content_version", "to_message"]
+__all__ = ["CachedResource", "Serialized", "WithTtl", "content_version", "to_message"]
 
 
 def content_version(data: bytes) -> str:
@@ -94,3 +95,15 @@ class CachedResource:
     def message(self) -> Message:
         """A fresh copy of the message; changing it changes nothing in the cache."""
         return RESOURCE_TYPES[self.type_url].message.FromString(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Serialized:
+    """A message and the `CachedResource` already made from it: a `Snapshot` given one takes
+    its bytes as they are (how an unchanged resource keeps them from one snapshot to the next).
+    The caller guarantees `cached` is `message` serialized."""
+
+    message: Message
+    cached: CachedResource
+    refs: Mapping[str, set[str]] | None = None
+    """What the resource names in other types (`references(message)`), if already known."""

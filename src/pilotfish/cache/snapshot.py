@@ -19,7 +19,7 @@ from pilotfish.protos import (
 )
 from pilotfish.xds import PreparedResponse
 
-from .resource import CachedResource, WithTtl, to_message
+from .resource import CachedResource, Serialized, WithTtl, to_message
 
 __all__ = ["Consistency", "Snapshot", "SnapshotStats"]
 
@@ -76,7 +76,8 @@ class Snapshot:
     """Resources per type, serialized at construction, so later mutation of the caller's
     messages cannot change what is served.
 
-    `resources` maps a type URL or short name (`"cds"`) to messages (or `WithTtl(message, ttl)`).
+    `resources` maps a type URL or short name (`"cds"`) to messages (or `WithTtl(message, ttl)`,
+    or `Serialized` ones reused from an earlier snapshot, which are not serialized again).
     Each type's version is a content hash unless given (`version` for every type, or `versions`
     per type). Types not given are empty, with a version of their own, so clients asking for them
     get an answer. `version_prefix` starts every content-hash version (translators put their own
@@ -97,20 +98,26 @@ class Snapshot:
         self.stats = SnapshotStats()
         self._lock = threading.Lock()
         self._refs: dict[str, set[str]] = {}
-        self._refs_by_resource: dict[tuple[str, str], dict[str, set[str]]] = {}
+        self._refs_by_resource: dict[tuple[str, str], Mapping[str, set[str]]] = {}
         by_type: dict[str, dict[str, CachedResource]] = {url: {} for url in RESOURCE_TYPES}
         for key, items in resources.items():
             type_url = resource_type(key).type_url
             table = by_type[type_url]
             for item in items:
-                ttl = item.ttl if isinstance(item, WithTtl) else None
-                message = to_message(type_url, item.resource if isinstance(item, WithTtl) else item)
-                cached = CachedResource.of(type_url, message, ttl)
-                self.stats.resources_serialized += 1
+                refs: Mapping[str, set[str]] | None = None
+                if isinstance(item, Serialized):
+                    message, cached, refs = item.message, item.cached, item.refs
+                else:
+                    ttl = item.ttl if isinstance(item, WithTtl) else None
+                    resource = item.resource if isinstance(item, WithTtl) else item
+                    message = to_message(type_url, resource)
+                    cached = CachedResource.of(type_url, message, ttl)
+                    self.stats.resources_serialized += 1
                 if cached.name in table:
                     raise ValueError(f"two {key} resources named {cached.name!r}")
                 table[cached.name] = cached
-                refs = references(message)
+                if refs is None:
+                    refs = references(message)
                 if refs:
                     self._refs_by_resource[type_url, cached.name] = refs
                 for ref_type, names in refs.items():

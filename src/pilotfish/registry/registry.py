@@ -37,6 +37,9 @@ _RESOLUTIONS: tuple[Resolution, ...] = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBI
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
+_Question = tuple[str, int, tuple[tuple[str, str], ...] | None]
+
+
 class Registry:
     """Services by host name, workloads, and explicitly listed endpoints. Thread-safe.
 
@@ -52,12 +55,18 @@ class Registry:
         self._services: dict[str, Service] = {}
         self._workloads: dict[tuple[str, str, str], Workload] = {}
         self._explicit: dict[str, tuple[Workload, ...]] = {}
+        # Translation asks for the same endpoints many times (every subset, every replay of a
+        # memoized unit); any change to the registry forgets the answers.
+        self._answers: dict[
+            tuple[str, int, tuple[tuple[str, str], ...] | None], list[Endpoint]
+        ] = {}
 
     # -- the Python API ---------------------------------------------------------------------
 
     def add_service(self, service: Service, endpoints: Iterable[Workload] | None = None) -> None:
         """Add (or replace) a service; `endpoints` lists its instances explicitly."""
         with self._lock:
+            self._answers.clear()
             self._services[service.hostname] = service
             if endpoints is not None:
                 self._explicit[service.hostname] = tuple(endpoints)
@@ -65,22 +74,26 @@ class Registry:
     def set_endpoints(self, hostname: str, endpoints: Iterable[Workload]) -> None:
         """Replace the explicitly listed instances of a service."""
         with self._lock:
+            self._answers.clear()
             self._explicit[hostname] = tuple(endpoints)
 
     def remove_service(self, hostname: str) -> None:
         """Forget a service and its explicit endpoints."""
         with self._lock:
+            self._answers.clear()
             self._services.pop(hostname, None)
             self._explicit.pop(hostname, None)
 
     def add_workload(self, workload: Workload) -> None:
         """Add (or replace, by namespace/name/address) a workload that selectors can pick."""
         with self._lock:
+            self._answers.clear()
             self._workloads[workload.namespace, workload.name, workload.address] = workload
 
     def remove_workload(self, workload: Workload) -> None:
         """Forget a workload."""
         with self._lock:
+            self._answers.clear()
             self._workloads.pop((workload.namespace, workload.name, workload.address), None)
 
     # -- queries ----------------------------------------------------------------------------
@@ -115,6 +128,19 @@ class Registry:
     ) -> list[Endpoint]:
         """Endpoints of a service port, optionally only those carrying the `subset` labels;
         sorted, so equal registries give equal load assignments."""
+        key = (hostname, port, tuple(sorted(subset.items())) if subset is not None else None)
+        with self._lock:
+            known = self._answers.get(key)
+        if known is not None:
+            return list(known)
+        found = self._endpoints(hostname, port, subset)
+        with self._lock:
+            self._answers[key] = found
+        return list(found)
+
+    def _endpoints(
+        self, hostname: str, port: int, subset: Mapping[str, str] | None
+    ) -> list[Endpoint]:
         service = self.service(hostname)
         service_port = service.port(port) if service else None
         if service is None or service_port is None:

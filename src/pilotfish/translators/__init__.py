@@ -9,8 +9,18 @@ custom control planes and tests share.
 from __future__ import annotations
 
 from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.memo import MemoStats, TranslationMemo
 from pilotfish.translators.proxy import Proxy, ProxyKind
 from pilotfish.translators.translate import Translation, translate
 from pilotfish.translators.version import TRANSLATOR_VERSION
 
-__all__ = ["TRANSLATOR_VERSION", "ConfigIndex", "Proxy", "ProxyKind", "Translation", "translate"]
+__all__ = [
+    "TRANSLATOR_VERSION",
+    "ConfigIndex",
+    "MemoStats",
+    "Proxy",
+    "ProxyKind",
+    "Translation",
+    "TranslationMemo",
+    "translate",
+]

@@ -144,6 +144,12 @@ class ConfigIndex:
         look.merged[key] = merged
         return merged
 
+    # -- security -------------------------------------------------------------------------
+
+    def peer_authentications(self) -> tuple[ConfigObject, ...]:
+        """The PeerAuthentication objects (by namespace/name), without scanning `others`."""
+        return self._look.peer_authentications
+
     # -- Gateways -------------------------------------------------------------------------
 
     def gateways_for(self, labels: Mapping[str, str]) -> list[ConfigObject]:
@@ -190,6 +196,7 @@ class _Lookups:
             if rule_host.startswith("*"):
                 self.wild_dr.append((rule_host, obj))
         self.merged: dict[tuple[str, str], MergedRule | None] = {}
+        self.peer_authentications = tuple(o for o in index.others if o.kind == "PeerAuthentication")
 
     def vs_hosts(self, vs: ConfigObject) -> tuple[str, ...]:
         hosts = self.hosts.get(id(vs))

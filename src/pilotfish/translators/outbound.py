@@ -9,10 +9,11 @@ from __future__ import annotations
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
-from pilotfish.registry import Registry
+from pilotfish.registry import Registry, Service
 from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
 from pilotfish.translators.endpoints import cluster_load_assignment
 from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.memo import TranslationMemo, service_key
 from pilotfish.translators.naming import parse_cluster_name
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
@@ -21,50 +22,77 @@ __all__ = ["outbound"]
 
 
 def outbound(
-    proxy: Proxy, index: ConfigIndex, registry: Registry, *, auto_mtls: bool = False
+    proxy: Proxy,
+    index: ConfigIndex,
+    registry: Registry,
+    *,
+    auto_mtls: bool = False,
+    memo: TranslationMemo | None = None,
 ) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
-    """Every service port's clusters, and a load assignment for each EDS cluster."""
+    """Every service port's clusters, and a load assignment for each EDS cluster. With a
+    `memo`, a service whose inputs did not change since the last round is not translated."""
     clusters: list[Cluster] = []
     assignments: list[ClusterLoadAssignment] = []
     for service in registry.services():
-        rule = index.destination_rule(service.hostname, proxy.namespace)
-        for port in service.ports:
-            # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
-            # says DISABLE for the port would not accept TLS, so they get plain text.
-            endpoints = registry.endpoints(service.hostname, port.number) if auto_mtls else []
-            accepts_tls = any(
-                mtls_mode(index.others, e.namespace, dict(e.labels), e.port) != "DISABLE"
-                for e in endpoints
+
+        def compute(
+            index: ConfigIndex, registry: Registry, service: Service = service
+        ) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
+            return _service_outbound(service, proxy, index, registry, auto_mtls)
+
+        if memo is None:
+            found, loads = compute(index, registry)
+        else:
+            key = ("outbound", service_key(service), auto_mtls)
+            found, loads = memo.unit(key, compute, index, registry)
+        clusters += found
+        assignments += loads
+    return clusters, assignments
+
+
+def _service_outbound(
+    service: Service, proxy: Proxy, index: ConfigIndex, registry: Registry, auto_mtls: bool
+) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
+    clusters: list[Cluster] = []
+    assignments: list[ClusterLoadAssignment] = []
+    rule = index.destination_rule(service.hostname, proxy.namespace)
+    for port in service.ports:
+        # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
+        # says DISABLE for the port would not accept TLS, so they get plain text.
+        endpoints = registry.endpoints(service.hostname, port.number) if auto_mtls else []
+        policies = index.peer_authentications() if endpoints else ()
+        accepts_tls = any(
+            mtls_mode(policies, e.namespace, dict(e.labels), e.port) != "DISABLE" for e in endpoints
+        )
+        for cluster in outbound_clusters(
+            service,
+            port,
+            rule,
+            registry=registry,
+            proxy=proxy,
+            domain=index.domain,
+            auto_mtls=auto_mtls and accepts_tls,
+        ):
+            clusters.append(cluster)
+            if cluster.type != Cluster.EDS:
+                continue
+            _, number, subset, host = parse_cluster_name(cluster.name)
+            labels = None
+            if subset:
+                chosen = rule.subset(subset) if rule else None
+                labels = dict(chosen.labels) if chosen else {}
+            policy = effective_policy(rule, number, subset)
+            locality = policy.load_balancer.locality_lb_setting
+            failover = policy.HasField("outlier_detection") and (
+                not locality.HasField("enabled") or locality.enabled.value
             )
-            for cluster in outbound_clusters(
-                service,
-                port,
-                rule,
-                registry=registry,
-                proxy=proxy,
-                domain=index.domain,
-                auto_mtls=auto_mtls and accepts_tls,
-            ):
-                clusters.append(cluster)
-                if cluster.type != Cluster.EDS:
-                    continue
-                _, number, subset, host = parse_cluster_name(cluster.name)
-                labels = None
-                if subset:
-                    chosen = rule.subset(subset) if rule else None
-                    labels = dict(chosen.labels) if chosen else {}
-                policy = effective_policy(rule, number, subset)
-                locality = policy.load_balancer.locality_lb_setting
-                failover = policy.HasField("outlier_detection") and (
-                    not locality.HasField("enabled") or locality.enabled.value
+            assignments.append(
+                cluster_load_assignment(
+                    cluster.name,
+                    registry.endpoints(host, number, labels),
+                    proxy_locality=proxy.locality,
+                    failover=failover,
+                    distribute=distribution(policy, proxy.locality),
                 )
-                assignments.append(
-                    cluster_load_assignment(
-                        cluster.name,
-                        registry.endpoints(host, number, labels),
-                        proxy_locality=proxy.locality,
-                        failover=failover,
-                        distribute=distribution(policy, proxy.locality),
-                    )
-                )
+            )
     return clusters, assignments

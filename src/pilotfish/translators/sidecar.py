@@ -39,6 +39,7 @@ from pilotfish.translators.listeners import (
     tcp_proxy,
     tls_chain,
 )
+from pilotfish.translators.memo import TranslationMemo, service_key
 from pilotfish.translators.naming import (
     cluster_name,
     inbound_cluster_name,
@@ -70,9 +71,10 @@ def _domains(service: Service, port: int, proxy: Proxy, domain: str) -> Iterator
 
 
 def outbound_routes(
-    proxy: Proxy, index: ConfigIndex, registry: Registry
+    proxy: Proxy, index: ConfigIndex, registry: Registry, memo: TranslationMemo | None = None
 ) -> list[RouteConfiguration]:
-    """One route configuration per HTTP service port, named by the port."""
+    """One route configuration per HTTP service port, named by the port. With a `memo`, a
+    virtual host whose inputs did not change since the last round is not translated again."""
     by_port: dict[int, list[Service]] = {}
     for service in registry.services():
         for port in service.ports:
@@ -82,39 +84,64 @@ def outbound_routes(
     for number in sorted(by_port):
         config = RouteConfiguration(name=str(number), validate_clusters=_false())
         used: set[str] = set()
+        hosts = []
         for service in by_port[number]:
             domains = [d for d in _domains(service, number, proxy, index.domain) if d not in used]
             used.update(domains)
-            vs = index.for_host(service.hostname, MESH)
-            routes: list[Route]
-            if vs is not None:
-                routes = http_routes(
-                    vs,
-                    port=number,
-                    proxy=proxy,
-                    index=index,
-                    registry=registry,
-                    gateway=MESH,
-                    hash_policy=route_hash_policy,
-                )
+
+            def compute(
+                index: ConfigIndex,
+                registry: Registry,
+                service: Service = service,
+                number: int = number,
+                domains: tuple[str, ...] = tuple(domains),
+            ) -> VirtualHost:
+                return _virtual_host(service, number, domains, proxy, index, registry)
+
+            if memo is None:
+                hosts.append(compute(index, registry))
             else:
-                routes = [
-                    default_route(
-                        service.hostname,
-                        number,
-                        index=index,
-                        proxy=proxy,
-                        hash_policy=route_hash_policy,
-                    )
-                ]
-            host = VirtualHost(
-                name=virtual_host_name(service.hostname, number), domains=domains, routes=routes
-            )
-            config.virtual_hosts.append(
-                stamp(host, [f"VirtualService/{vs.namespace}/{vs.name}"] if vs else [])
-            )
+                key = ("vhost", service_key(service), number, tuple(domains))
+                hosts.append(memo.unit(key, compute, index, registry))
+        config.virtual_hosts.extend(hosts)
         configs.append(config)
     return configs
+
+
+def _virtual_host(
+    service: Service,
+    number: int,
+    domains: Sequence[str],
+    proxy: Proxy,
+    index: ConfigIndex,
+    registry: Registry,
+) -> VirtualHost:
+    vs = index.for_host(service.hostname, MESH)
+    routes: list[Route]
+    if vs is not None:
+        routes = http_routes(
+            vs,
+            port=number,
+            proxy=proxy,
+            index=index,
+            registry=registry,
+            gateway=MESH,
+            hash_policy=route_hash_policy,
+        )
+    else:
+        routes = [
+            default_route(
+                service.hostname,
+                number,
+                index=index,
+                proxy=proxy,
+                hash_policy=route_hash_policy,
+            )
+        ]
+    host = VirtualHost(
+        name=virtual_host_name(service.hostname, number), domains=domains, routes=routes
+    )
+    return stamp(host, [f"VirtualService/{vs.namespace}/{vs.name}"] if vs else [])
 
 
 def _false() -> BoolValue:
@@ -224,7 +251,7 @@ def inbound(
                 # virtual listener on the service port would clash with the outbound one.
                 continue
             mode = (
-                mtls_mode(index.others, proxy.namespace, proxy.labels, target)
+                mtls_mode(index.peer_authentications(), proxy.namespace, proxy.labels, target)
                 if mtls
                 else "DISABLE"
             )

@@ -21,6 +21,7 @@ from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
 from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.memo import TranslationMemo
 from pilotfish.translators.naming import ROOT_CA_SECRET, WORKLOAD_SECRET
 from pilotfish.translators.outbound import outbound
 from pilotfish.translators.proxy import Proxy
@@ -53,9 +54,13 @@ class Translation:
             "sds": self.secrets,
         }
 
-    def snapshot(self) -> Snapshot:
-        """A cache snapshot; versions are `<translator version>/<content hash>`."""
-        return Snapshot(self.resources(), version_prefix=f"{self.translator_version}/")
+    def snapshot(self, memo: TranslationMemo | None = None) -> Snapshot:
+        """A cache snapshot; versions are `<translator version>/<content hash>`. With the
+        `memo` of the last round, resources equal to last round's are not serialized again."""
+        resources: Mapping[str, Sequence[object]] = self.resources()
+        if memo is not None:
+            resources = memo.serialized(self.resources())
+        return Snapshot(resources, version_prefix=f"{self.translator_version}/")
 
 
 def translate(
@@ -64,6 +69,7 @@ def translate(
     registry: Registry,
     *,
     secrets: Iterable[Secret] = (),
+    memo: TranslationMemo | None = None,
 ) -> Translation:
     """The Envoy config for `proxy` (a sidecar or a gateway).
 
@@ -71,23 +77,30 @@ def translate(
     roots), sidecars speak mutual TLS: in-mesh upstreams without a DestinationRule `tls`
     setting use ISTIO_MUTUAL (auto mTLS), and inbound ports follow PeerAuthentication
     (PERMISSIVE by default).
+
+    With a `memo` (one per proxy shape, kept between rounds), only the services whose inputs
+    changed since its last round are translated again (see `TranslationMemo`).
     """
     index = config if isinstance(config, ConfigIndex) else ConfigIndex.build(config)
     secrets = list(secrets)
     # Mutual TLS needs the workload's certificate and the roots (from a CA, over SDS); without
     # them Envoy would wait for the secrets forever, so traffic stays plain text.
     mtls = {WORKLOAD_SECRET, ROOT_CA_SECRET} <= {s.name for s in secrets}
-    clusters, endpoints = outbound(proxy, index, registry, auto_mtls=mtls)
+    if memo is not None:
+        memo.begin()
+    clusters, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
     listeners: list[Listener]
     routes: list[RouteConfiguration]
     if proxy.kind == "gateway":
         listeners, routes = gateway_config(proxy, index, registry)
     else:
-        routes = outbound_routes(proxy, index, registry)
+        routes = outbound_routes(proxy, index, registry, memo)
         listeners = outbound_listeners(proxy, index, registry)
         inbound_listeners, inbound_clusters = inbound(proxy, registry, index, mtls=mtls)
         listeners += inbound_listeners
         clusters += inbound_clusters
+    if memo is not None:
+        memo.end()
     return Translation(
         proxy=proxy,
         listeners=tuple(listeners),

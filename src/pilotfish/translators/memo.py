@@ -1,0 +1,262 @@
+"""Incremental translation: reuse last round's pieces whose inputs did not change.
+
+A mesh of thousands of services changes one object at a time, so a round of translation should
+cost what changed, not the mesh. `TranslationMemo` keeps, for one proxy shape:
+
+- **units**: the output of translating one service (its clusters and load assignments, or one
+  virtual host), with the lookups it made (destination rules, delegates, endpoints, peer
+  authentication...). A unit is reused when replaying those lookups against the new config gives
+  the same answers; there is no list of dependencies to keep right by hand, the lookups *are*
+  the dependencies.
+- **resources**: each served resource with its serialized form. A resource equal to last
+  round's (the same object, or an equal message: a C-level compare) keeps its bytes and version,
+  so an unchanged resource is never serialized again (`Snapshot.stats` counts the rest).
+
+Answers are compared by identity for config objects (`ConfigStore` keeps an unchanged file's
+objects; a changed file gets new ones) and by value for registry data. Entries not used in a
+round are dropped at its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pilotfish.cache import CachedResource, Serialized
+from pilotfish.protos import Message, references, resource_type
+from pilotfish.registry import Endpoint, Registry, Service
+from pilotfish.sources import ConfigObject
+from pilotfish.translators.index import ConfigIndex, MergedRule
+
+__all__ = ["MemoStats", "TranslationMemo", "service_key"]
+
+T = TypeVar("T")
+
+_Read = tuple[str, tuple[Any, ...], Hashable]
+
+
+@dataclass(slots=True)
+class MemoStats:
+    """What the last round reused and what it had to redo (for tests and benchmarks)."""
+
+    units_reused: int = 0
+    units_translated: int = 0
+    resources_reused: int = 0
+    resources_serialized: int = 0
+
+
+@dataclass(slots=True)
+class _Unit:
+    value: Any
+    reads: list[_Read]
+    # The objects whose identity the reads compared: kept alive so an id is never reused by
+    # another object while this entry exists.
+    keep: list[object] = field(default_factory=list)
+
+
+def service_key(service: Service) -> Hashable:
+    """A service by value (its selector is a mapping, so the dataclass is not hashable)."""
+    selector = tuple(sorted(service.selector.items())) if service.selector is not None else None
+    return (
+        service.hostname,
+        service.namespace,
+        service.ports,
+        service.resolution,
+        service.mesh_external,
+        service.addresses,
+        selector,
+        service.subject_alt_names,
+    )
+
+
+def _objects_token(objects: Sequence[ConfigObject], keep: list[object]) -> Hashable:
+    keep.extend(objects)
+    return tuple(id(o) for o in objects)
+
+
+def _rule_token(rule: MergedRule | None, keep: list[object]) -> Hashable:
+    return None if rule is None else _objects_token(rule.sources, keep)
+
+
+def _object_token(obj: ConfigObject | None, keep: list[object]) -> Hashable:
+    return None if obj is None else _objects_token([obj], keep)
+
+
+def _answer(
+    kind: str, args: tuple[Any, ...], index: ConfigIndex, registry: Registry, keep: list[object]
+) -> Hashable:
+    """Ask `index`/`registry` one recorded question again; the token of its answer."""
+    if kind == "destination_rule":
+        return _rule_token(index.destination_rule(*args), keep)
+    if kind == "delegate":
+        return _object_token(index.delegate(*args), keep)
+    if kind == "for_host":
+        return _object_token(index.for_host(*args), keep)
+    if kind == "peer_authentications":
+        return _objects_token(index.peer_authentications(), keep)
+    if kind == "endpoints":
+        host, port, subset = args
+        labels = dict(subset) if subset is not None else None
+        found: tuple[Endpoint, ...] = tuple(registry.endpoints(host, port, labels))
+        return found
+    if kind == "service":
+        service = registry.service(*args)
+        return None if service is None else service_key(service)
+    raise AssertionError(f"unknown lookup {kind}")
+
+
+class _TrackedIndex(ConfigIndex):
+    """A `ConfigIndex` that records the lookups a unit makes (and answers from the real one)."""
+
+    def __init__(self, inner: ConfigIndex, unit: _Unit) -> None:
+        super().__init__(
+            inner.domain,
+            inner.virtual_services,
+            inner.destination_rules,
+            inner.gateways,
+            inner.others,
+        )
+        self._lookups = inner._look  # shared: built once per config, not per unit
+        self._inner = inner
+        self._unit = unit
+
+    def _record(self, kind: str, args: tuple[Any, ...], token: Hashable) -> None:
+        self._unit.reads.append((kind, args, token))
+
+    def destination_rule(self, host: str, proxy_namespace: str = "") -> MergedRule | None:
+        rule = self._inner.destination_rule(host, proxy_namespace)
+        self._record(
+            "destination_rule", (host, proxy_namespace), _rule_token(rule, self._unit.keep)
+        )
+        return rule
+
+    def delegate(self, name: str, namespace: str) -> ConfigObject | None:
+        found = self._inner.delegate(name, namespace)
+        self._record("delegate", (name, namespace), _object_token(found, self._unit.keep))
+        return found
+
+    def for_host(self, host: str, gateway: str = "mesh") -> ConfigObject | None:
+        found = self._inner.for_host(host, gateway)
+        self._record("for_host", (host, gateway), _object_token(found, self._unit.keep))
+        return found
+
+    def peer_authentications(self) -> tuple[ConfigObject, ...]:
+        found = self._inner.peer_authentications()
+        self._record("peer_authentications", (), _objects_token(found, self._unit.keep))
+        return found
+
+    def bound_to(self, gateway: str) -> list[ConfigObject]:
+        raise NotImplementedError("bound_to is not tracked: call it outside a memoized unit")
+
+    def gateways_for(self, labels: Mapping[str, str]) -> list[ConfigObject]:
+        raise NotImplementedError("gateways_for is not tracked: call it outside a memoized unit")
+
+
+class _TrackedRegistry(Registry):
+    """A `Registry` view that records the lookups a unit makes."""
+
+    def __init__(self, inner: Registry, unit: _Unit) -> None:
+        super().__init__(inner.domain)
+        self._inner = inner
+        self._unit = unit
+        self.conflicts = inner.conflicts
+
+    def endpoints(
+        self, hostname: str, port: int, subset: Mapping[str, str] | None = None
+    ) -> list[Endpoint]:
+        found = self._inner.endpoints(hostname, port, subset)
+        frozen = tuple(sorted(subset.items())) if subset is not None else None
+        self._unit.reads.append(("endpoints", (hostname, port, frozen), tuple(found)))
+        return found
+
+    def service(self, hostname: str) -> Service | None:
+        found = self._inner.service(hostname)
+        token = None if found is None else service_key(found)
+        self._unit.reads.append(("service", (hostname,), token))
+        return found
+
+    def services(self) -> list[Service]:
+        raise NotImplementedError("services() is not tracked: call it outside a memoized unit")
+
+    def instances(self, hostname: str) -> list[Any]:
+        raise NotImplementedError("instances() is not tracked: use endpoints()")
+
+    def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:
+        raise NotImplementedError("services_of() is not tracked")
+
+
+class TranslationMemo:
+    """What one proxy shape was last given, piece by piece (see the module docstring).
+
+    Not thread-safe: one translation of a shape at a time (the controller holds its lock).
+    """
+
+    def __init__(self) -> None:
+        self.stats = MemoStats()
+        self._units: dict[Hashable, _Unit] = {}
+        self._next_units: dict[Hashable, _Unit] = {}
+        self._resources: dict[tuple[str, str], Serialized] = {}
+
+    def begin(self) -> None:
+        """Start a round of translation."""
+        self.stats.units_reused = self.stats.units_translated = 0
+        self._next_units = {}
+
+    def end(self) -> None:
+        """End the round: units not used in it are forgotten."""
+        self._units, self._next_units = self._next_units, {}
+
+    def unit(
+        self,
+        key: Hashable,
+        compute: Callable[[ConfigIndex, Registry], T],
+        index: ConfigIndex,
+        registry: Registry,
+    ) -> T:
+        """`compute(index, registry)`, or last round's result for `key` if every lookup it
+        made gives the same answer now. `compute` must read config only through its
+        arguments (and through values in `key`)."""
+        previous = self._units.get(key)
+        if previous is not None:
+            keep: list[object] = []
+            if all(
+                _answer(kind, args, index, registry, keep) == token
+                for kind, args, token in previous.reads
+            ):
+                self._next_units[key] = previous
+                self.stats.units_reused += 1
+                value: T = previous.value
+                return value
+        unit = _Unit(None, [])
+        unit.value = compute(_TrackedIndex(index, unit), _TrackedRegistry(registry, unit))
+        self._next_units[key] = unit
+        self.stats.units_translated += 1
+        return unit.value  # type: ignore[no-any-return]
+
+    def serialized(self, resources: Mapping[str, Sequence[Message]]) -> dict[str, list[object]]:
+        """`resources` (by type) as `Snapshot` inputs, reusing the serialized form of every
+        resource equal to last time's; resources not given are forgotten."""
+        self.stats.resources_reused = self.stats.resources_serialized = 0
+        kept: dict[tuple[str, str], Serialized] = {}
+        out: dict[str, list[object]] = {}
+        for key, messages in resources.items():
+            row = resource_type(key)
+            items: list[object] = []
+            for message in messages:
+                name = row.name_of(message)
+                previous = self._resources.get((row.type_url, name))
+                if previous is not None and (
+                    previous.message is message or previous.message == message
+                ):
+                    item = previous
+                    self.stats.resources_reused += 1
+                else:
+                    cached = CachedResource.of(row.type_url, message)
+                    item = Serialized(message, cached, references(message))
+                    self.stats.resources_serialized += 1
+                kept[row.type_url, name] = item
+                items.append(item)
+            out[key] = items
+        self._resources = kept
+        return out

@@ -1,0 +1,184 @@
+"""Incremental translation: a memoized round gives exactly what a fresh translation gives, while
+redoing only the services whose inputs changed and serializing only the resources that changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import yaml
+
+from pilotfish.cache import SnapshotCache
+from pilotfish.controller import Controller
+from pilotfish.protos import DiscoveryRequest, Node
+from pilotfish.registry import Registry
+from pilotfish.sources import ConfigStore
+from pilotfish.testing.synthetic import service_documents
+from pilotfish.translators import Proxy, Translation, TranslationMemo, translate
+from tests.certs import workload_secrets
+
+SERVICES = 12
+PROXY = Proxy(id="sidecar-a", labels={"app": "client"})
+DISABLE_PA = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: svc-3-plain, namespace: default}
+spec:
+  selector: {matchLabels: {app: svc-3}}
+  mtls: {mode: DISABLE}
+"""
+DELEGATING = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc-5, namespace: default}
+spec:
+  hosts: [svc-5.mesh.local]
+  http:
+  - delegate: {name: svc-5-routes, namespace: default}
+"""
+DELEGATE = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc-5-routes, namespace: default}
+spec:
+  http:
+  - route:
+    - destination: {host: svc-5.mesh.local, subset: v2}
+"""
+
+
+def _store() -> ConfigStore:
+    # The ServiceEntry in a file of its own: its endpoints can change without the routing
+    # objects being replaced (then only the endpoint lookups tell that the service changed).
+    store = ConfigStore()
+    for i in range(SERVICES):
+        store.update(f"svc-{i}-entry.yaml", _entry_text(i))
+        store.update(f"svc-{i}.yaml", _service_text(i))
+    return store
+
+
+def _service_text(i: int, **changes: int) -> str:
+    return yaml.safe_dump_all(service_documents(i, **changes)[1:])
+
+
+def _entry_text(i: int, endpoints: int = 3) -> str:
+    return yaml.safe_dump(service_documents(i, endpoints)[0])
+
+
+def _wire(translation: Translation) -> dict[str, list[bytes]]:
+    return {
+        key: [m.SerializeToString(deterministic=True) for m in messages]
+        for key, messages in translation.resources().items()
+    }
+
+
+# Each edit is applied to the store in turn; after each, the memoized translation must equal a
+# fresh one. Together they touch every kind of lookup a unit records.
+EDITS: list[tuple[str, Callable[[ConfigStore], object]]] = [
+    ("route weights", lambda s: s.update("svc-1.yaml", _service_text(1, weight_v1=50))),
+    ("endpoints of one service", lambda s: s.update("svc-2-entry.yaml", _entry_text(2, 5))),
+    ("peer authentication DISABLE", lambda s: s.update("pa.yaml", DISABLE_PA)),
+    ("a delegating VirtualService", lambda s: s.update("svc-5-vs.yaml", DELEGATING)),
+    ("its delegate", lambda s: s.update("svc-5-routes.yaml", DELEGATE)),
+    ("the delegate changed", lambda s: s.update("svc-5-routes.yaml", DELEGATE.replace("v2", "v3"))),
+    ("a service removed", lambda s: s.remove("svc-7-entry.yaml")),
+    ("a service added", lambda s: s.update("svc-40-entry.yaml", _entry_text(40))),
+    ("the first file saved unchanged", lambda s: s.update("svc-0.yaml", _service_text(0))),
+]  # fmt: skip
+
+
+def _nothing(store: ConfigStore) -> None:
+    pass
+
+
+@pytest.mark.parametrize("mtls", [False, True], ids=["plaintext", "auto-mtls"])
+def test_memoized_rounds_equal_fresh_translations(mtls: bool) -> None:
+    store = _store()
+    secrets = workload_secrets() if mtls else []
+    memo = TranslationMemo()
+    for label, edit in [("initial", _nothing), *EDITS]:
+        edit(store)
+        objects = store.objects()
+        registry = Registry.from_objects(objects)
+        incremental = translate(PROXY, objects, registry, secrets=secrets, memo=memo)
+        fresh = translate(PROXY, objects, Registry.from_objects(objects), secrets=secrets)
+        assert _wire(incremental) == _wire(fresh), label
+        snapshot, expected = incremental.snapshot(memo), fresh.snapshot()
+        for type_url in ("cds", "eds", "lds", "rds", "sds"):
+            assert snapshot.version(type_url) == expected.version(type_url), (label, type_url)
+            ours = {n: r.data for n, r in snapshot.resources(type_url).items()}
+            theirs = {n: r.data for n, r in expected.resources(type_url).items()}
+            assert ours == theirs, (label, type_url)
+        if label != "initial" and not (mtls and label.startswith("peer")):
+            # Every service has 1 outbound unit and 1 virtual host unit. (With auto mTLS every
+            # outbound unit asks for the PeerAuthentications, so adding one redoes them all.)
+            assert memo.stats.units_reused >= 2 * (SERVICES - 3), label
+
+
+def test_one_change_retranslates_and_serializes_only_what_changed() -> None:
+    store = _store()
+    memo = TranslationMemo()
+    objects = store.objects()
+    first = translate(PROXY, objects, Registry.from_objects(objects), memo=memo)
+    first.snapshot(memo)
+    total = memo.stats.resources_serialized
+    assert total == len(first.listeners) + len(first.routes) + 8 * SERVICES  # 4 CDS + 4 EDS each
+
+    store.update("svc-1.yaml", _service_text(1, weight_v1=50))  # a new VirtualService object...
+    objects = store.objects()
+    second = translate(PROXY, objects, Registry.from_objects(objects), memo=memo)
+    snapshot = second.snapshot(memo)
+    # ...and a new DestinationRule object, equal to the old one: svc-1's outbound unit and its
+    # virtual host are translated again, nothing else.
+    assert memo.stats.units_translated == 2
+    assert memo.stats.units_reused == 2 * SERVICES - 2
+    # Only the route configuration holding svc-1's virtual host is serialized again.
+    assert memo.stats.resources_serialized == 1
+    assert snapshot.stats.resources_serialized == 0  # the snapshot itself serialized nothing
+    assert memo.stats.resources_reused == total - 1
+
+    store.update("svc-2-entry.yaml", _entry_text(2, 6))
+    objects = store.objects()
+    third = translate(PROXY, objects, Registry.from_objects(objects), memo=memo)
+    third.snapshot(memo)
+    # More endpoints for svc-2: only its outbound unit is redone; its load assignments (all
+    # four: each subset gains one) change, its clusters and every route do not.
+    assert memo.stats.units_translated == 1
+    assert memo.stats.resources_serialized == 4
+    changed = {
+        c.cluster_name
+        for c in third.endpoints
+        if c.SerializeToString(deterministic=True)
+        not in {e.SerializeToString(deterministic=True) for e in second.endpoints}
+    }
+    assert changed == {
+        "outbound|9080||svc-2.mesh.local",
+        "outbound|9080|v1|svc-2.mesh.local",
+        "outbound|9080|v2|svc-2.mesh.local",
+        "outbound|9080|v3|svc-2.mesh.local",
+    }
+
+
+def _connect(controller: Controller, count: int, first_stream: int = 1) -> None:
+    for n in range(count):
+        node = Node(id=f"client-{first_stream + n}")
+        node.metadata.update({"NAMESPACE": "default", "LABELS": {"app": "client"}})
+        controller.on_stream_request(first_stream + n, DiscoveryRequest(node=node))
+
+
+@pytest.mark.parametrize("proxies", [1, 40])
+def test_serializations_per_change_do_not_grow_with_proxies(proxies: int) -> None:
+    store = _store()
+    cache = SnapshotCache()
+    controller = Controller(cache, store)
+    controller.flush()
+    _connect(controller, proxies)
+    before = controller.stats.proxies_translated
+    store.update("svc-1.yaml", _service_text(1, weight_v1=50))
+    assert controller.flush() == proxies  # every proxy got the new routes
+    snapshots = {id(cache.get_snapshot(f"client-{n + 1}")) for n in range(proxies)}
+    assert len(snapshots) == 1  # one shape: one translation and one snapshot shared by all
+    assert controller.stats.proxies_translated - before == 1
+    memo = next(iter(controller._memos.values()))
+    assert memo.stats.resources_serialized == 1
