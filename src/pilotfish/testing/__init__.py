@@ -1,7 +1,7 @@
 """Test harness: real Envoy processes, a threaded pilotfish server, an in-memory ADS client.
 
 Also a pytest plugin (entry point `pilotfish`, module `pilotfish.testing.plugin`) with fixtures
-`xds_cache`, `xds_callbacks`, `xds_server`, `envoy_factory` and `http_upstream`.
+`xds_cache`, `xds_callbacks`, `xds_server`, `envoy_factory`, `http_upstream` and `etcd_server`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ from pilotfish.testing.envoy import (
     free_port,
     wait_until,
 )
+from pilotfish.testing.etcd import (
+    EtcdNotFound,
+    EtcdServer,
+    EtcdServerError,
+    EtcdStartError,
+    find_etcd,
+)
 from pilotfish.testing.mesh import LocalMesh, MeshProxy
 from pilotfish.testing.server import RecordingCallbacks, ServerThread
 from pilotfish.testing.upstream import HttpUpstream
@@ -26,6 +33,10 @@ __all__ = [
     "EnvoyNotFound",
     "EnvoyProcess",
     "EnvoyStartError",
+    "EtcdNotFound",
+    "EtcdServer",
+    "EtcdServerError",
+    "EtcdStartError",
     "HttpReply",
     "HttpUpstream",
     "InMemoryAdsClient",
@@ -35,6 +46,7 @@ __all__ = [
     "RecordingCallbacks",
     "ServerThread",
     "find_envoy",
+    "find_etcd",
     "free_port",
     "wait_until",
 ]

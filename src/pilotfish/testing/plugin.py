@@ -13,10 +13,18 @@ import pytest
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.cache import SnapshotCache
 from pilotfish.testing.envoy import EnvoyProcess
+from pilotfish.testing.etcd import EtcdServer
 from pilotfish.testing.server import RecordingCallbacks, ServerThread
 from pilotfish.testing.upstream import HttpUpstream
 
-__all__ = ["envoy_factory", "http_upstream", "xds_cache", "xds_callbacks", "xds_server"]
+__all__ = [
+    "envoy_factory",
+    "etcd_server",
+    "http_upstream",
+    "xds_cache",
+    "xds_callbacks",
+    "xds_server",
+]
 
 EnvoyFactory = Callable[..., EnvoyProcess]
 
@@ -82,3 +90,13 @@ def http_upstream() -> Iterator[Callable[[str], HttpUpstream]]:
     finally:
         for upstream in started:
             upstream.stop()
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A running single-member etcd on free ports with a temp data dir, removed afterwards.
+
+    A test may `stop()` and `start()` it: same data, same client port (an outage).
+    """
+    with EtcdServer() as server:
+        yield server
