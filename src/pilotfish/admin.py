@@ -2,11 +2,14 @@
 
 `AdminServer(source, metrics)` serves, from a daemon thread (stdlib `ThreadingHTTPServer`):
 
-- `GET /healthz` -> `ok`; `GET /readyz` -> `ready` once the config was translated, else 503;
+- `GET /healthz` -> `ok`; `GET /readyz` -> `ready` once the config was translated, else 503
+  (with a config store, a second line says whether it is connected; a store that is down does
+  not make the server unready: it keeps serving the last good config);
 - `GET /metrics` -> the `Metrics` registry in Prometheus text format;
 - `GET /debug/syncz` -> per connected proxy and type: sent, ACKed and current versions, NACKs;
 - `GET /debug/config_dump?proxy=ID` -> what the proxy was last given (secrets redacted);
-- `GET /debug/config` -> the objects being served and why refused files were refused.
+- `GET /debug/config` -> the objects being served and why refused files were refused;
+- `GET /debug/store` -> the config store's status (`store_status`), when there is one.
 
 `source` is anything shaped like `AdminSource`; `pilotfish.controller.Controller` is one.
 Bind it to loopback (the default) unless the network in front of it is trusted: the debug views
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -89,6 +93,19 @@ class _Reply:
     body: bytes
 
 
+def store_line(status: Mapping[str, Any]) -> str:
+    """One line on the config store: up, or down since when and serving what."""
+    url, revision = status.get("url", "config store"), status.get("revision", 0)
+    if status.get("connected"):
+        return f"config store {url}: connected, at revision {revision}"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(status.get("since", 0))))
+    error = status.get("last_error") or "not connected"
+    return (
+        f"config store {url}: DOWN since {since} ({error}); "
+        f"serving the last good config, revision {revision}"
+    )
+
+
 def _json(value: object, status: int = 200) -> _Reply:
     return _Reply(status, _JSON, json.dumps(value, indent=2).encode() + b"\n")
 
@@ -152,9 +169,15 @@ def _version(snapshot: Snapshot | None, type_url: str) -> str | None:
 class _Views:
     """The endpoints, as functions of the source: (query) -> reply."""
 
-    def __init__(self, source: AdminSource, metrics: Metrics | None) -> None:
+    def __init__(
+        self,
+        source: AdminSource,
+        metrics: Metrics | None,
+        store_status: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.source = source
         self.metrics = metrics
+        self.store_status = store_status
         self.routes: dict[str, Callable[[dict[str, list[str]]], _Reply]] = {
             "/healthz": lambda _: _text("ok"),
             "/readyz": self.readyz,
@@ -162,10 +185,20 @@ class _Views:
             "/debug/syncz": self.syncz,
             "/debug/config_dump": self.config_dump,
             "/debug/config": self.config,
+            "/debug/store": self.store,
         }
 
     def readyz(self, query: dict[str, list[str]]) -> _Reply:
-        return _text("ready") if self.source.ready else _text("not ready", 503)
+        if not self.source.ready:
+            return _text("not ready", 503)
+        if self.store_status is None:
+            return _text("ready")
+        return _text(f"ready\n{store_line(self.store_status())}")
+
+    def store(self, query: dict[str, list[str]]) -> _Reply:
+        if self.store_status is None:
+            return _json({"error": "no config store: serving a directory"}, 404)
+        return _json(dict(self.store_status()))
 
     def prometheus(self, query: dict[str, list[str]]) -> _Reply:
         if self.metrics is None:
@@ -292,9 +325,11 @@ class AdminServer(HttpService):
         metrics: Metrics | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        store_status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.host = host
-        self._views = _Views(source, metrics)
+        self._views = _Views(source, metrics, store_status)
         self._http = ThreadedHttp(_Handler, self._views, host=host, port=port,
                                   name="pilotfish-admin", poll_interval=0.1)  # fmt: skip
 

@@ -195,6 +195,7 @@ def _xds_cluster(
     keepalive_interval_s: float,
     keepalive_timeout_s: float,
     tls: dict[str, Any] | None = None,
+    health_check_interval_s: float = 1.0,
 ) -> dict[str, Any]:
     """The static HTTP/2 cluster that carries the xDS streams (over `tls` if given)."""
     http2: dict[str, Any] = {}
@@ -207,6 +208,27 @@ def _xds_cluster(
     cluster = _static_cluster(XDS_CLUSTER, addresses, {"http2_protocol_options": http2})
     if tls is not None:
         cluster["transport_socket"] = tls
+    if len(addresses) > 1:
+        # Replicas: the first is used while it is up, the next ones in order after it (a
+        # priority each), and a TCP health check tells when one is down, so a proxy leaves a
+        # dead replica within a check interval instead of retrying it.
+        cluster["load_assignment"]["endpoints"] = [
+            {"priority": rank, "lb_endpoints": [endpoint]}
+            for rank, endpoint in enumerate(
+                cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            )
+        ]
+        interval = _duration(health_check_interval_s * 1000)
+        cluster["health_checks"] = [
+            {
+                "timeout": _duration(min(health_check_interval_s, 1.0) * 1000),
+                "interval": interval,
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "tcp_health_check": {},
+            }
+        ]
     return cluster
 
 
@@ -270,8 +292,15 @@ def envoy_bootstrap(
     xds_tls_cert: str | None = None,
     xds_tls_key: str | None = None,
     xds_token: str | None = None,
+    xds_health_check_interval_s: float = 1.0,
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap that gets listeners and clusters from the control plane.
+
+    Several ``xds_address`` es are replicas of one control plane, in order of preference: the
+    proxy uses the first that passes a TCP health check (every
+    ``xds_health_check_interval_s``), and moves to the next when it fails. Give proxies the
+    replicas in different orders to spread them (`pilotfish bootstrap` rotates the list by
+    node id).
 
     ``ads=True`` multiplexes every type over one ADS stream (ordering guarantees);
     ``ads=False`` opens one stream per type (CDS, LDS; RDS/EDS use `config_source`).
@@ -333,7 +362,11 @@ def envoy_bootstrap(
     clusters: list[dict[str, Any]] = []
     if not rest or rest_address is not None:
         grpc = _addresses(xds_address)
-        clusters.append(_xds_cluster(grpc, keepalive_interval_s, keepalive_timeout_s, tls))
+        clusters.append(
+            _xds_cluster(
+                grpc, keepalive_interval_s, keepalive_timeout_s, tls, xds_health_check_interval_s
+            )
+        )
     if rest or rest_address is not None:
         clusters.append(_rest_cluster(_addresses(rest_address or xds_address)))
     clusters.extend(dict(c) for c in extra_static_clusters)

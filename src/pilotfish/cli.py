@@ -1,4 +1,5 @@
-"""The `pilotfish` command: `serve`, `validate`, `translate`, `bootstrap`, `cert`, `demo`.
+"""The `pilotfish` command: `serve`, `validate`, `translate`, `apply`, `get`, `delete`,
+`bootstrap`, `cert`, `demo`.
 
 Each subcommand lives in `pilotfish.commands.<name>`; this module only parses and dispatches,
 and turns user mistakes (`CommandError`) into one line on stderr and exit status 2.
@@ -16,7 +17,7 @@ from pilotfish.commands import CommandError
 
 __all__ = ["COMMANDS", "main"]
 
-COMMANDS = ("serve", "validate", "translate", "bootstrap", "cert", "demo")
+COMMANDS = ("serve", "validate", "translate", "apply", "get", "delete", "bootstrap", "cert", "demo")
 
 
 def _parser() -> argparse.ArgumentParser:

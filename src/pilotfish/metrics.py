@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter as _Tally
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -124,6 +125,30 @@ class Metrics(Callbacks):
         )  # fmt: skip
 
     # -- the controller side ------------------------------------------------------------------
+
+    def watch_store(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """Export a config store's health: `status()` gives `connected`, `revision` and
+        `resyncs` (an `EtcdWatcher.status` as a dict), read at each scrape."""
+
+        def read(field: str) -> Callable[[], float]:
+            return lambda: float(status().get(field) or 0)
+
+        r = self.registry
+        Gauge(
+            "pilotfish_config_store_up",
+            "1 while the config store is connected; 0 while serving the last good config",
+            registry=r,
+        ).set_function(read("connected"))
+        Gauge(
+            "pilotfish_config_store_revision",
+            "The store revision the served config reflects",
+            registry=r,
+        ).set_function(read("revision"))
+        Gauge(
+            "pilotfish_config_store_resyncs",
+            "Full reloads because the watched revision was compacted away",
+            registry=r,
+        ).set_function(read("resyncs"))
 
     def observe_translation(
         self, seconds: float, objects: Iterable[ConfigObject], errors: int

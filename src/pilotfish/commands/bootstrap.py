@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.commands import address
 
-__all__ = ["register"]
+__all__ = ["register", "rotated"]
 
 
 def register(commands: Any) -> None:
@@ -27,7 +28,8 @@ def register(commands: Any) -> None:
         type=address,
         action="append",
         required=True,
-        help="HOST:PORT of a pilotfish server (repeat for several replicas)",
+        help="HOST:PORT of a pilotfish server (repeat for replicas: the proxy prefers them in "
+        "an order rotated by its node id, and fails over along it)",
     )
     boot.add_argument("--per-type", action="store_true", help="one stream per type instead of ADS")
     boot.add_argument("--admin-port", type=int, default=0, help="Envoy admin port (0: any)")
@@ -88,12 +90,22 @@ def _metadata(args: argparse.Namespace) -> dict[str, object]:
     return metadata
 
 
+def rotated(addresses: list[tuple[str, int]], node_id: str) -> list[tuple[str, int]]:
+    """The replicas in this node's order of preference: the list rotated by a hash of the
+    node id, so proxies spread over replicas and each has all the others to fall back on."""
+    if len(addresses) < 2:
+        return addresses
+    start = int.from_bytes(hashlib.blake2b(node_id.encode(), digest_size=4).digest(), "big")
+    start %= len(addresses)
+    return addresses[start:] + addresses[:start]
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the bootstrap."""
     bootstrap = envoy_bootstrap(
         node_id=args.node_id,
         cluster=args.cluster,
-        xds_address=args.xds_address,
+        xds_address=rotated(args.xds_address, args.node_id),
         ads=not args.per_type,
         admin_port=args.admin_port,
         node_metadata=_metadata(args) or None,

@@ -1,4 +1,5 @@
-"""`pilotfish serve`: the control plane for a directory of Istio manifests.
+"""`pilotfish serve`: the control plane for a directory of Istio manifests, or for a config store
+(`--store etcd://...`) shared by any number of replicas.
 
 Settings come from flags, else `PILOTFISH_<NAME>` environment variables, else a YAML config file
 (`--config-file`, keys as the long flags with underscores), else the defaults. Serves xDS and
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,12 +28,13 @@ from pilotfish.admin import AdminServer
 from pilotfish.cache import SnapshotCache
 from pilotfish.commands import CommandError, address
 from pilotfish.controller import Controller
+from pilotfish.etcd import EtcdWatcher
 from pilotfish.metrics import Metrics
 from pilotfish.security import CertificateAuthority, WorkloadSecrets
 from pilotfish.sources import ConfigStore
 from pilotfish.sources.watch import DirectoryWatcher
 from pilotfish.xds.auth import Authenticator, SpiffeAuthenticator, TokenAuthenticator
-from pilotfish.xds.server import XdsServer, server_credentials
+from pilotfish.xds.server import DEFAULT_OPTIONS, XdsServer, server_credentials
 
 __all__ = ["Settings", "register", "settings_from"]
 
@@ -41,7 +45,9 @@ log = logging.getLogger("pilotfish.serve")
 class Settings:
     """What `serve` runs with, after flags, environment and config file are merged."""
 
-    config: Path
+    config: Path | None = None
+    store: str = ""
+    max_connection_age: float = 1800.0
     xds_address: tuple[str, int] = ("127.0.0.1", 15010)
     admin_address: tuple[str, int] = ("127.0.0.1", 15014)
     debounce: float = 0.1
@@ -56,6 +62,8 @@ class Settings:
 
 _CONVERT: dict[str, Any] = {
     "config": Path,
+    "store": str,
+    "max_connection_age": float,
     "xds_address": address,
     "admin_address": address,
     "debounce": float,
@@ -82,6 +90,18 @@ def register(commands: Any) -> None:
         ),
     )
     serve.add_argument("--config", metavar="DIR", help="the manifest directory to serve")
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="serve the config store etcd://HOST:PORT[,HOST:PORT...]/PREFIX instead of a "
+        "directory (replicas given the same store serve identical config)",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        metavar="SECONDS",
+        help="close each proxy connection after about this long (+-10%%) so proxies reconnect "
+        "and load spreads over replicas (default 1800; 0: never)",
+    )
     serve.add_argument(
         "--xds-address", metavar="HOST:PORT", help="where proxies connect (default 127.0.0.1:15010)"
     )
@@ -157,15 +177,19 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
             values[name] = convert(str(raw))
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise CommandError(f"{origin}: {error}") from error
-    if "config" not in values:
-        raise CommandError("no config directory: give --config DIR (or PILOTFISH_CONFIG)")
+    if ("config" in values) == bool(values.get("store")):
+        raise CommandError(
+            "give a config directory (--config DIR) or a store (--store etcd://...), not both"
+            if "config" in values
+            else "no config: give --config DIR or --store etcd://HOST:PORT/PREFIX"
+        )
     return Settings(**values)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT."""
     settings = settings_from(args)
-    if not settings.config.is_dir():
+    if settings.config is not None and not settings.config.is_dir():
         raise CommandError(f"config directory {settings.config} does not exist")
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -193,6 +217,56 @@ def _xds_security(
     return credentials, SpiffeAuthenticator(ca.trust_domain, is_revoked=ca.is_revoked)
 
 
+def xds_options(max_connection_age: float) -> list[tuple[str, int]]:
+    """The xDS server's gRPC options: `DEFAULT_OPTIONS`, plus a maximum connection age (grpc
+    adds +-10% jitter, so proxies of one replica do not all reconnect at once). The grace after
+    it is short: an xDS stream never ends by itself, and waiting for it would keep the proxy
+    on this replica forever."""
+    options = list(DEFAULT_OPTIONS)
+    if max_connection_age > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", 5_000),
+        ]
+    return options
+
+
+async def _load_store(url: str, store: ConfigStore, timeout: float = 10.0) -> EtcdWatcher:
+    """Start watching the config store into `store`; fail (CommandError) if the first load
+    does not complete within `timeout`: a replica with nothing to serve must not start."""
+    try:
+        watcher = EtcdWatcher(url, store)
+    except ValueError as error:
+        raise CommandError(f"--store {url}: {error}") from error
+    await watcher.start()
+    try:
+        await watcher.synced(timeout)
+    except TimeoutError as error:
+        reason = watcher.status.last_error or "no answer"
+        await watcher.stop()
+        raise CommandError(
+            f"cannot load config from {url} within {timeout:g}s: {reason}"
+        ) from error
+    for problems in watcher.errors().values():
+        for problem in problems:
+            log.error("%s (not served)", problem)
+    log.info(
+        "loaded %d objects from %s at revision %d",
+        len(store.objects()),
+        url,
+        watcher.status.revision,
+    )
+    return watcher
+
+
+def _store_status(watcher: EtcdWatcher) -> Callable[[], dict[str, Any]]:
+    def status() -> dict[str, Any]:
+        now = watcher.status
+        return {"url": str(watcher.url), **dataclasses.asdict(now)}
+
+    return status
+
+
 def _host_port(value: tuple[str, int]) -> str:
     host, port = value
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -201,16 +275,20 @@ def _host_port(value: tuple[str, int]) -> str:
 async def serve(settings: Settings, started: asyncio.Event | None = None) -> int:
     """Run the control plane until a signal (or `started`'s loop is stopped by the caller)."""
     store = ConfigStore()
-    refused = store.sync(settings.config)
-    for problems in refused.values():
-        for problem in problems:
-            log.error("%s (not served)", problem)
-    log.info(
-        "loaded %d objects from %s (%d files refused)",
-        len(store.objects()),
-        settings.config,
-        len(refused),
-    )
+    etcd: EtcdWatcher | None = None
+    if settings.config is not None:
+        refused = store.sync(settings.config)
+        for problems in refused.values():
+            for problem in problems:
+                log.error("%s (not served)", problem)
+        log.info(
+            "loaded %d objects from %s (%d files refused)",
+            len(store.objects()),
+            settings.config,
+            len(refused),
+        )
+    else:
+        etcd = await _load_store(settings.store, store)
     cache = SnapshotCache()
     metrics = Metrics()
     workload_secrets = None
@@ -231,9 +309,16 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         workload_secrets=workload_secrets,
     )
     metrics.inner = controller
+    store_status = _store_status(etcd) if etcd is not None else None
+    if store_status is not None:
+        metrics.watch_store(store_status)
     credentials, authenticator = _xds_security(settings, workload_secrets)
     server = XdsServer(
-        cache, callbacks=metrics, credentials=credentials, authenticator=authenticator
+        cache,
+        callbacks=metrics,
+        credentials=credentials,
+        authenticator=authenticator,
+        options=xds_options(settings.max_connection_age),
     )
     try:
         xds_port = await server.start(_host_port(settings.xds_address))
@@ -241,7 +326,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         raise CommandError(
             f"cannot serve xDS on {_host_port(settings.xds_address)}: {error}"
         ) from error
-    admin = AdminServer(controller, metrics, *settings.admin_address)
+    admin = AdminServer(controller, metrics, *settings.admin_address, store_status=store_status)
     try:
         admin.start()
     except OSError as error:
@@ -250,7 +335,12 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
             f"cannot serve admin on {_host_port(settings.admin_address)}: {error}"
         ) from error
     controller.start()
-    watcher = DirectoryWatcher(settings.config, store, controller.changed).start()
+    watcher = None
+    if settings.config is not None:
+        watcher = DirectoryWatcher(settings.config, store, controller.changed).start()
+    else:
+        assert etcd is not None
+        etcd.on_change = controller.changed
     log.info(
         "serving xDS on %s:%d, admin on http://%s:%d",
         settings.xds_address[0],
@@ -278,7 +368,10 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
     try:
         await stop.wait()
     finally:
-        watcher.stop()
+        if watcher is not None:
+            watcher.stop()
+        if etcd is not None:
+            await etcd.stop()
         controller.stop()
         await server.stop(settings.grace)
         admin.stop()

@@ -170,6 +170,7 @@ class EtcdServer:
         self._workdir: Path | None = None
         self._client_port: int | None = None
         self._peer_port: int | None = None
+        self._home_port: int | None = None  # the usual client port, during a hidden start
         self._log_offset = 0
 
     def __repr__(self) -> str:
@@ -178,14 +179,22 @@ class EtcdServer:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self, timeout: float = 15.0) -> Self:
+    def start(self, timeout: float = 15.0, *, hidden: bool = False) -> Self:
         """Start etcd and wait until `/health` on the client URL says it has a leader.
 
         The first start picks free ports (retrying if another process takes one first); a
         restart reuses them, and the data dir. Raises `EtcdStartError` with the log tail.
+
+        `hidden=True` (a restart) serves the same data on another client port, which clients
+        of the usual one cannot reach: how a test changes data "while etcd is unreachable"
+        (`endpoint` is the hidden one until the next `stop()`).
         """
         if self.running:
             raise EtcdServerError(f"{self!r} is already running")
+        if hidden:
+            if self._client_port is None:
+                raise EtcdServerError("a hidden start needs an etcd that has run before")
+            self._home_port, self._client_port = self._client_port, free_port()
         binary = self.binary or find_etcd()
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"pilotfish-{self.name}-"))
@@ -274,6 +283,8 @@ class EtcdServer:
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Stop etcd by PID (SIGTERM, then SIGKILL after `timeout`); keeps data and ports."""
         proc, self._proc = self._proc, None
+        if self._home_port is not None:  # back to the usual port for the next start
+            self._client_port, self._home_port = self._home_port, None
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

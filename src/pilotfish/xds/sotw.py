@@ -15,6 +15,8 @@ Rules (xDS protocol, state-of-the-world):
   resent unprompted; a newer version, or newly subscribed names, go out normally.
 - A request that repeats the current subscription while no response is in flight asks for the
   resources again, and gets them even at an unchanged version (Envoy's cluster warming).
+- The first request of a type that names a version (a client reconnecting, perhaps to another
+  replica) is taken as an ACK of that version: it is not sent again unless it changes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Literal
 
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
-from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
 from pilotfish.xds.requests import Received, request_type_url, settle
 from pilotfish.xds.watch import PreparedResponse, WatchRequest
 
@@ -91,8 +93,12 @@ class SotwStream:
             events.append(settled)
 
         if first and request.version_info:
-            # A reconnecting client says what it holds; trust it so nothing is resent needlessly.
+            # A reconnecting client says what it holds; trust it so nothing is resent needlessly,
+            # and record it as ACKed (status shows the client in sync without a push).
             watch = self.watch_request(type_url, request.version_info, state.names, None)
+            if not request.HasField("error_detail"):
+                state.acked_version = request.version_info
+                events.append(Acked(type_url, request.version_info, nonce))
         elif first or answered or changed:
             watch = self.watch_request(type_url)
         else:
