@@ -297,7 +297,10 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
             ca = CertificateAuthority.load_or_create(settings.ca_dir)
         except (OSError, ValueError) as error:
             raise CommandError(f"cannot use CA directory {settings.ca_dir}: {error}") from error
-        workload_secrets = WorkloadSecrets(ca, ttl=timedelta(seconds=settings.cert_ttl))
+        # Deterministic: replicas given the same CA serve the same certificates (see issue).
+        workload_secrets = WorkloadSecrets(
+            ca, ttl=timedelta(seconds=settings.cert_ttl), deterministic=ca.key_type == "ec"
+        )
         log.info("workload CA %s (trust domain %s)", settings.ca_dir, ca.trust_domain)
     controller = Controller(
         cache,

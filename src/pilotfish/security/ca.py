@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -312,9 +313,18 @@ class CertificateAuthority:
         ttl: timedelta = _DEFAULT_TTL,
         key_type: KeyType | None = None,
         now: datetime | None = None,
+        deterministic: bool = False,
     ) -> WorkloadCertificate:
         """A fresh key and a certificate for the identity, valid from a minute before `now` (clock
         skew between peers) for `ttl`.
+
+        `deterministic`: every holder of this CA's key issues the same key and certificate for
+        an identity within one window of `ttl / 2` (windows count from the Unix epoch), so
+        replicas of a control plane serve proxies byte-identical secrets and a proxy moving
+        between them is not pushed new ones. The key is derived from the CA's key (which can
+        issue any identity anyway), the serial from the identity and window, and ECDSA signs
+        deterministically (RFC 6979). Needs EC workload keys. The certificate is valid from a
+        minute before its window for `ttl`, so it reaches half its life as the next begins.
 
         The lifetime is cut at the signer's own expiry. Raises `RevokedIdentity` if revoked.
         """
@@ -322,20 +332,32 @@ class CertificateAuthority:
         if ttl <= timedelta(0):
             raise ValueError(f"ttl must be positive, got {ttl}")
         kind = _check_key_type(key_type or self._key_type)
+        if deterministic and kind != "ec":
+            raise ValueError("deterministic issuance needs EC workload keys")
         ident = (namespace, service_account)
         with self._lock:
             self._check_not_revoked(ident, identity)
             signer = self._signer
         now = self._now(now)
         # Key generation and signing (slow for RSA) happen outside the lock.
-        key = _new_key(kind)
-        not_before = now - _CLOCK_SKEW
-        not_after = min(now + ttl, signer.cert.not_valid_after_utc)
+        if deterministic:
+            start = _window_start(now + _CLOCK_SKEW, ttl / 2)
+            seed = _derivation(signer, identity, start)
+            key: _PrivateKey = _derived_ec_key(seed)
+            not_before = start - _CLOCK_SKEW
+            not_after = min(start + ttl, signer.cert.not_valid_after_utc)
+            serial = int.from_bytes(_hmac(seed, b"serial")[:20], "big") >> 1 | 1
+        else:
+            key = _new_key(kind)
+            not_before = now - _CLOCK_SKEW
+            not_after = min(now + ttl, signer.cert.not_valid_after_utc)
+            serial = x509.random_serial_number()
         if not_after <= now:
             raise CertificateAuthorityError(
                 f"the signing CA expired at {signer.cert.not_valid_after_utc.isoformat()}"
             )
-        serial = x509.random_serial_number()
+        is_ec = isinstance(signer.key, ec.EllipticCurvePrivateKey)
+        deterministic_ecdsa = True if deterministic and is_ec else None
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
@@ -374,7 +396,8 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.key.public_key()),
                 critical=False,
             )
-            .sign(signer.key, hashes.SHA256())
+            # RSA (PKCS#1 v1.5) signatures are deterministic already; ECDSA's are made so.
+            .sign(signer.key, hashes.SHA256(), ecdsa_deterministic=deterministic_ecdsa)
         )
         record = _Serial(serial, cert.not_valid_after_utc, signer.fingerprint)
         with self._lock:
@@ -682,6 +705,36 @@ def _check_key_type(key_type: str) -> KeyType:
     if key_type == "rsa":
         return "rsa"
     raise ValueError(f"key_type must be 'ec' or 'rsa', got {key_type!r}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The order of P-256: derived private scalars must lie in [1, n - 1].
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _window_start(moment: datetime, window: timedelta) -> datetime:
+    """The start of the window (counted from the Unix epoch) that holds `moment`."""
+    return _EPOCH + window * ((moment - _EPOCH) // window)
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _derivation(signer: _Signer, identity: str, start: datetime) -> bytes:
+    """A secret for one identity and window, known only to holders of the signing key."""
+    secret = signer.key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return _hmac(secret, f"pilotfish workload key\0{identity}\0{start.isoformat()}".encode())
+
+
+def _derived_ec_key(seed: bytes) -> ec.EllipticCurvePrivateKey:
+    # 512 bits reduced modulo n: the bias is negligible (2^-256).
+    wide = int.from_bytes(_hmac(seed, b"key 1") + _hmac(seed, b"key 2"), "big")
+    return ec.derive_private_key(wide % (_P256_ORDER - 1) + 1, ec.SECP256R1())
 
 
 def _new_key(key_type: KeyType) -> _PrivateKey:

@@ -28,13 +28,23 @@ class _Entry:
 
 
 class WorkloadSecrets:
-    """SDS secrets per identity, issued by `ca` with lifetime `ttl` and cached until rotation."""
+    """SDS secrets per identity, issued by `ca` with lifetime `ttl` and cached until rotation.
 
-    def __init__(self, ca: CertificateAuthority, *, ttl: timedelta = timedelta(hours=24)) -> None:
+    `deterministic` (see `CertificateAuthority.issue`): replicas sharing the CA serve the same
+    secrets, so a proxy that moves between them is not pushed new ones."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        *,
+        ttl: timedelta = timedelta(hours=24),
+        deterministic: bool = False,
+    ) -> None:
         if ttl <= timedelta(0):
             raise ValueError(f"ttl must be positive, got {ttl}")
         self.ca = ca
         self.ttl = ttl
+        self.deterministic = deterministic
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], _Entry] = {}
 
@@ -54,7 +64,13 @@ class WorkloadSecrets:
             revision = self.ca.trust_revision(now)
             entry = self._cache.get(key)
             if entry is None or self._stale(entry.certificate, now):
-                certificate = self.ca.issue(namespace, service_account, ttl=self.ttl, now=now)
+                certificate = self.ca.issue(
+                    namespace,
+                    service_account,
+                    ttl=self.ttl,
+                    now=now,
+                    deterministic=self.deterministic,
+                )
             elif entry.revision == revision:
                 return _copies(entry.secrets)
             else:
