@@ -27,6 +27,7 @@ import yaml
 from pilotfish.admin import AdminServer
 from pilotfish.cache import SnapshotCache
 from pilotfish.commands import CommandError, address
+from pilotfish.commands.workers import supervise
 from pilotfish.controller import Controller
 from pilotfish.etcd import EtcdWatcher
 from pilotfish.metrics import Metrics
@@ -47,6 +48,7 @@ class Settings:
 
     config: Path | None = None
     store: str = ""
+    workers: int = 1
     max_connection_age: float = 1800.0
     xds_address: tuple[str, int] = ("127.0.0.1", 15010)
     admin_address: tuple[str, int] = ("127.0.0.1", 15014)
@@ -63,6 +65,7 @@ class Settings:
 _CONVERT: dict[str, Any] = {
     "config": Path,
     "store": str,
+    "workers": int,
     "max_connection_age": float,
     "xds_address": address,
     "admin_address": address,
@@ -95,6 +98,12 @@ def register(commands: Any) -> None:
         metavar="URL",
         help="serve the config store etcd://HOST:PORT[,HOST:PORT...]/PREFIX instead of a "
         "directory (replicas given the same store serve identical config)",
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="K",
+        help="K server processes sharing the xDS port (SO_REUSEPORT), e.g. one per core; each "
+        "has its own cache and admin port (the given one + its index) (default 1)",
     )
     serve.add_argument(
         "--max-connection-age",
@@ -196,7 +205,21 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # we log what a change did
+    if settings.workers < 1:
+        raise CommandError(f"--workers must be at least 1, got {settings.workers}")
+    if settings.workers > 1:
+        if settings.ca_dir is not None:
+            # Made once here, so K workers starting at once do not each create a root.
+            _load_ca(settings.ca_dir)
+        return supervise(settings, settings.workers)
     return asyncio.run(serve(settings))
+
+
+def _load_ca(directory: Path) -> CertificateAuthority:
+    try:
+        return CertificateAuthority.load_or_create(directory)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot use CA directory {directory}: {error}") from error
 
 
 def _xds_security(
@@ -293,10 +316,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
     metrics = Metrics()
     workload_secrets = None
     if settings.ca_dir is not None:
-        try:
-            ca = CertificateAuthority.load_or_create(settings.ca_dir)
-        except (OSError, ValueError) as error:
-            raise CommandError(f"cannot use CA directory {settings.ca_dir}: {error}") from error
+        ca = _load_ca(settings.ca_dir)
         # Deterministic: replicas given the same CA serve the same certificates (see issue).
         workload_secrets = WorkloadSecrets(
             ca, ttl=timedelta(seconds=settings.cert_ttl), deterministic=ca.key_type == "ec"
