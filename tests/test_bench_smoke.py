@@ -54,3 +54,65 @@ def test_translate_benchmark_shares_translations_by_proxy_shape(tmp_path: Path) 
     # Translations done in the last run (initial, full, edit): one per shape per round.
     assert shared["translations_last_run"] == 6 * 3
     assert distinct["translations_last_run"] == 12 * 3
+
+
+def test_synthetic_translate_redoes_only_what_one_change_touches(tmp_path: Path) -> None:
+    from bench.translate import main as translate_main
+
+    out = tmp_path / "translate.json"
+    assert translate_main(["--services", "20", "--repeat", "2", "--json", str(out)]) == 0
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert document["rows"] == []  # bookinfo was not asked for
+    assert document["machine_info"]["cpu_count"] >= 1
+    (row,) = document["synthetic"]["rows"]
+    assert (row["services"], row["shapes"], row["objects"]) == (20, 1, 60)
+    # Per service 4 clusters and 4 load assignments (all endpoints, subsets v1..v3), plus the
+    # listener and the route configuration.
+    assert row["resources"] == 8 * 20 + 2
+    assert row["full"]["units_translated"] == 2 * 20  # an outbound unit and a virtual host each
+    assert row["full"]["resources_serialized"] == 8 * 20 + 2
+    assert row["memory_mb"]["peak"] > 0
+    # A VirtualService's weights: that service's two units, and the one route configuration.
+    route = row["route_change"]
+    assert (route["units_translated"], route["units_reused"]) == (2, 2 * 20 - 2)
+    assert route["resources_serialized"] == 1
+    # One more endpoint (labelled v1): that service's outbound unit, and the load assignments
+    # that hold it: the service's and subset v1's.
+    endpoint = row["endpoint_change"]
+    assert (endpoint["units_translated"], endpoint["units_reused"]) == (1, 2 * 20 - 1)
+    assert endpoint["resources_serialized"] == 2
+    for change in (*route["runs"], *endpoint["runs"]):
+        assert change["proxies_changed"] == 1
+        assert change["total_s"] > 0
+
+
+def test_envoys_benchmark_every_envoy_follows_a_flip(tmp_path: Path) -> None:
+    import pytest
+    from bench.envoys import main as envoys_main
+
+    from pilotfish.testing import EnvoyNotFound, find_envoy
+
+    try:
+        find_envoy()
+    except EnvoyNotFound as error:
+        pytest.skip(str(error))
+    out = tmp_path / "envoys.json"
+    argv = ["--envoys", "2", "--repeat", "1", "--settle", "0.1", "--timeout", "20"]
+    assert envoys_main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))["result"]
+    (flip,) = result["flips"]
+    assert flip["colour"] == "green" and flip["converged"] == 2
+    assert all(0 < ms < 20_000 for ms in flip["envoy_ms"])
+    assert flip["first_ms"] <= flip["p50_ms"] <= flip["last_ms"]
+    assert result["median"]["all_converged"] is True
+
+
+def test_suite_quick_writes_a_summary(tmp_path: Path) -> None:
+    from bench.__main__ import main as suite_main
+
+    assert suite_main(["--quick", "--only", "translate", "--results", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    entry = summary["benchmarks"]["translate"]
+    assert entry["ok"] is True
+    assert [row["services"] for row in entry["headline"]["synthetic"]] == [20, 200]
+    assert (tmp_path / "translate.json").is_file()

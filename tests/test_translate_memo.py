@@ -180,5 +180,5 @@ def test_serializations_per_change_do_not_grow_with_proxies(proxies: int) -> Non
     snapshots = {id(cache.get_snapshot(f"client-{n + 1}")) for n in range(proxies)}
     assert len(snapshots) == 1  # one shape: one translation and one snapshot shared by all
     assert controller.stats.proxies_translated - before == 1
-    memo = next(iter(controller._memos.values()))
-    assert memo.stats.resources_serialized == 1
+    (stats,) = controller.memo_stats()
+    assert stats.resources_serialized == 1

@@ -29,7 +29,14 @@ from pilotfish.protos import (
 from pilotfish.registry import Registry
 from pilotfish.security import RevokedIdentity, WorkloadSecrets
 from pilotfish.sources import ConfigObject, ConfigStore
-from pilotfish.translators import ConfigIndex, Proxy, Translation, TranslationMemo, translate
+from pilotfish.translators import (
+    ConfigIndex,
+    MemoStats,
+    Proxy,
+    Translation,
+    TranslationMemo,
+    translate,
+)
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.events import Nacked
 
@@ -262,6 +269,11 @@ class Controller(Callbacks):
         """What a proxy was last given."""
         with self._lock:
             return self._translations.get(proxy_id)
+
+    def memo_stats(self) -> list[MemoStats]:
+        """Per proxy shape, what its last translation reused and redid (benchmarks, tests)."""
+        with self._lock:
+            return [dataclasses.replace(m.stats) for m in self._memos.values()]
 
     def objects(self) -> list[ConfigObject]:
         """The objects being served."""
