@@ -11,6 +11,9 @@ version: wall time until every proxy ACKed all four types, server CPU, server RS
 snapshot's serialization counters, which must not grow with N (serialize once).
 
     .venv/bin/python bench/ads_push.py --clients 100 1000 --clusters 100 --endpoints 1
+
+`--transport grpc native` measures both server transports (grpc.aio, and pilotfish's own HTTP/2),
+one row each per N; the simulated proxies are grpc.aio clients either way.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from pilotfish.protos import (
     wire,
 )
 from pilotfish.translators import build
-from pilotfish.xds.server import XdsServer
+from pilotfish.xds.server import Transport, XdsServer
 
 __all__ = ["build_snapshot", "main", "run"]
 
@@ -66,6 +69,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", -1),
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
+TRANSPORTS: tuple[Transport, ...] = ("grpc", "native")
 
 Message = tuple[Any, ...]
 
@@ -170,9 +174,11 @@ def _child(conn: Connection, body: Callable[[], None]) -> None:
 # -- the server process -----------------------------------------------------------------------
 
 
-def server_process(conn: Connection, clusters: int, endpoints: int, idle_timeout: float) -> None:
+def server_process(
+    conn: Connection, clusters: int, endpoints: int, idle_timeout: float, transport: Transport
+) -> None:
     """Entry point of the server process (spawned): an XdsServer on 127.0.0.1 and a command loop."""
-    _child(conn, lambda: asyncio.run(_serve(conn, clusters, endpoints, idle_timeout)))
+    _child(conn, lambda: asyncio.run(_serve(conn, clusters, endpoints, idle_timeout, transport)))
 
 
 def _cpu() -> tuple[float, float]:
@@ -180,11 +186,13 @@ def _cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-async def _serve(conn: Connection, clusters: int, endpoints: int, idle_timeout: float) -> None:
+async def _serve(
+    conn: Connection, clusters: int, endpoints: int, idle_timeout: float, transport: Transport
+) -> None:
     snapshot = build_snapshot(clusters, endpoints, 0)
     cache = SnapshotCache(node_hash=by_cluster)
     cache.set_snapshot(NODE_CLUSTER, snapshot)
-    server = XdsServer(cache)
+    server = XdsServer(cache, transport=transport)
     port = await server.start("127.0.0.1:0")
     inbox = _Inbox(conn)
     conn.send(("ready", port, _versions(snapshot)))
@@ -533,13 +541,15 @@ def _report(server: _Child, timeout: float) -> dict[str, Any]:
     return report
 
 
-def run_one(clients: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(
+    clients: int, args: argparse.Namespace, transport: Transport = "grpc"
+) -> dict[str, Any]:
     """One server and K client processes for N proxies: initial convergence, then the pushes."""
     procs = max(1, min(args.client_procs, clients))
     idle = 3 * args.timeout + 60
     children: list[_Child] = []
     try:
-        server = _Child("server", server_process, args.clusters, args.endpoints, idle)
+        server = _Child("server", server_process, args.clusters, args.endpoints, idle, transport)
         children.append(server)
         first = 0
         client_children: list[_Child] = []
@@ -568,6 +578,7 @@ def run_one(clients: int, args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"server has {initial['streams']} streams for {clients} proxies")
         result: dict[str, Any] = {
             "clients": clients,
+            "transport": transport,
             "clusters": args.clusters,
             "endpoints": args.endpoints,
             "client_procs": procs,
@@ -681,6 +692,7 @@ def machine_info() -> dict[str, Any]:
 
 COLUMNS = (
     ("N", "clients", "{:d}"),
+    ("transport", "transport", "{}"),
     ("CxE", None, ""),
     ("K", "client_procs", "{:d}"),
     ("init s", "initial_s", "{:.3f}"),
@@ -744,6 +756,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=default_client_procs(),
         help="processes running the simulated proxies (default: cores - 1, 1 to 4)",
     )
+    parser.add_argument(
+        "--transport",
+        nargs="+",
+        choices=TRANSPORTS,
+        default=["grpc"],
+        help="server transports to measure, one row each per N (default: grpc)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for each wait")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     args = parser.parse_args(argv)
@@ -755,7 +774,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every N in turn, each with fresh processes; writes the JSON and returns it."""
     _raise_nofile()
-    results = [run_one(n, args) for n in args.clients]
+    results = [run_one(n, args, transport) for n in args.clients for transport in args.transport]
     document = {
         "benchmark": "ads_push",
         "machine": machine_info(),
@@ -764,6 +783,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "clusters": args.clusters,
             "endpoints": args.endpoints,
             "repeat": args.repeat,
+            "transports": args.transport,
             "client_procs": args.client_procs,
             "timeout": args.timeout,
         },

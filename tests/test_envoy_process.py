@@ -326,11 +326,14 @@ def test_per_type_bootstrap_shape() -> None:
         "retry_policy": {"retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}},
     }
     (xds,) = bootstrap["static_resources"]["clusters"]
-    endpoints = xds["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [
-        18000,
-        18001,
-    ]
+    # Replicas in order of preference: one priority each, and a health check to fail over.
+    groups = xds["load_assignment"]["endpoints"]
+    assert [
+        (g["priority"], [e["endpoint"]["address"]["socket_address"]["port_value"]
+                         for e in g["lb_endpoints"]])
+        for g in groups
+    ] == [(0, [18000]), (1, [18001])]  # fmt: skip
+    assert xds["health_checks"][0]["tcp_health_check"] == {}
     delta = envoy_bootstrap(node_id="n", cluster="c", xds_address=("::1", 1), delta=True)
     assert delta["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     with pytest.raises(ValueError, match="reconnect"):

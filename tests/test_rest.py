@@ -35,7 +35,7 @@ from pilotfish.testing import (
     free_port,
     wait_until,
 )
-from pilotfish.xds import Event, Respond, Sent, Subscribed, WatchRequest
+from pilotfish.xds import Acked, Event, Respond, Sent, Subscribed, WatchRequest
 from pilotfish.xds.rest import REST_PATHS, RestServer
 from pilotfish.xds.watch import Cancel
 from tests import helpers
@@ -345,6 +345,8 @@ def test_fetches_are_one_request_streams_for_the_watcher(
         (one, sent),
         (one, "closed"),
         (two, Subscribed(ENDPOINT_TYPE, frozenset({"blue"}), False)),
+        # A fetch naming the version it holds counts as that version's ACK (nonce empty).
+        (two, Acked(ENDPOINT_TYPE, current, "")),
         (two, "closed"),
     ]
     assert xds_cache.status_keys() == []

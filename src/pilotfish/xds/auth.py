@@ -76,6 +76,34 @@ class Peer:
             tuple((key, value) for key, value in metadata or ()),
         )
 
+    @classmethod
+    def from_tls(
+        cls,
+        certificate: bytes | None,
+        metadata: Iterable[tuple[str, str | bytes]] = (),
+    ) -> Peer:
+        """From a TLS connection served without grpc (the native transport): the client's
+        certificate (DER, None if it sent none) as gRPC's auth context would show it."""
+        context: dict[str, tuple[bytes, ...]] = {"transport_security_type": (b"ssl",)}
+        if certificate is not None:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            cert = x509.load_der_x509_certificate(certificate)
+            context["x509_pem_cert"] = (cert.public_bytes(Encoding.PEM),)
+            try:
+                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            except x509.ExtensionNotFound:
+                sans = x509.SubjectAlternativeName([])
+            uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+            names = [*uris, *sans.get_values_for_type(x509.DNSName)]
+            names += [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+            context["x509_subject_alternative_name"] = tuple(name.encode() for name in names)
+            spiffe = [uri for uri in uris if uri.startswith("spiffe://")]
+            if len(spiffe) == 1:
+                context["peer_spiffe_id"] = (spiffe[0].encode(),)
+        return cls(context, tuple(metadata))
+
     def values(self, key: str) -> list[str]:
         """Every value of the metadata `key` (case-insensitive), as text."""
         key = key.lower()

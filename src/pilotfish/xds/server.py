@@ -1,10 +1,16 @@
-"""The grpc.aio xDS server: thin adapters from gRPC streams to `Session`s.
+"""The xDS server: thin adapters from gRPC streams to `Session`s, over one of two transports.
 
-Serves ADS and every per-type state-of-the-world service from one `ConfigWatcher`. Responses are
-written as prepared bytes (the serializer is bypassed), so a response built once is shared by
-every stream; only the nonce is appended per stream.
+Serves ADS and every per-type service (state-of-the-world and delta) from one `ConfigWatcher`.
+Responses are written as prepared bytes (the serializer is bypassed), so a response built once is
+shared by every stream; only the nonce is appended per stream.
 
-Securing the server itself: `credentials` (see `server_credentials`) make the port TLS, with
+Transports: ``"grpc"`` (grpc.aio, the default) or ``"native"`` (`pilotfish.xds.native`:
+pilotfish's own HTTP/2 on asyncio, a fraction of grpc.aio's CPU per message). Both drive the
+same per-stream logic (`pilotfish.xds.streams.StreamHandler`): admission, callbacks, refusals,
+the debug view and heartbeats behave alike.
+
+Securing the server itself: `credentials` (`server_credentials` for grpc, `native_tls` for the
+native transport) make the port TLS, with
 client certificates required by default; an `authenticator` (`pilotfish.xds.auth`) proves who
 each stream's peer is before anything is read (else ``UNAUTHENTICATED``), and the node of the
 stream's first request must be that identity's (else ``PERMISSION_DENIED``), checked before any
@@ -16,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, Literal, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
@@ -31,15 +38,14 @@ from pilotfish.protos import (
     DiscoveryRequest,
     ServiceMethods,
 )
-from pilotfish.xds.auth import AuthenticationError, Authenticator, Identity, NodeOwners, Peer
-from pilotfish.xds.auth import authorize as _authorize
+from pilotfish.xds.auth import Authenticator, Peer
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.debug import describe_session
-from pilotfish.xds.events import Nacked
-from pilotfish.xds.session import Session, new_stream_id
+from pilotfish.xds.native import NativeListener, native_tls
+from pilotfish.xds.streams import ServerStreams, StreamHandler
 from pilotfish.xds.watch import ConfigWatcher
 
-__all__ = ["DEFAULT_OPTIONS", "XdsServer", "server_credentials"]
+__all__ = ["DEFAULT_OPTIONS", "Transport", "XdsServer", "native_tls", "server_credentials"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,22 +61,25 @@ DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_ping_strikes", 0),
 )
 
+Transport: TypeAlias = Literal["grpc", "native"]
+
 _Request: TypeAlias = DiscoveryRequest | DeltaDiscoveryRequest
 _Context: TypeAlias = grpc.aio.ServicerContext[_Request, bytes]
 _Behavior = Callable[[AsyncIterator[_Request], _Context], AsyncIterator[bytes]]
 
 
-class _Stream:
-    """What the server needs to reach a live stream (to wake it, beat it, or end it)."""
+class _GrpcStream:
+    """How the grpc.aio transport wakes a stream's writer, and tells it to end."""
 
-    __slots__ = ("claimed", "ended", "ready", "refusal", "session")
+    __slots__ = ("ended", "ready")
 
     def __init__(self) -> None:
         self.ready = asyncio.Event()
         self.ended = False
-        self.session: Session | None = None
-        self.refusal: tuple[grpc.StatusCode, str] | None = None
-        self.claimed: str | None = None  # the node id this stream holds in `NodeOwners`
+
+    def end(self) -> None:
+        self.ended = True
+        self.ready.set()
 
 
 def server_credentials(
@@ -92,11 +101,14 @@ def server_credentials(
 class XdsServer:
     """An xDS management server over gRPC, backed by any `ConfigWatcher` (e.g. SnapshotCache).
 
-    Either `await start()` to run its own grpc.aio server, or `register(server)` to add the
-    discovery services to a grpc.aio server you own.
+    Either `await start()` to run its own server, or `register(server)` to add the discovery
+    services to a grpc.aio server you own (that one serves over grpc, whatever `transport`).
 
-    `credentials` make `start` listen with TLS; with an `authenticator`, every stream must prove
-    an identity that may act as its node. `refused` counts refused streams by status code.
+    `transport` picks what `start` runs: ``"grpc"`` (grpc.aio, with `options`) or ``"native"``
+    (pilotfish's own HTTP/2 server; `options` do not apply). `credentials` make `start` listen
+    with TLS: `grpc.ServerCredentials` for grpc (`server_credentials`), an `ssl.SSLContext` for
+    native (`native_tls`). With an `authenticator`, every stream must prove an identity that may
+    act as its node. `refused` counts refused streams by status code.
     """
 
     def __init__(
@@ -107,21 +119,34 @@ class XdsServer:
         ordered_ads: bool = True,
         heartbeat_interval: float | None = None,
         options: Sequence[tuple[str, int | str]] = DEFAULT_OPTIONS,
-        credentials: grpc.ServerCredentials | None = None,
+        credentials: grpc.ServerCredentials | ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
+        transport: Transport = "grpc",
     ) -> None:
+        if transport not in ("grpc", "native"):
+            raise ValueError(f"transport must be 'grpc' or 'native', not {transport!r}")
+        if transport == "native" and isinstance(credentials, grpc.ServerCredentials):
+            raise TypeError("the native transport takes an ssl.SSLContext (see native_tls)")
+        if transport == "grpc" and isinstance(credentials, ssl.SSLContext):
+            raise TypeError("the grpc transport takes grpc.ServerCredentials")
         self._watcher = watcher
         self._credentials = credentials
         self._authenticator = authenticator
-        self._owners = NodeOwners()
-        self.refused: dict[grpc.StatusCode, int] = {}
         self._callbacks = callbacks
-        self._ordered = ordered_ads
+        self._streams = ServerStreams(
+            watcher,
+            callbacks=callbacks,
+            ordered=ordered_ads,
+            authenticator=authenticator,
+            dispatch=self._dispatch,
+        )
+        self.refused: dict[grpc.StatusCode, int] = self._streams.refused
+        self.transport: Transport = transport
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._options = list(options)
-        self._streams: dict[int, _Stream] = {}
         self._server: grpc.aio.Server | None = None
+        self._native: NativeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._host = "127.0.0.1"
@@ -135,7 +160,7 @@ class XdsServer:
         return self._host, self.port
 
     async def __aenter__(self) -> XdsServer:
-        if self._server is None:
+        if self._server is None and self._native is None:
             await self.start()
         return self
 
@@ -145,15 +170,15 @@ class XdsServer:
     def describe_streams(self) -> list[dict[str, Any]]:
         """Per open stream: node, subscriptions, sent/ACKed versions, last NACK (JSON-able)."""
         return [
-            describe_session(stream.session)
-            for stream in list(self._streams.values())
-            if stream.session is not None
+            describe_session(handler.session)
+            for handler in list(self._streams.live.values())
+            if handler.session is not None
         ]
 
     @property
     def stream_count(self) -> int:
         """Streams open now."""
-        return len(self._streams)
+        return len(self._streams.live)
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         """gRPC handlers for ADS and every per-type service, SotW and delta."""
@@ -169,20 +194,26 @@ class XdsServer:
     async def start(self, address: str = "127.0.0.1:0") -> int:
         """Listen on `address` (TLS if the server has credentials, else plaintext); returns the
         bound port."""
-        self._server = grpc.aio.server(options=self._options)
-        self.register(self._server)
-        if self._credentials is not None:
-            self.port = self._server.add_secure_port(address, self._credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
         self._host = address.rpartition(":")[0].strip("[]") or "127.0.0.1"
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
         self._bind_loop()
-        await self._server.start()
+        if self.transport == "native":
+            tls = self._credentials
+            assert tls is None or isinstance(tls, ssl.SSLContext)
+            self._native = NativeListener(self._streams, tls=tls)
+            self.port = await self._native.start(address)
+        else:
+            self._server = grpc.aio.server(options=self._options)
+            self.register(self._server)
+            if isinstance(self._credentials, grpc.ServerCredentials):
+                self.port = self._server.add_secure_port(address, self._credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+            if self.port == 0:
+                raise OSError(f"cannot listen on {address}")
+            await self._server.start()
         if self._heartbeat_interval:
             self._heartbeat_task = asyncio.create_task(self._heartbeats(self._heartbeat_interval))
-        _log.info("xDS server listening on %s (port %d)", address, self.port)
+        _log.info("xDS server (%s) listening on %s (port %d)", self.transport, address, self.port)
         return self.port
 
     async def stop(self, grace: float = 1.0) -> None:
@@ -190,25 +221,29 @@ class XdsServer:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             self._heartbeat_task = None
-        for stream in list(self._streams.values()):
-            stream.ended = True
-            stream.ready.set()
+        if self._native is not None:
+            await self._native.stop(grace)
+            self._native = None
+        for handler in list(self._streams.live.values()):
+            handler.end()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
 
     async def wait_closed(self) -> None:
         """Block until the server stops."""
-        if self._server is not None:
+        if self._native is not None:
+            await self._native.wait_closed()
+        elif self._server is not None:
             await self._server.wait_for_termination()
 
     async def _heartbeats(self, interval: float) -> None:
         # Resources with a TTL expire in the client unless heard of again: refresh them.
         while True:
             await asyncio.sleep(interval)
-            for stream in list(self._streams.values()):
-                if stream.session is not None:
-                    stream.session.heartbeat()
+            for handler in list(self._streams.live.values()):
+                if handler.session is not None:
+                    handler.session.heartbeat()
 
     def _bind_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -233,6 +268,8 @@ class XdsServer:
         for fn in calls:
             fn()
 
+    # -- the grpc.aio transport ------------------------------------------------------------------
+
     def _behavior(self, type_url: str | None, delta: bool) -> _Behavior:
         async def behavior(
             requests: AsyncIterator[_Request], context: _Context
@@ -251,107 +288,59 @@ class XdsServer:
     ) -> AsyncIterator[bytes]:
         if self._loop is None:
             self._bind_loop()
-        stream_id = new_stream_id()
-        identity: Identity | None = None
-        if self._authenticator is not None:
-            try:
-                identity = self._authenticator.authenticate(
-                    Peer.of(context.auth_context(), context.invocation_metadata())
-                )
-            except AuthenticationError as unknown:
-                reason = str(unknown)
-                await self._refuse(context, stream_id, grpc.StatusCode.UNAUTHENTICATED, reason)
-        stream = self._streams[stream_id] = _Stream()
-        session = Session(
-            self._watcher,
-            stream_id,
-            type_url,
-            delta=delta,
-            ordered=self._ordered,
-            wakeup=stream.ready.set,
-            dispatch=self._dispatch,
-        )
-        stream.session = session
-        callbacks = self._callbacks
-        if callbacks is not None:
-            await _run(callbacks.on_stream_open(stream_id, type_url))
-        reader = asyncio.create_task(self._read(session, stream, requests, identity))
+        handler = StreamHandler(self._streams, type_url, delta)
+        if not handler.authenticate(
+            lambda: Peer.of(context.auth_context(), context.invocation_metadata())
+        ):
+            await self._refuse(context, handler)
+        stream = _GrpcStream()
+        reader: asyncio.Task[None] | None = None
         try:
+            for result in handler.open(stream.ready.set, stream.end):
+                await _run(result)
+            reader = asyncio.create_task(self._read(handler, stream, requests))
             while True:
                 await stream.ready.wait()
                 stream.ready.clear()
                 if stream.ended:
                     break
-                while (item := session.next_response()) is not None:
-                    data, sent = item
-                    if callbacks is not None:
-                        node = session.protocol.node
-                        assert node is not None
-                        await _run(callbacks.on_stream_response(stream_id, node, sent))
+                while (item := handler.next_response()) is not None:
+                    data, result = item
+                    await _run(result)
                     yield data
             if reader.done() and (error := reader.exception()) is not None:
                 raise error
-            if stream.refusal is not None:
-                await self._refuse(context, stream_id, *stream.refusal)
+            if handler.refusal is not None:
+                await self._refuse(context, handler)
         except RemoteProtocolError as error:
-            _log.warning("stream %d: %s", stream_id, error)
+            _log.warning("stream %d: %s", handler.stream_id, error)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
-            reader.cancel()
-            del self._streams[stream_id]
-            session.close()
-            if callbacks is not None:
-                await _run(callbacks.on_stream_close(stream_id, session.protocol.node))
-            # Last: the node id is free only once callbacks (a controller) know the node left.
-            if stream.claimed is not None and identity is not None:
-                self._owners.release(stream.claimed, identity)
+            if reader is not None:
+                reader.cancel()
+            for result in handler.close():
+                await _run(result)
 
-    async def _refuse(
-        self, context: _Context, stream_id: int, code: grpc.StatusCode, reason: str
-    ) -> NoReturn:
-        self.refused[code] = self.refused.get(code, 0) + 1
-        _log.warning("stream %d refused (%s): %s", stream_id, code.name, reason)
-        if self._callbacks is not None:
-            await _run(self._callbacks.on_stream_refused(stream_id, reason, code.name))
-        await context.abort(code, reason)
-
-    def _admit(self, stream: _Stream, identity: Identity, request: _Request) -> bool:
-        # The first request carries the node; later nodes are ignored by the protocol core.
-        node = request.node
-        reason = _authorize(identity, node) or self._owners.claim(node.id, identity)
-        if reason is not None:
-            stream.refusal = (grpc.StatusCode.PERMISSION_DENIED, reason)
-            return False
-        stream.claimed = node.id
-        return True
+    async def _refuse(self, context: _Context, handler: StreamHandler) -> NoReturn:
+        assert handler.refusal is not None
+        for result in handler.refuse():
+            await _run(result)
+        await context.abort(*handler.refusal)
 
     async def _read(
-        self,
-        session: Session,
-        stream: _Stream,
-        requests: AsyncIterator[_Request],
-        identity: Identity | None,
+        self, handler: StreamHandler, stream: _GrpcStream, requests: AsyncIterator[_Request]
     ) -> None:
-        callbacks = self._callbacks
         try:
             async for request in requests:
-                if identity is not None:
-                    if not self._admit(stream, identity, request):
-                        return
-                    identity = None  # admitted: the node is settled
-                if callbacks is not None:
-                    await _run(callbacks.on_stream_request(session.stream_id, request))
-                received = session.receive(request)
-                if callbacks is not None:
-                    for event in received.events:
-                        if isinstance(event, Nacked):
-                            node = session.protocol.node
-                            assert node is not None
-                            await _run(callbacks.on_nack(session.stream_id, node, event))
+                results = handler.receive(request)
+                if results is not None:
+                    for result in results:
+                        await _run(result)
+                if handler.refusal is not None:
+                    return
         finally:
             # The client closed its side (or sent garbage): end the stream.
-            stream.ended = True
-            stream.ready.set()
+            stream.end()
 
 
 def _service_handler(

@@ -1,0 +1,884 @@
+"""pilotfish's own HTTP/2 transport (`XdsServer(transport="native")`).
+
+Bottom up: the sans-IO connection fed hand-built frames; then real grpc.aio clients (SotW and
+delta ADS, big responses, cancel, shutdown, unknown methods, TLS with tokens and client
+certificates); then real Envoy taking config and traffic through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+import hpack
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pilotfish.bootstrap import envoy_bootstrap
+from pilotfish.cache import SnapshotCache
+from pilotfish.protos import (
+    ADS_SERVICE,
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    RESOURCE_TYPES,
+    ROUTE_TYPE,
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+    Node,
+)
+from pilotfish.security import CertificateAuthority
+from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
+from pilotfish.xds import Nacked, Sent
+from pilotfish.xds.auth import Authenticator, Peer, SpiffeAuthenticator, TokenAuthenticator
+from pilotfish.xds.callbacks import Callbacks
+from pilotfish.xds.http2 import (
+    ConnectionTerminated,
+    ErrorCode,
+    Event,
+    MessageReceived,
+    RequestReceived,
+    ServerConnection,
+    StreamClosed,
+    StreamEnded,
+)
+from pilotfish.xds.http2 import frames as f
+from pilotfish.xds.http2.grpc_messages import percent_encode
+from pilotfish.xds.native import parse_address
+from pilotfish.xds.server import XdsServer, native_tls
+from tests.helpers import mesh
+from tests.test_xds_auth import (
+    PRODUCTPAGE,
+    REVIEWS,
+    Pki,
+    control_plane_cert,
+    first_response,
+    node,
+    refusal,
+)
+
+A = {"a": [("127.0.0.1", 1)]}
+ADS = ADS_SERVICE.stream or ""
+DELTA_ADS = ADS_SERVICE.delta or ""
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+
+
+# -- sans-IO: the connection fed hand-built bytes ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    flags: int
+    stream_id: int
+    payload: bytes
+
+
+def parse(data: bytes) -> list[Frame]:
+    """Split what the server wrote into frames (it only ever writes whole frames)."""
+    out, pos = [], 0
+    while pos < len(data):
+        high, low, frame_type, flags, stream_id = f.HEAD.unpack_from(data, pos)
+        length = high << 16 | low
+        out.append(Frame(frame_type, flags, stream_id, data[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+    assert pos == len(data)
+    return out
+
+
+def grpc_message(payload: bytes, compressed: bool = False) -> bytes:
+    return struct.pack(">BL", int(compressed), len(payload)) + payload
+
+
+def data_frame(stream_id: int, body: bytes, flags: int = 0) -> bytes:
+    return f.frame(f.DATA, flags, stream_id, body)
+
+
+class Client:
+    """The client end, by hand: encodes what it sends, decodes what the server wrote."""
+
+    def __init__(self, conn: ServerConnection | None = None) -> None:
+        self.conn = conn or ServerConnection()
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.conn.initiate()
+        self.greeting = parse(self.conn.data_to_send())
+
+    def send(self, *chunks: bytes) -> list[Event]:
+        events: list[Event] = []
+        for chunk in chunks:
+            events += self.conn.receive(chunk)
+        return events
+
+    def start(self, settings: Sequence[tuple[int, int]] = ()) -> list[Frame]:
+        assert self.send(f.PREFACE + f.settings(settings)) == []
+        return self.written()
+
+    def headers(
+        self, stream_id: int, path: str = "/svc/Method", extra: Sequence[tuple[str, str]] = ()
+    ) -> bytes:
+        block = self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "xds"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *extra,
+            ]
+        )
+        return f.frame(f.HEADERS, f.END_HEADERS, stream_id, block)
+
+    def written(self) -> list[Frame]:
+        return parse(self.conn.data_to_send())
+
+    def header_list(self, frame: Frame) -> dict[str, str]:
+        return {
+            name.decode(): value.decode()
+            for name, value in self.decoder.decode(frame.payload, raw=True)
+        }
+
+
+def test_preface_settings_and_window() -> None:
+    client = Client()
+    settings, window = client.greeting
+    assert (settings.type, window.type) == (f.SETTINGS, f.WINDOW_UPDATE)
+    assert (f.Setting.INITIAL_WINDOW_SIZE, 4 * 1024 * 1024) in f.parse_settings(settings.payload)
+    assert struct.unpack(">L", window.payload)[0] == 16 * 1024 * 1024 - 65_535
+    (ack,) = client.start()
+    assert (ack.type, ack.flags, ack.payload) == (f.SETTINGS, f.ACK, b"")
+    assert client.send(f.frame(f.SETTINGS, f.ACK, 0)) == []  # our settings, acknowledged
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "not an HTTP/2 preface"),
+        (f.PREFACE + f.frame(f.PING, 0, 0, b"12345678"), "expected SETTINGS first"),
+    ],
+)
+def test_bad_start_is_a_connection_error(first: bytes, why: str) -> None:
+    client = Client()
+    (event,) = client.send(first)
+    assert isinstance(event, ConnectionTerminated) and not event.remote
+    assert (event.error_code, event.reason) == (ErrorCode.PROTOCOL_ERROR, why)
+    (goaway,) = client.written()
+    assert goaway.type == f.GOAWAY
+    assert struct.unpack(">LL", goaway.payload[:8])[1] == ErrorCode.PROTOCOL_ERROR
+    assert client.conn.closed and client.send(f.PREFACE) == []
+
+
+def test_requests_and_messages_whole_and_split_byte_by_byte() -> None:
+    messages = grpc_message(b"one") + grpc_message(b"") + grpc_message(b"three" * 5000)
+    client = Client()
+    client.start()
+    stream = client.headers(1, extra=[("authorization", "Bearer t")])
+    # A message split over DATA frames, and two messages in one frame.
+    rest = messages[10:]
+    wire = stream + data_frame(1, messages[:10]) + data_frame(1, rest[:16_000])
+    wire += data_frame(1, rest[16_000:], f.END_STREAM)
+
+    def names(events: list[Event]) -> list[object]:
+        out: list[object] = []
+        for event in events:
+            if isinstance(event, RequestReceived):
+                out.append((event.path, dict(event.headers)["authorization"]))
+            elif isinstance(event, MessageReceived):
+                out.append(event.data)
+            else:
+                out.append(type(event).__name__)
+        return out
+
+    whole = names(client.send(wire))
+    assert whole == [("/svc/Method", "Bearer t"), b"one", b"", b"three" * 5000, "StreamEnded"]
+    split = Client()
+    split.start()
+    assert names(split.send(*(wire[i : i + 1] for i in range(len(wire))))) == whole
+
+
+def test_continuation_padding_and_priority() -> None:
+    client = Client()
+    client.start()
+    block = client.encoder.encode(
+        [(":method", "POST"), (":path", "/svc/Padded"), ("x-big", "v" * 300)]
+    )
+    padded_priority = bytes((7,)) + b"\x00\x00\x00\x00\x10" + block[:50] + b"\x00" * 7
+    flags = f.PADDED | f.PRIORITY_FLAG
+    events = client.send(
+        f.frame(f.HEADERS, flags, 1, padded_priority),
+        f.frame(f.CONTINUATION, 0, 1, block[50:100]),
+        f.frame(f.CONTINUATION, f.END_HEADERS, 1, block[100:]),
+        f.frame(f.PRIORITY, 0, 1, b"\x00\x00\x00\x00\x10"),
+        f.frame(0xEE, 0, 0, b"an extension frame: ignored"),
+        f.frame(f.DATA, f.PADDED, 1, bytes((3,)) + grpc_message(b"hi") + b"\x00\x00\x00"),
+    )
+    request, message = events
+    assert isinstance(request, RequestReceived) and request.path == "/svc/Padded"
+    assert dict(request.headers)["x-big"] == "v" * 300
+    assert isinstance(message, MessageReceived) and message.data == b"hi"
+
+    broken = Client()
+    broken.start()
+    interleaved = broken.send(
+        f.frame(f.HEADERS, 0, 1, block[:50]), f.frame(f.PING, 0, 0, b"12345678")
+    )
+    assert [(type(e), e.reason) for e in interleaved if isinstance(e, ConnectionTerminated)] == [
+        (ConnectionTerminated, "expected CONTINUATION")
+    ]
+    overpadded = Client()
+    overpadded.start()
+    overpadded.send(overpadded.headers(1))
+    (error,) = overpadded.send(f.frame(f.DATA, f.PADDED, 1, bytes((9,)) + b"ab"))
+    assert isinstance(error, ConnectionTerminated)
+    assert error.reason == "padding longer than the frame"
+
+
+def test_send_side_flow_control_waits_for_window_updates() -> None:
+    client = Client()
+    client.start()
+    client.send(client.headers(1))
+    payload = bytes(range(256)) * 400  # 102,400 bytes: more than both 65,535 windows
+    assert client.conn.send_message(1, payload)
+    client.conn.end_stream(1)  # the trailers wait behind the data
+    first = client.written()
+    headers, *data = first
+    assert headers.type == f.HEADERS and not headers.flags & f.END_STREAM
+    assert all(frame.type == f.DATA and len(frame.payload) <= 16_384 for frame in data)
+    assert sum(len(frame.payload) for frame in data) == 65_535
+    assert client.conn.buffered(1) == len(payload) + 5 - 65_535
+
+    client.send(f.window_update(1, 100_000))  # the connection's window is still empty
+    assert client.written() == []
+    client.send(f.window_update(0, 20_000))
+    more = client.written()
+    assert [len(frame.payload) for frame in more] == [16_384, 3_616]
+    client.send(f.window_update(0, 100_000))
+    rest = client.written()
+    *tail, trailers = rest
+    received = b"".join(frame.payload for frame in [*data, *more, *tail])
+    assert received == grpc_message(payload)
+    assert trailers.type == f.HEADERS and trailers.flags & f.END_STREAM
+    assert client.header_list(headers) == {":status": "200", "content-type": "application/grpc"}
+    assert client.header_list(trailers) == {"grpc-status": "0"}
+    # The client had not half-closed: what it still sends is ignored until it does.
+    assert client.conn.open_streams == 1
+    assert client.send(data_frame(1, grpc_message(b"late ack"))) == []
+    assert client.send(data_frame(1, b"", f.END_STREAM)) == []
+    assert client.conn.open_streams == 0
+
+
+def test_peer_settings_resize_windows_and_frames() -> None:
+    client = Client()
+    client.start([(f.Setting.INITIAL_WINDOW_SIZE, 1_000)])
+    client.send(client.headers(1), f.window_update(0, 1_000_000))
+    client.conn.send_message(1, b"x" * 50_000)
+    _, data = client.written()
+    assert len(data.payload) == 1_000 and client.conn.stream_window(1) == 0
+    # A larger initial window opens every stream's window by the difference.
+    bigger = [(f.Setting.INITIAL_WINDOW_SIZE, 100_000), (f.Setting.MAX_FRAME_SIZE, 32_768)]
+    assert client.send(f.settings(bigger)) == []
+    (ack, *frames) = client.written()
+    assert ack.type == f.SETTINGS and ack.flags == f.ACK
+    assert [len(frame.payload) for frame in frames] == [32_768, 50_005 - 1_000 - 32_768]
+    assert client.conn.stream_window(1) == 100_000 - 50_005
+
+
+def test_receive_windows_are_topped_up_when_half_used() -> None:
+    client = Client(ServerConnection(initial_window=100_000, connection_window=300_000))
+    client.start()
+    client.send(client.headers(1), client.headers(3))
+
+    def frames(stream_id: int, body: bytes) -> list[bytes]:
+        return [data_frame(stream_id, body[i : i + 10_000]) for i in range(0, len(body), 10_000)]
+
+    message = client.send(*frames(1, grpc_message(b"a" * 49_995)))
+    assert [len(e.data) for e in message if isinstance(e, MessageReceived)] == [49_995]
+    (stream_update,) = client.written()
+    assert (stream_update.type, stream_update.stream_id) == (f.WINDOW_UPDATE, 1)
+    assert struct.unpack(">L", stream_update.payload)[0] == 50_000
+    client.send(*frames(3, grpc_message(b"b" * 99_995)))
+    updates = [
+        (frame.stream_id, struct.unpack(">L", frame.payload)[0]) for frame in client.written()
+    ]
+    assert sorted(updates) == [(0, 150_000), (3, 50_000), (3, 50_000)]
+
+
+def test_ping_is_answered_and_its_ack_ignored() -> None:
+    client = Client()
+    client.start()
+    assert client.send(f.frame(f.PING, 0, 0, b"opaque!!")) == []
+    (pong,) = client.written()
+    assert (pong.type, pong.flags, pong.payload) == (f.PING, f.ACK, b"opaque!!")
+    client.send(f.frame(f.PING, f.ACK, 0, b"whatever"))
+    assert client.written() == []
+
+
+def test_reset_by_the_client_and_half_close() -> None:
+    client = Client()
+    client.start()
+    client.send(client.headers(1), client.headers(3))
+    (closed,) = client.send(f.rst_stream(1, ErrorCode.CANCEL))
+    assert isinstance(closed, StreamClosed) and (closed.stream_id, closed.error_code) == (1, 8)
+    assert not client.conn.send_message(1, b"late")
+    assert client.send(data_frame(1, grpc_message(b"late"))) == []  # a closed stream: ignored
+    (ended,) = client.send(data_frame(3, b"", f.END_STREAM))
+    assert isinstance(ended, StreamEnded) and ended.stream_id == 3
+    client.conn.end_stream(3, 3, "bad request: 100% wrong")
+    (trailers_only,) = client.written()
+    assert trailers_only.flags & f.END_STREAM  # no RST: both sides are closed
+    assert client.header_list(trailers_only) == {
+        ":status": "200",
+        "content-type": "application/grpc",
+        "grpc-status": "3",
+        "grpc-message": "bad request: 100%25 wrong",
+    }
+    assert client.conn.open_streams == 0
+    assert percent_encode("naïve\n") == "na%C3%AFve%0A"
+
+
+def test_goaway_both_ways() -> None:
+    client = Client()
+    client.start()
+    client.send(client.headers(1))
+    client.conn.goaway()
+    (goaway,) = client.written()
+    assert goaway.type == f.GOAWAY and struct.unpack(">LL", goaway.payload) == (1, 0)
+    assert client.send(client.headers(3)) == []  # after GOAWAY, new streams are refused
+    (refused,) = client.written()
+    assert (refused.type, refused.stream_id) == (f.RST_STREAM, 3)
+    assert struct.unpack(">L", refused.payload)[0] == ErrorCode.REFUSED_STREAM
+    assert client.conn.send_message(1, b"still served")  # streams open before go on
+
+    (theirs,) = client.send(f.goaway(0, ErrorCode.NO_ERROR, b"bye"))
+    assert isinstance(theirs, ConnectionTerminated) and theirs.remote
+    assert (theirs.error_code, theirs.reason) == (0, "bye")
+
+
+def test_grpc_framing_errors_end_only_that_stream() -> None:
+    client = Client(ServerConnection(max_message_size=100))
+    client.start()
+    client.send(client.headers(1), client.headers(3), client.headers(5))
+    (compressed,) = client.send(data_frame(1, grpc_message(b"zz", compressed=True)))
+    (oversized,) = client.send(data_frame(3, grpc_message(b"z" * 101)))
+    assert isinstance(compressed, StreamClosed) and isinstance(oversized, StreamClosed)
+    assert "compressed" in compressed.reason and "larger than the limit" in oversized.reason
+    trailers = [frame for frame in client.written() if frame.type == f.HEADERS]
+    statuses = [client.header_list(frame)["grpc-status"] for frame in trailers]
+    assert statuses == ["12", "8"]
+    (message,) = client.send(data_frame(5, grpc_message(b"fine")))
+    assert isinstance(message, MessageReceived) and message.data == b"fine"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (data_frame(9, grpc_message(b"x")), ErrorCode.PROTOCOL_ERROR),  # an idle stream
+        (f.frame(f.DATA, 0, 1, b"x" * 16_385), ErrorCode.FRAME_SIZE_ERROR),
+        (f.frame(f.PING, 0, 0, b"short"), ErrorCode.FRAME_SIZE_ERROR),
+        (f.frame(f.SETTINGS, 0, 0, b"\x00\x04\xff\xff\xff\xff"), ErrorCode.FLOW_CONTROL_ERROR),
+        (f.frame(f.PUSH_PROMISE, f.END_HEADERS, 1, b"\x00\x00\x00\x02"), ErrorCode.PROTOCOL_ERROR),
+        (f.frame(f.HEADERS, f.END_HEADERS, 2, b"\x82"), ErrorCode.PROTOCOL_ERROR),
+        (f.frame(f.HEADERS, f.END_HEADERS, 7, b"\xff\xff\xff"), ErrorCode.COMPRESSION_ERROR),
+        (f.window_update(0, 0), ErrorCode.PROTOCOL_ERROR),
+    ],
+)
+def test_connection_errors_answer_with_goaway(frame: bytes, code: ErrorCode) -> None:
+    client = Client()
+    client.start()
+    client.send(client.headers(1))
+    (event,) = client.send(frame)
+    assert isinstance(event, ConnectionTerminated) and event.error_code == code
+    (goaway,) = client.written()
+    assert goaway.type == f.GOAWAY and struct.unpack(">LL", goaway.payload[:8]) == (1, code)
+
+
+def test_a_smaller_hpack_table_is_signalled_before_our_next_headers() -> None:
+    client = Client()
+    client.start([(f.Setting.HEADER_TABLE_SIZE, 0)])
+    client.send(client.headers(1))
+    client.conn.send_message(1, b"m")
+    headers, _ = client.written()
+    assert headers.payload[0] == 0x20  # dynamic table size update to 0, first
+    client.decoder.max_allowed_table_size = 0
+    assert client.header_list(headers)[":status"] == "200"
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert parse_address("[::1]:18000") == ("::1", 18000)
+    assert parse_address("[::]:18000") == (None, 18000)
+    assert parse_address(":9") == (None, 9)
+    with pytest.raises(ValueError, match="not host:port"):
+        parse_address("localhost")
+
+
+# -- real grpc.aio clients ---------------------------------------------------------------------
+
+
+class Stream:
+    """A raw ADS stream (SotW or delta) over a grpc.aio channel."""
+
+    def __init__(self, channel: grpc.aio.Channel, method: str = ADS, delta: bool = False) -> None:
+        self.queue: asyncio.Queue[DiscoveryRequest | DeltaDiscoveryRequest | None] = asyncio.Queue()
+        response = DeltaDiscoveryResponse if delta else DiscoveryResponse
+        call = channel.stream_stream(
+            method, request_serializer=_serialize, response_deserializer=response.FromString
+        )
+        self.call = call(self._requests())
+
+    async def _requests(self) -> AsyncIterator[DiscoveryRequest | DeltaDiscoveryRequest]:
+        while (request := await self.queue.get()) is not None:
+            yield request
+
+    async def send(self, request: DiscoveryRequest | DeltaDiscoveryRequest | None) -> None:
+        await self.queue.put(request)
+
+    async def read(self, timeout: float = 5.0) -> DiscoveryResponse:
+        response = await asyncio.wait_for(self.call.read(), timeout)
+        assert isinstance(response, DiscoveryResponse), response
+        return response
+
+    async def read_delta(self, timeout: float = 5.0) -> DeltaDiscoveryResponse:
+        response = await asyncio.wait_for(self.call.read(), timeout)
+        assert isinstance(response, DeltaDiscoveryResponse), response
+        return response
+
+    async def ack(self, response: DiscoveryResponse) -> None:
+        await self.send(
+            DiscoveryRequest(
+                type_url=response.type_url,
+                version_info=response.version_info,
+                response_nonce=response.nonce,
+            )
+        )
+
+
+def _serialize(request: DiscoveryRequest | DeltaDiscoveryRequest) -> bytes:
+    data: bytes = request.SerializeToString()
+    return data
+
+
+class Recorder(Callbacks):
+    """Sync and async hooks: both kinds run on the native transport too."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def on_stream_open(self, stream_id: int, type_url: str | None) -> None:
+        self.log.append(f"open {type_url}")
+
+    def on_stream_close(self, stream_id: int, node: Node | None) -> None:
+        self.log.append(f"close {node.id if node else None}")
+
+    async def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> None:
+        self.log.append(f"sent {sent.type_url.rsplit('.', 1)[1]}")
+
+    def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> None:
+        self.log.append(f"nack {nack.message}")
+
+
+@dataclass
+class Served:
+    cache: SnapshotCache
+    server: XdsServer
+    channel: grpc.aio.Channel
+    log: list[str]
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    cache, recorder = SnapshotCache(), Recorder()
+    server = XdsServer(cache, callbacks=recorder, transport="native")
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    try:
+        yield Served(cache, server, channel, recorder.log)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def settle(condition: Callable[[], bool]) -> None:
+    for _ in range(250):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in 5 s")
+
+
+async def test_sotw_ads_subscribe_ack_push_and_nack(served: Served) -> None:
+    cache, server = served.cache, served.server
+    cache.set_snapshot("n", mesh(A, "a"))
+    stream = Stream(served.channel)
+    await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n", cluster="web")))
+    clusters = await stream.read()
+    assert clusters.version_info == cache.get_snapshot("n").version(CLUSTER_TYPE)
+    assert [r.type_url for r in clusters.resources] == [CLUSTER_TYPE]
+    await stream.ack(clusters)
+    await stream.send(DiscoveryRequest(type_url=ENDPOINT_TYPE, resource_names=["a"]))
+    endpoints = await stream.read()
+    await stream.ack(endpoints)
+    await settle(lambda: bool(server.describe_streams()))
+    (view,) = server.describe_streams()
+    assert (view["node_id"], view["variant"]) == ("n", "sotw")
+    await settle(lambda: server.describe_streams()[0]["types"][ENDPOINT_TYPE]["acked_version"])
+
+    pushed = mesh({"a": [("127.0.0.1", 1)], "b": []}, "a")
+    cache.set_snapshot("n", pushed)
+    update = await stream.read()
+    assert update.version_info == pushed.version(CLUSTER_TYPE)
+    assert len(update.resources) == 2
+    await stream.ack(update)
+    await stream.send(DiscoveryRequest(type_url=LISTENER_TYPE))
+    listeners = await stream.read()
+    await stream.send(
+        DiscoveryRequest(
+            type_url=LISTENER_TYPE,
+            response_nonce=listeners.nonce,
+            error_detail={"message": "no thanks"},
+        )
+    )
+    await settle(lambda: "nack no thanks" in served.log)
+    status = cache.status("n")
+    assert status is not None and status.types[LISTENER_TYPE].acked_version == ""
+    assert served.log[0] == "open None"
+    assert served.log.count("sent Cluster") == 2
+
+
+async def test_delta_ads(served: Served) -> None:
+    cache = served.cache
+    cache.set_snapshot("n", mesh(A, "a"))
+    stream = Stream(served.channel, DELTA_ADS, delta=True)
+    await stream.send(
+        DeltaDiscoveryRequest(
+            type_url=CLUSTER_TYPE, node=Node(id="n"), resource_names_subscribe=["*"]
+        )
+    )
+    first = await stream.read_delta()
+    assert [r.name for r in first.resources] == ["a"]
+    await stream.send(DeltaDiscoveryRequest(type_url=CLUSTER_TYPE, response_nonce=first.nonce))
+    cache.set_snapshot("n", mesh({**A, "b": []}, "a"))
+    second = await stream.read_delta()
+    assert [r.name for r in second.resources] == ["b"]  # only what changed
+    assert served.server.describe_streams()[0]["variant"] == "delta"
+
+
+async def test_a_response_bigger_than_the_clients_windows(served: Served) -> None:
+    # 2,000 clusters: far more than a frame (16 KB) and grpc's initial 64 KB windows.
+    clusters = {f"cluster-{i:04d}-{'x' * 40}": [("127.0.0.1", 1)] for i in range(2000)}
+    big = mesh(clusters, "cluster-0000-" + "x" * 40)
+    served.cache.set_snapshot("n", big)
+    streams = [Stream(served.channel) for _ in range(3)]
+    for stream in streams:
+        await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+    for stream in streams:
+        response = await stream.read(timeout=10)
+        assert len(response.resources) == 2000 and response.ByteSize() > 200_000
+        await stream.ack(response)
+    served.cache.set_snapshot("n", mesh({**clusters, "one-more": []}, "one-more"))
+    for stream in streams:
+        assert len((await stream.read(timeout=10)).resources) == 2001
+
+
+async def test_every_per_type_service_answers_its_type(served: Served) -> None:
+    served.cache.set_snapshot("n", mesh(A, "a"))
+    for row in RESOURCE_TYPES.values():
+        if row.service.stream is None:
+            continue
+        stream = Stream(served.channel, row.service.stream)
+        await stream.send(DiscoveryRequest(node=Node(id="n")))
+        assert (await stream.read()).type_url == row.type_url
+        stream.call.cancel()
+
+
+async def test_unknown_method_is_unimplemented(served: Served) -> None:
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = served.channel.unary_unary(
+        "/no.such.Service/Nothing"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await asyncio.wait_for(call(b""), 5)
+    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert served.server.stream_count == 0
+
+
+async def test_protocol_errors_end_the_stream_with_invalid_argument(served: Served) -> None:
+    ads = Stream(served.channel)
+    await ads.send(DiscoveryRequest(node=Node(id="n")))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await ads.read()
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "without type_url" in (failure.value.details() or "")
+    assert served.server.stream_count == 0
+
+
+async def test_client_cancel_and_half_close_close_the_session(served: Served) -> None:
+    cache, server = served.cache, served.server
+    cache.set_snapshot("n", mesh(A, "a"))
+    cancelled, half_closed = Stream(served.channel), Stream(served.channel)
+    for stream in (cancelled, half_closed):
+        await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+        await stream.ack(await stream.read())
+    await settle(lambda: cache.watch_count() == 2)
+    assert server.stream_count == 2
+    cancelled.call.cancel()
+    await settle(lambda: server.stream_count == 1)
+    await half_closed.send(None)  # the client ends its side: the server ends the call, OK
+    assert await asyncio.wait_for(half_closed.call.read(), 5) is grpc.aio.EOF
+    assert await half_closed.call.code() == grpc.StatusCode.OK
+    await settle(lambda: server.stream_count == 0)
+    assert cache.watch_count() == 0 and cache.status_keys() == []
+    assert served.log.count("close n") == 2
+
+
+async def test_shutdown_ends_streams_politely_and_cleans_up(served: Served) -> None:
+    cache, server = served.cache, served.server
+    cache.set_snapshot("n", mesh(A, "a"))
+    stream = Stream(served.channel)
+    await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+    await stream.ack(await stream.read())
+    # Once the ACK is in: a client write racing the trailers fails the call in grpc.aio.
+    await settle(lambda: server.describe_streams()[0]["types"][CLUSTER_TYPE]["acked_version"])
+    assert server.stream_count == 1
+    await server.stop(grace=2)
+    assert await asyncio.wait_for(stream.call.read(), 5) is grpc.aio.EOF
+    assert await stream.call.code() == grpc.StatusCode.OK
+    assert server.stream_count == 0
+    assert cache.status_keys() == [] and cache.watch_count() == 0
+    assert served.log[-1] == "close n"
+
+
+async def test_async_context_manager_and_address() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n", mesh(A, "a"))
+    async with XdsServer(cache, transport="native") as server:
+        host, port = server.address
+        assert host == "127.0.0.1" and port > 0
+        async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+            stream = Stream(channel)
+            await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+            assert (await stream.read()).type_url == CLUSTER_TYPE
+            assert server.stream_count == 1
+    assert server.stream_count == 0
+
+
+def test_credentials_must_fit_the_transport() -> None:
+    with pytest.raises(TypeError, match=r"ssl\.SSLContext"):
+        XdsServer(SnapshotCache(), transport="native", credentials=grpc.local_server_credentials())
+    with pytest.raises(ValueError, match="needs ca_pem"):
+        native_tls(b"", b"")
+
+
+# -- TLS and authentication (the assertions of tests/test_xds_auth.py, on native) ---------------
+
+
+class Refusals(Callbacks):
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str]] = []
+
+    def on_stream_refused(self, stream_id: int, reason: str, code: str) -> None:
+        self.log.append((code, reason))
+
+
+@dataclass
+class Plane:
+    cache: SnapshotCache
+    server: XdsServer
+    callbacks: Refusals
+    address: tuple[str, int]
+
+
+def native_thread(
+    cache: SnapshotCache, address: str = "127.0.0.1:0", **kwargs: object
+) -> ServerThread:
+    """A `ServerThread` running the native transport."""
+    thread = ServerThread(cache, address=address)
+    thread.server = XdsServer(cache, transport="native", **kwargs)  # type: ignore[arg-type]
+    return thread
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    tmp = tmp_path_factory.mktemp("pki")
+    pki = Pki(CertificateAuthority.load_or_create(tmp / "ca"), tmp)
+    (tmp / "root.pem").write_bytes(pki.root)
+    return pki
+
+
+def serve_tls(
+    pki: Pki, authenticator: Authenticator, *, require_client_auth: bool
+) -> Iterator[Plane]:
+    cert, key = control_plane_cert(pki.dir / "ca")
+    cache, callbacks = SnapshotCache(), Refusals()
+    tls = native_tls(cert, key, pki.root, require_client_auth=require_client_auth)
+    thread = native_thread(cache, callbacks=callbacks, credentials=tls, authenticator=authenticator)
+    assert isinstance(thread.server, XdsServer)
+    with thread:
+        yield Plane(cache, thread.server, callbacks, thread.address)
+
+
+@pytest.fixture
+def tokens(pki: Pki) -> Iterator[Plane]:
+    authenticator = TokenAuthenticator({"s3cret": PRODUCTPAGE, "dev": None})
+    yield from serve_tls(pki, authenticator, require_client_auth=False)
+
+
+@pytest.fixture
+def mtls(pki: Pki) -> Iterator[Plane]:
+    yield from serve_tls(pki, SpiffeAuthenticator(), require_client_auth=True)
+
+
+def tls_channel(pki: Pki, plane: Plane, identity: tuple[str, str] | None = None) -> grpc.Channel:
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.root)
+    if identity is not None:
+        issued = pki.ca.issue(*identity)
+        creds = grpc.ssl_channel_credentials(pki.root, issued.key_pem, issued.cert_pem)
+    return grpc.secure_channel(f"localhost:{plane.address[1]}", creds)
+
+
+def test_tokens(pki: Pki, tokens: Plane) -> None:
+    tokens.cache.set_snapshot("productpage", mesh({"a": [("127.0.0.1", 1)]}, "a"))
+    chan = tls_channel(pki, tokens)
+    productpage = node("productpage", *PRODUCTPAGE)
+    good = first_response(chan, productpage, [("authorization", "Bearer s3cret")])
+    assert good.type_url == CLUSTER_TYPE and good.resources
+
+    wrong = refusal(first_response, chan, productpage, [("authorization", "Bearer guess")])
+    assert (wrong.code(), wrong.details()) == (UNAUTHENTICATED, "unknown bearer token")
+    missing = refusal(first_response, chan, productpage)
+    assert missing.code() == UNAUTHENTICATED
+    assert missing.details() == "no bearer token (authorization metadata)"
+
+    mismatch = refusal(
+        first_response, chan, node("productpage", *REVIEWS), [("authorization", "Bearer s3cret")]
+    )
+    assert mismatch.code() == DENIED
+    anyone = first_response(chan, Node(id="productpage"), [("authorization", "Bearer dev")])
+    assert anyone.resources
+    assert tokens.server.refused == {UNAUTHENTICATED: 2, DENIED: 1}
+    assert [code for code, _ in tokens.callbacks.log] == [
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    ]
+
+
+def test_client_certificates_name_the_identity(pki: Pki, mtls: Plane) -> None:
+    mtls.cache.set_snapshot("productpage", mesh({"a": [("127.0.0.1", 1)]}, "a"))
+    own = tls_channel(pki, mtls, PRODUCTPAGE)
+    assert first_response(own, node("productpage", *PRODUCTPAGE)).resources
+    posing = refusal(
+        first_response, tls_channel(pki, mtls, REVIEWS), node("productpage", *PRODUCTPAGE)
+    )
+    assert posing.code() == DENIED
+    assert "identity ns/default/sa/reviews may not act as node 'productpage'" in (
+        posing.details() or ""
+    )
+    without = refusal(first_response, tls_channel(pki, mtls), node("productpage", *PRODUCTPAGE))
+    assert without.code() == grpc.StatusCode.UNAVAILABLE  # no certificate: no handshake
+    assert mtls.server.refused == {DENIED: 1}
+
+
+def test_peer_from_tls_reads_the_certificate(pki: Pki) -> None:
+    issued = pki.ca.issue(*REVIEWS)
+    der = x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(Encoding.DER)
+    peer = Peer.from_tls(der, [("authorization", "Bearer t")])
+    assert peer.auth_context["peer_spiffe_id"] == (b"spiffe://cluster.local/ns/default/sa/reviews",)
+    assert SpiffeAuthenticator().authenticate(peer).service_account == "reviews"
+    assert peer.values("Authorization") == ["Bearer t"]
+    assert Peer.from_tls(None).auth_context == {"transport_security_type": (b"ssl",)}
+
+
+# -- real Envoy ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, list[tuple[str, int]]]]:
+    started = [HttpUpstream(name).start() for name in ("blue", "green")]
+    try:
+        yield {upstream.name: [upstream.address] for upstream in started}
+    finally:
+        for upstream in started:
+            upstream.stop()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_envoy_takes_config_and_traffic_over_native(
+    delta: bool, upstreams: dict[str, list[tuple[str, int]]]
+) -> None:
+    cache, port = SnapshotCache(), free_port()
+    cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
+    with native_thread(cache) as thread:
+        bootstrap = envoy_bootstrap(
+            node_id="sidecar", cluster="test", xds_address=thread.address, delta=delta
+        )
+        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
+            envoy.wait_ready()
+            assert envoy.request(port, "/").body == "blue"
+            green = mesh(upstreams, "green", listener_port=port)
+            cache.set_snapshot("sidecar", green)
+            wait_until(lambda: envoy.request(port, "/").body == "green", message="route moved")
+            assert envoy.dynamic_route_configs() == {
+                "local_route": green.resources(ROUTE_TYPE)["local_route"].version
+                if delta
+                else green.version(ROUTE_TYPE)
+            }
+            rejected = envoy.stats(filter="update_rejected")
+            assert rejected and not any(rejected.values()), rejected
+            updates = envoy.stat("http.ingress_http.rds.local_route.update_success")
+            assert updates >= 2
+            assert isinstance(thread.server, XdsServer) and thread.server.stream_count == 1
+
+
+def test_envoy_reconnects_after_a_graceful_stop(
+    upstreams: dict[str, list[tuple[str, int]]],
+) -> None:
+    cache, port = SnapshotCache(), free_port()
+    cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
+    first = native_thread(cache).start()
+    try:
+        bootstrap = envoy_bootstrap(node_id="sidecar", cluster="test", xds_address=first.address)
+        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
+            envoy.wait_ready()
+            xds_port = first.port
+            first.stop()  # GOAWAY, then status OK on the ADS stream
+            wait_until(lambda: envoy.stat("control_plane.connected_state") == 0)
+            assert envoy.request(port, "/").body == "blue"  # the last config keeps serving
+            with native_thread(cache, f"127.0.0.1:{xds_port}"):  # the port Envoy knows
+                cache.set_snapshot("sidecar", mesh(upstreams, "green", listener_port=port))
+                wait_until(lambda: envoy.request(port, "/").body == "green")
+                assert envoy.stat("control_plane.connected_state") == 1
+                rejected = envoy.stats(filter="update_rejected")
+                assert not any(rejected.values()), rejected
+    finally:
+        first.stop()
+
+
+def test_envoy_with_a_token_over_tls(pki: Pki, tokens: Plane) -> None:
+    tokens.cache.set_snapshot(
+        "productpage", mesh({"a": [("127.0.0.1", 1)]}, "a", listener_port=free_port())
+    )
+    namespace, account = PRODUCTPAGE
+    bootstrap = envoy_bootstrap(
+        node_id="productpage",
+        cluster="test",
+        xds_address=tokens.address,
+        node_metadata={"NAMESPACE": namespace, "SERVICE_ACCOUNT": account},
+        xds_ca=str(pki.dir / "root.pem"),
+        xds_token="s3cret",
+    )
+    with EnvoyProcess(bootstrap, name="productpage") as envoy:
+        envoy.wait_ready()
+        assert set(envoy.dynamic_clusters()) == {"a"}
+        assert set(envoy.dynamic_listeners()) == {"listener_0"}
+    assert tokens.server.refused == {}
