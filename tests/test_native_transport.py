@@ -702,9 +702,7 @@ def native_thread(
     cache: SnapshotCache, address: str = "127.0.0.1:0", **kwargs: object
 ) -> ServerThread:
     """A `ServerThread` running the native transport."""
-    thread = ServerThread(cache, address=address)
-    thread.server = XdsServer(cache, transport="native", **kwargs)  # type: ignore[arg-type]
-    return thread
+    return ServerThread(cache, address=address, transport="native", **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ watch answers onto its loop).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Coroutine
@@ -23,7 +24,7 @@ from pilotfish.xds import ConfigWatcher, Nacked, Sent
 from pilotfish.xds.auth import Authenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.rest import RestServer
-from pilotfish.xds.server import XdsServer
+from pilotfish.xds.server import Transport, XdsServer
 
 __all__ = ["RecordingCallbacks", "ServerThread"]
 
@@ -88,7 +89,7 @@ class RecordingCallbacks(Callbacks):
 
 class ServerThread:
     """Runs an `XdsServer` (or, with `rest=True`, a REST/JSON `RestServer`) over `watcher` on a
-    private event loop thread."""
+    private event loop thread; `transport` picks grpc.aio or pilotfish's native HTTP/2."""
 
     def __init__(
         self,
@@ -99,8 +100,9 @@ class ServerThread:
         ordered_ads: bool = True,
         heartbeat_interval: float | None = None,
         rest: bool = False,
-        credentials: grpc.ServerCredentials | None = None,
+        credentials: grpc.ServerCredentials | ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
+        transport: Transport = "grpc",
     ) -> None:
         self.server: XdsServer | RestServer = (
             RestServer(watcher, callbacks=callbacks)
@@ -112,6 +114,7 @@ class ServerThread:
                 heartbeat_interval=heartbeat_interval,
                 credentials=credentials,
                 authenticator=authenticator,
+                transport=transport,
             )
         )
         self._address = address
