@@ -37,6 +37,7 @@ from pilotfish.translators import (
     TranslationMemo,
     translate,
 )
+from pilotfish.translators.changes import Changes
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.events import Nacked
 
@@ -104,6 +105,8 @@ class Controller(Callbacks):
         self._digests = _Digests()
         self._shapes: dict[tuple[object, ...], tuple[Translation, Snapshot]] = {}
         self._memos: dict[tuple[object, ...], TranslationMemo] = {}
+        self._served: list[ConfigObject] | None = None  # the objects of the last round
+        self._changes: Changes | None = None  # and how they differ from the round before
         self._registry: Registry | None = None
         self._ready = threading.Event()
         self._wake = threading.Condition()
@@ -199,7 +202,15 @@ class Controller(Callbacks):
         with self._lock:
             self._digest = digest
             self._index = ConfigIndex.build(objects)
-            self._registry = Registry.from_objects([*self._services, *objects])
+            # What changed since the last round: memoized units it cannot touch are reused
+            # without checking, and an unchanged registry keeps its answers.
+            changes = None
+            if self._served is not None:
+                changes = Changes.between(self._served, objects, self._index.domain)
+            if self._registry is None or changes is None or changes.registry:
+                self._registry = Registry.from_objects([*self._services, *objects])
+            self._served = objects
+            self._changes = changes
             self._shapes = {}
             ready: list[tuple[str, Snapshot]] = []
             for proxy in list(self._proxies.values()):
@@ -238,7 +249,14 @@ class Controller(Callbacks):
         if shared is None:
             secrets = self._secrets(proxy)
             memo = self._memos.setdefault(shape, TranslationMemo())
-            translation = translate(proxy, self._index, self._registry, secrets=secrets, memo=memo)
+            translation = translate(
+                proxy,
+                self._index,
+                self._registry,
+                secrets=secrets,
+                memo=memo,
+                changes=self._changes,
+            )
             self.stats.proxies_translated += 1
             shared = self._shapes[shape] = (translation, translation.snapshot(memo))
         translation = dataclasses.replace(shared[0], proxy=proxy)

@@ -27,6 +27,7 @@ from pilotfish.cache import CachedResource, Serialized
 from pilotfish.protos import Message, references, resource_type
 from pilotfish.registry import Endpoint, Registry, Service
 from pilotfish.sources import ConfigObject
+from pilotfish.translators.changes import Changes
 from pilotfish.translators.index import ConfigIndex, MergedRule
 
 __all__ = ["MemoStats", "TranslationMemo", "service_key"]
@@ -197,11 +198,15 @@ class TranslationMemo:
         self._units: dict[Hashable, _Unit] = {}
         self._next_units: dict[Hashable, _Unit] = {}
         self._resources: dict[tuple[str, str], Serialized] = {}
+        self._same: dict[int, Serialized] = {}  # by id of the message (kept alive by the item)
+        self.changes: Changes | None = None
 
-    def begin(self) -> None:
-        """Start a round of translation."""
+    def begin(self, changes: Changes | None = None) -> None:
+        """Start a round of translation; `changes` since the last round, if known, spare
+        replaying the lookups of units they cannot touch (None: replay every unit's)."""
         self.stats.units_reused = self.stats.units_translated = 0
         self._next_units = {}
+        self.changes = changes
 
     def end(self) -> None:
         """End the round: units not used in it are forgotten."""
@@ -215,9 +220,19 @@ class TranslationMemo:
         registry: Registry,
     ) -> T:
         """`compute(index, registry)`, or last round's result for `key` if every lookup it
-        made gives the same answer now. `compute` must read config only through its
-        arguments (and through values in `key`)."""
+        made gives the same answer now (lookups `changes` cannot have touched are not asked
+        again). `compute` must read config only through its arguments (and values in `key`)."""
+        changes = self.changes
         previous = self._units.get(key)
+        if (
+            previous is not None
+            and changes is not None
+            and not any(changes.touches(kind, args) for kind, args, _ in previous.reads)
+        ):
+            self._next_units[key] = previous
+            self.stats.units_reused += 1
+            untouched: T = previous.value
+            return untouched
         if previous is not None:
             keep: list[object] = []
             if all(
@@ -237,26 +252,30 @@ class TranslationMemo:
     def serialized(self, resources: Mapping[str, Sequence[Message]]) -> dict[str, list[object]]:
         """`resources` (by type) as `Snapshot` inputs, reusing the serialized form of every
         resource equal to last time's; resources not given are forgotten."""
-        self.stats.resources_reused = self.stats.resources_serialized = 0
         kept: dict[tuple[str, str], Serialized] = {}
+        same: dict[int, Serialized] = {}
         out: dict[str, list[object]] = {}
+        serialized = 0
         for key, messages in resources.items():
             row = resource_type(key)
             items: list[object] = []
             for message in messages:
-                name = row.name_of(message)
-                previous = self._resources.get((row.type_url, name))
-                if previous is not None and (
-                    previous.message is message or previous.message == message
-                ):
-                    item = previous
-                    self.stats.resources_reused += 1
-                else:
-                    cached = CachedResource.of(row.type_url, message)
-                    item = Serialized(message, cached, references(message))
-                    self.stats.resources_serialized += 1
-                kept[row.type_url, name] = item
+                # The same message object as last round (from a reused unit) is found by
+                # identity, without even reading its name.
+                item = self._same.get(id(message))
+                if item is None or item.message is not message:
+                    previous = self._resources.get((row.type_url, row.name_of(message)))
+                    if previous is not None and previous.message == message:
+                        item = previous
+                    else:
+                        cached = CachedResource.of(row.type_url, message)
+                        item = Serialized(message, cached, references(message))
+                        serialized += 1
+                kept[row.type_url, item.cached.name] = item
+                same[id(message)] = item
                 items.append(item)
             out[key] = items
-        self._resources = kept
+        self.stats.resources_serialized = serialized
+        self.stats.resources_reused = sum(len(items) for items in out.values()) - serialized
+        self._resources, self._same = kept, same
         return out

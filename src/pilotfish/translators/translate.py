@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from pilotfish.cache import Snapshot
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
+from pilotfish.translators.changes import Changes
 from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.memo import TranslationMemo
@@ -70,6 +71,7 @@ def translate(
     *,
     secrets: Iterable[Secret] = (),
     memo: TranslationMemo | None = None,
+    changes: Changes | None = None,
 ) -> Translation:
     """The Envoy config for `proxy` (a sidecar or a gateway).
 
@@ -79,7 +81,8 @@ def translate(
     (PERMISSIVE by default).
 
     With a `memo` (one per proxy shape, kept between rounds), only the services whose inputs
-    changed since its last round are translated again (see `TranslationMemo`).
+    changed since its last round are translated again (see `TranslationMemo`); `changes`
+    (the objects replaced since that round, as `Changes`) spares checking the others.
     """
     index = config if isinstance(config, ConfigIndex) else ConfigIndex.build(config)
     secrets = list(secrets)
@@ -87,7 +90,7 @@ def translate(
     # them Envoy would wait for the secrets forever, so traffic stays plain text.
     mtls = {WORKLOAD_SECRET, ROOT_CA_SECRET} <= {s.name for s in secrets}
     if memo is not None:
-        memo.begin()
+        memo.begin(changes)
     clusters, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
     listeners: list[Listener]
     routes: list[RouteConfiguration]
