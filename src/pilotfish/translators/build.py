@@ -63,7 +63,12 @@ ON_DEMAND_FILTER = "envoy.filters.http.on_demand"
 
 def ads_config_source() -> ConfigSource:
     """Fetch a dependent resource (EDS, RDS) over the proxy's ADS stream."""
-    return ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
+    source = ConfigSource()
+    source.CopyFrom(_ADS_SOURCE)  # a copy: callers may change theirs
+    return source
+
+
+_ADS_SOURCE = ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
 
 
 def api_config_source(xds_cluster: str, *, delta: bool = False) -> ConfigSource:

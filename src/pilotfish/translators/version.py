@@ -8,6 +8,7 @@ together with the config objects they came from; snapshot versions start with it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,10 +23,16 @@ METADATA_KEY = "pilotfish"
 def stamp(message: Any, sources: Iterable[str] = ()) -> Any:
     """Record the translator version (and the `kind/namespace/name` of the config objects the
     message came from) in the message's metadata; returns the message."""
+    message.metadata.filter_metadata[METADATA_KEY].CopyFrom(_stamp(tuple(sorted(set(sources)))))
+    return message
+
+
+@functools.lru_cache(maxsize=4096)
+def _stamp(names: tuple[str, ...]) -> Struct:
+    # Built once per set of sources: Struct.update is Python code, CopyFrom is not. Callers
+    # only copy from it.
     info = Struct()
     info.update({"translator": TRANSLATOR_VERSION})
-    names = sorted(set(sources))
     if names:
-        info.update({"config": names})
-    message.metadata.filter_metadata[METADATA_KEY].CopyFrom(info)
-    return message
+        info.update({"config": list(names)})
+    return info
