@@ -33,6 +33,7 @@ from pilotfish.protos import (
     DiscoveryRequest,
     DiscoveryResponse,
     Node,
+    wire,
 )
 from pilotfish.security import CertificateAuthority
 from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
@@ -52,7 +53,7 @@ from pilotfish.xds.http2 import (
 from pilotfish.xds.http2 import frames as f
 from pilotfish.xds.http2.grpc_messages import percent_encode
 from pilotfish.xds.native import parse_address
-from pilotfish.xds.server import XdsServer, native_tls
+from pilotfish.xds.server import Transport, XdsServer, native_tls
 from tests.helpers import mesh
 from tests.test_xds_auth import (
     PRODUCTPAGE,
@@ -274,6 +275,34 @@ def test_send_side_flow_control_waits_for_window_updates() -> None:
     assert client.send(data_frame(1, grpc_message(b"late ack"))) == []
     assert client.send(data_frame(1, b"", f.END_STREAM)) == []
     assert client.conn.open_streams == 0
+
+
+def test_a_message_in_two_parts_goes_out_as_one() -> None:
+    # The prepared body (shared by every stream) and the stream's nonce field are queued as
+    # they are: the body is copied once, into the write, and never concatenated per stream.
+    client = Client()
+    client.start()
+    client.send(client.headers(1))
+    body, tail = bytes(range(256)) * 40, wire.nonce_field("42")
+    assert client.conn.send_message(1, body, tail)
+    assert any(chunk is body for chunk in client.conn._out)
+    _, data = client.written()
+    assert data.payload == grpc_message(body + tail)
+    # Through small windows the message is cut anywhere, in the tail too.
+    small = Client()
+    small.start([(f.Setting.INITIAL_WINDOW_SIZE, 1_000)])
+    small.send(small.headers(1), f.window_update(0, 1_000_000))
+    body = bytes(range(256)) * 100
+    small.conn.send_message(1, body, tail)
+    small.conn.end_stream(1)
+    frames = small.written()[1:]
+    while frames[-1].type == f.DATA:
+        small.send(f.window_update(1, 1_000))
+        frames += small.written()
+    *data_frames, trailers = frames
+    assert all(len(frame.payload) <= 1_000 for frame in data_frames)
+    assert b"".join(frame.payload for frame in data_frames) == grpc_message(body + tail)
+    assert small.header_list(trailers) == {"grpc-status": "0"}
 
 
 def test_peer_settings_resize_windows_and_frames() -> None:
@@ -679,6 +708,45 @@ def test_credentials_must_fit_the_transport() -> None:
         native_tls(b"", b"")
 
 
+@pytest.mark.parametrize("transport", ["native", "grpc"])
+async def test_connections_are_recycled_at_their_maximum_age(transport: Transport) -> None:
+    # After the age (±10%) a GOAWAY, after the grace the stream ends: with status OK on native
+    # (the proxy reconnects at once), UNAVAILABLE on grpc, which closes the connection.
+    cache = SnapshotCache()
+    cache.set_snapshot("n", mesh(A, "a"))
+    age, grace = 0.3, 0.2
+    server = XdsServer(
+        cache, transport=transport, max_connection_age=age, max_connection_age_grace=grace
+    )
+    port = await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for _ in range(2):  # the second stream on a new connection, as a proxy reconnects
+                started = loop.time()
+                stream = Stream(channel)
+                await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+                await stream.ack(await stream.read())
+                if transport == "native":
+                    assert await asyncio.wait_for(stream.call.read(), 5) is grpc.aio.EOF
+                    assert await stream.call.code() == grpc.StatusCode.OK
+                else:
+                    with pytest.raises(grpc.aio.AioRpcError) as ended:
+                        await asyncio.wait_for(stream.call.read(), 5)
+                    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert 0.9 * age + grace - 0.05 < loop.time() - started < 4.5
+                await settle(lambda: server.stream_count == 0)
+    finally:
+        await server.stop(0)
+
+
+def test_max_connection_age_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connection_age must be positive"):
+        XdsServer(SnapshotCache(), transport="native", max_connection_age=0)
+    with pytest.raises(ValueError, match="grace must not be negative"):
+        XdsServer(SnapshotCache(), max_connection_age=1, max_connection_age_grace=-1)
+
+
 # -- TLS and authentication (the assertions of tests/test_xds_auth.py, on native) ---------------
 
 
@@ -860,6 +928,44 @@ def test_envoy_reconnects_after_a_graceful_stop(
                 assert not any(rejected.values()), rejected
     finally:
         first.stop()
+
+
+class Opened(Callbacks):
+    def __init__(self) -> None:
+        self.streams: list[int] = []
+
+    def on_stream_open(self, stream_id: int, type_url: str | None) -> None:
+        self.streams.append(stream_id)
+
+
+def test_envoy_reconnects_at_the_maximum_connection_age_and_keeps_its_config(
+    upstreams: dict[str, list[tuple[str, int]]],
+) -> None:
+    cache, port, opened = SnapshotCache(), free_port(), Opened()
+    blue = mesh(upstreams, "blue", listener_port=port)
+    cache.set_snapshot("sidecar", blue)
+    thread = native_thread(cache)
+    thread.server = XdsServer(
+        cache,
+        callbacks=opened,
+        transport="native",
+        max_connection_age=1.0,
+        max_connection_age_grace=0.5,
+    )
+    with thread:
+        bootstrap = envoy_bootstrap(node_id="sidecar", cluster="test", xds_address=thread.address)
+        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
+            envoy.wait_ready()
+            wait_until(lambda: len(opened.streams) >= 3, timeout=20, message="reconnected")
+            assert envoy.request(port, "/").body == "blue"
+            # Reconnecting, Envoy names the versions it holds: nothing is sent again.
+            assert envoy.dynamic_route_configs() == {"local_route": blue.version(ROUTE_TYPE)}
+            cache.set_snapshot("sidecar", mesh(upstreams, "green", listener_port=port))
+            wait_until(lambda: envoy.request(port, "/").body == "green", message="route moved")
+            rejected = envoy.stats(filter="update_rejected")
+            assert rejected and not any(rejected.values()), rejected
+            updates = envoy.stat("http.ingress_http.rds.local_route.update_success")
+            assert updates == 2  # the first config and green: no resend on reconnecting
 
 
 def test_envoy_with_a_token_over_tls(pki: Pki, tokens: Plane) -> None:

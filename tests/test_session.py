@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pilotfish.cache import Snapshot, SnapshotCache, by_cluster
@@ -15,6 +17,7 @@ from pilotfish.protos import (
     DiscoveryRequest,
     DiscoveryResponse,
     Node,
+    wire,
 )
 from pilotfish.testing.client import InMemoryAdsClient
 from pilotfish.translators import build
@@ -325,3 +328,144 @@ def test_updated_clusters_endpoints_follow_at_once() -> None:
     got = ads.poll()
     assert [r.type_url for r in got] == [CLUSTER_TYPE, ENDPOINT_TYPE]
     assert len(got[1].resources) == 2
+
+
+# -- the ACK fast paths: same behaviour, less work ----------------------------------------------
+
+MANY = [f"cluster-{i:02d}" for i in range(12)]  # more than the names compared one by one
+
+
+def eds_request(names: list[str], version: str = "", nonce: str = "") -> DiscoveryRequest:
+    return DiscoveryRequest(
+        type_url=ENDPOINT_TYPE, resource_names=names, version_info=version, response_nonce=nonce
+    )
+
+
+def test_an_unchanged_long_name_list_is_recognised_by_its_bytes() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh({n: [("127.0.0.1", 1)] for n in [*MANY, "other"]}, MANY[0]))
+    ads = client(cache)
+    ads.send(DiscoveryRequest(type_url=CLUSTER_TYPE))
+    session = ads.session
+    (first,) = (r for r in ads.poll() if r.type_url == CLUSTER_TYPE)
+    ads.ack(first)
+    request = eds_request(MANY)
+    session.receive(request, request.SerializeToString())
+    (eds,) = ads.poll()
+    state = session.protocol.types[ENDPOINT_TYPE]
+    known = state.names
+    # The ACK repeats the list: no events but the ACK, and the subscription set is kept.
+    ack = eds_request(MANY, eds.version_info, eds.nonce)
+    received = session.receive(ack, ack.SerializeToString())
+    assert received.events == (Acked(ENDPOINT_TYPE, eds.version_info, eds.nonce),)
+    assert state.names is known
+    # The same names in another order, or with the node along, change no subscription (a
+    # repeated request is answered again: Envoy asks so while a cluster warms).
+    shuffled = eds_request(MANY[::-1], eds.version_info, eds.nonce)
+    shuffled.node.CopyFrom(NODE)
+    assert session.receive(shuffled, shuffled.SerializeToString()).events == ()
+    assert state.names == known
+    (again,) = ads.poll()
+    # One name swapped, same count: noticed, in both directions.
+    swapped = eds_request([*MANY[:-1], "other"], again.version_info, again.nonce)
+    received = session.receive(swapped, swapped.SerializeToString())
+    assert received.events[:2] == (
+        Subscribed(ENDPOINT_TYPE, frozenset({"other"}), False),
+        Unsubscribed(ENDPOINT_TYPE, frozenset({MANY[-1]}), False),
+    )
+    assert state.names == {*MANY[:-1], "other"}
+    # Without the raw bytes (grpc transport), the request is serialized for the comparison.
+    (third,) = ads.poll()
+    ack = eds_request([*MANY[:-1], "other"], third.version_info, third.nonce)
+    assert session.receive(ack).events == (Acked(ENDPOINT_TYPE, third.version_info, third.nonce),)
+    received = session.receive(eds_request(MANY, third.version_info, third.nonce))
+    assert [type(e) for e in received.events] == [Subscribed, Unsubscribed]
+
+
+def test_bytes_that_only_look_like_a_nonce_do_not_fool_the_comparison() -> None:
+    # A client may write fields in any order. Here (an EDS stream: no type_url) the nonce comes
+    # first and each last name ends in the bytes of the nonce field: what is cut off as "the
+    # nonce" is part of a name, and the lists differ only there.
+    eds = InMemoryAdsClient(SnapshotCache(), node=NODE, type_url=ENDPOINT_TYPE)
+    received = []
+    for nonce in ("6", "7"):
+        names = [*MANY, f"x*\x01{nonce}"]
+        raw = wire.nonce_field(nonce) + DiscoveryRequest(resource_names=names).SerializeToString()
+        assert raw.endswith(wire.nonce_field(nonce))
+        received.append(eds.session.receive(DiscoveryRequest.FromString(raw), raw))
+    assert received[1].events == (
+        Subscribed(ENDPOINT_TYPE, frozenset({"x*\x017"}), False),
+        Unsubscribed(ENDPOINT_TYPE, frozenset({"x*\x016"}), False),
+    )
+
+
+def test_a_snapshot_set_before_the_ack_is_sent_once_it_arrives() -> None:
+    # The watch is cancelled when a response is written; the ACK re-arms it, and whatever
+    # came meanwhile is answered then, while an ACK with nothing new computes no answer.
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (first,) = ads.poll()
+    cache.set_snapshot("n1", mesh(AB, "a"))  # between the response and its ACK
+    assert ads.poll() == []
+    ads.ack(first)
+    (second,) = ads.poll()
+    assert second.version_info == cache.get_snapshot("n1").version(CLUSTER_TYPE)
+    cache.set_snapshot("n1", mesh(AB, "a"))  # new snapshot object, same content: nothing
+    ads.ack(second)
+    assert ads.poll() == []
+    assert cache.watch_count("n1") == 1
+
+
+def test_an_ack_of_what_the_watch_answered_computes_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pilotfish.cache.answers import sotw_answer as real
+
+    answered: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        answered.append(args[1].type_url)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("pilotfish.cache.snapshot_cache.sotw_answer", counting)
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    ads = client(cache)
+    ads.subscribe(CLUSTER_TYPE)
+    (cds,) = ads.poll()
+    handle = ads.session._cancels
+    assert answered == [CLUSTER_TYPE] and handle == {}
+    ads.ack(cds)
+    (watch,) = handle.values()
+    assert answered == [CLUSTER_TYPE]  # re-armed without an answer: nothing can be new
+    assert ads.poll() == []
+    cache.set_snapshot("n1", mesh(AB, "a"))
+    (again,) = ads.poll()
+    ads.ack(again)
+    assert answered == [CLUSTER_TYPE, CLUSTER_TYPE]
+    assert list(handle.values()) == [watch]  # the same watch, re-armed on every ACK
+    ads.subscribe(CLUSTER_TYPE)  # asked again (a cluster warms): answered, unchanged or not
+    (resent,) = ads.poll()
+    assert resent.version_info == again.version_info
+    ads.nack(resent)
+    assert ads.poll() == []
+
+
+def test_next_parts_writes_the_shared_body_and_the_nonce_apart() -> None:
+    cache = SnapshotCache()
+    snapshot = mesh(A, "a")
+    cache.set_snapshot("n1", snapshot)
+    one, two = client(cache, Node(id="n1")), client(cache, Node(id="n1"))
+    for ads in (one, two):
+        ads.subscribe(CLUSTER_TYPE)
+    parts = one.session.next_parts()
+    assert parts is not None
+    body, nonce, sent = parts
+    assert body is snapshot.response(CLUSTER_TYPE, None).body  # shared, never copied
+    assert nonce == wire.nonce_field(sent.nonce)
+    assert DiscoveryResponse.FromString(body + nonce).nonce == sent.nonce
+    written = two.session.next_response()
+    assert written is not None and written[0].startswith(body)
+    assert one.session.next_parts() is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfish.cache import Snapshot
+from pilotfish.cache import Snapshot, SnapshotCache
 from pilotfish.errors import UnknownTypeError
 from pilotfish.protos import (
     CLUSTER_TYPE,
@@ -13,8 +13,10 @@ from pilotfish.protos import (
     ROUTE_TYPE,
     Cluster,
     DiscoveryResponse,
+    Node,
 )
 from pilotfish.translators import build
+from pilotfish.xds import PreparedResponse, WatchRequest
 from tests.helpers import mesh
 
 
@@ -129,3 +131,60 @@ def test_envoy_data_plane_messages_are_accepted() -> None:
     native.ClearField("eds_cluster_config")
     assert snapshot.messages("cds") == {"x": native}
     assert snapshot.version("cds") == Snapshot({"cds": [native]}).version("cds")
+
+
+# -- SnapshotCache.rearm_watch: one watch per stream and type, re-armed on each ACK ---------------
+
+
+def _cds_watch(node: Node, known_version: str = "", stream_id: int = 7) -> WatchRequest:
+    return WatchRequest(
+        node, stream_id, CLUSTER_TYPE, frozenset(), True, known_version, frozenset()
+    )
+
+
+def test_a_cancelled_watch_is_rearmed_in_place() -> None:
+    cache, node = SnapshotCache(), Node(id="n")
+    cache.set_snapshot("n", mesh({"a": [("127.0.0.1", 1)]}, "a"))
+    got: list[PreparedResponse] = []
+    watch = cache.create_watch(_cds_watch(node), got.append)
+    (first,) = got
+    watch()  # written: cancelled
+    assert cache.watch_count() == 0
+    request = _cds_watch(node, first.version)
+    again = cache.rearm_watch(watch, request, got.append)
+    assert again is watch and cache.watch_count() == 1 and got == [first]
+    # Re-arming an open watch, another stream's, or a foreign canceller: a new watch instead.
+    other = cache.rearm_watch(watch, request, got.append)
+    assert other is not watch and cache.watch_count() == 2
+    other()
+    watch()
+    moved = cache.rearm_watch(watch, _cds_watch(node, first.version, stream_id=8), got.append)
+    assert moved is not watch
+    moved()
+    fresh = cache.rearm_watch(lambda: None, request, got.append)
+    assert fresh is not watch and cache.watch_count() == 1
+    fresh()
+    assert cache.watch_count() == 0 and got == [first]
+
+
+def test_a_rearmed_watch_answers_what_changed_while_it_was_cancelled() -> None:
+    cache, node = SnapshotCache(), Node(id="n")
+    cache.set_snapshot("n", mesh({"a": [("127.0.0.1", 1)]}, "a"))
+    got: list[PreparedResponse] = []
+    watch = cache.create_watch(_cds_watch(node), got.append)
+    watch()
+    newer = mesh({"a": [("127.0.0.1", 1)], "b": [("127.0.0.1", 2)]}, "a")
+    cache.set_snapshot("n", newer)  # no watch open: nobody answered
+    cache.clear_snapshot("n")
+    cache.set_snapshot("n", newer)  # the same snapshot, set again
+    request = _cds_watch(node, got[0].version)
+    watch = cache.rearm_watch(watch, request, got.append)
+    assert [r.version for r in got] == [got[0].version, newer.version(CLUSTER_TYPE)]
+    watch()
+    # Known to hold what it was sent, from the same snapshot: no answer.
+    watch = cache.rearm_watch(watch, _cds_watch(node, got[1].version), got.append)
+    assert len(got) == 2
+    watch()
+    # Told it holds the older version again: answered with the newer one.
+    cache.rearm_watch(watch, request, got.append)
+    assert len(got) == 3 and got[2] is got[1]

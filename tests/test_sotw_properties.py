@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,8 +17,10 @@ from pilotfish.protos import (
     DiscoveryRequest,
     DiscoveryResponse,
     Node,
+    wire,
 )
 from pilotfish.testing.client import InMemoryAdsClient
+from pilotfish.xds import PreparedResponse, SotwStream, sotw
 from tests.helpers import mesh
 
 NAMES = ("a", "b", "c", "d")
@@ -117,3 +120,53 @@ def test_protocol_invariants(script: list[tuple[str, object]]) -> None:
         unanswered.extend(pending)
         if not unanswered:
             assert not model.must_send, "newly subscribed names were sent"
+
+
+POOL = (*(f"cluster-{i}" for i in range(10)), "*", "x*\x011")
+requests = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(POOL), max_size=14),  # names, duplicates and "*" included
+        st.sampled_from(("ack", "stale", "empty")),  # which nonce the request carries
+        st.permutations(range(5)),  # the order its fields are written in
+        st.booleans(),  # whether a response goes out after it
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests)
+def test_name_lists_compared_as_bytes_decide_as_compared_as_names(
+    script: list[tuple[list[str], str, list[int], bool]],
+) -> None:
+    """Whatever order a client writes its fields in, the byte comparison of long name lists
+    (with the request's bytes, or serialized again) decides exactly as comparing the names."""
+    streams = [SotwStream(1, ENDPOINT_TYPE) for _ in range(3)]
+    for step, (names, which, order, respond) in enumerate(script):
+        nonce = streams[0].types[ENDPOINT_TYPE].sent_nonce if streams[0].types else ""
+        nonce = {"ack": nonce, "stale": "0", "empty": ""}[which]
+        version = f"v{step}"
+        fields = [
+            wire.length_delimited(1, version.encode()),
+            wire.length_delimited(2, Node(id="n").SerializeToString()) if step == 0 else b"",
+            b"".join(wire.length_delimited(3, n.encode()) for n in names),
+            wire.length_delimited(4, ENDPOINT_TYPE.encode()),
+            wire.length_delimited(5, nonce.encode()) if nonce else b"",
+        ]
+        raw = b"".join(fields[i] for i in order)
+        request = DiscoveryRequest.FromString(raw)
+        with mock.patch.object(sotw, "_KEYED", 10**6):  # the reference: names compared
+            expected = streams[0].receive(request)
+        got = [streams[1].receive(request, raw), streams[2].receive(request)]
+        for received, stream in zip(got, streams[1:], strict=True):
+            assert received == expected
+            state, reference = stream.types[ENDPOINT_TYPE], streams[0].types[ENDPOINT_TYPE]
+            assert (state.names, state.wildcard) == (reference.names, reference.wildcard)
+        if respond and not expected.stale:
+            state = streams[0].types[ENDPOINT_TYPE]
+            prepared = PreparedResponse(
+                ENDPOINT_TYPE, version, state.names, b"", resource_versions={}
+            )
+            for stream in streams:
+                stream.send(prepared)

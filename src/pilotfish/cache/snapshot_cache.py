@@ -11,8 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from pilotfish.protos import RESOURCE_TYPES, Node
 from pilotfish.xds import (
@@ -34,22 +33,76 @@ from .status import NodeStatus, StatusTable
 __all__ = ["SnapshotCache"]
 
 
-@dataclass(slots=True)
 class _Watch:
     """An open watch; after answering it stays open, knowing what it delivered, until the
     server cancels it (when the answer is written), so a newer snapshot replaces an unwritten
-    answer instead of queueing behind it."""
+    answer instead of queueing behind it.
 
-    request: WatchRequest
-    respond: Respond
-    known_version: str
-    known_names: frozenset[str]
-    known_resources: Mapping[str, str] | None
+    It is its own canceller, and a session re-arms it (`SnapshotCache.rearm_watch`) when the
+    client answers: a watch per stream and type for as long as the stream lives, not per ACK.
+    `serial` is the snapshot it last answered from (see `settled`).
+    """
 
-    def answer(self, snapshot: Snapshot) -> PreparedResponse | None:
+    __slots__ = (
+        "armed",
+        "cache",
+        "key",
+        "known_names",
+        "known_resources",
+        "known_version",
+        "request",
+        "respond",
+        "serial",
+    )
+
+    def __init__(
+        self, cache: SnapshotCache, key: str, request: WatchRequest, respond: Respond
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.armed = False
+        self.serial = -1
+        self.request = request
+        self.respond = respond
+        self.known_version = request.known_version
+        self.known_names = request.known_names
+        self.known_resources = request.known_resources
+
+    def __call__(self) -> None:
+        self.cache._cancel(self)
+
+    def rebase(self, request: WatchRequest, respond: Respond) -> None:
+        """Take a new request (as a new watch would); forgets the last answer's snapshot."""
+        self.request = request
+        self.respond = respond
+        self.known_version = request.known_version
+        self.known_names = request.known_names
+        self.known_resources = request.known_resources
+        self.serial = -1
+
+    def settled(self, request: WatchRequest, serial: int) -> bool:
+        """Whether `request` is sure to get no answer from the snapshot numbered `serial`: the
+        watch last answered from it, for the same subscription, and the client holds what the
+        watch then knew it holds (the common ACK: of what the watch answered). An answer leaves
+        the watch knowing what it delivered, and that knowledge gets no answer from the same
+        snapshot. Identity stands in for equality: a session passes the same sets and mappings
+        until the subscription or what the client holds changes."""
+        old = self.request
+        return (
+            serial == self.serial
+            and request.names is old.names
+            and request.wildcard == old.wildcard
+            and request.ttl_aware == old.ttl_aware
+            and request.known_names is self.known_names
+            and request.known_resources is self.known_resources
+            and request.known_version == self.known_version
+        )
+
+    def answer(self, snapshot: Snapshot, serial: int) -> PreparedResponse | None:
         response = sotw_answer(
             snapshot, self.request, self.known_version, self.known_names, self.known_resources
         )
+        self.serial = serial
         if response is not None:
             self.known_version, self.known_names = response.version, response.names
             self.known_resources = response.resource_versions
@@ -60,15 +113,26 @@ class _Watch:
         self.respond(response)
 
 
-@dataclass(slots=True)
 class _DeltaWatch:
-    """An open delta watch. Its answers are always relative to what the client really holds,
-    so a newer answer can replace an unwritten one without losing changes."""
+    """An open delta watch, its own canceller. Its answers are always relative to what the
+    client really holds, so a newer answer can replace an unwritten one without losing
+    changes."""
 
-    request: DeltaWatchRequest
-    respond: DeltaRespond
+    __slots__ = ("armed", "cache", "key", "request", "respond")
 
-    def answer(self, snapshot: Snapshot) -> DeltaPreparedResponse | None:
+    def __init__(
+        self, cache: SnapshotCache, key: str, request: DeltaWatchRequest, respond: DeltaRespond
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.armed = False
+        self.request = request
+        self.respond = respond
+
+    def __call__(self) -> None:
+        self.cache._cancel(self)
+
+    def answer(self, snapshot: Snapshot, serial: int) -> DeltaPreparedResponse | None:
         type_url = self.request.type_url
         if type_url not in RESOURCE_TYPES:
             return None
@@ -93,9 +157,14 @@ class SnapshotCache:
         self._hash = node_hash
         self._lock = threading.Lock()
         self._snapshots: dict[str, Snapshot] = {}
-        self._watches: dict[str, dict[int, _Watch | _DeltaWatch]] = {}
+        # Each snapshot set gets a serial number: what a re-armed watch compares (`settled`).
+        self._serials: dict[str, int] = {}
+        self._serial = itertools.count()
+        # The armed watches of each key (a dict for its order; the values are unused).
+        self._watches: dict[str, dict[_Watch | _DeltaWatch, None]] = {}
         self._status = StatusTable(clock)
-        self._ids = itertools.count(1)
+        # Each open stream's node and its key: hashed once per stream, not per event.
+        self._stream_keys: dict[int, tuple[Node, str]] = {}
 
     def node_key(self, node: Node) -> str:
         """The snapshot key of a node."""
@@ -106,8 +175,9 @@ class SnapshotCache:
         answers: list[tuple[_Watch | _DeltaWatch, PreparedResponse | DeltaPreparedResponse]] = []
         with self._lock:
             self._snapshots[key] = snapshot
-            for watch in self._watches.get(key, {}).values():
-                response = watch.answer(snapshot)
+            serial = self._serials[key] = next(self._serial)
+            for watch in self._watches.get(key, ()):
+                response = watch.answer(snapshot, serial)
                 if response is not None:
                     answers.append((watch, response))
         for watch, response in answers:
@@ -122,6 +192,7 @@ class SnapshotCache:
         """Stop serving `key` (open watches wait for a new snapshot)."""
         with self._lock:
             self._snapshots.pop(key, None)
+            self._serials.pop(key, None)
 
     def keys(self) -> list[str]:
         """Keys that have a snapshot."""
@@ -150,47 +221,106 @@ class SnapshotCache:
     def create_watch(self, request: WatchRequest, respond: Respond) -> Cancel:
         """Answer now if the snapshot has something new, and again on each newer snapshot,
         until cancelled."""
-        watch = _Watch(
-            request, respond, request.known_version, request.known_names, request.known_resources
-        )
-        return self._open(request.node, request.stream_id, watch)
+        key = self._stream_key(request.node, request.stream_id)
+        watch = _Watch(self, key, request, respond)
+        with self._lock:
+            response = self._arm(watch, request.node, request.stream_id, False)
+        if response is not None:
+            watch.deliver(response)
+        return watch
+
+    def rearm_watch(self, cancelled: Cancel, request: WatchRequest, respond: Respond) -> Cancel:
+        """`create_watch` reusing `cancelled`, a cancelled watch of the same stream and type
+        (see `pilotfish.xds.watch.Rearm`). An ACK of what the watch answered, with nothing
+        changed since, costs no answer: the snapshot has nothing newer for the client."""
+        watch = cancelled
+        if (
+            not isinstance(watch, _Watch)
+            or watch.cache is not self
+            or watch.armed
+            or watch.request.stream_id != request.stream_id
+            or watch.request.type_url != request.type_url
+        ):
+            return self.create_watch(request, respond)
+        node = request.node
+        if node is not watch.request.node:
+            watch.key = self._stream_key(node, request.stream_id)
+        with self._lock:
+            settled = watch.settled(request, self._serials.get(watch.key, -1))
+            if settled:
+                watch.request, watch.respond = request, respond
+            else:
+                watch.rebase(request, respond)
+            response = self._arm(watch, node, request.stream_id, settled)
+        if response is not None:
+            watch.deliver(response)
+        return watch
 
     def create_delta_watch(self, request: DeltaWatchRequest, respond: DeltaRespond) -> Cancel:
         """Answer with what differs from the client's resource versions, now and on each new
         snapshot, until cancelled."""
-        return self._open(request.node, request.stream_id, _DeltaWatch(request, respond))
-
-    def _open(self, node: Node, stream_id: int, watch: _Watch | _DeltaWatch) -> Cancel:
-        key = self._hash(node)
+        key = self._stream_key(request.node, request.stream_id)
+        watch = _DeltaWatch(self, key, request, respond)
         with self._lock:
-            self._status.touch(key, node, stream_id)
-            snapshot = self._snapshots.get(key)
-            response = None if snapshot is None else watch.answer(snapshot)
-            watch_id = next(self._ids)
-            self._watches.setdefault(key, {})[watch_id] = watch
+            response = self._arm(watch, request.node, request.stream_id, False)
         if response is not None:
             watch.deliver(response)
+        return watch
 
-        def cancel() -> None:
-            with self._lock:
-                watches = self._watches.get(key)
-                if watches is not None:
-                    watches.pop(watch_id, None)
-                    if not watches:
-                        del self._watches[key]
+    def _arm(
+        self, watch: _Watch | _DeltaWatch, node: Node, stream_id: int, settled: bool
+    ) -> PreparedResponse | DeltaPreparedResponse | None:
+        """Lock held. List the watch as open; its answer from the current snapshot, if any
+        (`settled`: known to be none)."""
+        key = watch.key
+        self._status.touch(key, node, stream_id)
+        response = None
+        if not settled:
+            snapshot = self._snapshots.get(key)
+            if snapshot is not None:
+                response = watch.answer(snapshot, self._serials[key])
+        watches = self._watches.get(key)
+        if watches is None:
+            watches = self._watches[key] = {}
+        watches[watch] = None
+        watch.armed = True
+        return response
 
-        return cancel
+    def _cancel(self, watch: _Watch | _DeltaWatch) -> None:
+        with self._lock:
+            if not watch.armed:
+                return
+            watch.armed = False
+            key = watch.key
+            watches = self._watches.get(key)
+            if watches is not None:
+                del watches[watch]
+                # Kept while the node has a stream: its next watch is as good as certain.
+                if not watches and self._status.get(key) is None:
+                    del self._watches[key]
 
     def on_stream_event(self, stream_id: int, node: Node, event: Event) -> None:
         """Fold a stream event into the node's status."""
-        key = self._hash(node)
+        key = self._stream_key(node, stream_id)
         with self._lock:
-            self._status.touch(key, node, stream_id).record(event)
+            self._status.record(key, node, stream_id, event)
 
     def on_stream_closed(self, stream_id: int, node: Node | None) -> None:
         """Drop the stream; drop the node's status with its last stream."""
+        known = self._stream_keys.pop(stream_id, None)
         if node is None:
             return
-        key = self._hash(node)
+        key = known[1] if known is not None and known[0] is node else self._hash(node)
         with self._lock:
             self._status.closed(key, stream_id)
+            if self._status.get(key) is None and self._watches.get(key) == {}:
+                del self._watches[key]  # kept empty while the node had a stream
+
+    def _stream_key(self, node: Node, stream_id: int) -> str:
+        # A stream keeps its node (the first request's), so its key is computed once.
+        known = self._stream_keys.get(stream_id)
+        if known is not None and known[0] is node:
+            return known[1]
+        key = self._hash(node)
+        self._stream_keys[stream_id] = (node, key)
+        return key

@@ -77,6 +77,15 @@ class StatusTable:
         status.last_request_time = self._clock()
         return status
 
+    def record(self, key: str, node: Node, stream_id: int, event: Event) -> None:
+        """`touch`, then fold `event` into the node's status (one call per stream event)."""
+        status = self._by_key.get(key)
+        if status is None:
+            status = self._by_key[key] = NodeStatus(node)
+        status.streams.add(stream_id)
+        status.last_request_time = self._clock()
+        status.record(event)
+
     def closed(self, key: str, stream_id: int) -> None:
         """Drop the stream; the status goes with the node's last stream."""
         status = self._by_key.get(key)

@@ -16,6 +16,7 @@ __all__ = [
     "duration",
     "length_delimited",
     "nonce_field",
+    "read_varint",
     "resource_bytes",
     "unresolved_alias_bytes",
     "varint",
@@ -43,12 +44,17 @@ _ANY_VALUE = 2
 _WIRE_LEN = 2
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """Encode a non-negative int as a protobuf base-128 varint."""
-    if value < 0:
-        raise ValueError("varint of a negative number")
     if value < 0x80:
-        return bytes((value,))
+        if value < 0:
+            raise ValueError("varint of a negative number")
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -57,9 +63,37 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode the varint at `data[pos]`; returns it and the position after it."""
+    if data[pos] < 0x80:
+        return data[pos], pos + 1
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _head(tag: int, size: int) -> bytes:
+    # Tag (one byte: field numbers below 16) and length of a length-delimited field.
+    if size < 0x80:
+        return bytes((tag, size))
+    if size < 0x4000:
+        return bytes((tag, (size & 0x7F) | 0x80, size >> 7))
+    return _ONE_BYTE[tag] + varint(size)
+
+
 def length_delimited(field_number: int, data: bytes) -> bytes:
     """One length-delimited field (string, bytes or sub-message)."""
-    return varint((field_number << 3) | _WIRE_LEN) + varint(len(data)) + data
+    tag = (field_number << 3) | _WIRE_LEN
+    if tag < 0x80:
+        return _head(tag, len(data)) + data
+    return varint(tag) + varint(len(data)) + data
 
 
 def any_bytes(type_url: str, value: bytes) -> bytes:
@@ -70,14 +104,24 @@ def any_bytes(type_url: str, value: bytes) -> bytes:
 def discovery_response_body(version: str, type_url: str, resources: Iterable[bytes]) -> bytes:
     """A DiscoveryResponse without its nonce; `resources` are serialized `Any` messages."""
     parts = [length_delimited(_RESPONSE_VERSION_INFO, version.encode())]
-    parts.extend(length_delimited(_RESPONSE_RESOURCES, item) for item in resources)
+    tag = (_RESPONSE_RESOURCES << 3) | _WIRE_LEN
+    for item in resources:  # head and bytes apart: each resource is copied once, by join
+        parts.append(_head(tag, len(item)))
+        parts.append(item)
     parts.append(length_delimited(_RESPONSE_TYPE_URL, type_url.encode()))
     return b"".join(parts)
 
 
+_NONCE_TAG = (_RESPONSE_NONCE << 3) | _WIRE_LEN
+_NONCE_HEADS = tuple(bytes((_NONCE_TAG, size)) for size in range(0x80))
+
+
 def nonce_field(nonce: str) -> bytes:
     """The nonce field to append to a prepared DiscoveryResponse body."""
-    return length_delimited(_RESPONSE_NONCE, nonce.encode())
+    data = nonce.encode()
+    if len(data) < 0x80:  # always, for pilotfish's nonces: one per response and stream
+        return _NONCE_HEADS[len(data)] + data
+    return _head(_NONCE_TAG, len(data)) + data
 
 
 def duration(seconds: float) -> bytes:
@@ -119,7 +163,10 @@ def delta_response_body(
 ) -> bytes:
     """A DeltaDiscoveryResponse without its nonce; `resources` are serialized `Resource`s."""
     parts = [length_delimited(_DELTA_SYSTEM_VERSION, system_version.encode())]
-    parts.extend(length_delimited(_DELTA_RESOURCES, item) for item in resources)
+    tag = (_DELTA_RESOURCES << 3) | _WIRE_LEN
+    for item in resources:
+        parts.append(_head(tag, len(item)))
+        parts.append(item)
     parts.append(length_delimited(_DELTA_TYPE_URL, type_url.encode()))
     parts.extend(length_delimited(_DELTA_REMOVED, name.encode()) for name in removed)
     return b"".join(parts)

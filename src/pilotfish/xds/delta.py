@@ -65,8 +65,8 @@ class DeltaStream:
     types: dict[str, DeltaTypeState] = field(default_factory=dict)
     _nonce: int = 0
 
-    def receive(self, request: DeltaDiscoveryRequest) -> Received:
-        """Take one request from the client."""
+    def receive(self, request: DeltaDiscoveryRequest, raw: bytes | None = None) -> Received:
+        """Take one request from the client (`raw`, its bytes, are not needed here)."""
         if self.node is None:
             self.node = Node()
             self.node.CopyFrom(request.node)
@@ -111,6 +111,11 @@ class DeltaStream:
 
     def send(self, response: DeltaPreparedResponse) -> tuple[bytes, Sent]:
         """Give `response` this stream's next nonce, and record what the client now holds."""
+        body, nonce, sent = self.send_parts(response)
+        return body + nonce, sent
+
+    def send_parts(self, response: DeltaPreparedResponse) -> tuple[bytes, bytes, Sent]:
+        """`send`, with the body and this stream's nonce field apart (written in sequence)."""
         state = self.types.get(response.type_url)
         if state is None:
             raise LocalProtocolError(f"response for {response.type_url} that was never requested")
@@ -139,8 +144,10 @@ class DeltaStream:
         state.awaiting_ack = True
         state.responses_sent += 1
         names = frozenset(response.versions) | response.removed
-        return response.body + wire.nonce_field(nonce), Sent(
-            response.type_url, response.system_version, nonce, names
+        return (
+            response.body,
+            wire.nonce_field(nonce),
+            Sent(response.type_url, response.system_version, nonce, names),
         )
 
     def _namespaces(self, type_url: str) -> frozenset[str]:

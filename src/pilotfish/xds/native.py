@@ -17,6 +17,12 @@ the node id is released once its awaitable finished.
 
 TLS: pass an `ssl.SSLContext` (`native_tls`); client certificates reach authenticators through
 `Peer.from_tls`. Keepalive is the client's: PINGs are answered, none are sent.
+
+Maximum connection age (as grpc's ``grpc.max_connection_age_ms``): a connection older than the
+age (give or take 10%, so a fleet that connected together does not reconnect together) gets a
+GOAWAY, and once the grace is over too its streams end with status OK and it closes. Proxies
+then reconnect, possibly to another replica behind the same address: load spreads again after
+replicas come and go.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -153,6 +160,8 @@ class _Stream:
 
 
 _READ_SIZE = 256 * 1024
+_CLOSE_WAIT = 1.0
+"""Seconds a connection whose streams were ended gets to hang up before it is dropped."""
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -173,14 +182,19 @@ class _Connection(asyncio.BufferedProtocol):
         self.lost = False
         self.stopping = False  # GOAWAY sent: close once the client ended every stream
         self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the next step of ageing out
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.listener.connections.add(self)
+        listener = self.listener
+        listener.connections.add(self)
         self.h2.initiate()
         self.transport.write(self.h2.data_to_send())
+        if listener.max_connection_age is not None:
+            age = listener.max_connection_age * random.uniform(0.9, 1.1)
+            self.timer = listener.loop.call_later(age, self.age_out)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.listener.read_buffer
@@ -215,6 +229,9 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.listener.connections.discard(self)
         streams, self.streams = self.streams, {}
         for stream in streams.values():
@@ -257,11 +274,11 @@ class _Connection(asyncio.BufferedProtocol):
                     continue
                 handler = stream.handler
                 try:
-                    while (item := handler.next_response()) is not None:
-                        data, result = item
+                    while (item := handler.next_parts()) is not None:
+                        body, nonce, result = item
                         if result is not None:
                             spawn(result)
-                        h2.send_message(stream.h2_id, data)
+                        h2.send_message(stream.h2_id, body, nonce)
                 except Exception:
                     _log.exception("stream %d: cannot send", handler.stream_id)
                     self.finish(stream, GrpcStatus.INTERNAL, "internal error")
@@ -293,6 +310,30 @@ class _Connection(asyncio.BufferedProtocol):
         self.dirty.clear()
         self.drain()
 
+    def age_out(self) -> None:
+        """The connection reached its maximum age: GOAWAY (its streams go on, no new one is
+        served; it closes once they are over), and the grace period starts."""
+        self.timer = None
+        if self.lost or self.stopping:
+            return
+        self.stopping = True
+        self.h2.goaway()
+        self.drain()
+        if not self.lost:
+            grace = self.listener.max_connection_age_grace
+            self.timer = self.listener.loop.call_later(grace, self.expire)
+
+    def expire(self) -> None:
+        """The grace is over: end the streams left with status OK, and close."""
+        self.shutdown()
+        self.timer = None if self.lost else self.listener.loop.call_later(_CLOSE_WAIT, self.abort)
+
+    def abort(self) -> None:
+        """Drop a connection whose client did not hang up in time."""
+        self.timer = None
+        if not self.lost and self.transport is not None:
+            self.transport.abort()
+
     def _on_request(self, event: RequestReceived) -> None:
         listener = self.listener
         method = listener.methods.get(event.path)
@@ -315,8 +356,8 @@ class _Connection(asyncio.BufferedProtocol):
             return
         handler = stream.handler
         try:
-            request = stream.decode(event.data)
-            results = handler.receive(request)
+            data = event.data
+            results = handler.receive(stream.decode(data), data)
             if results is not None:
                 for result in results:
                     if result is not None:
@@ -371,8 +412,21 @@ class NativeListener:
     """The listening socket, its connections, and the one flush per loop iteration that drains
     every dirty stream (see the module docstring)."""
 
-    def __init__(self, streams: ServerStreams, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        streams: ServerStreams,
+        *,
+        tls: ssl.SSLContext | None = None,
+        max_connection_age: float | None = None,
+        max_connection_age_grace: float = 5.0,
+    ) -> None:
+        if max_connection_age is not None and max_connection_age <= 0:
+            raise ValueError("max_connection_age must be positive (or None: no maximum)")
+        if max_connection_age_grace < 0:
+            raise ValueError("max_connection_age_grace must not be negative")
         self.streams = streams
+        self.max_connection_age = max_connection_age
+        self.max_connection_age_grace = max_connection_age_grace
         self.methods = _methods()
         # Shared by every connection: the loop reads into it and we copy out at once.
         self.read_buffer = memoryview(bytearray(_READ_SIZE))
@@ -385,6 +439,11 @@ class NativeListener:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._idle: asyncio.Event | None = None
         self._closed: asyncio.Event | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the listener runs on."""
+        return self._loop or asyncio.get_running_loop()
 
     async def start(self, address: str) -> int:
         """Listen on `address` (port 0: any free port); returns the bound port."""
@@ -456,8 +515,7 @@ class NativeListener:
         self._pending.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -109,6 +109,12 @@ class XdsServer:
     with TLS: `grpc.ServerCredentials` for grpc (`server_credentials`), an `ssl.SSLContext` for
     native (`native_tls`). With an `authenticator`, every stream must prove an identity that may
     act as its node. `refused` counts refused streams by status code.
+
+    `max_connection_age` (seconds, ±10% jitter) makes proxies reconnect now and then, so load
+    spreads over replicas that came later: the connection gets a GOAWAY, its streams go on for
+    `max_connection_age_grace` seconds, then end (status OK on native; grpc closes the
+    connection) and the proxy reconnects. grpc: ``grpc.max_connection_age_ms`` and
+    ``grpc.max_connection_age_grace_ms``.
     """
 
     def __init__(
@@ -122,9 +128,15 @@ class XdsServer:
         credentials: grpc.ServerCredentials | ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
         transport: Transport = "grpc",
+        max_connection_age: float | None = None,
+        max_connection_age_grace: float = 5.0,
     ) -> None:
         if transport not in ("grpc", "native"):
             raise ValueError(f"transport must be 'grpc' or 'native', not {transport!r}")
+        if max_connection_age is not None and max_connection_age <= 0:
+            raise ValueError("max_connection_age must be positive (or None: no maximum)")
+        if max_connection_age_grace < 0:
+            raise ValueError("max_connection_age_grace must not be negative")
         if transport == "native" and isinstance(credentials, grpc.ServerCredentials):
             raise TypeError("the native transport takes an ssl.SSLContext (see native_tls)")
         if transport == "grpc" and isinstance(credentials, ssl.SSLContext):
@@ -145,6 +157,13 @@ class XdsServer:
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._options = list(options)
+        if max_connection_age is not None:
+            self._options += [
+                ("grpc.max_connection_age_ms", max(1, round(max_connection_age * 1000))),
+                ("grpc.max_connection_age_grace_ms", round(max_connection_age_grace * 1000)),
+            ]
+        self._max_connection_age = max_connection_age
+        self._max_connection_age_grace = max_connection_age_grace
         self._server: grpc.aio.Server | None = None
         self._native: NativeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,7 +218,12 @@ class XdsServer:
         if self.transport == "native":
             tls = self._credentials
             assert tls is None or isinstance(tls, ssl.SSLContext)
-            self._native = NativeListener(self._streams, tls=tls)
+            self._native = NativeListener(
+                self._streams,
+                tls=tls,
+                max_connection_age=self._max_connection_age,
+                max_connection_age_grace=self._max_connection_age_grace,
+            )
             self.port = await self._native.start(address)
         else:
             self._server = grpc.aio.server(options=self._options)

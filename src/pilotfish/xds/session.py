@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, DiscoveryRequest, wire
 from pilotfish.xds.delta import DeltaStream
@@ -24,6 +25,7 @@ from pilotfish.xds.watch import (
     DeltaPreparedResponse,
     DeltaWatchRequest,
     PreparedResponse,
+    Rearm,
     WatchRequest,
 )
 
@@ -34,12 +36,15 @@ _Prepared = PreparedResponse | DeltaPreparedResponse
 Dispatch = Callable[[Callable[[], None]], None]
 """Runs a callable where the session lives (the I/O layer hops threads here)."""
 
-_LAST = len(RESOURCE_TYPES)
+_BY_ORDER = tuple(sorted(RESOURCE_TYPES, key=lambda type_url: RESOURCE_TYPES[type_url].order))
 
 
-def _order(type_url: str) -> int:
-    row = RESOURCE_TYPES.get(type_url)
-    return _LAST if row is None else row.order
+def _first_in_order(pending: dict[str, _Prepared]) -> str:
+    """The pending type to write first: make-before-break order, unknown types last."""
+    for type_url in _BY_ORDER:
+        if type_url in pending:
+            return type_url
+    return next(iter(pending))
 
 
 _stream_ids = itertools.count(1)
@@ -55,18 +60,36 @@ def _call_now(fn: Callable[[], None]) -> None:
     fn()
 
 
+class _Responder:
+    """How one watch answers its session. Made per watch: `Session._deliver` drops answers of
+    a watch that is no longer the type's current one (they may still be travelling between
+    threads when it is replaced), and one small object is all a watch costs the session."""
+
+    __slots__ = ("session", "type_url")
+
+    def __init__(self, session: Session, type_url: str) -> None:
+        self.session = session
+        self.type_url = type_url
+
+    def __call__(self, response: _Prepared) -> None:
+        session = self.session
+        session._dispatch(lambda: session._deliver(self, response))
+
+
 class Session:
     """Protocol state, watches and pending responses of one stream (`delta` picks the variant)."""
 
     __slots__ = (
+        "_armed",
         "_cancels",
         "_closed",
         "_delta_ttl",
         "_dispatch",
-        "_generation",
         "_heartbeats",
         "_ordered",
+        "_parked",
         "_pending",
+        "_rearm",
         "_watcher",
         "protocol",
         "wakeup",
@@ -91,7 +114,10 @@ class Session:
         self._ordered = ordered
         self._dispatch = dispatch
         self._cancels: dict[str, Cancel] = {}
-        self._generation: dict[str, int] = {}
+        self._armed: dict[str, _Responder] = {}  # the responder of each open watch
+        # Cancelled state-of-the-world watches the watcher may re-arm (`Rearm`), by type.
+        self._rearm = None if delta else cast(Rearm | None, getattr(watcher, "rearm_watch", None))
+        self._parked: dict[str, Cancel] = {}
         self._pending: dict[str, _Prepared] = {}
         self._heartbeats: dict[str, PreparedResponse] = {}
         self._delta_ttl: dict[str, dict[str, bytes]] = {}
@@ -102,9 +128,12 @@ class Session:
         """The stream's id, unique within the server."""
         return self.protocol.stream_id
 
-    def receive(self, request: DiscoveryRequest | DeltaDiscoveryRequest) -> Received:
-        """Apply one request: record events, and replace the type's watch when needed."""
-        received = self.protocol.receive(request)
+    def receive(
+        self, request: DiscoveryRequest | DeltaDiscoveryRequest, raw: bytes | None = None
+    ) -> Received:
+        """Apply one request: record events, and replace the type's watch when needed. `raw`:
+        the bytes the request was parsed from, when the transport has them (cheaper ACKs)."""
+        received = self.protocol.receive(request, raw)
         node = self.protocol.node
         assert node is not None  # set by the protocol on the first request
         for event in received.events:
@@ -115,37 +144,53 @@ class Session:
 
     def next_response(self) -> tuple[bytes, Sent] | None:
         """The next response to write (nonce assigned), or None when nothing is pending."""
-        if not self._pending:
+        parts = self.next_parts()
+        if parts is None:
             return None
-        type_url = min(self._pending, key=_order) if self._ordered else next(iter(self._pending))
-        response = self._pending.pop(type_url)
+        body, nonce, sent = parts
+        return body + nonce, sent
+
+    def next_parts(self) -> tuple[bytes, bytes, Sent] | None:
+        """`next_response` as two parts to write one after the other: the prepared body, shared
+        by every stream, and this stream's nonce field. A transport that writes buffers in
+        sequence so never copies a large body per stream."""
+        pending = self._pending
+        if not pending:
+            return None
+        if len(pending) == 1 or not self._ordered:
+            type_url = next(iter(pending))
+        else:
+            type_url = _first_in_order(pending)
+        response = pending.pop(type_url)
         self._cancel(type_url)  # written: now the client's ACK or NACK opens the next watch
-        if isinstance(self.protocol, DeltaStream):
+        protocol = self.protocol
+        if isinstance(protocol, DeltaStream):
             assert isinstance(response, DeltaPreparedResponse)
-            data, sent = self.protocol.send(response)
+            body, nonce, sent = protocol.send_parts(response)
             ttl = self._delta_ttl.setdefault(type_url, {})
             for name in (*response.versions, *response.removed):
                 ttl.pop(name, None)
             ttl.update(response.heartbeats)
             for ref_type in response.refresh:
                 if ref_type in self._cancels:  # an idle watch: re-open it on the new versions
-                    self._open(ref_type, self.protocol.watch_request(ref_type))
+                    self._open(ref_type, protocol.watch_request(ref_type))
         else:
             assert isinstance(response, PreparedResponse)
-            data, sent = self.protocol.send(response)
-            for ref_type in self.protocol.rewarm:
+            body, nonce, sent = protocol.send_parts(response)
+            for ref_type in protocol.rewarm:
                 # An idle watch: answer the forgotten names now. (A pending answer was made for
                 # the whole subscription at the new version: it carries them already.)
-                if ref_type in self._cancels and ref_type not in self._pending:
-                    self._open(ref_type, self.protocol.watch_request(ref_type))
+                if ref_type in self._cancels and ref_type not in pending:
+                    self._open(ref_type, protocol.watch_request(ref_type))
             if response.heartbeat is None:
-                self._heartbeats.pop(type_url, None)
+                if self._heartbeats:
+                    self._heartbeats.pop(type_url, None)
             else:
                 self._heartbeats[type_url] = dataclasses.replace(response, body=response.heartbeat)
-        node = self.protocol.node
+        node = protocol.node
         assert node is not None
-        self._watcher.on_stream_event(self.stream_id, node, sent)
-        return data, sent
+        self._watcher.on_stream_event(protocol.stream_id, node, sent)
+        return body, nonce, sent
 
     def heartbeat(self) -> bool:
         """Queue a TTL heartbeat for each type whose last response held TTL'd resources and is
@@ -191,6 +236,7 @@ class Session:
         self._closed = True
         for type_url in list(self._cancels):
             self._cancel(type_url)
+        self._parked.clear()
         self._pending.clear()
         self._watcher.on_stream_closed(self.stream_id, self.protocol.node)
 
@@ -199,25 +245,28 @@ class Session:
         # What was pending was computed for the old subscription; the new watch knows the
         # version the client really holds and answers at once if that one is outdated.
         self._pending.pop(type_url, None)
-        generation = self._generation[type_url]
-
-        def respond(response: _Prepared) -> None:
-            self._dispatch(lambda: self._deliver(type_url, generation, response))
-
+        responder = self._armed[type_url] = _Responder(self, type_url)
         if isinstance(watch, DeltaWatchRequest):
-            self._cancels[type_url] = self._watcher.create_delta_watch(watch, respond)
+            self._cancels[type_url] = self._watcher.create_delta_watch(watch, responder)
+            return
+        parked = self._parked.pop(type_url, None)
+        if parked is not None and self._rearm is not None:
+            self._cancels[type_url] = self._rearm(parked, watch, responder)
         else:
-            self._cancels[type_url] = self._watcher.create_watch(watch, respond)
+            self._cancels[type_url] = self._watcher.create_watch(watch, responder)
 
     def _cancel(self, type_url: str) -> None:
-        # A new generation makes answers still travelling from the old watch void.
-        self._generation[type_url] = self._generation.get(type_url, 0) + 1
+        # Answers still travelling from the old watch are void from now on (`_deliver`).
+        self._armed.pop(type_url, None)
         cancel = self._cancels.pop(type_url, None)
         if cancel is not None:
             cancel()
+            if self._rearm is not None:
+                self._parked[type_url] = cancel
 
-    def _deliver(self, type_url: str, generation: int, response: _Prepared) -> None:
-        if self._closed or self._generation.get(type_url) != generation:
+    def _deliver(self, responder: _Responder, response: _Prepared) -> None:
+        type_url = responder.type_url
+        if self._closed or self._armed.get(type_url) is not responder:
             return  # a watch that was replaced or cancelled while its answer travelled
         self._pending[type_url] = response
         if self.wakeup is not None:

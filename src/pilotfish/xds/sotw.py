@@ -21,6 +21,7 @@ Rules (xDS protocol, state-of-the-world):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -35,6 +36,9 @@ __all__ = ["SotwStream", "TypeState"]
 
 WILDCARD = "*"
 _EMPTY: frozenset[str] = frozenset()
+_KEYED = 8
+"""Above this many names, an unchanged list is recognised by its wire bytes (see `_span`)."""
+_VERSION_TAG = 0x0A  # DiscoveryRequest.version_info, field 1, length-delimited
 
 
 @dataclass(slots=True)
@@ -46,6 +50,7 @@ class TypeState:
     wildcard: bool = False
     legacy_wildcard: bool = False
     request_names: tuple[str, ...] = ()
+    request_key: bytes = b""
     sent_version: str = ""
     sent_nonce: str = ""
     sent_names: frozenset[str] = _EMPTY
@@ -68,8 +73,9 @@ class SotwStream:
     rewarm: frozenset[str] = frozenset()
     _nonce: int = 0
 
-    def receive(self, request: DiscoveryRequest) -> Received:
-        """Take one request from the client."""
+    def receive(self, request: DiscoveryRequest, raw: bytes | None = None) -> Received:
+        """Take one request from the client; `raw`, if the transport has them, are the bytes it
+        was parsed from (they make an unchanged long name list cheap to recognise)."""
         if self.node is None:
             # Proxyless gRPC may send an empty node; Envoy sends it only on the first message.
             self.node = Node()
@@ -85,7 +91,7 @@ class SotwStream:
         if state is None:
             state = self.types[type_url] = TypeState(type_url)
         events: list[Event] = []
-        changed = self._update_subscription(state, request, first, events)
+        changed = self._update_subscription(state, request, first, events, raw)
 
         settled = settle(state, nonce, request)
         answered = settled is not None
@@ -109,7 +115,13 @@ class SotwStream:
         return Received(type_url, tuple(events), watch)
 
     def send(self, response: PreparedResponse) -> tuple[bytes, Sent]:
-        """Give `response` this stream's next nonce; returns the wire bytes and the event.
+        """Give `response` this stream's next nonce; returns the wire bytes and the event."""
+        body, nonce, sent = self.send_parts(response)
+        return body + nonce, sent
+
+    def send_parts(self, response: PreparedResponse) -> tuple[bytes, bytes, Sent]:
+        """`send`, with the wire bytes in two parts to write one after the other: the shared
+        prepared body and this stream's nonce field (a large body is not copied per stream).
 
         Resources of other types that an updated resource depends on are forgotten (as sent),
         so the next answer for their type includes them even if unchanged: the client re-warms
@@ -119,7 +131,7 @@ class SotwStream:
         state = self.types.get(response.type_url)
         if state is None:
             raise LocalProtocolError(f"response for {response.type_url} that was never requested")
-        self.rewarm = frozenset()
+        self.rewarm = _EMPTY
         before = state.sent_resources
         if response.references and before:
             now = response.resource_versions or {}
@@ -127,11 +139,12 @@ class SotwStream:
             # it and waits for its dependents, so the next answer of their types must come even
             # if unchanged. A state-of-the-world answer carries every subscribed name anyway, so
             # forgetting the whole type costs nothing more, and this stops at the first update.
-            if any(
-                (old := before.get(name)) is not None and old != now.get(name)
-                for name in response.references
-            ):
-                self.rewarm = frozenset(t for t in response.reference_types if self._forget_all(t))
+            for name in response.references:
+                old = before.get(name)
+                if old is not None and old != now.get(name):
+                    types = response.reference_types
+                    self.rewarm = frozenset(t for t in types if self._forget_all(t))
+                    break
         self._nonce += 1
         nonce = str(self._nonce)
         state.sent_version = response.version
@@ -140,8 +153,10 @@ class SotwStream:
         state.sent_resources = response.resource_versions
         state.awaiting_ack = True
         state.responses_sent += 1
-        return response.body + wire.nonce_field(nonce), Sent(
-            response.type_url, response.version, nonce, response.names
+        return (
+            response.body,
+            wire.nonce_field(nonce),
+            Sent(response.type_url, response.version, nonce, response.names),
         )
 
     def _forget_all(self, type_url: str) -> bool:
@@ -163,25 +178,45 @@ class SotwStream:
         what was last sent (version, names and resource versions)."""
         state = self.types[type_url]
         assert self.node is not None
-        return WatchRequest(
-            node=self.node,
-            stream_id=self.stream_id,
-            type_url=type_url,
-            names=state.names,
-            wildcard=state.wildcard,
-            known_version=state.sent_version if known_version is None else known_version,
-            known_names=state.sent_names if known_names is None else known_names,
-            ttl_aware=self.ttl_aware,
-            known_resources=state.sent_resources if known_resources == "sent" else known_resources,
+        return WatchRequest(  # positional: one per ACK, and keywords cost a third more
+            self.node,
+            self.stream_id,
+            type_url,
+            state.names,
+            state.wildcard,
+            state.sent_version if known_version is None else known_version,
+            state.sent_names if known_names is None else known_names,
+            self.ttl_aware,
+            state.sent_resources if isinstance(known_resources, str) else known_resources,
         )
 
     @staticmethod
     def _update_subscription(
-        state: TypeState, request: DiscoveryRequest, first: bool, events: list[Event]
+        state: TypeState,
+        request: DiscoveryRequest,
+        first: bool,
+        events: list[Event],
+        raw: bytes | None,
     ) -> bool:
-        request_names = tuple(request.resource_names)
-        if not first and request_names == state.request_names:
+        listed = request.resource_names
+        count = len(listed)
+        repeated = not first and count == len(state.request_names)
+        if count > _KEYED:
+            # An ACK repeats the list; with many names, making a str of each to compare costs
+            # more than the rest of the ACK. Equal bytes (see `_span`) mean equal names.
+            data = request.SerializeToString() if raw is None else raw
+            start, stop = _span(data, request)
+            known = state.request_key
+            if repeated and stop - start == len(known) and data.startswith(known, start):
+                return False
+            state.request_key = data[start:stop]
+        elif repeated and (count == 0 or tuple(listed) == state.request_names):
             return False  # the common ACK: same list as before, no set built
+        # Interned: every stream's names are then the same str objects, kept once, and the
+        # cache's lookups of a subscription (once per client and push) compare them by identity.
+        request_names = tuple(map(sys.intern, listed))
+        if repeated and request_names == state.request_names:
+            return False
         state.request_names = request_names
         if request_names:
             names = frozenset(request_names)
@@ -206,3 +241,26 @@ class SotwStream:
         if removed or wildcard_off:
             events.append(Unsubscribed(state.type_url, removed, wildcard_off))
         return bool(first or added or removed or wildcard_on or wildcard_off)
+
+
+def _span(data: bytes, request: DiscoveryRequest) -> tuple[int, int]:
+    """Where `data`, the request's wire bytes, are without a leading version_info field and a
+    trailing response_nonce field: the part an ACK repeats (names, type_url, perhaps the node).
+
+    Two requests equal there hold the same names. The part starts at a field boundary, so it
+    parses alike in both. If the bytes cut off at the end are the nonce field, the names are
+    all in the part; if not (a client writing fields out of order, whose last field ends in
+    bytes like a nonce field), the nonce each request carries was read from the part, so it
+    is the same, and so are the bytes cut off: the requests differ in their version only.
+    """
+    start = 0
+    if data and data[0] == _VERSION_TAG:
+        length, start = wire.read_varint(data, 1)
+        start += length
+    stop = len(data)
+    nonce = request.response_nonce
+    if nonce:
+        field = wire.nonce_field(nonce)
+        if stop - len(field) >= start and data.endswith(field):
+            stop -= len(field)
+    return start, stop

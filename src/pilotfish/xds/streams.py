@@ -136,9 +136,10 @@ class StreamHandler:
         if streams.callbacks is not None:
             yield streams.callbacks.on_stream_open(self.stream_id, self.type_url)
 
-    def receive(self, request: Request) -> Iterator[HookResult] | None:
+    def receive(self, request: Request, raw: bytes | None = None) -> Iterator[HookResult] | None:
         """One request: admit its node (first request of an authenticated stream; else sets
-        `refusal` and stops), then the protocol. Raises `RemoteProtocolError`.
+        `refusal` and stops), then the protocol. Raises `RemoteProtocolError`. `raw`: the
+        bytes the request was parsed from, if the transport has them.
 
         Without callbacks (the hot path) it is all done on return, and None is returned; with
         them, it runs as the returned iterator is consumed."""
@@ -146,9 +147,9 @@ class StreamHandler:
             return None
         if self._streams.callbacks is None:
             assert self.session is not None
-            self.session.receive(request)
+            self.session.receive(request, raw)
             return None
-        return self._receive_with_hooks(request)
+        return self._receive_with_hooks(request, raw)
 
     def _admit(self, request: Request) -> bool:
         # The first request carries the node; later nodes are ignored by the protocol core.
@@ -163,12 +164,12 @@ class StreamHandler:
         self._admitted = True
         return True
 
-    def _receive_with_hooks(self, request: Request) -> Iterator[HookResult]:
+    def _receive_with_hooks(self, request: Request, raw: bytes | None) -> Iterator[HookResult]:
         session = self.session
         callbacks = self._streams.callbacks
         assert session is not None and callbacks is not None
         yield callbacks.on_stream_request(self.stream_id, request)
-        received = session.receive(request)
+        received = session.receive(request, raw)
         for event in received.events:
             if isinstance(event, Nacked):
                 node = session.protocol.node
@@ -178,18 +179,27 @@ class StreamHandler:
     def next_response(self) -> tuple[bytes, HookResult] | None:
         """The next response to write, and the result of `on_stream_response` (which runs
         before it is written); None when nothing is pending."""
-        session = self.session
-        assert session is not None
-        item = session.next_response()
+        item = self.next_parts()
         if item is None:
             return None
-        data, sent = item
+        body, nonce, result = item
+        return body + nonce, result
+
+    def next_parts(self) -> tuple[bytes, bytes, HookResult] | None:
+        """`next_response` with the message in two parts, written one after the other: the
+        prepared body (shared by every stream, not copied) and the stream's nonce field."""
+        session = self.session
+        assert session is not None
+        item = session.next_parts()
+        if item is None:
+            return None
+        body, nonce, sent = item
         callbacks = self._streams.callbacks
         if callbacks is None:
-            return data, None
+            return body, nonce, None
         node = session.protocol.node
         assert node is not None
-        return data, callbacks.on_stream_response(self.stream_id, node, sent)
+        return body, nonce, callbacks.on_stream_response(self.stream_id, node, sent)
 
     def close(self) -> Iterator[HookResult]:
         """Unlist the stream, close its session, tell the callbacks, free its node id.

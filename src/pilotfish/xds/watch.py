@@ -24,6 +24,7 @@ __all__ = [
     "DeltaRespond",
     "DeltaWatchRequest",
     "PreparedResponse",
+    "Rearm",
     "Respond",
     "WatchRequest",
 ]
@@ -111,6 +112,12 @@ class DeltaPreparedResponse:
 Respond = Callable[[PreparedResponse], None]
 DeltaRespond = Callable[[DeltaPreparedResponse], None]
 Cancel = Callable[[], None]
+Rearm = Callable[[Cancel, WatchRequest, Respond], Cancel]
+"""A watcher's optional ``rearm_watch(cancelled, request, respond)``: `create_watch` for the
+stream and type of `cancelled`, the (called) canceller of their previous watch, which the
+watcher may reuse and return: an ACK then costs no new watch, and no answer when nothing
+changed. The caller uses `cancelled` no more, but as what is returned (the same object, or
+not)."""
 
 
 class ConfigWatcher(Protocol):

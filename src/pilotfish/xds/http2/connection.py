@@ -240,9 +240,10 @@ class ServerConnection:
         out.clear()
         return data
 
-    def send_message(self, stream_id: int, payload: bytes) -> bool:
-        """Queue one gRPC message (response headers first if not sent yet); False if the
-        stream is over or ending."""
+    def send_message(self, stream_id: int, payload: bytes, tail: bytes = b"") -> bool:
+        """Queue one gRPC message, `payload` followed by `tail` (a part to append, queued as
+        is: neither is copied before the final write), response headers first if not sent yet;
+        False if the stream is over or ending."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.ended:
             return False
@@ -254,7 +255,7 @@ class ServerConnection:
                     stream_id, self._header_block(_RESPONSE_HEADERS), False, self._max_send_frame
                 )
             )
-        size = len(payload) + 5
+        size = len(payload) + len(tail) + 5
         if (
             not stream.pending
             and size <= stream.window
@@ -263,11 +264,16 @@ class ServerConnection:
         ):
             out.append(_DATA_HEAD.pack(size >> 16, size & 0xFFFF, 0, 0, stream_id, 0, size - 5))
             out.append(payload)
+            if tail:
+                out.append(tail)
             stream.window -= size
             self._send_window -= size
             return True
-        stream.pending.append(PREFIX.pack(0, size - 5))
-        stream.pending.append(payload)
+        pending = stream.pending
+        pending.append(PREFIX.pack(0, size - 5))
+        pending.append(payload)
+        if tail:
+            pending.append(tail)
         self._flush_stream(stream)
         return True
 
@@ -336,10 +342,27 @@ class ServerConnection:
     def _flush_stream(self, stream: _Stream) -> None:
         pending = stream.pending
         out = self._out
+        head = f.HEAD.pack
+        max_frame = self._max_send_frame
         while pending:
-            budget = min(stream.window, self._send_window, self._max_send_frame)
+            budget = min(stream.window, self._send_window, max_frame)
             if budget <= 0:
                 break
+            chunk = pending[0]
+            if len(chunk) > budget:
+                # A large body: whole frames cut from it, a slice each (the rest, less than a
+                # frame, goes out below with what follows it).
+                view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+                pos, end = 0, len(view)
+                while end - pos > budget > 0:
+                    out.append(head(budget >> 16, budget & 0xFFFF, f.DATA, 0, stream.id))
+                    out.append(view[pos : pos + budget])
+                    pos += budget
+                    stream.window -= budget
+                    self._send_window -= budget
+                    budget = min(stream.window, self._send_window, max_frame)
+                pending[0] = view[pos:]
+                continue
             parts: list[bytes | memoryview] = []
             size = 0
             while pending and size < budget:
@@ -355,7 +378,7 @@ class ServerConnection:
                     parts.append(view[:take])
                     pending[0] = view[take:]
                     size += take
-            out.append(f.HEAD.pack(size >> 16, size & 0xFFFF, f.DATA, 0, stream.id))
+            out.append(head(size >> 16, size & 0xFFFF, f.DATA, 0, stream.id))
             out.extend(parts)
             stream.window -= size
             self._send_window -= size
