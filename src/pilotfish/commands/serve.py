@@ -37,7 +37,7 @@ from pilotfish.sources import ConfigStore
 from pilotfish.sources.watch import DirectoryWatcher
 from pilotfish.xds.auth import Authenticator, SpiffeAuthenticator, TokenAuthenticator
 from pilotfish.xds.native import native_tls
-from pilotfish.xds.server import DEFAULT_OPTIONS, Transport, XdsServer, server_credentials
+from pilotfish.xds.server import Transport, XdsServer, server_credentials
 
 __all__ = ["Settings", "register", "settings_from"]
 
@@ -257,20 +257,6 @@ def _xds_security(
     return credentials, SpiffeAuthenticator(ca.trust_domain, is_revoked=ca.is_revoked)
 
 
-def xds_options(max_connection_age: float) -> list[tuple[str, int]]:
-    """The xDS server's gRPC options: `DEFAULT_OPTIONS`, plus a maximum connection age (grpc
-    adds +-10% jitter, so proxies of one replica do not all reconnect at once). The grace after
-    it is short: an xDS stream never ends by itself, and waiting for it would keep the proxy
-    on this replica forever."""
-    options = list(DEFAULT_OPTIONS)
-    if max_connection_age > 0:
-        options += [
-            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
-            ("grpc.max_connection_age_grace_ms", 5_000),
-        ]
-    return options
-
-
 async def _load_store(url: str, store: ConfigStore, timeout: float = 10.0) -> EtcdWatcher:
     """Start watching the config store into `store`; fail (CommandError) if the first load
     does not complete within `timeout`: a replica with nothing to serve must not start."""
@@ -358,7 +344,9 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         callbacks=metrics,
         credentials=credentials,
         authenticator=authenticator,
-        options=xds_options(settings.max_connection_age),
+        # Proxies reconnect now and then (+-10% jitter, 5 s grace), so load spreads over
+        # replicas and workers that started later.
+        max_connection_age=settings.max_connection_age or None,
         transport=settings.transport,
     )
     try:
