@@ -1,19 +1,22 @@
 """ADS push benchmark: how long and how much server CPU it takes to converge N proxies.
 
-The server (one process) serves a `SnapshotCache(node_hash=by_cluster)`, so every simulated proxy
-shares one snapshot and its prepared response bytes. Simulated proxies run in K other processes,
-each an ADS stream on its own TCP connection that behaves like Envoy (CDS, then EDS for the
-clusters, then LDS, then RDS for the route; every response ACKed). A coordinator (this process)
-drives both over pipes, so the load generator never shares an interpreter with the server.
+The server serves a `SnapshotCache(node_hash=by_cluster)`, so every simulated proxy shares one
+snapshot and its prepared response bytes; `--workers W` runs W server processes on one port
+(SO_REUSEPORT), each with its own cache built identically. Simulated proxies run in K other
+processes, each an ADS stream on its own TCP connection that behaves like Envoy (CDS, then EDS for
+the clusters, then LDS, then RDS for the route; every response ACKed). A coordinator (this
+process) drives both over pipes, so the load generator never shares an interpreter with a server.
 
 It measures initial convergence, then `--repeat` pushes of a snapshot in which every type has a new
-version: wall time until every proxy ACKed all four types, server CPU, server RSS, and the
-snapshot's serialization counters, which must not grow with N (serialize once).
+version: wall time until every proxy ACKed all four types, server and load-generator CPU, server
+RSS, and the snapshot's serialization counters, which must not grow with N (serialize once).
 
     .venv/bin/python bench/ads_push.py --clients 100 1000 --clusters 100 --endpoints 1
 
 `--transport grpc native` measures both server transports (grpc.aio, and pilotfish's own HTTP/2),
-one row each per N; the simulated proxies are grpc.aio clients either way.
+one row each per N. `--client-impl` picks the proxies' client: `h2` (`bench.h2client`, raw
+asyncio HTTP/2, the default: several times cheaper, so the generator is not what gets measured)
+or `grpc` (grpc.aio).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
@@ -56,7 +59,11 @@ from pilotfish.protos import (
 from pilotfish.translators import build
 from pilotfish.xds.server import Transport, XdsServer
 
-__all__ = ["build_snapshot", "main", "run"]
+if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import h2client
+
+__all__ = ["build_snapshot", "main", "response_fields", "run"]
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 NODE_CLUSTER = "bench"  # every proxy's node.cluster: by_cluster gives them one shared snapshot
@@ -70,6 +77,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
 TRANSPORTS: tuple[Transport, ...] = ("grpc", "native")
+ClientImpl = Literal["grpc", "h2"]
+CLIENT_IMPLS: tuple[ClientImpl, ...] = ("h2", "grpc")
+H2_CONNECTS_IN_FLIGHT = 256  # per client process; the server's listen backlog is 4096
 
 Message = tuple[Any, ...]
 
@@ -160,9 +170,12 @@ class _Inbox:
         self._loop.remove_reader(self._conn.fileno())
 
 
-def _child(conn: Connection, body: Callable[[], None]) -> None:
-    """Run a child's body; any failure goes to the coordinator as ("error", traceback)."""
+def _child(conn: Connection, body: Callable[[], None], cpus: list[int] | None = None) -> None:
+    """Run a child's body (on `cpus` if given); any failure goes to the coordinator as
+    ("error", traceback)."""
     _raise_nofile()
+    if cpus is not None:  # before any thread starts: threads inherit it (grpc's pollers too)
+        os.sched_setaffinity(0, cpus)
     try:
         body()
     except BaseException:
@@ -175,10 +188,22 @@ def _child(conn: Connection, body: Callable[[], None]) -> None:
 
 
 def server_process(
-    conn: Connection, clusters: int, endpoints: int, idle_timeout: float, transport: Transport
+    conn: Connection,
+    clusters: int,
+    endpoints: int,
+    idle_timeout: float,
+    transport: Transport,
+    port: int,
+    cpus: list[int] | None,
 ) -> None:
-    """Entry point of the server process (spawned): an XdsServer on 127.0.0.1 and a command loop."""
-    _child(conn, lambda: asyncio.run(_serve(conn, clusters, endpoints, idle_timeout, transport)))
+    """Entry point of a server worker (spawned): an XdsServer on 127.0.0.1:`port` and a command
+    loop. Port 0 picks one; other workers then bind the same one (SO_REUSEPORT, which both
+    transports set), and the kernel spreads connections over them."""
+    _child(
+        conn,
+        lambda: asyncio.run(_serve(conn, clusters, endpoints, idle_timeout, transport, port)),
+        cpus,
+    )
 
 
 def _cpu() -> tuple[float, float]:
@@ -186,14 +211,35 @@ def _cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+async def _settle(window: float = 0.02, limit: float = 60.0) -> float:
+    """Wait until this process is idle (under 10% CPU over `window` s); returns since when.
+
+    Proxies hold a push once they have sent their ACKs, but the server still has those ACKs to
+    handle: the report waits for that, so its CPU is all of the push's, and the idle time says
+    when the server itself was done (`server_done_s`).
+    """
+    give_up = time.monotonic() + limit
+    while True:
+        start, used = time.monotonic(), sum(_cpu())
+        await asyncio.sleep(window)
+        elapsed = time.monotonic() - start
+        if sum(_cpu()) - used < 0.1 * elapsed or start > give_up:
+            return start
+
+
 async def _serve(
-    conn: Connection, clusters: int, endpoints: int, idle_timeout: float, transport: Transport
+    conn: Connection,
+    clusters: int,
+    endpoints: int,
+    idle_timeout: float,
+    transport: Transport,
+    port: int,
 ) -> None:
     snapshot = build_snapshot(clusters, endpoints, 0)
     cache = SnapshotCache(node_hash=by_cluster)
     cache.set_snapshot(NODE_CLUSTER, snapshot)
     server = XdsServer(cache, transport=transport)
-    port = await server.start("127.0.0.1:0")
+    port = await server.start(f"127.0.0.1:{port}")
     inbox = _Inbox(conn)
     conn.send(("ready", port, _versions(snapshot)))
     prepared = snapshot
@@ -221,6 +267,7 @@ async def _serve(
                 cache.set_snapshot(NODE_CLUSTER, snapshot)
                 conn.send(("set", set_at))
             elif kind == "report":
+                idle_at = await _settle()
                 user, system = _cpu()
                 conn.send(
                     (
@@ -234,6 +281,7 @@ async def _serve(
                             "streams": server.stream_count,
                             "resources_serialized": snapshot.stats.resources_serialized,
                             "responses_built": snapshot.stats.responses_built,
+                            "idle_at": idle_at,
                         },
                     )
                 )
@@ -247,20 +295,93 @@ async def _serve(
 
 # -- the client processes ---------------------------------------------------------------------
 
+# DiscoveryResponse fields (length-delimited): version_info 1, resources 2, type_url 4, nonce 5
+_VERSION_TAG, _RESOURCES_TAG, _TYPE_URL_TAG, _NONCE_TAG = 0x0A, 0x12, 0x22, 0x2A
+# (version, where the resources start) -> (where they end, the type_url field after them, the
+# type_url, the version): the resources of one version are the same bytes for every proxy.
+_runs: dict[tuple[str, int], tuple[int, bytes, str, str]] = {}
+
+
+def response_fields(message: bytes) -> tuple[str, str, bytes, bytes]:
+    """version_info and type_url of a serialized DiscoveryResponse, and its raw version_info and
+    nonce fields, which an ACK repeats as they are (DiscoveryRequest uses the same numbers).
+
+    Top-level fields only, with the resources skipped, and a run of resources is walked once per
+    (version, offset) per process: every proxy gets the same prepared body (only the nonce after
+    it differs), and walking a thousand resources per response would make the load generator,
+    not the server, the bottleneck. A remembered run is used only where the bytes after it are
+    the type_url field seen there before.
+    """
+    end = len(message)
+    if end > 2 and message[0] == _VERSION_TAG and message[1] < 0x80:  # the usual layout:
+        pos = 2 + message[1]  # version, resources, type_url, nonce, all seen before but the nonce
+        known = _runs.get((message[2:pos].decode(), pos))
+        if known is not None and message.startswith(known[1], known[0]):
+            after = known[0] + len(known[1])  # the nonce field, which must end the message
+            size = end - after - 2
+            if 0 <= size < 0x80 and message[after] == _NONCE_TAG and message[after + 1] == size:
+                return known[3], known[2], message[:pos], message[after:]
+    version = type_url = ""
+    version_field = nonce_field = b""
+    pos = 0
+    while pos < end:
+        start = pos
+        tag = message[pos]
+        pos += 1
+        if tag >= 0x80:
+            tag, pos = wire.read_varint(message, start)
+        if tag == _RESOURCES_TAG:
+            key = (version, start)
+            known = _runs.get(key)
+            if known is not None and message.startswith(known[1], known[0]):
+                pos = known[0]
+                continue
+            pos = start
+            while pos < end and message[pos] == _RESOURCES_TAG:
+                size, pos = wire.read_varint(message, pos + 1)
+                pos += size
+            if pos < end and message[pos] == _TYPE_URL_TAG:
+                size, after = wire.read_varint(message, pos + 1)
+                after += size
+                run_type = message[after - size : after].decode()
+                _runs[key] = (pos, message[pos:after], run_type, version)
+            continue
+        kind = tag & 7
+        if kind == 2:
+            size, pos = wire.read_varint(message, pos)
+            if tag == _VERSION_TAG:
+                version = message[pos : pos + size].decode()
+                version_field = message[start : pos + size]
+            elif tag == _TYPE_URL_TAG:
+                type_url = message[pos : pos + size].decode()
+            elif tag == _NONCE_TAG:
+                nonce_field = message[start : pos + size]
+            pos += size
+        elif kind == 0:
+            _, pos = wire.read_varint(message, pos)
+        elif kind == 1:
+            pos += 8
+        elif kind == 5:
+            pos += 4
+        else:
+            raise ValueError(f"DiscoveryResponse: wire type {kind} at {pos}")
+    return version, type_url, version_field, nonce_field
+
 
 _name_cache: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
-def _names_to_follow(response: DiscoveryResponse) -> tuple[str, ...]:
+def _names_to_follow(type_url: str, version: str, message: bytes) -> tuple[str, ...]:
     """Names a CDS (EDS names) or LDS (RDS names) response makes Envoy subscribe to.
 
     Decoded once per (type, version) per process: every proxy gets the same bytes, and the load
     generator must stay cheaper than the server it measures.
     """
-    key = (response.type_url, response.version_info)
+    key = (type_url, version)
     names = _name_cache.get(key)
     if names is None:
-        if response.type_url == CLUSTER_TYPE:
+        response = DiscoveryResponse.FromString(message)
+        if type_url == CLUSTER_TYPE:
             found = {Cluster.FromString(r.value).name for r in response.resources}
         else:
             found = set()
@@ -275,24 +396,42 @@ def _names_to_follow(response: DiscoveryResponse) -> tuple[str, ...]:
     return names
 
 
+_fixed_fields: dict[tuple[str, tuple[str, ...]], bytes] = {}
+
+
 class _TypeView:
     """What the proxy holds of one type: its subscription and the last response it accepted."""
 
-    __slots__ = ("acked_at", "fixed", "names", "nonce", "subscribed", "version")
+    __slots__ = (
+        "acked_at",
+        "fixed",
+        "names",
+        "nonce_field",
+        "subscribed",
+        "type_url",
+        "version",
+        "version_field",
+    )
 
     def __init__(self, type_url: str) -> None:
+        self.type_url = type_url
         self.names: tuple[str, ...] = ()
         self.fixed = b""  # resource_names + type_url fields, encoded once per subscription
         self.version = ""
-        self.nonce = ""
-        self.acked_at = 0.0
+        self.version_field = b""  # the last response's, encoded: an ACK repeats it
+        self.nonce_field = b""
+        self.acked_at = 0.0  # when its version was ACKed; -1 while that ACK is on its way
         self.subscribe(type_url, ())
         self.subscribed = False  # until the proxy first asks for the type
 
     def subscribe(self, type_url: str, names: tuple[str, ...]) -> None:
         self.names = names
-        self.fixed = b"".join(wire.length_delimited(3, n.encode()) for n in names)
-        self.fixed += wire.length_delimited(4, type_url.encode())
+        fixed = _fixed_fields.get((type_url, names))
+        if fixed is None:  # once per subscription per process: every proxy asks for the same
+            fixed = b"".join(wire.length_delimited(3, n.encode()) for n in names)
+            fixed += wire.length_delimited(4, type_url.encode())
+            _fixed_fields[type_url, names] = fixed
+        self.fixed = fixed
         self.subscribed = True
 
     def request(self, node: bytes = b"") -> bytes:
@@ -301,78 +440,130 @@ class _TypeView:
         Hand-assembled: an EDS ACK repeats every cluster name, and re-encoding that per ACK
         would make the load generator, not the server, the bottleneck.
         """
-        out = wire.length_delimited(1, self.version.encode()) if self.version else b""
         if node:
-            out += wire.length_delimited(2, node)
-        out += self.fixed
-        if self.nonce:
-            out += wire.length_delimited(5, self.nonce.encode())
-        return out
+            return self.version_field + wire.length_delimited(2, node) + self.fixed
+        return self.version_field + self.fixed + self.nonce_field
 
 
 class _Proxy:
-    """One simulated Envoy: an ADS stream on its own channel (and so its own TCP connection)."""
+    """One simulated Envoy: an ADS stream on its own TCP connection, over either client.
 
-    __slots__ = ("channel", "held_tag", "ident", "tracker", "views")
+    The Envoy-like behaviour (`first_request`, `on_response`, `sent`) is the same for both;
+    `run_grpc` and `run_h2` only move bytes.
+    """
+
+    __slots__ = ("channel", "fresh", "ident", "pending", "stream", "tracker", "views")
 
     def __init__(self, ident: str, tracker: _Tracker) -> None:
         self.ident = ident
         self.tracker = tracker
         self.views = {t: _TypeView(t) for t in TYPES}
-        self.held_tag = -1
+        self.fresh: _TypeView | None = None  # the view given a new version, until its ACK is out
+        self.pending = 0  # types whose armed version it does not hold yet
         self.channel: grpc.aio.Channel | None = None
+        self.stream: h2client.GrpcStream | None = None
 
-    async def run(self, address: str) -> None:
-        """Subscribe like Envoy: CDS, then EDS for the clusters, then LDS, then RDS."""
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        call: grpc.aio.StreamStreamCall[bytes, DiscoveryResponse] = self.channel.stream_stream(
-            ADS_METHOD, request_serializer=None, response_deserializer=DiscoveryResponse.FromString
-        )()
+    def first_request(self) -> bytes:
+        """CDS wildcard (no names), with the node."""
         node = Node(id=self.ident, cluster=NODE_CLUSTER).SerializeToString()
-        cds = self.views[CLUSTER_TYPE]
-        cds.subscribed = True
-        await call.write(cds.request(node))  # wildcard: no names
+        return self.views[CLUSTER_TYPE].request(node)
+
+    def on_response(self, message: bytes) -> list[bytes]:
+        """The requests Envoy sends on this response: its ACK, then any new subscription.
+
+        CDS: EDS for every cluster; the first EDS: LDS wildcard (Envoy asks for listeners once
+        its clusters are warm); LDS: RDS for the listener's route.
+        """
+        version, type_url, version_field, nonce_field = response_fields(message)
+        view = self.views[type_url]
+        view.nonce_field = nonce_field
+        if view.version != version:
+            view.version, view.version_field = version, version_field
+            view.acked_at = -1.0
+            self.fresh = view
+        out = [view.request()]  # ACK
+        if type_url == CLUSTER_TYPE:
+            self._follow(out, ENDPOINT_TYPE, _names_to_follow(type_url, version, message))
+        elif type_url == ENDPOINT_TYPE and not self.views[LISTENER_TYPE].subscribed:
+            self._follow(out, LISTENER_TYPE, ())
+        elif type_url == LISTENER_TYPE:
+            self._follow(out, ROUTE_TYPE, _names_to_follow(type_url, version, message))
+        return out
+
+    def _follow(self, out: list[bytes], type_url: str, names: tuple[str, ...]) -> None:
+        view = self.views[type_url]
+        if not (view.subscribed and view.names == names):
+            view.subscribe(type_url, names)
+            out.append(view.request())
+
+    def sent(self) -> None:
+        """The requests `on_response` returned are written: a new version is ACKed now."""
+        view = self.fresh
+        if view is None:
+            return
+        self.fresh = None
+        view.acked_at = time.monotonic()
+        if self.tracker.target.get(view.type_url) == view.version:
+            self.pending -= 1
+            if not self.pending:
+                self.tracker.held(view.acked_at)
+
+    async def run_grpc(self, address: str) -> None:
+        """The proxy over grpc.aio: its own channel (so its own TCP connection)."""
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        call: grpc.aio.StreamStreamCall[bytes, bytes] = self.channel.stream_stream(
+            ADS_METHOD, request_serializer=None, response_deserializer=None
+        )()
+        self.views[CLUSTER_TYPE].subscribed = True
+        await call.write(self.first_request())
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:
                 raise BenchError(f"{self.ident}: the server ended the stream")
-            assert isinstance(response, DiscoveryResponse)
-            type_url = response.type_url
-            view = self.views[type_url]
-            view.nonce = response.nonce
-            if view.version != response.version_info:
-                view.version = response.version_info
-                view.acked_at = -1.0
-            await call.write(view.request())  # ACK
-            if view.acked_at < 0:
-                view.acked_at = time.monotonic()
-                self.tracker.check(self)
-            if type_url == CLUSTER_TYPE:
-                await self._follow(call, ENDPOINT_TYPE, _names_to_follow(response))
-            elif type_url == ENDPOINT_TYPE and not self.views[LISTENER_TYPE].subscribed:
-                # Envoy asks for listeners once its clusters are warm (have endpoints).
-                await self._follow(call, LISTENER_TYPE, ())
-            elif type_url == LISTENER_TYPE:
-                await self._follow(call, ROUTE_TYPE, _names_to_follow(response))
+            assert isinstance(response, bytes)
+            for request in self.on_response(response):
+                await call.write(request)
+            self.sent()
 
-    async def _follow(
+    async def run_h2(
         self,
-        call: grpc.aio.StreamStreamCall[bytes, DiscoveryResponse],
-        type_url: str,
-        names: tuple[str, ...],
+        port: int,
+        header_block: bytes,
+        gate: asyncio.Semaphore,
+        on_failure: Callable[[str], None],
     ) -> None:
-        view = self.views[type_url]
-        if view.subscribed and view.names == names:
-            return
-        view.subscribe(type_url, names)
-        await call.write(view.request())
+        """The proxy over `bench.h2client`; returns once connected (callbacks do the rest).
 
-    def holds(self, versions: dict[str, str]) -> float | None:
-        """When it had ACKed all of `versions`, or None if it does not hold them (yet)."""
+        `gate` bounds connections whose server has not yet sent SETTINGS (not yet accepted and
+        served), so a burst of thousands of connects does not overflow the listen backlog.
+        """
+
+        def on_message(message: bytes) -> None:
+            assert self.stream is not None
+            for request in self.on_response(message):
+                self.stream.send_message(request)
+            self.sent()
+
+        def on_close(error: BaseException) -> None:
+            on_failure(f"{self.ident}: {error!r}")
+
+        await gate.acquire()
+        try:
+            self.stream = await h2client.open_stream(
+                "127.0.0.1", port, header_block, on_message, on_close, gate.release
+            )
+        except BaseException:
+            gate.release()
+            raise
+        self.views[CLUSTER_TYPE].subscribed = True
+        self.stream.send_message(self.first_request())
+
+    def missing(self, versions: dict[str, str]) -> tuple[int, float]:
+        """How many of `versions` it has not ACKed, and when it ACKed the last of the others."""
         views = self.views
-        if all(views[t].version == v and views[t].acked_at > 0 for t, v in versions.items()):
-            return max(views[t].acked_at for t in versions)
-        return None
+        held = [views[t].acked_at for t, v in versions.items() if views[t].version == v]
+        held = [at for at in held if at > 0]
+        return len(versions) - len(held), max(held, default=0.0)
 
 
 class _Tracker:
@@ -388,18 +579,16 @@ class _Tracker:
         self.cpu = 0.0
 
     def arm(self, tag: int, versions: dict[str, str]) -> None:
+        """Count from now which proxies hold `versions` (each proxy counts down its `pending`)."""
         self.tag, self.target, self.holding, self.last = tag, versions, 0, 0.0
         self.cpu = time.process_time()
         for proxy in self.proxies:
-            self.check(proxy)
+            proxy.pending, at = proxy.missing(versions)
+            if not proxy.pending:
+                self.held(at)
 
-    def check(self, proxy: _Proxy) -> None:
-        if proxy.held_tag == self.tag or not self.target:
-            return
-        at = proxy.holds(self.target)
-        if at is None:
-            return
-        proxy.held_tag = self.tag
+    def held(self, at: float) -> None:
+        """One more proxy holds the target versions, since `at`."""
         self.holding += 1
         self.last = max(self.last, at)
         if self.holding == len(self.proxies):
@@ -407,21 +596,34 @@ class _Tracker:
             self.conn.send(("done", self.tag, self.last, cpu, self.holding))
 
 
-def client_process(conn: Connection, first: int, count: int, idle_timeout: float) -> None:
+def client_process(
+    conn: Connection,
+    first: int,
+    count: int,
+    idle_timeout: float,
+    impl: ClientImpl,
+    cpus: list[int] | None,
+) -> None:
     """Entry point of a client process (spawned): `count` proxies, started on "connect"."""
-    _child(conn, lambda: asyncio.run(_clients(conn, first, count, idle_timeout)))
+    _child(conn, lambda: asyncio.run(_clients(conn, first, count, idle_timeout, impl)), cpus)
 
 
-async def _clients(conn: Connection, first: int, count: int, idle_timeout: float) -> None:
+async def _clients(
+    conn: Connection, first: int, count: int, idle_timeout: float, impl: ClientImpl
+) -> None:
     tracker = _Tracker(conn)
     tracker.proxies = [_Proxy(f"sidecar-{first + i:05d}", tracker) for i in range(count)]
     inbox = _Inbox(conn)
     tasks: list[asyncio.Task[None]] = []
+    stopping = False
+
+    def report(text: str) -> None:
+        if not stopping:
+            conn.send(("error", f"proxy failed: {text}"))
 
     def failed(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (error := task.exception()) is not None:
-            text = "".join(traceback.format_exception(error))
-            conn.send(("error", f"proxy failed: {text}"))
+            report("".join(traceback.format_exception(error)))
 
     conn.send(("ready",))
     try:
@@ -434,20 +636,31 @@ async def _clients(conn: Connection, first: int, count: int, idle_timeout: float
                 tracker.arm(command[1], command[2])
                 conn.send(("armed",))
             elif kind == "connect":
+                port = command[1]
                 started = time.monotonic()
+                gate = asyncio.Semaphore(H2_CONNECTS_IN_FLIGHT)
+                block = h2client.request_headers(f"127.0.0.1:{port}", ADS_METHOD)
                 for proxy in tracker.proxies:
-                    task = asyncio.create_task(proxy.run(f"127.0.0.1:{command[1]}"))
+                    if impl == "h2":
+                        coroutine = proxy.run_h2(port, block, gate, report)
+                    else:
+                        coroutine = proxy.run_grpc(f"127.0.0.1:{port}")
+                    task = asyncio.create_task(coroutine)
                     task.add_done_callback(failed)
                     tasks.append(task)
                 conn.send(("started", started))
             else:
                 raise BenchError(f"client: unknown command {command!r}")
     finally:
+        stopping = True
         inbox.close()
         for task in tasks:
             task.remove_done_callback(failed)
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for proxy in tracker.proxies:
+            if proxy.stream is not None:
+                proxy.stream.close()
         channels = [p.channel.close(None) for p in tracker.proxies if p.channel is not None]
         await asyncio.wait_for(asyncio.gather(*channels, return_exceptions=True), 30)
     conn.send(("stopped",))
@@ -534,57 +747,127 @@ def _arm(clients: list[_Child], tag: int, versions: dict[str, str], timeout: flo
         child.expect("armed", deadline)
 
 
-def _report(server: _Child, timeout: float) -> dict[str, Any]:
-    server.send("report")
-    report: dict[str, Any] = server.expect("report", time.monotonic() + timeout)[1]
-    report["cpu_s"] = report["cpu_user_s"] + report["cpu_sys_s"]
-    return report
+def _report(servers: list[_Child], timeout: float) -> dict[str, Any]:
+    """Every worker's report, summed (CPU, memory, streams); counters per worker."""
+    deadline = time.monotonic() + timeout
+    for server in servers:
+        server.send("report")
+    reports: list[dict[str, Any]] = [server.expect("report", deadline)[1] for server in servers]
+    total: dict[str, Any] = {
+        key: sum(r[key] for r in reports)
+        for key in ("cpu_user_s", "cpu_sys_s", "rss_mb", "hwm_mb", "threads", "streams")
+    }
+    total["cpu_s"] = total["cpu_user_s"] + total["cpu_sys_s"]
+    for key in ("resources_serialized", "responses_built", "streams"):
+        total[f"{key}_per_worker"] = [r[key] for r in reports]
+    # Each worker serializes once for itself; a worker the kernel gave no stream builds nothing.
+    total["idle_at"] = max(r["idle_at"] for r in reports)  # the last worker to finish
+    total["resources_serialized"] = max(r["resources_serialized"] for r in reports)
+    total["responses_built"] = max(r["responses_built"] for r in reports)
+    return total
+
+
+def _machine_cpu() -> float:
+    """CPU seconds every process on the machine has used (/proc/stat): the machine is shared,
+    and what others used during a push says whether to trust it. 0 where unavailable."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _each(servers: list[_Child], kind: str, timeout: float, *command: object) -> list[Message]:
+    """Send `command` to every worker, then collect each one's `kind` answer."""
+    deadline = time.monotonic() + timeout
+    for server in servers:
+        server.send(*command)
+    return [server.expect(kind, deadline) for server in servers]
+
+
+def pinning(workers: int, enabled: bool = True) -> dict[str, list[int]] | None:
+    """On a 2-core machine with one worker: the server on the first core, the clients on the
+    other, so neither steals the other's CPU and each side's busy share is meaningful. With more
+    workers, or other core counts, nothing is pinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or workers != 1 or len(cpus) != 2:
+        return None
+    return {"server": cpus[:1], "clients": cpus[1:]}
 
 
 def run_one(
-    clients: int, args: argparse.Namespace, transport: Transport = "grpc"
+    clients: int,
+    args: argparse.Namespace,
+    transport: Transport = "grpc",
+    impl: ClientImpl = "h2",
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """One server and K client processes for N proxies: initial convergence, then the pushes."""
+    """W server workers and K client processes for N proxies: initial convergence, then pushes."""
     procs = max(1, min(args.client_procs, clients))
+    pins = pinning(workers, not args.no_pin)
+    client_cpus = pins["clients"] if pins else None
+    # Cores the client processes can use at once: what `gen busy` divides by.
+    gen_cores = min(procs, len(client_cpus) if client_cpus else os.cpu_count() or 1)
     idle = 3 * args.timeout + 60
     children: list[_Child] = []
     try:
-        server = _Child("server", server_process, args.clusters, args.endpoints, idle, transport)
-        children.append(server)
+        server_args = (args.clusters, args.endpoints, idle, transport)
+        first_server = _Child(
+            "server-0", server_process, *server_args, 0, pins["server"] if pins else None
+        )
+        servers = [first_server]
+        children.append(first_server)
         first = 0
         client_children: list[_Child] = []
         for i, share in enumerate(_shares(clients, procs)):
-            child = _Child(f"clients-{i}", client_process, first, share, idle)
+            child = _Child(f"clients-{i}", client_process, first, share, idle, impl, client_cpus)
             first += share
             client_children.append(child)
             children.append(child)
         deadline = time.monotonic() + args.timeout
-        _, port, versions = server.expect("ready", deadline)
+        _, port, versions = first_server.expect("ready", deadline)
+        for w in range(1, workers):
+            worker = _Child(f"server-{w}", server_process, *server_args, port, None)
+            servers.append(worker)
+            children.append(worker)
+        for worker in servers[1:]:
+            _, worker_port, worker_versions = worker.expect("ready", deadline)
+            if (worker_port, worker_versions) != (port, versions):
+                raise BenchError(f"{worker.name}: port {worker_port}, versions {worker_versions}")
         for child in client_children:
             child.expect("ready", deadline)
 
         # Initial convergence: from the first connect until every proxy ACKed all four types.
         _arm(client_children, 0, versions, args.timeout)
-        server.send("mark")
-        server.expect("marked", time.monotonic() + args.timeout)
+        _each(servers, "marked", args.timeout, "mark")
         for child in client_children:
             child.send("connect", port)
         started = min(
             child.expect("started", time.monotonic() + args.timeout)[1] for child in client_children
         )
         last, client_cpu, converged = _converge(client_children, 0, args.timeout)
-        initial = _report(server, args.timeout)
+        initial = _report(servers, args.timeout)
         if initial["streams"] != clients:
-            raise BenchError(f"server has {initial['streams']} streams for {clients} proxies")
+            raise BenchError(f"servers have {initial['streams']} streams for {clients} proxies")
         result: dict[str, Any] = {
             "clients": clients,
             "transport": transport,
+            "client_impl": impl,
+            "workers": workers,
+            "pinning": pins,
             "clusters": args.clusters,
             "endpoints": args.endpoints,
             "client_procs": procs,
+            "client_cores": gen_cores,
             "initial_s": last - started,
             "initial_server_cpu_s": initial["cpu_s"],
             "initial_client_cpu_s": client_cpu,
+            "initial_server_cpu_ms_per_client": 1000 * initial["cpu_s"] / clients,
+            "initial_client_cpu_ms_per_client": 1000 * client_cpu / clients,
+            "initial_server_busy": initial["cpu_s"] / ((last - started) * workers),
+            "initial_client_busy": client_cpu / ((last - started) * gen_cores),
             "initial_snapshot": {
                 "versions": versions,
                 "resources_serialized": initial["resources_serialized"],
@@ -592,37 +875,49 @@ def run_one(
             },
             "converged_clients": converged,
             "server_streams": initial["streams"],
+            "server_streams_per_worker": initial["streams_per_worker"],
             "pushes": [],
         }
 
         for generation in range(1, args.repeat + 1):
-            server.send("prepare", generation)
-            _, versions, build_cpu, build_wall, _ = server.expect(
-                "prepared", time.monotonic() + args.timeout
-            )
+            prepared = _each(servers, "prepared", args.timeout, "prepare", generation)
+            versions = prepared[0][1]
+            if any(p[1] != versions for p in prepared):
+                raise BenchError(f"workers built different versions: {[p[1] for p in prepared]}")
+            build_cpu = max(p[2] for p in prepared)
+            build_wall = max(p[3] for p in prepared)
             _arm(client_children, generation, versions, args.timeout)
-            server.send("set")
-            set_at = server.expect("set", time.monotonic() + args.timeout)[1]
+            machine = _machine_cpu()
+            set_times = [p[1] for p in _each(servers, "set", args.timeout, "set")]
+            set_at = min(set_times)
             last, client_cpu, converged = _converge(client_children, generation, args.timeout)
-            report = _report(server, args.timeout)
+            report = _report(servers, args.timeout)
+            machine = _machine_cpu() - machine
             push_s = last - set_at
             result["pushes"].append(
                 {
                     "generation": generation,
                     "versions": versions,
                     "push_s": push_s,
+                    "server_done_s": report["idle_at"] - set_at,
+                    "set_spread_s": max(set_times) - set_at,
                     "build_cpu_s": build_cpu,
                     "build_wall_s": build_wall,
                     "server_cpu_s": report["cpu_s"],
                     "server_cpu_user_s": report["cpu_user_s"],
                     "server_cpu_sys_s": report["cpu_sys_s"],
                     "server_cpu_ms_per_client": 1000 * report["cpu_s"] / clients,
-                    "server_busy": report["cpu_s"] / push_s if push_s > 0 else 0.0,
+                    "server_busy": report["cpu_s"] / (push_s * workers) if push_s > 0 else 0.0,
                     "client_cpu_s": client_cpu,
-                    "client_busy": client_cpu / (push_s * procs) if push_s > 0 else 0.0,
+                    "client_cpu_ms_per_client": 1000 * client_cpu / clients,
+                    "client_busy": client_cpu / (push_s * gen_cores) if push_s > 0 else 0.0,
+                    # Everyone else's CPU meanwhile (ours: the coordinator's, a little).
+                    "other_cpu_s": max(0.0, machine - report["cpu_s"] - client_cpu),
                     "server_rss_mb": report["rss_mb"],
                     "resources_serialized": report["resources_serialized"],
                     "responses_built": report["responses_built"],
+                    "resources_serialized_per_worker": report["resources_serialized_per_worker"],
+                    "responses_built_per_worker": report["responses_built_per_worker"],
                     "converged_clients": converged,
                 }
             )
@@ -632,6 +927,7 @@ def run_one(
                 "push_median_s": statistics.median(p["push_s"] for p in pushes),
                 "push_min_s": min(p["push_s"] for p in pushes),
                 "push_max_s": max(p["push_s"] for p in pushes),
+                "server_done_median_s": statistics.median(p["server_done_s"] for p in pushes),
                 "server_cpu_median_s": statistics.median(p["server_cpu_s"] for p in pushes),
                 "server_busy_median": statistics.median(p["server_busy"] for p in pushes),
                 "build_cpu_median_s": statistics.median(p["build_cpu_s"] for p in pushes),
@@ -639,10 +935,15 @@ def run_one(
                     p["server_cpu_ms_per_client"] for p in pushes
                 ),
                 "server_sys_share": statistics.median(
-                    p["server_cpu_sys_s"] / p["server_cpu_s"] for p in pushes
+                    p["server_cpu_sys_s"] / p["server_cpu_s"] if p["server_cpu_s"] else 0.0
+                    for p in pushes
                 ),
                 "client_cpu_median_s": statistics.median(p["client_cpu_s"] for p in pushes),
+                "client_cpu_ms_per_client_push": statistics.median(
+                    p["client_cpu_ms_per_client"] for p in pushes
+                ),
                 "client_busy_median": statistics.median(p["client_busy"] for p in pushes),
+                "other_cpu_median_s": statistics.median(p["other_cpu_s"] for p in pushes),
                 "server_rss_mb": report["rss_mb"],
                 "server_hwm_mb": report["hwm_mb"],
                 "server_threads": report["threads"],
@@ -650,7 +951,8 @@ def run_one(
         )
         return result
     finally:
-        for child in reversed(children):  # clients first, so the server sees clean closes
+        # Clients first, so the servers see clean closes.
+        for child in sorted(children, key=lambda c: c.name.startswith("server")):
             child.stop(min(args.timeout, 30))
 
 
@@ -693,11 +995,15 @@ def machine_info() -> dict[str, Any]:
 COLUMNS = (
     ("N", "clients", "{:d}"),
     ("transport", "transport", "{}"),
+    ("client", "client_impl", "{}"),
+    ("W", "workers", "{:d}"),
+    ("pin", None, ""),
     ("CxE", None, ""),
     ("K", "client_procs", "{:d}"),
     ("init s", "initial_s", "{:.3f}"),
     ("push s", "push_median_s", "{:.3f}"),
     ("min-max s", None, ""),
+    ("srv done s", "server_done_median_s", "{:.3f}"),
     ("build s", "build_cpu_median_s", "{:.3f}"),
     ("srv cpu s", "server_cpu_median_s", "{:.3f}"),
     ("srv busy", "server_busy_median", "{:.0%}"),
@@ -706,13 +1012,16 @@ COLUMNS = (
     ("rss MB", "server_rss_mb", "{:.0f}"),
     ("ser/push", None, ""),
     ("built/push", None, ""),
+    ("gen ms/cl", "client_cpu_ms_per_client_push", "{:.3f}"),
     ("gen busy", "client_busy_median", "{:.0%}"),
+    ("other s", "other_cpu_median_s", "{:.2f}"),
 )
 
 
 def _row(result: dict[str, Any]) -> list[str]:
     pushes = result["pushes"]
     special = {
+        "pin": _pins(result["pinning"]),
         "CxE": f"{result['clusters']}x{result['endpoints']}",
         "min-max s": f"{result['push_min_s']:.3f}-{result['push_max_s']:.3f}",
         "sys %": f"{result['server_sys_share']:.0%}",
@@ -722,6 +1031,13 @@ def _row(result: dict[str, Any]) -> list[str]:
     return [
         special[title] if key is None else fmt.format(result[key]) for title, key, fmt in COLUMNS
     ]
+
+
+def _pins(pins: dict[str, list[int]] | None) -> str:
+    """ "0/1": server on CPU 0, clients on CPU 1; "-": not pinned."""
+    if not pins:
+        return "-"
+    return "/".join(",".join(map(str, pins[side])) for side in ("server", "clients"))
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -736,9 +1052,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
 def default_client_procs() -> int:
     """One core for the server, the rest for proxies (up to 4); 1 on a 2-core machine.
 
-    A proxy costs the load generator about as much CPU as it costs the server (both run
-    grpc.aio), so with one client process each side gets a core; more processes than spare
-    cores only make them fight the server for CPU.
+    With one client process each side gets a core (pinned, on 2 cores with one worker); more
+    processes than spare cores only make them fight the server for CPU.
     """
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
@@ -763,18 +1078,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=["grpc"],
         help="server transports to measure, one row each per N (default: grpc)",
     )
+    parser.add_argument(
+        "--client-impl",
+        nargs="+",
+        choices=CLIENT_IMPLS,
+        default=["h2"],
+        help="the simulated proxies' client: h2 (bench.h2client, cheap) or grpc (grpc.aio)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="server worker processes on one port (SO_REUSEPORT), one row each (default: 1)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin server and clients to a core each (done on 2 cores with 1 worker)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for each wait")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.clusters < 1 or args.endpoints < 1 or min(args.clients) < 1:
-        parser.error("--clients, --clusters, --endpoints and --repeat must be positive")
+    if min(args.repeat, args.clusters, args.endpoints, *args.clients, *args.workers) < 1:
+        parser.error("--clients, --clusters, --endpoints, --repeat, --workers must be positive")
     return args
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every N in turn, each with fresh processes; writes the JSON and returns it."""
     _raise_nofile()
-    results = [run_one(n, args, transport) for n in args.clients for transport in args.transport]
+    results = [
+        run_one(n, args, transport, impl, workers)
+        for n in args.clients
+        for transport in args.transport
+        for impl in args.client_impl
+        for workers in args.workers
+    ]
     document = {
         "benchmark": "ads_push",
         "machine": machine_info(),
@@ -784,6 +1124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "endpoints": args.endpoints,
             "repeat": args.repeat,
             "transports": args.transport,
+            "client_impls": args.client_impl,
+            "workers": args.workers,
+            "pin": not args.no_pin,
             "client_procs": args.client_procs,
             "timeout": args.timeout,
         },

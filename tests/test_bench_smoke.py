@@ -43,6 +43,34 @@ def test_benchmark_converges_and_serializes_once_per_push(tmp_path: Path) -> Non
     assert per_n[0][0] == (2 * 3 + 2, 4)  # C clusters + C assignments + listener + route
 
 
+def test_h2_clients_converge_on_two_native_workers(tmp_path: Path) -> None:
+    """The cheap HTTP/2 client against the native transport, two workers on one port."""
+    out = tmp_path / "ads_push.json"
+    argv = ["--clients", "8", "24", "--clusters", "3", "--repeat", "1", "--timeout", "30"]
+    argv += ["--transport", "native", "--client-impl", "h2", "--workers", "2"]
+    assert main([*argv, "--json", str(out)]) == 0
+
+    results = json.loads(out.read_text(encoding="utf-8"))["results"]
+    assert [(r["clients"], r["workers"], r["client_impl"]) for r in results] == [
+        (8, 2, "h2"),
+        (24, 2, "h2"),
+    ]
+    for result in results:
+        assert result["pinning"] is None  # only one worker is pinned (on 2 cores)
+        assert result["converged_clients"] == result["clients"]
+        assert sum(result["server_streams_per_worker"]) == result["clients"]
+        (push,) = result["pushes"]
+        assert push["converged_clients"] == result["clients"]
+        assert push["client_cpu_s"] >= 0
+        # Each worker has its own cache and serializes the snapshot once for itself.
+        assert push["resources_serialized_per_worker"] == [2 * 3 + 2] * 2
+    # The counters per push (per worker) do not depend on N.
+    per_n = [
+        [(p["resources_serialized"], p["responses_built"]) for p in r["pushes"]] for r in results
+    ]
+    assert per_n == [[(2 * 3 + 2, 4)]] * 2
+
+
 def test_translate_benchmark_shares_translations_by_proxy_shape(tmp_path: Path) -> None:
     from bench.translate import main as translate_main
 
