@@ -49,6 +49,7 @@ from pilotfish.xds.http2 import (
     ServerConnection,
     StreamClosed,
     StreamEnded,
+    connection,
 )
 from pilotfish.xds.http2 import frames as f
 from pilotfish.xds.http2.grpc_messages import percent_encode
@@ -204,6 +205,39 @@ def test_requests_and_messages_whole_and_split_byte_by_byte() -> None:
     split = Client()
     split.start()
     assert names(split.send(*(wire[i : i + 1] for i in range(len(wire))))) == whole
+
+
+def test_first_header_blocks_are_decoded_once_per_kind_of_client() -> None:
+    def paths(client: Client, wire: bytes) -> list[str]:
+        return [e.path for e in client.send(wire) if isinstance(e, RequestReceived)]
+
+    first, second = Client(), Client()
+    for client in (first, second):
+        client.start()
+    one = first.headers(1, "/svc/A")
+    # Another connection whose client encodes the same first headers: the same bytes, so the
+    # decoded headers are taken from the first connection's (no decoding at all).
+    two = second.headers(1, "/svc/A")
+    assert one == two
+    assert paths(first, one) == paths(second, two) == ["/svc/A"]
+    assert connection._FIRST_BLOCKS[one[9:]] == [
+        (n.encode(), v.encode())
+        for n, v in [(":method", "POST"), (":scheme", "http"), (":path", "/svc/A"),
+                     (":authority", "xds"), ("content-type", "application/grpc"),
+                     ("te", "trailers")]
+    ]  # fmt: skip
+    # A second stream on that connection refers to the HPACK table the first block filled:
+    # the decoder catches up first, so it decodes right.
+    again = second.headers(3, "/svc/A")
+    assert len(again) < len(two)  # indexed from the dynamic table
+    assert paths(second, again) == ["/svc/A"]
+    assert paths(second, second.headers(5, "/svc/B")) == ["/svc/B"]
+    # Blocks with credentials are never kept.
+    third = Client()
+    third.start()
+    secret = third.headers(1, extra=[("authorization", "Bearer s3cret")])
+    assert paths(third, secret) == ["/svc/Method"]
+    assert secret[9:] not in connection._FIRST_BLOCKS
 
 
 def test_continuation_padding_and_priority() -> None:
