@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pilotfish.cli import main
+from pilotfish.etcd.client import EtcdClient
 from pilotfish.testing import EtcdServer, free_port
 
 ROUTES = """apiVersion: networking.istio.io/v1
@@ -91,6 +93,19 @@ def test_apply_get_delete(
     assert "DestinationRule shop/reviews deleted" in out
     status, out, _ = _run(capsys, "get", *store)
     assert out.splitlines() == ["KIND  NAMESPACE  NAME"]
+
+    # A value written around pilotfish that does not load: `get` leaves it out, `delete`
+    # removes it all the same.
+    async def put_broken() -> None:
+        raw = EtcdClient([etcd_server.endpoint])  # as `etcdctl put` would
+        try:
+            await raw.txn({"cli/VirtualService/shop/broken": b"spec: [not yaml"})
+        finally:
+            await raw.close()
+
+    asyncio.run(put_broken())
+    status, out, _ = _run(capsys, "delete", "vs", "broken", "-n", "shop", *store)
+    assert (status, out) == (0, "VirtualService shop/broken deleted\n")
 
 
 def test_store_mistakes_are_one_line_and_exit_2(
