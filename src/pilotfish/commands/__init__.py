@@ -7,7 +7,7 @@ import argparse
 
 from pilotfish.errors import PilotfishError
 
-__all__ = ["CommandError", "address"]
+__all__ = ["CommandError", "address", "host_port"]
 
 
 class CommandError(PilotfishError):
@@ -20,3 +20,9 @@ def address(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def host_port(value: tuple[str, int]) -> str:
+    """(host, port) as HOST:PORT, IPv6 hosts in brackets (what `address` reads back)."""
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

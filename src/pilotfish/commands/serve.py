@@ -27,7 +27,7 @@ import yaml
 
 from pilotfish.admin import AdminServer
 from pilotfish.cache import SnapshotCache
-from pilotfish.commands import CommandError, address
+from pilotfish.commands import CommandError, address, host_port
 from pilotfish.commands.workers import supervise
 from pilotfish.controller import Controller
 from pilotfish.etcd import EtcdWatcher
@@ -293,11 +293,6 @@ def _store_status(watcher: EtcdWatcher) -> Callable[[], dict[str, Any]]:
     return status
 
 
-def _host_port(value: tuple[str, int]) -> str:
-    host, port = value
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def serve(settings: Settings, started: asyncio.Event | None = None) -> int:
     """Run the control plane until a signal (or `started`'s loop is stopped by the caller)."""
     store = ConfigStore()
@@ -350,10 +345,10 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
         transport=settings.transport,
     )
     try:
-        xds_port = await server.start(_host_port(settings.xds_address))
+        xds_port = await server.start(host_port(settings.xds_address))
     except Exception as error:  # grpc raises RuntimeError for a port in use
         raise CommandError(
-            f"cannot serve xDS on {_host_port(settings.xds_address)}: {error}"
+            f"cannot serve xDS on {host_port(settings.xds_address)}: {error}"
         ) from error
     admin = AdminServer(controller, metrics, *settings.admin_address, store_status=store_status)
     try:
@@ -361,7 +356,7 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> int
     except OSError as error:
         await server.stop(0)
         raise CommandError(
-            f"cannot serve admin on {_host_port(settings.admin_address)}: {error}"
+            f"cannot serve admin on {host_port(settings.admin_address)}: {error}"
         ) from error
     controller.start()
     watcher = None

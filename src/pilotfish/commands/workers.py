@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pilotfish.commands import CommandError
+from pilotfish.commands import CommandError, host_port
 
 __all__ = ["supervise", "worker_environment"]
 
@@ -31,8 +31,7 @@ log = logging.getLogger("pilotfish.serve")
 
 def _text(value: Any) -> str:
     if isinstance(value, tuple):
-        host, port = value
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return host_port(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -49,8 +48,10 @@ def worker_environment(settings: Any, index: int, xds_port: int) -> dict[str, st
         env[f"PILOTFISH_{field.name.upper()}"] = _text(value)
     host, _ = settings.xds_address
     admin_host, admin_port = settings.admin_address
-    env["PILOTFISH_XDS_ADDRESS"] = _text((host, xds_port))
-    env["PILOTFISH_ADMIN_ADDRESS"] = _text((admin_host, admin_port + index if admin_port else 0))
+    env["PILOTFISH_XDS_ADDRESS"] = host_port((host, xds_port))
+    env["PILOTFISH_ADMIN_ADDRESS"] = host_port(
+        (admin_host, admin_port + index if admin_port else 0)
+    )
     env["PILOTFISH_WORKERS"] = "1"
     env["PILOTFISH_WORKER_INDEX"] = str(index)
     return env
@@ -76,7 +77,9 @@ def supervise(settings: Any, workers: int) -> int:
     try:
         reserved = _reserve(host, port)
     except OSError as error:
-        raise CommandError(f"cannot serve xDS on {_text(settings.xds_address)}: {error}") from error
+        raise CommandError(
+            f"cannot serve xDS on {host_port(settings.xds_address)}: {error}"
+        ) from error
     xds_port = reserved.getsockname()[1]
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
