@@ -53,7 +53,6 @@ def worker_environment(settings: Any, index: int, xds_port: int) -> dict[str, st
         (admin_host, admin_port + index if admin_port else 0)
     )
     env["PILOTFISH_WORKERS"] = "1"
-    env["PILOTFISH_WORKER_INDEX"] = str(index)
     return env
 
 
