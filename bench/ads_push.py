@@ -27,10 +27,8 @@ import contextlib
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -61,7 +59,7 @@ from pilotfish.xds.server import Transport, XdsServer
 
 if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import h2client
+from bench import h2client, machine
 
 __all__ = ["build_snapshot", "main", "response_fields", "run"]
 
@@ -956,40 +954,11 @@ def run_one(
             child.stop(min(args.timeout, 30))
 
 
-def _git(*args: str) -> str:
-    """Read-only git query (which code was measured); empty when git is unavailable."""
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def machine_info() -> dict[str, Any]:
     """Enough to tell whose numbers these are."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
-    except OSError:
-        pass
-    return {
-        "pilotfish_commit": _git("rev-parse", "HEAD"),
-        "pilotfish_tree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "grpcio": grpc.__version__,
-        "platform": platform.platform(),
-        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
-    }
+    return machine.machine_info(
+        grpcio=grpc.__version__, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)
+    )
 
 
 COLUMNS = (

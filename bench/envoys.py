@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import os
-import platform
 import re
 import signal
 import statistics
@@ -40,6 +39,10 @@ from typing import Any
 
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.testing.envoy import EnvoyProcess, find_envoy, free_port
+
+if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import machine
 
 __all__ = ["main", "run"]
 
@@ -394,22 +397,8 @@ async def _measure(fleet: _Fleet, config: Path, args: argparse.Namespace) -> dic
 # -- the command --------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str:
-    """Read-only git query (which code was measured); empty when git is unavailable."""
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def machine_info() -> dict[str, Any]:
-    """Enough to tell whose numbers these are (as `bench/ads_push.py` records them)."""
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
+    """Enough to tell whose numbers these are, and which Envoy."""
     envoy_version = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(
@@ -417,15 +406,7 @@ def machine_info() -> dict[str, Any]:
         )
         build = done.stdout.strip().rsplit(" ", 1)[-1]  # commit/1.40.0/Clean/RELEASE/BoringSSL
         envoy_version = build.split("/")[1] if build.count("/") >= 1 else build
-    return {
-        "pilotfish_commit": _git("rev-parse", "HEAD"),
-        "pilotfish_tree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "envoy": envoy_version,
-        "platform": platform.platform(),
-    }
+    return machine.machine_info(envoy=envoy_version)
 
 
 @contextlib.contextmanager

@@ -18,16 +18,13 @@ Each section runs when its flag is given, both when neither is.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import json
 import multiprocessing
-import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +40,10 @@ from pilotfish.demo.bookinfo import CONFIG
 from pilotfish.protos import RESOURCE_TYPES, DiscoveryRequest, Node
 from pilotfish.sources import ConfigStore
 from pilotfish.testing.synthetic import service_documents
+
+if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import machine
 
 __all__ = ["GOALS", "machine_info", "main", "run", "run_synthetic"]
 
@@ -321,36 +322,9 @@ def _synthetic_table(rows: list[dict[str, Any]]) -> None:
 # -- the command ------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str:
-    """Read-only git query (which code was measured); empty when git is unavailable."""
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
 def machine_info() -> dict[str, Any]:
-    """Enough to tell whose numbers these are (as `bench/ads_push.py` records them)."""
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
-    return {
-        "pilotfish_commit": _git("rev-parse", "HEAD"),
-        "pilotfish_tree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "libyaml": _DUMPER is not yaml.SafeDumper,
-        "platform": platform.platform(),
-    }
+    """Enough to tell whose numbers these are (and whether YAML used libyaml)."""
+    return machine.machine_info(libyaml=_DUMPER is not yaml.SafeDumper)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
