@@ -38,7 +38,7 @@ from pilotfish.protos import (
 from pilotfish.security import CertificateAuthority
 from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
 from pilotfish.xds import Nacked, Sent
-from pilotfish.xds.auth import Authenticator, Peer, SpiffeAuthenticator, TokenAuthenticator
+from pilotfish.xds.auth import Peer, SpiffeAuthenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.http2 import (
     ConnectionTerminated,
@@ -57,13 +57,8 @@ from pilotfish.xds.native import parse_address
 from pilotfish.xds.server import Transport, XdsServer, native_tls
 from tests.helpers import mesh
 from tests.test_xds_auth import (
-    PRODUCTPAGE,
     REVIEWS,
     Pki,
-    control_plane_cert,
-    first_response,
-    node,
-    refusal,
 )
 
 A = {"a": [("127.0.0.1", 1)]}
@@ -781,23 +776,7 @@ def test_max_connection_age_must_be_positive() -> None:
         XdsServer(SnapshotCache(), max_connection_age=1, max_connection_age_grace=-1)
 
 
-# -- TLS and authentication (the assertions of tests/test_xds_auth.py, on native) ---------------
-
-
-class Refusals(Callbacks):
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-
-    def on_stream_refused(self, stream_id: int, reason: str, code: str) -> None:
-        self.log.append((code, reason))
-
-
-@dataclass
-class Plane:
-    cache: SnapshotCache
-    server: XdsServer
-    callbacks: Refusals
-    address: tuple[str, int]
+# -- TLS and authentication (tests/test_xds_auth.py runs its tests on both transports) ---------
 
 
 def native_thread(
@@ -813,80 +792,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     pki = Pki(CertificateAuthority.load_or_create(tmp / "ca"), tmp)
     (tmp / "root.pem").write_bytes(pki.root)
     return pki
-
-
-def serve_tls(
-    pki: Pki, authenticator: Authenticator, *, require_client_auth: bool
-) -> Iterator[Plane]:
-    cert, key = control_plane_cert(pki.dir / "ca")
-    cache, callbacks = SnapshotCache(), Refusals()
-    tls = native_tls(cert, key, pki.root, require_client_auth=require_client_auth)
-    thread = native_thread(cache, callbacks=callbacks, credentials=tls, authenticator=authenticator)
-    assert isinstance(thread.server, XdsServer)
-    with thread:
-        yield Plane(cache, thread.server, callbacks, thread.address)
-
-
-@pytest.fixture
-def tokens(pki: Pki) -> Iterator[Plane]:
-    authenticator = TokenAuthenticator({"s3cret": PRODUCTPAGE, "dev": None})
-    yield from serve_tls(pki, authenticator, require_client_auth=False)
-
-
-@pytest.fixture
-def mtls(pki: Pki) -> Iterator[Plane]:
-    yield from serve_tls(pki, SpiffeAuthenticator(), require_client_auth=True)
-
-
-def tls_channel(pki: Pki, plane: Plane, identity: tuple[str, str] | None = None) -> grpc.Channel:
-    creds = grpc.ssl_channel_credentials(root_certificates=pki.root)
-    if identity is not None:
-        issued = pki.ca.issue(*identity)
-        creds = grpc.ssl_channel_credentials(pki.root, issued.key_pem, issued.cert_pem)
-    return grpc.secure_channel(f"localhost:{plane.address[1]}", creds)
-
-
-def test_tokens(pki: Pki, tokens: Plane) -> None:
-    tokens.cache.set_snapshot("productpage", mesh({"a": [("127.0.0.1", 1)]}, "a"))
-    chan = tls_channel(pki, tokens)
-    productpage = node("productpage", *PRODUCTPAGE)
-    good = first_response(chan, productpage, [("authorization", "Bearer s3cret")])
-    assert good.type_url == CLUSTER_TYPE and good.resources
-
-    wrong = refusal(first_response, chan, productpage, [("authorization", "Bearer guess")])
-    assert (wrong.code(), wrong.details()) == (UNAUTHENTICATED, "unknown bearer token")
-    missing = refusal(first_response, chan, productpage)
-    assert missing.code() == UNAUTHENTICATED
-    assert missing.details() == "no bearer token (authorization metadata)"
-
-    mismatch = refusal(
-        first_response, chan, node("productpage", *REVIEWS), [("authorization", "Bearer s3cret")]
-    )
-    assert mismatch.code() == DENIED
-    anyone = first_response(chan, Node(id="productpage"), [("authorization", "Bearer dev")])
-    assert anyone.resources
-    assert tokens.server.refused == {UNAUTHENTICATED: 2, DENIED: 1}
-    assert [code for code, _ in tokens.callbacks.log] == [
-        "UNAUTHENTICATED",
-        "UNAUTHENTICATED",
-        "PERMISSION_DENIED",
-    ]
-
-
-def test_client_certificates_name_the_identity(pki: Pki, mtls: Plane) -> None:
-    mtls.cache.set_snapshot("productpage", mesh({"a": [("127.0.0.1", 1)]}, "a"))
-    own = tls_channel(pki, mtls, PRODUCTPAGE)
-    assert first_response(own, node("productpage", *PRODUCTPAGE)).resources
-    posing = refusal(
-        first_response, tls_channel(pki, mtls, REVIEWS), node("productpage", *PRODUCTPAGE)
-    )
-    assert posing.code() == DENIED
-    assert "identity ns/default/sa/reviews may not act as node 'productpage'" in (
-        posing.details() or ""
-    )
-    without = refusal(first_response, tls_channel(pki, mtls), node("productpage", *PRODUCTPAGE))
-    assert without.code() == grpc.StatusCode.UNAVAILABLE  # no certificate: no handshake
-    assert mtls.server.refused == {DENIED: 1}
 
 
 def test_peer_from_tls_reads_the_certificate(pki: Pki) -> None:
@@ -1000,23 +905,3 @@ def test_envoy_reconnects_at_the_maximum_connection_age_and_keeps_its_config(
             assert rejected and not any(rejected.values()), rejected
             updates = envoy.stat("http.ingress_http.rds.local_route.update_success")
             assert updates == 2  # the first config and green: no resend on reconnecting
-
-
-def test_envoy_with_a_token_over_tls(pki: Pki, tokens: Plane) -> None:
-    tokens.cache.set_snapshot(
-        "productpage", mesh({"a": [("127.0.0.1", 1)]}, "a", listener_port=free_port())
-    )
-    namespace, account = PRODUCTPAGE
-    bootstrap = envoy_bootstrap(
-        node_id="productpage",
-        cluster="test",
-        xds_address=tokens.address,
-        node_metadata={"NAMESPACE": namespace, "SERVICE_ACCOUNT": account},
-        xds_ca=str(pki.dir / "root.pem"),
-        xds_token="s3cret",
-    )
-    with EnvoyProcess(bootstrap, name="productpage") as envoy:
-        envoy.wait_ready()
-        assert set(envoy.dynamic_clusters()) == {"a"}
-        assert set(envoy.dynamic_listeners()) == {"listener_0"}
-    assert tokens.server.refused == {}

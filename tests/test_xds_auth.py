@@ -38,7 +38,7 @@ from pilotfish.xds.auth import (
     authorize,
 )
 from pilotfish.xds.callbacks import Callbacks
-from pilotfish.xds.server import XdsServer, server_credentials
+from pilotfish.xds.server import Transport, XdsServer, native_tls, server_credentials
 from tests.helpers import mesh
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -122,32 +122,45 @@ class Plane:
 
 
 def serve(
-    pki: Pki, authenticator: Authenticator, *, require_client_auth: bool = True
+    pki: Pki,
+    authenticator: Authenticator,
+    *,
+    require_client_auth: bool = True,
+    transport: Transport = "grpc",
 ) -> Iterator[Plane]:
     cert, key = control_plane_cert(pki.dir / "ca")
     cache, callbacks = SnapshotCache(), Refusals()
+    make = native_tls if transport == "native" else server_credentials
     thread = ServerThread(
         cache,
         callbacks=Metrics(callbacks),
-        credentials=server_credentials(
-            cert, key, pki.root, require_client_auth=require_client_auth
-        ),
+        credentials=make(cert, key, pki.root, require_client_auth=require_client_auth),
         authenticator=authenticator,
+        transport=transport,
     )
     assert isinstance(thread.server, XdsServer)
     with thread:
         yield Plane(cache, thread.server, callbacks, thread.address)
 
 
-@pytest.fixture
-def mtls(pki: Pki) -> Iterator[Plane]:
-    yield from serve(pki, SpiffeAuthenticator(is_revoked=pki.ca.is_revoked))
+# Every test of a secured plane runs on both transports: they share the checks
+# (pilotfish.xds.streams) but not the TLS stack.
+@pytest.fixture(params=["grpc", "native"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    value: Transport = request.param
+    return value
 
 
 @pytest.fixture
-def tokens(pki: Pki) -> Iterator[Plane]:
+def mtls(pki: Pki, transport: Transport) -> Iterator[Plane]:
+    authenticator = SpiffeAuthenticator(is_revoked=pki.ca.is_revoked)
+    yield from serve(pki, authenticator, transport=transport)
+
+
+@pytest.fixture
+def tokens(pki: Pki, transport: Transport) -> Iterator[Plane]:
     authenticator = TokenAuthenticator({"s3cret": PRODUCTPAGE, "dev": None})
-    yield from serve(pki, authenticator, require_client_auth=False)
+    yield from serve(pki, authenticator, require_client_auth=False, transport=transport)
 
 
 def node(node_id: str, namespace: str, account: str) -> Node:
