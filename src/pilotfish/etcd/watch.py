@@ -228,7 +228,7 @@ class EtcdWatcher:
                 self._refuse(file, error)
                 return False
         self._refused.pop(file, None)
-        if errors := self.store.update(file, text):
+        if errors := self.store.put(file, result):  # loaded once, above
             log.warning("etcd key %s refused: %s", kv.key, errors[0])
         return not errors
 

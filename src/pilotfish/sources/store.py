@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from pilotfish.errors import ValidationError
-from pilotfish.sources.manifests import SUFFIXES, ConfigObject, load_documents
+from pilotfish.sources.manifests import SUFFIXES, ConfigObject, LoadResult, load_documents
 
 __all__ = ["ConfigStore"]
 
@@ -29,7 +29,11 @@ class ConfigStore:
 
     def update(self, file: str, text: str) -> list[ValidationError]:
         """Offer a file's new text; returns its errors (empty: the text is now served)."""
-        result = load_documents(text, file=file)
+        return self.put(file, load_documents(text, file=file))
+
+    def put(self, file: str, result: LoadResult) -> list[ValidationError]:
+        """Offer a file's text already loaded (`load_documents`), for a source that had to
+        look at the objects first; returns its errors (empty: the objects are now served)."""
         with self._lock:
             self._skipped[file] = result.skipped
             if result.errors:
