@@ -73,3 +73,37 @@ def test_removed_files_and_duplicates(tmp_path: Path) -> None:
     refused = store.sync(tmp_path)
     assert "not valid YAML" in refused[str(tmp_path / "b.yaml")][0].reason
     assert _subset(store) == "v9"
+
+
+def test_the_journal_says_what_changed_since_a_revision(tmp_path: Path) -> None:
+    store = ConfigStore()
+    assert store.revision == 0
+    store.update("b.yaml", GOOD)
+    (first,) = store.objects()
+    start = store.revision
+    assert start == 1
+    # A file sorted earlier defining the same key shadows b.yaml's object.
+    store.update("a.yaml", GOOD.replace("subset: v1", "subset: v2"))
+    (shadow,) = store.objects()
+    change = store.changes_since(start)
+    assert change is not None
+    assert (change.revision, change.removed, change.added) == (2, [first], [shadow])
+    store.update("a.yaml", HALF_BAD)  # refused: nothing served changed
+    assert store.revision == 2
+    store.remove("a.yaml")  # b.yaml's object is served again: no change since `start`
+    change = store.changes_since(start)
+    assert change is not None
+    assert (change.removed, change.added) == ([], [])
+    assert store.objects() == [first]
+    assert store.changes_since(store.revision + 1) is None  # from the future: start over
+
+
+def test_a_reader_behind_the_journal_starts_over() -> None:
+    store = ConfigStore()
+    for n in range(ConfigStore.JOURNAL + 1):
+        store.update("a.yaml", GOOD.replace("reviews}", f"reviews-{n}}}"))
+    assert store.changes_since(0) is None
+    change = store.changes_since(1)
+    assert change is not None
+    assert [o.name for o in change.added] == [f"reviews-{ConfigStore.JOURNAL}"]
+    assert [o.name for o in change.removed] == ["reviews-0"]

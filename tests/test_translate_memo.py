@@ -228,3 +228,61 @@ def test_serializations_per_change_do_not_grow_with_proxies(proxies: int) -> Non
     assert controller.stats.proxies_translated - before == 1
     (stats,) = controller.memo_stats()
     assert stats.resources_serialized == 1
+
+
+GATEWAY_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc-1-edge, namespace: default}
+spec:
+  hosts: [svc-1.mesh.local, "*.mesh.local"]
+  gateways: [edge, mesh]
+  http: [{route: [{destination: {host: svc-1.mesh.local, subset: v2}}]}]
+"""
+# The same key as svc-1's VirtualService, in a file sorted before it: it shadows svc-1.yaml's.
+SHADOW = _service_text(1, weight_v1=10)
+
+
+def _served(controller: Controller, proxy_id: str) -> dict[str, tuple[str, dict[str, bytes]]]:
+    snapshot = controller.cache.get_snapshot(proxy_id)
+    return {
+        t: (snapshot.version(t), {n: r.data for n, r in snapshot.resources(t).items()})
+        for t in ("cds", "eds", "lds", "rds")
+    }
+
+
+def test_controller_rounds_from_the_journal_equal_fresh_controllers() -> None:
+    # The controller reads only what changed from the store's journal and changes its index and
+    # registry by it; after each edit it must serve what a controller started afresh serves.
+    store = _store()
+    controller = Controller(SnapshotCache(), store)
+    controller.flush()
+    _connect(controller, 1)
+    extra: list[tuple[str, Callable[[ConfigStore], object]]] = [
+        ("a gateway and wildcard VS", lambda s: s.update("svc-1-edge.yaml", GATEWAY_VS)),
+        ("a shadowing duplicate", lambda s: s.update("a-shadow.yaml", SHADOW)),
+        ("the shadow gone", lambda s: s.remove("a-shadow.yaml")),
+        ("the wildcard VS gone", lambda s: s.remove("svc-1-edge.yaml")),
+        ("a refused edit", lambda s: s.update("svc-2.yaml", "kind: VirtualService\n")),
+    ]
+    for label, edit in [*EDITS, *extra]:
+        edit(store)
+        controller.flush()
+        fresh = Controller(SnapshotCache(), store)
+        fresh.flush()
+        _connect(fresh, 1)
+        assert _served(controller, "client-1") == _served(fresh, "client-1"), label
+
+
+def test_an_unchanged_save_translates_nothing() -> None:
+    store = _store()
+    controller = Controller(SnapshotCache(), store)
+    controller.flush()
+    _connect(controller, 1)
+    rounds = controller.stats.translations
+    store.update("svc-3.yaml", _service_text(3))  # new objects, the same content
+    assert controller.flush() == 0
+    assert controller.stats.translations == rounds
+    store.update("svc-3.yaml", _service_text(3, weight_v1=20))
+    assert controller.flush() == 1
+    assert controller.stats.translations == rounds + 1

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pilotfish.cache import Snapshot, SnapshotCache
@@ -101,12 +101,10 @@ class Controller(Callbacks):
         self._streams: dict[int, str] = {}
         self._translations: dict[str, Translation] = {}
         self._index: ConfigIndex | None = None
-        self._digest = b""
-        self._digests = _Digests()
+        self._revision = 0  # of the store, as of the last round
         self._shapes: dict[tuple[object, ...], tuple[Translation, Snapshot]] = {}
         self._memos: dict[tuple[object, ...], TranslationMemo] = {}
-        self._served: list[ConfigObject] | None = None  # the objects of the last round
-        self._changes: Changes | None = None  # and how they differ from the round before
+        self._changes: Changes | None = None  # how the last round's objects differ
         self._registry: Registry | None = None
         self._ready = threading.Event()
         self._wake = threading.Condition()
@@ -193,25 +191,30 @@ class Controller(Callbacks):
         """
         started = time.perf_counter()
         began = time.monotonic()
-        objects = self.store.objects()
-        digest = self._digests(objects)
-        if digest == self._digest and not force and self._ready.is_set():
-            log.debug("config unchanged (%d objects): nothing to translate", len(objects))
-            return 0
-        targets: dict[str, dict[str, str]] = {}
         with self._lock:
-            self._digest = digest
-            self._index = ConfigIndex.build(objects)
-            # What changed since the last round: memoized units it cannot touch are reused
-            # without checking, and an unchanged registry keeps its answers.
+            # What changed since the last round, from the store's journal: a round costs the
+            # size of the change, not of the mesh (None: start over from every object).
+            delta = self.store.changes_since(self._revision) if self._index is not None else None
+            unchanged = delta is not None and _same_content(delta.removed, delta.added)
+            if unchanged and not force and self._ready.is_set():
+                # Saved unchanged, or nothing new: nothing to translate (the journal is read
+                # from the same point next time).
+                log.debug("config unchanged: nothing to translate")
+                return 0
             changes = None
-            if self._served is not None:
-                changes = Changes.between(self._served, objects, self._index.domain)
-            if self._registry is None or changes is None or changes.registry:
+            if delta is None or self._index is None:
+                self._revision, objects = self.store.snapshot()
+                self._index = ConfigIndex.build(objects)
                 self._registry = Registry.from_objects([*self._services, *objects])
-            self._served = objects
+            else:
+                self._revision = delta.revision
+                self._index.apply(delta.removed, delta.added)
+                changes = Changes.of(delta.removed, delta.added, self._index.domain)
+                if changes.registry or self._registry is None:
+                    self._registry = Registry.from_objects([*self._services, *self.store.objects()])
             self._changes = changes
             self._shapes = {}
+            targets: dict[str, dict[str, str]] = {}
             ready: list[tuple[str, Snapshot]] = []
             for proxy in list(self._proxies.values()):
                 if (prepared := self._translate(proxy)) is not None:
@@ -232,10 +235,10 @@ class Controller(Callbacks):
         del self.stats.translation_seconds[:-1000]
         self._ready.set()
         if self._on_translated is not None:
-            self._on_translated(elapsed, objects, len(self.store.errors()))
+            self._on_translated(elapsed, self.store.objects(), len(self.store.errors()))
         log.info(
             "translated %d objects for %d proxies in %.1f ms; %d changed",
-            len(objects), len(self._proxies), elapsed * 1000, changed,
+            len(self.store), len(self._proxies), elapsed * 1000, changed,
         )  # fmt: skip
         return changed
 
@@ -337,29 +340,18 @@ class Controller(Callbacks):
         )  # fmt: skip
 
 
-class _Digests:
-    """A hash of what the objects say (not where they came from). Each object's own hash is
-    kept while the object is served: an unchanged file's objects are the same objects from
-    round to round, so a round hashes only what changed (plus one short hash per object)."""
+def _same_content(removed: Sequence[ConfigObject], added: Sequence[ConfigObject]) -> bool:
+    """Whether objects replaced by others say the same (a file saved unchanged)."""
+    return sorted(map(_digest, removed)) == sorted(map(_digest, added))
 
-    def __init__(self) -> None:
-        self._known: dict[int, tuple[ConfigObject, bytes]] = {}
 
-    def __call__(self, objects: Iterable[ConfigObject]) -> bytes:
-        known: dict[int, tuple[ConfigObject, bytes]] = {}
-        digest = hashlib.blake2b(digest_size=16)
-        for obj in sorted(objects, key=lambda o: o.key):
-            entry = self._known.get(id(obj))
-            if entry is None or entry[0] is not obj:
-                one = hashlib.blake2b(digest_size=16)
-                one.update("\0".join((obj.api_version, *obj.key)).encode())
-                one.update(obj.spec.SerializeToString(deterministic=True))
-                one.update(repr(sorted(obj.labels.items())).encode())
-                entry = (obj, one.digest())
-            known[id(obj)] = entry
-            digest.update(entry[1])
-        self._known = known
-        return digest.digest()
+def _digest(obj: ConfigObject) -> bytes:
+    """A hash of what an object says (not where it came from)."""
+    one = hashlib.blake2b(digest_size=16)
+    one.update("\0".join((obj.api_version, *obj.key)).encode())
+    one.update(obj.spec.SerializeToString(deterministic=True))
+    one.update(repr(sorted(obj.labels.items())).encode())
+    return one.digest()
 
 
 def _shape(proxy: Proxy) -> tuple[object, ...]:

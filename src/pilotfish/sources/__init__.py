@@ -9,7 +9,7 @@ from pilotfish.sources.manifests import (
     load_documents,
     load_path,
 )
-from pilotfish.sources.store import ConfigStore
+from pilotfish.sources.store import ConfigStore, StoreChange
 from pilotfish.sources.validate import resolve_host, validate
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ConfigObject",
     "ConfigStore",
     "LoadResult",
+    "StoreChange",
     "load_documents",
     "load_path",
     "resolve_host",

@@ -55,9 +55,20 @@ class Changes:
         identity: `ConfigStore` keeps an unchanged file's objects)."""
         old = {id(o): o for o in before}
         new = {id(o): o for o in after}
+        return cls.of(
+            [old[k] for k in old.keys() - new.keys()],
+            [new[k] for k in new.keys() - old.keys()],
+            domain,
+        )
+
+    @classmethod
+    def of(
+        cls, removed: Iterable[ConfigObject], added: Iterable[ConfigObject], domain: str
+    ) -> Changes:
+        """The changes made by removing and adding these objects (`ConfigStore.changes_since`)."""
         changes = cls()
-        for key in old.keys() ^ new.keys():
-            changes.add(old.get(key) or new[key], domain)
+        for obj in (*removed, *added):
+            changes.add(obj, domain)
         return changes
 
     def add(self, obj: ConfigObject, domain: str) -> None:

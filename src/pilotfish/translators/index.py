@@ -7,8 +7,10 @@ host are merged, and delegate VirtualServices are found by namespace/name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     DestinationRule,
@@ -50,14 +52,37 @@ class MergedRule:
         return next((s for s in self.subsets if s.name == name), None)
 
 
+def _order(obj: ConfigObject) -> tuple[str, str, str, str, int]:
+    """The order objects are indexed in: by namespace/name, not by the order files were read."""
+    return obj.namespace, obj.name, obj.kind, obj.file, obj.index
+
+
+def _insert(items: list[ConfigObject], obj: ConfigObject) -> None:
+    bisect.insort(items, obj, key=_order)
+
+
+def _remove(items: list[Any], obj: ConfigObject, key: Callable[[Any], ConfigObject]) -> None:
+    """Remove `obj` (by identity) from `items`, sorted by `_order` of `key(item)`."""
+    start = bisect.bisect_left(items, _order(obj), key=lambda item: _order(key(item)))
+    for i in range(start, len(items)):
+        if key(items[i]) is obj:
+            del items[i]
+            return
+
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
 @dataclass
 class ConfigIndex:
     """Lookups over one consistent set of config objects.
 
     Lookups are by dictionary (host, gateway, namespace/name), built on first use: a mesh of
     thousands of services must not scan every object for every host (that was quadratic).
-    Only wildcard hosts are matched by scanning, and there are few of them. The index is not
-    changed after `build`; lookups are memoized.
+    Only wildcard hosts are matched by scanning, and there are few of them. `apply` changes
+    the index by the objects that changed (a change costs its size, not the mesh's); it is not
+    thread-safe (the controller holds its lock).
     """
 
     domain: str = "cluster.local"
@@ -72,16 +97,29 @@ class ConfigIndex:
         """Index `objects`, sorted by (namespace, name) so the output does not depend on the
         order files were read in."""
         index = cls(domain)
-        for obj in sorted(objects, key=lambda o: (o.namespace, o.name, o.kind, o.file, o.index)):
-            if obj.kind == "VirtualService":
-                index.virtual_services.append(obj)
-            elif obj.kind == "DestinationRule":
-                index.destination_rules.append(obj)
-            elif obj.kind == "Gateway":
-                index.gateways.append(obj)
-            else:
-                index.others.append(obj)
+        for obj in sorted(objects, key=_order):
+            index._list(obj).append(obj)
         return index
+
+    def _list(self, obj: ConfigObject) -> list[ConfigObject]:
+        if obj.kind == "VirtualService":
+            return self.virtual_services
+        if obj.kind == "DestinationRule":
+            return self.destination_rules
+        if obj.kind == "Gateway":
+            return self.gateways
+        return self.others
+
+    def apply(self, removed: Iterable[ConfigObject], added: Iterable[ConfigObject]) -> None:
+        """Stop indexing `removed` and index `added` (a replaced object is in both)."""
+        for obj in removed:
+            _remove(self._list(obj), obj, _same)
+            if self._lookups is not None:
+                self._lookups.remove(obj)
+        for obj in added:
+            _insert(self._list(obj), obj)
+            if self._lookups is not None:
+                self._lookups.add(obj)
 
     @property
     def _look(self) -> _Lookups:
@@ -108,8 +146,8 @@ class ConfigIndex:
         wildcard, then the oldest (here: first by namespace/name) wins, as in Istio."""
         look = self._look
         exact = look.exact_vs.get((gateway, host))
-        if exact is not None:
-            return exact
+        if exact:
+            return exact[0]
         best: tuple[int, ConfigObject] | None = None
         for vs, patterns in look.wild_vs.get(gateway, ()):
             length = max((len(p) for p in patterns if host_matches(p, host)), default=-1)
@@ -119,7 +157,8 @@ class ConfigIndex:
 
     def delegate(self, name: str, namespace: str) -> ConfigObject | None:
         """A delegate VirtualService (one without hosts) by name."""
-        return self._look.delegates.get((namespace, name))
+        found = self._look.delegates.get((namespace, name))
+        return found[0] if found else None
 
     def resolve(self, host: str, namespace: str) -> str:
         """A host as written in an object of `namespace`, as an FQDN."""
@@ -131,9 +170,9 @@ class ConfigIndex:
         """The merged DestinationRule for `host`: rules in the proxy's namespace come first,
         then the rest by namespace/name; an exact host beats a wildcard."""
         look = self._look
-        key = (host, proxy_namespace)
-        if key in look.merged:
-            return look.merged[key]
+        answers = look.merged.setdefault(host, {})
+        if proxy_namespace in answers:
+            return answers[proxy_namespace]
         chosen = list(look.exact_dr.get(host, ()))
         if not chosen:
             chosen = [obj for rule_host, obj in look.wild_dr if host_matches(rule_host, host)]
@@ -141,14 +180,19 @@ class ConfigIndex:
         if chosen:
             chosen.sort(key=lambda o: (o.namespace != proxy_namespace, o.namespace, o.name))
             merged = _merge(host, chosen)
-        look.merged[key] = merged
+        answers[proxy_namespace] = merged
         return merged
 
     # -- security -------------------------------------------------------------------------
 
     def peer_authentications(self) -> tuple[ConfigObject, ...]:
         """The PeerAuthentication objects (by namespace/name), without scanning `others`."""
-        return self._look.peer_authentications
+        look = self._look
+        if look.peer_authentications is None:
+            look.peer_authentications = tuple(
+                o for o in self.others if o.kind == "PeerAuthentication"
+            )
+        return look.peer_authentications
 
     # -- Gateways -------------------------------------------------------------------------
 
@@ -164,39 +208,68 @@ class ConfigIndex:
 
 
 class _Lookups:
-    """The dictionaries behind `ConfigIndex`'s lookups, built once from its lists."""
+    """The dictionaries behind `ConfigIndex`'s lookups, built once from its lists and then
+    kept current object by object. Where several objects claim a key, the list holds them in
+    index order and the first one answers."""
 
     def __init__(self, index: ConfigIndex) -> None:
         self.domain = index.domain
         self.hosts: dict[int, tuple[str, ...]] = {}
         self.gateway_names: dict[int, tuple[str, ...]] = {}
         self.bound: dict[str, list[ConfigObject]] = {}
-        self.exact_vs: dict[tuple[str, str], ConfigObject] = {}
+        self.exact_vs: dict[tuple[str, str], list[ConfigObject]] = {}
         self.wild_vs: dict[str, list[tuple[ConfigObject, tuple[str, ...]]]] = {}
-        self.delegates: dict[tuple[str, str], ConfigObject] = {}
-        for vs in index.virtual_services:
-            hosts = self.vs_hosts(vs)
-            if not hosts:
-                self.delegates.setdefault((vs.namespace, vs.name), vs)
-                continue
-            wild = tuple(h for h in hosts if h.startswith("*"))
-            for gateway in dict.fromkeys(self.vs_gateways(vs)):
-                self.bound.setdefault(gateway, []).append(vs)
-                for host in hosts:
-                    self.exact_vs.setdefault((gateway, host), vs)
-                if wild:
-                    self.wild_vs.setdefault(gateway, []).append((vs, wild))
+        self.delegates: dict[tuple[str, str], list[ConfigObject]] = {}
         self.exact_dr: dict[str, list[ConfigObject]] = {}
         self.wild_dr: list[tuple[str, ConfigObject]] = []
+        self.merged: dict[str, dict[str, MergedRule | None]] = {}  # host, proxy namespace
+        self.peer_authentications: tuple[ConfigObject, ...] | None = None
+        for vs in index.virtual_services:  # in index order: appending keeps lists sorted
+            self._vs(vs, lambda items, item: items.append(item))
         for obj in index.destination_rules:
-            spec = obj.spec
-            assert isinstance(spec, DestinationRule)
-            rule_host = resolve_host(spec.host, obj.namespace, self.domain)
-            self.exact_dr.setdefault(rule_host, []).append(obj)
-            if rule_host.startswith("*"):
-                self.wild_dr.append((rule_host, obj))
-        self.merged: dict[tuple[str, str], MergedRule | None] = {}
-        self.peer_authentications = tuple(o for o in index.others if o.kind == "PeerAuthentication")
+            self._dr(obj, lambda items, item: items.append(item))
+
+    def add(self, obj: ConfigObject) -> None:
+        if obj.kind == "VirtualService":
+            self._vs(obj, _insert_item)
+        elif obj.kind == "DestinationRule":
+            self._dr(obj, _insert_item)
+        elif obj.kind == "PeerAuthentication":
+            self.peer_authentications = None
+
+    def remove(self, obj: ConfigObject) -> None:
+        if obj.kind == "VirtualService":
+            self._vs(obj, _remove_item)
+            self.hosts.pop(id(obj), None)
+            self.gateway_names.pop(id(obj), None)
+        elif obj.kind == "DestinationRule":
+            self._dr(obj, _remove_item)
+        elif obj.kind == "PeerAuthentication":
+            self.peer_authentications = None
+
+    def _vs(self, vs: ConfigObject, change: Callable[[list[Any], Any], None]) -> None:
+        hosts = self.vs_hosts(vs)
+        if not hosts:
+            change(self.delegates.setdefault((vs.namespace, vs.name), []), vs)
+            return
+        wild = tuple(h for h in hosts if h.startswith("*"))
+        for gateway in dict.fromkeys(self.vs_gateways(vs)):
+            change(self.bound.setdefault(gateway, []), vs)
+            for host in dict.fromkeys(hosts):
+                change(self.exact_vs.setdefault((gateway, host), []), vs)
+            if wild:
+                change(self.wild_vs.setdefault(gateway, []), (vs, wild))
+
+    def _dr(self, obj: ConfigObject, change: Callable[[list[Any], Any], None]) -> None:
+        spec = obj.spec
+        assert isinstance(spec, DestinationRule)
+        rule_host = resolve_host(spec.host, obj.namespace, self.domain)
+        change(self.exact_dr.setdefault(rule_host, []), obj)
+        if rule_host.startswith("*"):
+            change(self.wild_dr, (rule_host, obj))
+            self.merged.clear()  # a wildcard may answer for any host
+        else:
+            self.merged.pop(rule_host, None)
 
     def vs_hosts(self, vs: ConfigObject) -> tuple[str, ...]:
         hosts = self.hosts.get(id(vs))
@@ -218,6 +291,22 @@ class _Lookups:
             )
             self.gateway_names[id(vs)] = names
         return names
+
+
+def _object_of(item: Any) -> ConfigObject:
+    """The object in a lookup list's item: an object, (vs, wildcards) or (host, rule)."""
+    if not isinstance(item, tuple):
+        return item  # type: ignore[no-any-return]
+    found: ConfigObject = item[1] if isinstance(item[1], ConfigObject) else item[0]
+    return found
+
+
+def _insert_item(items: list[Any], item: Any) -> None:
+    bisect.insort(items, item, key=lambda i: _order(_object_of(i)))
+
+
+def _remove_item(items: list[Any], item: Any) -> None:
+    _remove(items, _object_of(item), _object_of)
 
 
 def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
