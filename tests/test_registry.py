@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pilotfish.registry import Registry, Service, ServicePort, Workload, protocol_of
-from pilotfish.sources import load_documents, load_path
+from pilotfish.sources import ConfigObject, load_documents, load_path
 
 BOOKINFO = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "istio-bookinfo"
 
@@ -181,3 +181,41 @@ def test_protocol_selection() -> None:
     assert protocol_of("web") == "TCP"
     assert protocol_of("web", "http") == "HTTP"
     assert protocol_of("x", "HTTP1") == "HTTP"
+
+
+ENTRY = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http}}]
+  endpoints: [{{address: {address}}}]
+"""
+
+
+def _entry(name: str, host: str, address: str) -> ConfigObject:
+    (obj,) = load_documents(ENTRY.format(name=name, host=host, address=address)).objects
+    return obj
+
+
+def _answers(registry: Registry) -> list[object]:
+    return [(s, registry.endpoints(s.hostname, 80)) for s in registry.services()]
+
+
+def test_apply_changes_service_entries_in_place_or_says_it_cannot() -> None:
+    a, b = _entry("a", "a.shop", "10.0.0.1"), _entry("b", "b.shop", "10.0.0.2")
+    registry = Registry.from_objects([a, b])
+    assert [e.address for e in registry.endpoints("a.shop", 80)] == ["10.0.0.1"]
+    moved, added = _entry("a", "a.shop", "10.0.0.9"), _entry("c", "c.shop", "10.0.0.3")
+    assert registry.apply([a], [moved, added])
+    assert _answers(registry) == _answers(Registry.from_objects([moved, b, added]))
+    # A second definition of a host is a conflict that only a full build records.
+    clash = _entry("d", "b.shop", "10.0.0.4")
+    assert not registry.apply([], [clash])
+    assert _answers(registry) == _answers(Registry.from_objects([moved, b, added]))
+    (kube,) = [o for o in load_documents(KUBE).objects if o.kind == "Service"]
+    assert not registry.apply([], [kube])
+    assert not Registry.from_objects([b, clash]).apply([b], [])  # built with a conflict

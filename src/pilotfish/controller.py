@@ -210,7 +210,10 @@ class Controller(Callbacks):
                 self._revision = delta.revision
                 self._index.apply(delta.removed, delta.added)
                 changes = Changes.of(delta.removed, delta.added, self._index.domain)
-                if changes.registry or self._registry is None:
+                registry = self._registry
+                if registry is None or (
+                    changes.registry and not registry.apply(delta.removed, delta.added)
+                ):
                     self._registry = Registry.from_objects([*self._services, *self.store.objects()])
             self._changes = changes
             self._shapes = {}

@@ -37,7 +37,7 @@ _RESOLUTIONS: tuple[Resolution, ...] = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBI
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-_Question = tuple[str, int, tuple[tuple[str, str], ...] | None]
+_Labels = tuple[tuple[str, str], ...]
 
 
 class Registry:
@@ -55,11 +55,11 @@ class Registry:
         self._services: dict[str, Service] = {}
         self._workloads: dict[tuple[str, str, str], Workload] = {}
         self._explicit: dict[str, tuple[Workload, ...]] = {}
+        self._owners: dict[str, ConfigObject] = {}  # the object that defined each host
+        self._sorted: list[Service] | None = None
         # Translation asks for the same endpoints many times (every subset, every replay of a
         # memoized unit); any change to the registry forgets the answers.
-        self._answers: dict[
-            tuple[str, int, tuple[tuple[str, str], ...] | None], list[Endpoint]
-        ] = {}
+        self._answers: dict[str, dict[tuple[int, _Labels | None], list[Endpoint]]] = {}
 
     # -- the Python API ---------------------------------------------------------------------
 
@@ -67,7 +67,9 @@ class Registry:
         """Add (or replace) a service; `endpoints` lists its instances explicitly."""
         with self._lock:
             self._answers.clear()
+            self._sorted = None
             self._services[service.hostname] = service
+            self._owners.pop(service.hostname, None)
             if endpoints is not None:
                 self._explicit[service.hostname] = tuple(endpoints)
 
@@ -81,8 +83,10 @@ class Registry:
         """Forget a service and its explicit endpoints."""
         with self._lock:
             self._answers.clear()
+            self._sorted = None
             self._services.pop(hostname, None)
             self._explicit.pop(hostname, None)
+            self._owners.pop(hostname, None)
 
     def add_workload(self, workload: Workload) -> None:
         """Add (or replace, by namespace/name/address) a workload that selectors can pick."""
@@ -101,7 +105,9 @@ class Registry:
     def services(self) -> list[Service]:
         """Every service, sorted by host name (translators depend on a stable order)."""
         with self._lock:
-            return [self._services[h] for h in sorted(self._services)]
+            if self._sorted is None:
+                self._sorted = [self._services[h] for h in sorted(self._services)]
+            return list(self._sorted)
 
     def service(self, hostname: str) -> Service | None:
         """The service with this host name."""
@@ -128,14 +134,14 @@ class Registry:
     ) -> list[Endpoint]:
         """Endpoints of a service port, optionally only those carrying the `subset` labels;
         sorted, so equal registries give equal load assignments."""
-        key = (hostname, port, tuple(sorted(subset.items())) if subset is not None else None)
+        key = (port, tuple(sorted(subset.items())) if subset is not None else None)
         with self._lock:
-            known = self._answers.get(key)
+            known = self._answers.get(hostname, {}).get(key)
         if known is not None:
             return list(known)
         found = self._endpoints(hostname, port, subset)
         with self._lock:
-            self._answers[key] = found
+            self._answers.setdefault(hostname, {})[key] = found
         return list(found)
 
     def _endpoints(
@@ -188,8 +194,7 @@ class Registry:
                 slices.setdefault((obj.namespace, obj.labels[SERVICE_NAME_LABEL]), []).append(obj)
         for obj in ordered:
             if obj.kind == "WorkloadEntry":
-                assert isinstance(obj.spec, WorkloadEntry)
-                registry.add_workload(_workload(obj.spec, obj.namespace, obj.name, obj.labels))
+                registry.add_workload(_of_entry(obj))
         # Kubernetes first (Istio's aggregate registry asks it first), then ServiceEntries.
         for obj in ordered:
             if obj.kind == "Service":
@@ -211,6 +216,75 @@ class Registry:
             )
             return
         self.add_service(service, endpoints)
+        self._owners[service.hostname] = obj
+
+    def apply(self, removed: Iterable[ConfigObject], added: Iterable[ConfigObject]) -> bool:
+        """Change a registry made by `from_objects` by the objects that changed since, where
+        that can be done in place: ServiceEntries that define their hosts alone, and
+        WorkloadEntries. Returns False, changing nothing, for anything else (Kubernetes
+        objects, a host defined twice): then build it again with `from_objects`."""
+        removed, added = list(removed), list(added)
+        changed = [*removed, *added]
+        if self.conflicts or any(o.kind not in ("ServiceEntry", "WorkloadEntry") for o in changed):
+            return False
+        gone = {id(o) for o in removed}
+        with self._lock:
+            for obj in removed:
+                if obj.kind == "ServiceEntry" and any(
+                    self._owners.get(s.hostname) is not obj
+                    for s, _ in _service_entry(obj, self.domain)
+                ):
+                    return False
+            new_hosts: set[str] = set()
+            for obj in added:
+                if obj.kind != "ServiceEntry":
+                    continue
+                for service, _ in _service_entry(obj, self.domain):
+                    owner = self._owners.get(service.hostname)
+                    taken = service.hostname in self._services and (
+                        owner is None or id(owner) not in gone
+                    )
+                    if taken or service.hostname in new_hosts:
+                        return False
+                    new_hosts.add(service.hostname)
+            workloads_changed = False
+            for obj in removed:
+                if obj.kind == "ServiceEntry":
+                    for service, _ in _service_entry(obj, self.domain):
+                        self._drop(service.hostname)
+                else:
+                    workload = _of_entry(obj)
+                    key = (workload.namespace, workload.name, workload.address)
+                    self._workloads.pop(key, None)
+                    workloads_changed = True
+            for obj in added:
+                if obj.kind == "ServiceEntry":
+                    for service, endpoints in _service_entry(obj, self.domain):
+                        self._drop(service.hostname)
+                        self._sorted = None
+                        self._services[service.hostname] = service
+                        self._explicit[service.hostname] = tuple(endpoints)
+                        self._owners[service.hostname] = obj
+                else:
+                    workload = _of_entry(obj)
+                    self._workloads[workload.namespace, workload.name, workload.address] = workload
+                    workloads_changed = True
+            if workloads_changed:
+                self._answers.clear()  # selectors pick workloads: not traced by host
+        return True
+
+    def _drop(self, hostname: str) -> None:
+        """Forget a host and the answers about it (lock held)."""
+        if self._services.pop(hostname, None) is not None:
+            self._sorted = None
+        self._explicit.pop(hostname, None)
+        self._owners.pop(hostname, None)
+        self._answers.pop(hostname, None)
+
+
+def _of_entry(obj: ConfigObject) -> Workload:
+    assert isinstance(obj.spec, WorkloadEntry)
+    return _workload(obj.spec, obj.namespace, obj.name, obj.labels)
 
 
 def _workload_port(port: ServicePort, workload: Workload) -> int:
