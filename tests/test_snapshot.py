@@ -86,6 +86,38 @@ def test_consistency_reports_both_directions() -> None:
     assert "missing eds: b-svc" in str(report)
 
 
+def test_an_updated_snapshot_equals_one_built_afresh() -> None:
+    a, b, c = (build.eds_cluster(n, service_name=f"{n}-svc") for n in "abc")
+    loads = [build.load_assignment(f"{n}-svc", []) for n in "ab"]
+    listener = build.http_listener("l", 1, "routes")
+    before = Snapshot({"cds": [a, b], "eds": loads, "lds": [listener]}, version_prefix="t/")
+    lds = before.response(LISTENER_TYPE, None)
+    b2 = build.eds_cluster("b", service_name="b-svc", connect_timeout=3.0)
+    after = before.updated(
+        {"cds": ["a"], "eds": ["a-svc"]},
+        {"cds": [b2, c], "eds": [build.load_assignment("c-svc", [])]},
+    )
+    fresh = Snapshot(
+        {"cds": [b2, c], "eds": [loads[1], build.load_assignment("c-svc", [])], "lds": [listener]},
+        version_prefix="t/",
+    )
+    for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE):
+        assert after.version(type_url) == fresh.version(type_url), type_url
+        assert {n: r.data for n, r in after.resources(type_url).items()} == {
+            n: r.data for n, r in fresh.resources(type_url).items()
+        }
+    assert after.version("cds") != before.version("cds")
+    assert after.references_of("cds", "c") == {ENDPOINT_TYPE: {"c-svc"}}
+    assert after.references_of("cds", "a") == {}
+    assert after.consistent().missing == fresh.consistent().missing == {ROUTE_TYPE: {"routes"}}
+    assert after.stats.resources_serialized == 3
+    assert after.response(LISTENER_TYPE, None) is lds  # an unchanged type keeps its responses
+    assert before.version("cds") != after.version("cds")  # and the first snapshot is untouched
+    assert list(before.resources("cds")) == ["a", "b"]
+    with pytest.raises(ValueError, match="given version"):
+        Snapshot({}, version="v1").updated({}, {"cds": [a]})
+
+
 class _DataclassLike:
     """Stands in for an envoy-data-plane message: anything that serializes via bytes()."""
 

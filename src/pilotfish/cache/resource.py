@@ -67,7 +67,13 @@ class CachedResource:
     def of(cls, type_url: str, message: Message, ttl: float | None = None) -> CachedResource:
         """Serialize `message` (deterministically) once, with its wrappers."""
         data = message.SerializeToString(deterministic=True)
-        name = resource_type(type_url).name_of(message)
+        return cls.of_data(type_url, resource_type(type_url).name_of(message), data, ttl)
+
+    @classmethod
+    def of_data(
+        cls, type_url: str, name: str, data: bytes, ttl: float | None = None
+    ) -> CachedResource:
+        """A resource already serialized (deterministically) as `data`, with its wrappers."""
         # A TTL is part of what the client is told: changing it is a new version.
         version = content_version(data if ttl is None else data + f"\0ttl={ttl!r}".encode())
         any_data = wire.any_bytes(type_url, data)
@@ -103,7 +109,8 @@ class Serialized:
     its bytes as they are (how an unchanged resource keeps them from one snapshot to the next).
     The caller guarantees `cached` is `message` serialized."""
 
-    message: Message
+    message: Message | object
+    """The message, or what it is built from (`translators.Assembled`)."""
     cached: CachedResource
     refs: Mapping[str, set[str]] | None = None
     """What the resource names in other types (`references(message)`), if already known."""

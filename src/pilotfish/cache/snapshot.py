@@ -67,6 +67,8 @@ class _TypeResources:
     version: str
     by_name: Mapping[str, CachedResource]
     names: frozenset[str]
+    digest: int | None  # the content hash, when the version is one (see `_digest`)
+    refs: Mapping[str, Mapping[str, set[str]]]  # what each resource names in other types
     responses: dict[tuple[frozenset[str] | None, bool], PreparedResponse] = field(
         default_factory=dict
     )
@@ -84,7 +86,7 @@ class Snapshot:
     version there, so a proxy's config dump shows which translator produced it).
     """
 
-    __slots__ = ("_lock", "_refs", "_refs_by_resource", "_types", "stats")
+    __slots__ = ("_lock", "_prefix", "_types", "stats")
 
     def __init__(
         self,
@@ -97,41 +99,103 @@ class Snapshot:
         given_versions = {resource_type(k).type_url: v for k, v in (versions or {}).items()}
         self.stats = SnapshotStats()
         self._lock = threading.Lock()
-        self._refs: dict[str, set[str]] = {}
-        self._refs_by_resource: dict[tuple[str, str], Mapping[str, set[str]]] = {}
+        self._prefix = version_prefix
         by_type: dict[str, dict[str, CachedResource]] = {url: {} for url in RESOURCE_TYPES}
+        refs_by_type: dict[str, dict[str, Mapping[str, set[str]]]] = {
+            url: {} for url in RESOURCE_TYPES
+        }
         for key, items in resources.items():
             type_url = resource_type(key).type_url
             table = by_type[type_url]
+            type_refs = refs_by_type[type_url]
             for item in items:
-                refs: Mapping[str, set[str]] | None = None
-                if isinstance(item, Serialized):
-                    message, cached, refs = item.message, item.cached, item.refs
-                else:
-                    ttl = item.ttl if isinstance(item, WithTtl) else None
-                    resource = item.resource if isinstance(item, WithTtl) else item
-                    message = to_message(type_url, resource)
-                    cached = CachedResource.of(type_url, message, ttl)
-                    self.stats.resources_serialized += 1
+                cached, refs = self._prepare(type_url, item)
                 if cached.name in table:
                     raise ValueError(f"two {key} resources named {cached.name!r}")
                 table[cached.name] = cached
-                if refs is None:
-                    refs = references(message)
                 if refs:
-                    self._refs_by_resource[type_url, cached.name] = refs
-                for ref_type, names in refs.items():
-                    self._refs.setdefault(ref_type, set()).update(names)
-        self._types = {
-            type_url: _TypeResources(
-                version=given_versions.get(type_url)
-                or version
-                or version_prefix + _type_version(table),
+                    type_refs[cached.name] = refs
+        self._types: dict[str, _TypeResources] = {}
+        for type_url, table in by_type.items():
+            fixed = given_versions.get(type_url) or version
+            digest = None if fixed else _digest(table)
+            self._types[type_url] = _TypeResources(
+                version=fixed or _version(version_prefix, digest or 0),
                 by_name=MappingProxyType(table),
                 names=frozenset(table),
+                digest=digest,
+                refs=MappingProxyType(refs_by_type[type_url]),
             )
-            for type_url, table in by_type.items()
-        }
+
+    def _prepare(
+        self, type_url: str, item: Message | object
+    ) -> tuple[CachedResource, Mapping[str, set[str]]]:
+        """An item as given (message, `WithTtl` or `Serialized`): its bytes and references."""
+        if isinstance(item, Serialized):
+            cached, refs = item.cached, item.refs
+            if refs is None:
+                refs = references(to_message(type_url, item.message))
+        else:
+            ttl = item.ttl if isinstance(item, WithTtl) else None
+            resource = item.resource if isinstance(item, WithTtl) else item
+            message = to_message(type_url, resource)
+            cached = CachedResource.of(type_url, message, ttl)
+            refs = references(message)
+            self.stats.resources_serialized += 1
+        return cached, refs
+
+    def updated(
+        self,
+        removed: Mapping[str, Iterable[str]],
+        added: Mapping[str, Iterable[Message | object]],
+    ) -> Snapshot:
+        """A new snapshot: this one without the `removed` names and with the `added` items
+        (which replace resources of the same name), by type. Types not named are shared with
+        this snapshot, responses already built included; a changed type costs its changes (and
+        a copy of its table), not a hash over every resource. Only for content-hash versions."""
+        new = Snapshot.__new__(Snapshot)
+        new.stats = SnapshotStats()
+        new._lock = threading.Lock()
+        new._prefix = self._prefix
+        new._types = dict(self._types)
+        for key in {*removed, *added}:
+            type_url = resource_type(key).type_url
+            entry = self._types[type_url]
+            if entry.digest is None:
+                raise ValueError(f"{key}: a snapshot with a given version cannot be updated")
+            table = dict(entry.by_name)
+            refs_table = dict(entry.refs)
+            digest = entry.digest
+            for name in removed.get(key, ()):
+                old = table.pop(name, None)
+                if old is not None:
+                    digest -= _resource_digest(name, old.version)
+                    refs_table.pop(name, None)
+            fresh: set[str] = set()
+            for item in added.get(key, ()):
+                cached, refs = new._prepare(type_url, item)
+                name = cached.name
+                if name in fresh:
+                    raise ValueError(f"two {key} resources named {name!r}")
+                fresh.add(name)
+                old = table.get(name)
+                if old is not None:
+                    digest -= _resource_digest(name, old.version)
+                table[name] = cached
+                digest += _resource_digest(name, cached.version)
+                if refs:
+                    refs_table[name] = refs
+                else:
+                    refs_table.pop(name, None)
+            digest &= _MASK
+            new._types[type_url] = _TypeResources(
+                version=_version(self._prefix, digest),
+                by_name=MappingProxyType(table),
+                names=frozenset(table),
+                digest=digest,
+                refs=MappingProxyType(refs_table),
+            )
+        return new
 
     def version(self, type_url: str) -> str:
         """The version of one type (type URL or short name)."""
@@ -147,24 +211,26 @@ class Snapshot:
 
     def references_of(self, type_url: str, name: str) -> Mapping[str, set[str]]:
         """What one resource names in other types (a cluster's EDS name, a listener's RDS)."""
-        return self._refs_by_resource.get((resource_type(type_url).type_url, name), {})
+        return self._types[resource_type(type_url).type_url].refs.get(name, {})
 
     def _references(
         self, type_url: str, chosen: Iterable[CachedResource]
     ) -> Mapping[str, Mapping[str, frozenset[str]]] | None:
-        found = {
-            r.name: _frozen(refs)
-            for r in chosen
-            if (refs := self._refs_by_resource.get((type_url, r.name)))
-        }
+        table = self._types[type_url].refs
+        found = {r.name: _frozen(refs) for r in chosen if (refs := table.get(r.name))}
         return MappingProxyType(found) if found else None
 
     def consistent(self) -> Consistency:
         """Report dangling references (see `Consistency`)."""
         missing: dict[str, frozenset[str]] = {}
         unreferenced: dict[str, frozenset[str]] = {}
-        for type_url in {*self._refs, *_REFERENCED_TYPES}:
-            wanted = self._refs.get(type_url, set())
+        wanted_by_type: dict[str, set[str]] = {}
+        for entry in self._types.values():
+            for refs in entry.refs.values():
+                for ref_type, names in refs.items():
+                    wanted_by_type.setdefault(ref_type, set()).update(names)
+        for type_url in {*wanted_by_type, *_REFERENCED_TYPES}:
+            wanted = wanted_by_type.get(type_url, set())
             have = self._types[type_url].names
             if lost := frozenset(wanted - have):
                 missing[type_url] = lost
@@ -225,11 +291,19 @@ def _frozen(refs: Mapping[str, set[str]]) -> Mapping[str, frozenset[str]]:
     return MappingProxyType({t: frozenset(n) for t, n in refs.items()})
 
 
-def _type_version(table: Mapping[str, CachedResource]) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    for name in sorted(table):
-        digest.update(name.encode())
-        digest.update(b"\0")
-        digest.update(table[name].version.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
+_MASK = (1 << 64) - 1
+
+
+def _resource_digest(name: str, version: str) -> int:
+    digest = hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _digest(table: Mapping[str, CachedResource]) -> int:
+    """A type's content hash: the sum of its resources' hashes (of name and version), so one
+    resource changed changes it by one term (`Snapshot.updated`) and order does not matter."""
+    return sum(_resource_digest(name, r.version) for name, r in table.items()) & _MASK
+
+
+def _version(prefix: str, digest: int) -> str:
+    return f"{prefix}{digest:016x}"

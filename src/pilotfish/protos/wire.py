@@ -18,6 +18,7 @@ __all__ = [
     "nonce_field",
     "read_varint",
     "resource_bytes",
+    "split_at_field",
     "unresolved_alias_bytes",
     "varint",
 ]
@@ -90,15 +91,45 @@ def _head(tag: int, size: int) -> bytes:
 
 def length_delimited(field_number: int, data: bytes) -> bytes:
     """One length-delimited field (string, bytes or sub-message)."""
+    return b"".join((_field_head(field_number, len(data)), data))
+
+
+def _field_head(field_number: int, size: int) -> bytes:
+    """Tag and length of a length-delimited field: joined with the data by the caller, so a
+    large value (a 10 MB route configuration) is copied once, not once per wrapper."""
     tag = (field_number << 3) | _WIRE_LEN
     if tag < 0x80:
-        return _head(tag, len(data)) + data
-    return varint(tag) + varint(len(data)) + data
+        return _head(tag, size)
+    return varint(tag) + varint(size)
+
+
+def split_at_field(data: bytes, field_number: int) -> tuple[bytes, bytes]:
+    """A serialized message cut where a field numbered `field_number` would be written (fields
+    come in number order in deterministic output): the fields before it and those after it."""
+    pos = 0
+    while pos < len(data):
+        tag, after_tag = read_varint(data, pos)
+        if tag >> 3 >= field_number:
+            return data[:pos], data[pos:]
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = read_varint(data, after_tag)
+        elif wire_type == 1:
+            pos = after_tag + 8
+        elif wire_type == _WIRE_LEN:
+            size, start = read_varint(data, after_tag)
+            pos = start + size
+        elif wire_type == 5:
+            pos = after_tag + 4
+        else:
+            raise ValueError(f"wire type {wire_type} not expected at the top level")
+    return data, b""
 
 
 def any_bytes(type_url: str, value: bytes) -> bytes:
     """The serialized `google.protobuf.Any` holding `value`."""
-    return length_delimited(_ANY_TYPE_URL, type_url.encode()) + length_delimited(_ANY_VALUE, value)
+    url = length_delimited(_ANY_TYPE_URL, type_url.encode())
+    return b"".join((url, _field_head(_ANY_VALUE, len(value)), value))
 
 
 def discovery_response_body(version: str, type_url: str, resources: Iterable[bytes]) -> bytes:
@@ -141,13 +172,13 @@ def resource_bytes(
 ) -> bytes:
     """A serialized `Resource` wrapper: name, version, the `Any` (absent in a TTL heartbeat)
     and an optional TTL."""
-    out = length_delimited(_RESOURCE_VERSION, version.encode())
+    parts = [length_delimited(_RESOURCE_VERSION, version.encode())]
     if any_data is not None:
-        out += length_delimited(_RESOURCE_RESOURCE, any_data)
-    out += length_delimited(_RESOURCE_NAME, name.encode())
+        parts += (_field_head(_RESOURCE_RESOURCE, len(any_data)), any_data)
+    parts.append(length_delimited(_RESOURCE_NAME, name.encode()))
     if ttl is not None:
-        out += length_delimited(_RESOURCE_TTL, duration(ttl))
-    return out
+        parts.append(length_delimited(_RESOURCE_TTL, duration(ttl)))
+    return b"".join(parts)
 
 
 def unresolved_alias_bytes(name: str) -> bytes:

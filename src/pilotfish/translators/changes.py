@@ -97,6 +97,28 @@ class Changes:
         else:
             self.everything = True  # a kind this list does not know: replay everything
 
+    def touched(self) -> tuple[set[tuple[str, Any]], set[str]] | None:
+        """What `touches` may say yes to, for finding the readers: lookups by (kind, first
+        argument), and kinds touched whatever the arguments; None when everything is."""
+        if self.everything:
+            return None
+        keys: set[tuple[str, Any]] = set()
+        kinds: set[str] = set()
+        for kind, every, hosts in (
+            ("destination_rule", self.all_rules, self.rule_hosts),
+            ("for_host", self.all_routes, self.routed_hosts),
+            ("endpoints", self.all_endpoints, self.service_hosts),
+            ("service", False, self.service_hosts),
+        ):
+            if every:
+                kinds.add(kind)
+            else:
+                keys.update((kind, host) for host in hosts)
+        keys.update(("delegate", name) for _, name in self.delegates)
+        if self.peer_authentication:
+            kinds.add("peer_authentications")
+        return keys, kinds
+
     def touches(self, kind: str, args: tuple[Any, ...]) -> bool:
         """Whether the answer to a recorded lookup may have changed."""
         if self.everything:

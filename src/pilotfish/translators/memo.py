@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any, TypeVar
 
-from pilotfish.cache import CachedResource, Serialized
+from pilotfish.cache import CachedResource, Serialized, Snapshot
 from pilotfish.protos import Message, references, resource_type
 from pilotfish.registry import Endpoint, Registry, Service
 from pilotfish.sources import ConfigObject
+from pilotfish.translators.assembled import Assembled, Messages
 from pilotfish.translators.changes import Changes
 from pilotfish.translators.index import ConfigIndex, MergedRule
 
@@ -197,9 +199,19 @@ class TranslationMemo:
         self.stats = MemoStats()
         self._units: dict[Hashable, _Unit] = {}
         self._next_units: dict[Hashable, _Unit] = {}
-        self._resources: dict[tuple[str, str], Serialized] = {}
-        self._same: dict[int, Serialized] = {}  # by id of the message (kept alive by the item)
+        # Last round's resources per type: by id of the message given (each kept alive by its
+        # item, so no new object can have the id of one here) and by name.
+        self._given: dict[str, dict[int, Serialized]] = {}
+        self._by_name: dict[str, dict[str, Serialized]] = {}
+        self._snapshot: Snapshot | None = None
+        self._prefix = ""
+        self._assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
+        self._next_assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self.changes: Changes | None = None
+        self._dirty: set[Hashable] | None = None
+        self._readers: dict[tuple[str, Any], set[Hashable]] = {}
+        self._kind_readers: dict[str, set[Hashable]] = {}
+        self._stale = 0
 
     def begin(self, changes: Changes | None = None) -> None:
         """Start a round of translation; `changes` since the last round, if known, spare
@@ -207,10 +219,36 @@ class TranslationMemo:
         self.stats.units_reused = self.stats.units_translated = 0
         self._next_units = {}
         self.changes = changes
+        self._dirty = None
+        touched = changes.touched() if changes is not None else None
+        if touched is not None:
+            # The units that made a lookup the change may answer differently: found by what
+            # they read, so the others are reused without even looking at their reads.
+            keys, kinds = touched
+            readers, kind_readers = self._readers, self._kind_readers
+            self._dirty = set()
+            for read in keys:
+                self._dirty.update(readers.get(read, ()))
+            for kind in kinds:
+                self._dirty.update(kind_readers.get(kind, ()))
+
+    def _note_reads(self, key: Hashable, unit: _Unit) -> None:
+        """Index a new unit by what it read (entries of units since redone or dropped stay
+        until the index is rebuilt: a unit found by a stale entry is only checked)."""
+        for kind, args, _ in unit.reads:
+            self._readers.setdefault((kind, args[0] if args else None), set()).add(key)
+            self._kind_readers.setdefault(kind, set()).add(key)
+        self._stale += 1
 
     def end(self) -> None:
         """End the round: units not used in it are forgotten."""
         self._units, self._next_units = self._next_units, {}
+        if self._stale > 2 * len(self._units) + 64:
+            self._readers, self._kind_readers, self._stale = {}, {}, 0
+            for key, unit in self._units.items():
+                self._note_reads(key, unit)
+            self._stale = 0
+        self._assembled, self._next_assembled = self._next_assembled, {}
 
     def unit(
         self,
@@ -224,10 +262,15 @@ class TranslationMemo:
         again). `compute` must read config only through its arguments (and values in `key`)."""
         changes = self.changes
         previous = self._units.get(key)
+        dirty = self._dirty
         if (
             previous is not None
             and changes is not None
-            and not any(changes.touches(kind, args) for kind, args, _ in previous.reads)
+            and (
+                key not in dirty
+                if dirty is not None
+                else not any(changes.touches(kind, args) for kind, args, _ in previous.reads)
+            )
         ):
             self._next_units[key] = previous
             self.stats.units_reused += 1
@@ -246,36 +289,91 @@ class TranslationMemo:
         unit = _Unit(None, [])
         unit.value = compute(_TrackedIndex(index, unit), _TrackedRegistry(registry, unit))
         self._next_units[key] = unit
+        self._note_reads(key, unit)
         self.stats.units_translated += 1
         return unit.value  # type: ignore[no-any-return]
 
-    def serialized(self, resources: Mapping[str, Sequence[Message]]) -> dict[str, list[object]]:
-        """`resources` (by type) as `Snapshot` inputs, reusing the serialized form of every
-        resource equal to last time's; resources not given are forgotten."""
-        kept: dict[tuple[str, str], Serialized] = {}
-        same: dict[int, Serialized] = {}
-        out: dict[str, list[object]] = {}
-        serialized = 0
-        for key, messages in resources.items():
+    def assembled(
+        self, key: Hashable, parts: Sequence[Any], assemble: Callable[[T | None], T]
+    ) -> T:
+        """`assemble(last round's result)`, or that result itself if `parts` are the very
+        objects it was made of (a route configuration whose virtual hosts all came from reused
+        units: one object, so nothing is joined, compared or hashed again)."""
+        ids = tuple(map(id, parts))
+        previous = self._assembled.get(key)
+        if previous is not None and previous[0] == ids:
+            self._next_assembled[key] = previous
+            reused: T = previous[2]
+            return reused
+        value = assemble(previous[2] if previous is not None else None)
+        self._next_assembled[key] = (ids, list(parts), value)  # the parts kept alive: ids hold
+        return value
+
+    def snapshot(self, resources: Mapping[str, Sequence[Message]], version_prefix: str) -> Snapshot:
+        """`resources` (by type) as a `Snapshot`, made from last round's by what differs.
+
+        A message that is the very object given last round (from a reused unit) is unchanged,
+        which a set of ids tells in C for every type at once; only the rest is looked at in
+        Python: an equal message of the same name keeps its bytes, anything else is serialized.
+        So a round costs its changes, not the number of resources.
+        """
+        previous = self._snapshot
+        if previous is None or version_prefix != self._prefix:
+            self._given = {}
+            self._by_name = {}
+            snapshot = Snapshot({}, version_prefix=version_prefix)
+        else:
+            snapshot = previous
+        removed: dict[str, list[str]] = {}
+        added: dict[str, list[Message | object]] = {}
+        serialized = total = 0
+        for key, given_messages in resources.items():
             row = resource_type(key)
-            items: list[object] = []
-            for message in messages:
-                # The same message object as last round (from a reused unit) is found by
-                # identity, without even reading its name.
-                item = self._same.get(id(message))
-                if item is None or item.message is not message:
-                    previous = self._resources.get((row.type_url, row.name_of(message)))
-                    if previous is not None and previous.message == message:
-                        item = previous
-                    else:
-                        cached = CachedResource.of(row.type_url, message)
-                        item = Serialized(message, cached, references(message))
+            given = self._given.setdefault(key, {})
+            by_name = self._by_name.setdefault(key, {})
+            # Assembled messages (`Messages`) are taken as given: their bytes without the message.
+            messages: Sequence[Message | Assembled[Any]] = (
+                given_messages.items if isinstance(given_messages, Messages) else given_messages
+            )
+            total += len(messages)
+            ids = set(map(id, messages))
+            gone = given.keys() - ids
+            fresh = ids - given.keys()
+            lost: dict[str, Serialized] = {}
+            for i in gone:
+                old = given.pop(i)
+                lost[old.cached.name] = old
+                del by_name[old.cached.name]
+            removed[key] = list(lost)
+            items: list[Message | object] = []
+            added[key] = items
+            for message in compress(messages, map(fresh.__contains__, map(id, messages))):
+                if isinstance(message, Assembled):
+                    name = row.name_of(message.head)
+                    if name in by_name:
+                        raise ValueError(f"two {key} resources named {name!r}")
+                    item: Serialized | None = lost.get(name)
+                    # Bytes compared, not messages: building a 10 MB message costs more.
+                    if item is None or item.cached.data != message.data:
+                        cached = CachedResource.of_data(row.type_url, name, message.data)
+                        item = Serialized(message, cached, references(message.head))
                         serialized += 1
-                kept[row.type_url, item.cached.name] = item
-                same[id(message)] = item
+                    given[id(message)] = by_name[name] = item
+                    items.append(item)
+                    continue
+                name = row.name_of(message)
+                if name in by_name:
+                    raise ValueError(f"two {key} resources named {name!r}")
+                item = lost.get(name)
+                if item is None or item.message != message:
+                    cached = CachedResource.of(row.type_url, message)
+                    item = Serialized(message, cached, references(message))
+                    serialized += 1
+                given[id(message)] = item
+                by_name[name] = item
                 items.append(item)
-            out[key] = items
         self.stats.resources_serialized = serialized
-        self.stats.resources_reused = sum(len(items) for items in out.values()) - serialized
-        self._resources, self._same = kept, same
-        return out
+        self.stats.resources_reused = total - serialized
+        self._snapshot = snapshot = snapshot.updated(removed, added)
+        self._prefix = version_prefix
+        return snapshot

@@ -9,6 +9,7 @@ rest are Istio-style virtual listeners (`bind_to_port: false`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
@@ -28,6 +29,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
 from pilotfish.registry import Registry, Service, ServicePort
+from pilotfish.translators.assembled import Assembled
 from pilotfish.translators.authorization import policies_for, rbac_http_filters
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
@@ -72,15 +74,16 @@ def _domains(service: Service, port: int, proxy: Proxy, domain: str) -> Iterator
 
 def outbound_routes(
     proxy: Proxy, index: ConfigIndex, registry: Registry, memo: TranslationMemo | None = None
-) -> list[RouteConfiguration]:
-    """One route configuration per HTTP service port, named by the port. With a `memo`, a
+) -> list[RouteConfiguration | Assembled[RouteConfiguration]]:
+    """One route configuration per HTTP service port, named by the port (`Assembled` ones when
+    there is a `memo`: `Messages` builds them if asked). With a `memo`, a
     virtual host whose inputs did not change since the last round is not translated again."""
     by_port: dict[int, list[Service]] = {}
     for service in registry.services():
         for port in service.ports:
             if port.is_http:
                 by_port.setdefault(port.number, []).append(service)
-    configs = []
+    configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
     for number in sorted(by_port):
         config = RouteConfiguration(name=str(number), validate_clusters=_false())
         used: set[str] = set()
@@ -103,9 +106,27 @@ def outbound_routes(
             else:
                 key = ("vhost", service_key(service), number, tuple(domains))
                 hosts.append(memo.unit(key, compute, index, registry))
-        config.virtual_hosts.extend(hosts)
-        configs.append(config)
+        if memo is None:
+            config.virtual_hosts.extend(hosts)
+            configs.append(config)
+        else:
+            # Kept as its hosts' bytes: one host changed costs one host (see `Assembled`), and
+            # with every host reused it is last round's object, which costs nothing at all.
+            configs.append(
+                memo.assembled(("routes", number), hosts, partial(_assemble, config, hosts))
+            )
     return configs
+
+
+def _assemble(
+    head: RouteConfiguration,
+    hosts: list[VirtualHost],
+    previous: Assembled[RouteConfiguration] | None,
+) -> Assembled[RouteConfiguration]:
+    return Assembled(head, _VIRTUAL_HOSTS, hosts, previous)
+
+
+_VIRTUAL_HOSTS = RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
 
 
 def _virtual_host(

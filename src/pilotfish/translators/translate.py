@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from pilotfish.cache import Snapshot
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
+from pilotfish.translators.assembled import Messages
 from pilotfish.translators.changes import Changes
 from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
@@ -38,7 +39,7 @@ class Translation:
 
     proxy: Proxy
     listeners: tuple[Listener, ...]
-    routes: tuple[RouteConfiguration, ...]
+    routes: Sequence[RouteConfiguration]
     clusters: tuple[Cluster, ...]
     endpoints: tuple[ClusterLoadAssignment, ...]
     secrets: tuple[Secret, ...] = ()
@@ -58,10 +59,10 @@ class Translation:
     def snapshot(self, memo: TranslationMemo | None = None) -> Snapshot:
         """A cache snapshot; versions are `<translator version>/<content hash>`. With the
         `memo` of the last round, resources equal to last round's are not serialized again."""
-        resources: Mapping[str, Sequence[object]] = self.resources()
+        prefix = f"{self.translator_version}/"
         if memo is not None:
-            resources = memo.serialized(self.resources())
-        return Snapshot(resources, version_prefix=f"{self.translator_version}/")
+            return memo.snapshot(self.resources(), prefix)
+        return Snapshot(self.resources(), version_prefix=prefix)
 
 
 def translate(
@@ -93,11 +94,12 @@ def translate(
         memo.begin(changes)
     clusters, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
     listeners: list[Listener]
-    routes: list[RouteConfiguration]
+    routes: Sequence[RouteConfiguration]
     if proxy.kind == "gateway":
         listeners, routes = gateway_config(proxy, index, registry)
+        routes = tuple(routes)
     else:
-        routes = outbound_routes(proxy, index, registry, memo)
+        routes = Messages(outbound_routes(proxy, index, registry, memo))
         listeners = outbound_listeners(proxy, index, registry)
         inbound_listeners, inbound_clusters = inbound(proxy, registry, index, mtls=mtls)
         listeners += inbound_listeners
@@ -107,7 +109,7 @@ def translate(
     return Translation(
         proxy=proxy,
         listeners=tuple(listeners),
-        routes=tuple(routes),
+        routes=routes,
         clusters=tuple(clusters),
         endpoints=tuple(endpoints),
         secrets=tuple(sorted(secrets, key=lambda s: s.name)),

@@ -1,0 +1,109 @@
+"""A message kept as the serialized pieces it is made of, for the one huge resource of a mesh.
+
+A sidecar's route configuration holds a virtual host per service: 10,000 services make it 10 MB.
+One VirtualService edit changes one host, yet building the message copies all of them, and
+serializing, comparing and hashing it costs as much again. `Assembled` keeps the configuration
+as its head (every field but the hosts) and each host's bytes, serialized once per host object:
+the resource's bytes are one join, and the message is only built if someone asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar, overload
+
+from pilotfish.protos import Message, wire
+
+__all__ = ["Assembled", "Messages"]
+
+M = TypeVar("M", bound=Message)
+
+
+class Assembled(Generic[M]):
+    """`head` with `parts` as its repeated field `field_number`, serialized by joining the
+    bytes of the head's fields and each part's (framed) bytes; `data` equals the
+    deterministic serialization of the whole message."""
+
+    __slots__ = ("_data", "_message", "field_number", "framed", "head", "parts")
+
+    def __init__(
+        self,
+        head: M,
+        field_number: int,
+        parts: Sequence[Message],
+        previous: Assembled[M] | None = None,
+    ) -> None:
+        self.head = head
+        self.field_number = field_number
+        self.parts = list(parts)
+        # A part that is the very object of `previous` keeps its bytes (`previous` holds its
+        # parts, so no other object can have its id meanwhile).
+        known: dict[int, bytes] = {}
+        if previous is not None:
+            known = {id(p): f for p, f in zip(previous.parts, previous.framed, strict=True)}
+        self.framed: list[bytes] = [
+            known.get(id(part)) or wire.length_delimited(field_number, _bytes(part))
+            for part in self.parts
+        ]
+        self._data: bytes | None = None
+        self._message: M | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The whole message's deterministic serialization."""
+        if self._data is None:
+            before, after = wire.split_at_field(_bytes(self.head), self.field_number)
+            self._data = b"".join((before, *self.framed, after))
+        return self._data
+
+    def message(self) -> M:
+        """The message itself, built on first use."""
+        if self._message is None:
+            message: M = type(self.head).FromString(self.data)
+            self._message = message
+        return self._message
+
+
+def _bytes(message: Message) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+class Messages(Sequence[M]):
+    """Messages some of which may be `Assembled`: built when read, as they are given in
+    `items` (what a snapshot serializes from without building them)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[M | Assembled[M]]) -> None:
+        self.items = tuple(items)
+
+    @overload
+    def __getitem__(self, index: int) -> M: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[M]: ...
+
+    def __getitem__(self, index: int | slice) -> M | Sequence[M]:
+        if isinstance(index, slice):
+            return [_built(item) for item in self.items[index]]
+        return _built(self.items[index])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[M]:
+        return (_built(item) for item in self.items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # messages are not hashable either
+
+    def __repr__(self) -> str:
+        return f"Messages({list(self)!r})"
+
+
+def _built(item: M | Assembled[M]) -> M:
+    return item.message() if isinstance(item, Assembled) else item
