@@ -7,8 +7,9 @@ service port, the unit that ends up in a ClusterLoadAssignment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 __all__ = [
@@ -74,6 +75,22 @@ class Service:
     def port(self, number: int) -> ServicePort | None:
         """The port with this number, if the service has it."""
         return next((p for p in self.ports if p.number == number), None)
+
+    @cached_property
+    def key(self) -> Hashable:
+        """The service by value, hashable (its selector is a mapping, so the dataclass is
+        not); computed once per object, as translation asks for it per service per round."""
+        selector = tuple(sorted(self.selector.items())) if self.selector is not None else None
+        return (
+            self.hostname,
+            self.namespace,
+            self.ports,
+            self.resolution,
+            self.mesh_external,
+            self.addresses,
+            selector,
+            self.subject_alt_names,
+        )
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ __all__ = ["MemoStats", "TranslationMemo", "service_key"]
 T = TypeVar("T")
 
 _Read = tuple[str, tuple[Any, ...], Hashable]
+_MISSING = object()
 
 
 @dataclass(slots=True)
@@ -60,17 +61,7 @@ class _Unit:
 
 def service_key(service: Service) -> Hashable:
     """A service by value (its selector is a mapping, so the dataclass is not hashable)."""
-    selector = tuple(sorted(service.selector.items())) if service.selector is not None else None
-    return (
-        service.hostname,
-        service.namespace,
-        service.ports,
-        service.resolution,
-        service.mesh_external,
-        service.addresses,
-        selector,
-        service.subject_alt_names,
-    )
+    return service.key
 
 
 def _objects_token(objects: Sequence[ConfigObject], keep: list[object]) -> Hashable:
@@ -205,6 +196,8 @@ class TranslationMemo:
         self._by_name: dict[str, dict[str, Serialized]] = {}
         self._snapshot: Snapshot | None = None
         self._prefix = ""
+        self._remembered: dict[Hashable, Any] = {}
+        self._next_remembered: dict[Hashable, Any] = {}
         self._assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self._next_assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self.changes: Changes | None = None
@@ -249,6 +242,7 @@ class TranslationMemo:
                 self._note_reads(key, unit)
             self._stale = 0
         self._assembled, self._next_assembled = self._next_assembled, {}
+        self._remembered, self._next_remembered = self._next_remembered, {}
 
     def unit(
         self,
@@ -292,6 +286,15 @@ class TranslationMemo:
         self._note_reads(key, unit)
         self.stats.units_translated += 1
         return unit.value  # type: ignore[no-any-return]
+
+    def remember(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` for a value that depends only on `key` (and the proxy shape), kept while
+        it is asked for every round."""
+        found = self._remembered.get(key, _MISSING)
+        if found is _MISSING:
+            found = compute()
+        self._next_remembered[key] = found
+        return found  # type: ignore[no-any-return]
 
     def assembled(
         self, key: Hashable, parts: Sequence[Any], assemble: Callable[[T | None], T]

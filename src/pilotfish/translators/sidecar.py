@@ -89,7 +89,14 @@ def outbound_routes(
         used: set[str] = set()
         hosts = []
         for service in by_port[number]:
-            domains = [d for d in _domains(service, number, proxy, index.domain) if d not in used]
+            if memo is None:
+                every = tuple(_domains(service, number, proxy, index.domain))
+            else:
+                every = memo.remember(
+                    ("domains", service_key(service), number),
+                    partial(_domain_tuple, service, number, proxy, index.domain),
+                )
+            domains = every if used.isdisjoint(every) else [d for d in every if d not in used]
             used.update(domains)
 
             def compute(
@@ -116,6 +123,10 @@ def outbound_routes(
                 memo.assembled(("routes", number), hosts, partial(_assemble, config, hosts))
             )
     return configs
+
+
+def _domain_tuple(service: Service, port: int, proxy: Proxy, domain: str) -> tuple[str, ...]:
+    return tuple(_domains(service, port, proxy, domain))
 
 
 def _assemble(
