@@ -214,7 +214,11 @@ class Controller(Callbacks):
                 if registry is None or (
                     changes.registry and not registry.apply(delta.removed, delta.added)
                 ):
-                    self._registry = Registry.from_objects([*self._services, *self.store.objects()])
+                    revision, objects = self.store.snapshot()
+                    if revision != delta.revision:  # the store moved on meanwhile: start over
+                        self._revision, changes = revision, None
+                        self._index = ConfigIndex.build(objects)
+                    self._registry = Registry.from_objects([*self._services, *objects])
             self._changes = changes
             self._shapes = {}
             targets: dict[str, dict[str, str]] = {}
