@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from pilotfish.protos import (
@@ -62,16 +62,32 @@ class SnapshotStats:
     responses_built: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class _TypeResources:
-    version: str
-    by_name: Mapping[str, CachedResource]
-    names: frozenset[str]
-    digest: int | None  # the content hash, when the version is one (see `_digest`)
-    refs: Mapping[str, Mapping[str, set[str]]]  # what each resource names in other types
-    responses: dict[tuple[frozenset[str] | None, bool], PreparedResponse] = field(
-        default_factory=dict
-    )
+    """One type's resources in a snapshot (never changed once the snapshot is made)."""
+
+    __slots__ = ("_names", "by_name", "digest", "refs", "responses", "table", "version")
+
+    def __init__(
+        self,
+        version: str,
+        table: dict[str, CachedResource],
+        digest: int | None,
+        refs: dict[str, Mapping[str, set[str]]],
+    ) -> None:
+        self.version = version
+        self.table = table  # kept to be copied fast by `Snapshot.updated`; read via by_name
+        self.by_name: Mapping[str, CachedResource] = MappingProxyType(table)
+        self.digest = digest  # the content hash, when the version is one (see `_digest`)
+        self.refs = refs  # what each resource names in other types
+        self.responses: dict[tuple[frozenset[str] | None, bool], PreparedResponse] = {}
+        self._names: frozenset[str] | None = None
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The resource names (made when first asked: most updates never need them)."""
+        if self._names is None:
+            self._names = frozenset(self.table)
+        return self._names
 
 
 class Snapshot:
@@ -120,11 +136,10 @@ class Snapshot:
             fixed = given_versions.get(type_url) or version
             digest = None if fixed else _digest(table)
             self._types[type_url] = _TypeResources(
-                version=fixed or _version(version_prefix, digest or 0),
-                by_name=MappingProxyType(table),
-                names=frozenset(table),
-                digest=digest,
-                refs=MappingProxyType(refs_by_type[type_url]),
+                fixed or _version(version_prefix, digest or 0),
+                table,
+                digest,
+                refs_by_type[type_url],
             )
 
     def _prepare(
@@ -163,8 +178,8 @@ class Snapshot:
             entry = self._types[type_url]
             if entry.digest is None:
                 raise ValueError(f"{key}: a snapshot with a given version cannot be updated")
-            table = dict(entry.by_name)
-            refs_table = dict(entry.refs)
+            table = entry.table.copy()
+            refs_table = entry.refs.copy()
             digest = entry.digest
             for name in removed.get(key, ()):
                 old = table.pop(name, None)
@@ -189,11 +204,7 @@ class Snapshot:
                     refs_table.pop(name, None)
             digest &= _MASK
             new._types[type_url] = _TypeResources(
-                version=_version(self._prefix, digest),
-                by_name=MappingProxyType(table),
-                names=frozenset(table),
-                digest=digest,
-                refs=MappingProxyType(refs_table),
+                _version(self._prefix, digest), table, digest, refs_table
             )
         return new
 
