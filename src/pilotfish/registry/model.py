@@ -7,7 +7,8 @@ service port, the unit that ends up in a ClusterLoadAssignment.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
@@ -77,11 +78,12 @@ class Service:
         return next((p for p in self.ports if p.number == number), None)
 
     @cached_property
-    def key(self) -> Hashable:
-        """The service by value, hashable (its selector is a mapping, so the dataclass is
-        not); computed once per object, as translation asks for it per service per round."""
+    def key(self) -> str:
+        """The service by value, as a string (hashable where the dataclass is not: its
+        selector is a mapping). Made once per object; a string hashes once, as translation
+        looks its units up by it many times a round."""
         selector = tuple(sorted(self.selector.items())) if self.selector is not None else None
-        return (
+        value = (
             self.hostname,
             self.namespace,
             self.ports,
@@ -91,6 +93,8 @@ class Service:
             selector,
             self.subject_alt_names,
         )
+        digest = hashlib.blake2b(repr(value).encode(), digest_size=16).hexdigest()
+        return f"{self.hostname}#{digest}"
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ Library users call `add_service` / `add_workload` / `set_endpoints` directly.
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
 from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
@@ -38,6 +39,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 _Labels = tuple[tuple[str, str], ...]
+_GENERATIONS = itertools.count(1)
+T = TypeVar("T")
 
 
 class Registry:
@@ -57,6 +60,10 @@ class Registry:
         self._explicit: dict[str, tuple[Workload, ...]] = {}
         self._owners: dict[str, ConfigObject] = {}  # the object that defined each host
         self._sorted: list[Service] | None = None
+        self._derived: dict[str, tuple[int, Any]] = {}
+        self.generation = next(_GENERATIONS)
+        """Changes whenever the services (by value) change, in any registry: translation
+        reuses what it derived from the list of services while it stays the same."""
         # Translation asks for the same endpoints many times (every subset, every replay of a
         # memoized unit); any change to the registry forgets the answers.
         self._answers: dict[str, dict[tuple[int, _Labels | None], list[Endpoint]]] = {}
@@ -68,6 +75,7 @@ class Registry:
         with self._lock:
             self._answers.clear()
             self._sorted = None
+            self.generation = next(_GENERATIONS)
             self._services[service.hostname] = service
             self._owners.pop(service.hostname, None)
             if endpoints is not None:
@@ -84,6 +92,7 @@ class Registry:
         with self._lock:
             self._answers.clear()
             self._sorted = None
+            self.generation = next(_GENERATIONS)
             self._services.pop(hostname, None)
             self._explicit.pop(hostname, None)
             self._owners.pop(hostname, None)
@@ -172,11 +181,24 @@ class Registry:
         services a sidecar receives inbound traffic for)."""
         return [
             s
-            for s in self.services()
-            if s.selector
-            and s.namespace == namespace
-            and all(labels.get(k) == v for k, v in s.selector.items())
+            for s in self.derived("selecting", _selecting).get(namespace, ())
+            if all(labels.get(k) == v for k, v in (s.selector or {}).items())
         ]
+
+    def derived(self, name: str, compute: Callable[[list[Service]], T]) -> T:
+        """`compute(services())`, kept under `name` until the services change (`generation`):
+        groupings of every service that translation needs each round cost nothing while the
+        services stay the same. The value is shared: do not change it."""
+        with self._lock:
+            found = self._derived.get(name)
+            if found is not None and found[0] == self.generation:
+                value: T = found[1]
+                return value
+        generation = self.generation
+        value = compute(self.services())
+        with self._lock:
+            self._derived[name] = (generation, value)
+        return value
 
     # -- from manifests ---------------------------------------------------------------------
 
@@ -248,6 +270,13 @@ class Registry:
                         return False
                     new_hosts.add(service.hostname)
             workloads_changed = False
+            hosts = new_hosts | {
+                s.hostname
+                for obj in removed
+                if obj.kind == "ServiceEntry"
+                for s, _ in _service_entry(obj, self.domain)
+            }
+            before = {h: self._key(h) for h in hosts}
             for obj in removed:
                 if obj.kind == "ServiceEntry":
                     for service, _ in _service_entry(obj, self.domain):
@@ -271,15 +300,30 @@ class Registry:
                     workloads_changed = True
             if workloads_changed:
                 self._answers.clear()  # selectors pick workloads: not traced by host
+            if any(self._key(h) != key for h, key in before.items()):
+                self.generation = next(_GENERATIONS)
         return True
+
+    def _key(self, hostname: str) -> Hashable:
+        service = self._services.get(hostname)
+        return None if service is None else service.key
 
     def _drop(self, hostname: str) -> None:
         """Forget a host and the answers about it (lock held)."""
         if self._services.pop(hostname, None) is not None:
-            self._sorted = None
+            self._sorted = None  # `apply` decides whether that changed `generation`
         self._explicit.pop(hostname, None)
         self._owners.pop(hostname, None)
         self._answers.pop(hostname, None)
+
+
+def _selecting(services: list[Service]) -> dict[str, list[Service]]:
+    """Services with a selector, by namespace."""
+    found: dict[str, list[Service]] = {}
+    for service in services:
+        if service.selector:
+            found.setdefault(service.namespace, []).append(service)
+    return found
 
 
 def _of_entry(obj: ConfigObject) -> Workload:

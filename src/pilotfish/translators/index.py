@@ -187,12 +187,16 @@ class ConfigIndex:
 
     def peer_authentications(self) -> tuple[ConfigObject, ...]:
         """The PeerAuthentication objects (by namespace/name), without scanning `others`."""
-        look = self._look
-        if look.peer_authentications is None:
-            look.peer_authentications = tuple(
-                o for o in self.others if o.kind == "PeerAuthentication"
-            )
-        return look.peer_authentications
+        return self.of_kind("PeerAuthentication")
+
+    def of_kind(self, kind: str) -> tuple[ConfigObject, ...]:
+        """The objects of one kind kept in `others` (by namespace/name), scanned for once and
+        kept until an object of that kind changes."""
+        kinds = self._look.kinds
+        found = kinds.get(kind)
+        if found is None:
+            found = kinds[kind] = tuple(o for o in self.others if o.kind == kind)
+        return found
 
     # -- Gateways -------------------------------------------------------------------------
 
@@ -223,29 +227,27 @@ class _Lookups:
         self.exact_dr: dict[str, list[ConfigObject]] = {}
         self.wild_dr: list[tuple[str, ConfigObject]] = []
         self.merged: dict[str, dict[str, MergedRule | None]] = {}  # host, proxy namespace
-        self.peer_authentications: tuple[ConfigObject, ...] | None = None
+        self.kinds: dict[str, tuple[ConfigObject, ...]] = {}  # of `others`, by kind
         for vs in index.virtual_services:  # in index order: appending keeps lists sorted
             self._vs(vs, lambda items, item: items.append(item))
         for obj in index.destination_rules:
             self._dr(obj, lambda items, item: items.append(item))
 
     def add(self, obj: ConfigObject) -> None:
+        self.kinds.pop(obj.kind, None)
         if obj.kind == "VirtualService":
             self._vs(obj, _insert_item)
         elif obj.kind == "DestinationRule":
             self._dr(obj, _insert_item)
-        elif obj.kind == "PeerAuthentication":
-            self.peer_authentications = None
 
     def remove(self, obj: ConfigObject) -> None:
+        self.kinds.pop(obj.kind, None)
         if obj.kind == "VirtualService":
             self._vs(obj, _remove_item)
             self.hosts.pop(id(obj), None)
             self.gateway_names.pop(id(obj), None)
         elif obj.kind == "DestinationRule":
             self._dr(obj, _remove_item)
-        elif obj.kind == "PeerAuthentication":
-            self.peer_authentications = None
 
     def _vs(self, vs: ConfigObject, change: Callable[[list[Any], Any], None]) -> None:
         hosts = self.vs_hosts(vs)

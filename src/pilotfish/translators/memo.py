@@ -33,12 +33,11 @@ from pilotfish.translators.assembled import Assembled, Messages
 from pilotfish.translators.changes import Changes
 from pilotfish.translators.index import ConfigIndex, MergedRule
 
-__all__ = ["MemoStats", "TranslationMemo", "service_key"]
+__all__ = ["MemoStats", "Site", "TranslationMemo", "service_key"]
 
 T = TypeVar("T")
 
 _Read = tuple[str, tuple[Any, ...], Hashable]
-_MISSING = object()
 
 
 @dataclass(slots=True)
@@ -49,6 +48,17 @@ class MemoStats:
     units_translated: int = 0
     resources_reused: int = 0
     resources_serialized: int = 0
+
+
+@dataclass(slots=True)
+class Site:
+    """One call site's units, in order, as last translated (see `TranslationMemo.site`)."""
+
+    token: Hashable
+    keys: list[Any]
+    computes: dict[Any, Callable[[ConfigIndex, Registry], Any]]
+    values: dict[Any, Any]
+    extra: Any = None
 
 
 @dataclass(slots=True)
@@ -198,8 +208,8 @@ class TranslationMemo:
         self._snapshot: Snapshot | None = None
         self._prefix = ""
         self._lists: dict[str, Sequence[object]] = {}  # last round's, as given
-        self._remembered: dict[Hashable, Any] = {}
-        self._next_remembered: dict[Hashable, Any] = {}
+        self._sites: dict[Hashable, Site] = {}
+        self._next_sites: dict[Hashable, Site] = {}
         self._assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self._next_assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self.changes: Changes | None = None
@@ -212,7 +222,7 @@ class TranslationMemo:
         """Start a round of translation; `changes` since the last round, if known, spare
         replaying the lookups of units they cannot touch (None: replay every unit's)."""
         self.stats.units_reused = self.stats.units_translated = 0
-        self._next_units = {}
+        self._next_units, self._next_sites, self._next_assembled = {}, {}, {}
         self.changes = changes
         self._dirty = None
         touched = changes.touched() if changes is not None else None
@@ -244,7 +254,7 @@ class TranslationMemo:
                 self._note_reads(key, unit)
             self._stale = 0
         self._assembled, self._next_assembled = self._next_assembled, {}
-        self._remembered, self._next_remembered = self._next_remembered, {}
+        self._sites, self._next_sites = self._next_sites, {}
 
     def unit(
         self,
@@ -289,14 +299,41 @@ class TranslationMemo:
         self.stats.units_translated += 1
         return unit.value  # type: ignore[no-any-return]
 
-    def remember(self, key: Hashable, compute: Callable[[], T]) -> T:
-        """`compute()` for a value that depends only on `key` (and the proxy shape), kept while
-        it is asked for every round."""
-        found = self._remembered.get(key, _MISSING)
-        if found is _MISSING:
-            found = compute()
-        self._next_remembered[key] = found
-        return found  # type: ignore[no-any-return]
+    def site(
+        self, name: Hashable, token: Hashable, index: ConfigIndex, registry: Registry
+    ) -> Site | None:
+        """Last round's units of one call site (`record`), brought up to date, if this round
+        may patch them: the site was built over the same structure (`token`, e.g. the
+        registry's generation: the same services, so the same unit keys in the same order)
+        and the round knows which units the change touched. Then the touched units are
+        redone and every other is carried over without being looked at; None otherwise (the
+        caller visits everything and records the site again)."""
+        site = self._sites.get(name)
+        if site is None or site.token != token or self._dirty is None:
+            return None
+        units = self._units
+        self._next_units.update(zip(site.keys, map(units.__getitem__, site.keys), strict=True))
+        redo = [key for key in self._dirty if key in site.computes]
+        self.stats.units_reused += len(site.keys) - len(redo)
+        for key in redo:
+            site.values[key] = self.unit(key, site.computes[key], index, registry)
+        self._next_sites[name] = site
+        return site
+
+    def record(
+        self,
+        name: Hashable,
+        token: Hashable,
+        keys: list[Any],
+        computes: dict[Any, Callable[[ConfigIndex, Registry], Any]],
+        values: dict[Any, Any],
+        extra: Any = None,
+    ) -> Site:
+        """Remember a call site's units in order (each key's `compute` and value, from `unit`)
+        for `site` to patch in later rounds."""
+        site = Site(token, keys, computes, values, extra)
+        self._next_sites[name] = site
+        return site
 
     def assembled(
         self, key: Hashable, parts: Sequence[Any], assemble: Callable[[T | None], T]

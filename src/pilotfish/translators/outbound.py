@@ -6,6 +6,12 @@ by the subset's labels here, on the server side, as Istio does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
@@ -31,23 +37,37 @@ def outbound(
 ) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
     """Every service port's clusters, and a load assignment for each EDS cluster. With a
     `memo`, a service whose inputs did not change since the last round is not translated."""
-    clusters: list[Cluster] = []
-    assignments: list[ClusterLoadAssignment] = []
-    for service in registry.services():
-
-        def compute(
-            index: ConfigIndex, registry: Registry, service: Service = service
-        ) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
-            return _service_outbound(service, proxy, index, registry, auto_mtls)
-
-        if memo is None:
-            found, loads = compute(index, registry)
-        else:
-            key = ("outbound", service_key(service), auto_mtls)
-            found, loads = memo.unit(key, compute, index, registry)
-        clusters += found
-        assignments += loads
+    if memo is None:
+        outputs = [
+            _service_outbound(service, proxy, index, registry, auto_mtls)
+            for service in registry.services()
+        ]
+    else:
+        # While the services stay the same (`Registry.generation`), a round redoes only the
+        # services the change touched and visits no other.
+        name, token = ("outbound", auto_mtls), registry.generation
+        site = memo.site(name, token, index, registry)
+        if site is None:
+            keys: list[Any] = []
+            computes: dict[Any, Callable[[ConfigIndex, Registry], Any]] = {}
+            values: dict[Any, Any] = {}
+            for service in registry.services():
+                key = ("outbound", service_key(service), auto_mtls)
+                compute = partial(_unit, service, proxy, auto_mtls)
+                keys.append(key)
+                computes[key] = compute
+                values[key] = memo.unit(key, compute, index, registry)
+            site = memo.record(name, token, keys, computes, values)
+        outputs = list(map(site.values.__getitem__, site.keys))
+    clusters = list(chain.from_iterable(map(itemgetter(0), outputs)))
+    assignments = list(chain.from_iterable(map(itemgetter(1), outputs)))
     return clusters, assignments
+
+
+def _unit(
+    service: Service, proxy: Proxy, auto_mtls: bool, index: ConfigIndex, registry: Registry
+) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
+    return _service_outbound(service, proxy, index, registry, auto_mtls)
 
 
 def _service_outbound(

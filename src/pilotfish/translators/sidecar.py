@@ -8,8 +8,9 @@ rest are Istio-style virtual listeners (`bind_to_port: false`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
+from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
@@ -78,55 +79,93 @@ def outbound_routes(
     """One route configuration per HTTP service port, named by the port (`Assembled` ones when
     there is a `memo`: `Messages` builds them if asked). With a `memo`, a
     virtual host whose inputs did not change since the last round is not translated again."""
+    if memo is not None:
+        return _assembled_routes(proxy, index, registry, memo)
+    configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
+    for number, services in _by_port(registry).items():
+        config = _route_head(number)
+        config.virtual_hosts.extend(
+            _virtual_host(service, number, domains, proxy, index, registry)
+            for service, domains in _host_domains(services, number, proxy, index.domain)
+        )
+        configs.append(config)
+    return configs
+
+
+def _by_port(registry: Registry) -> dict[int, list[Service]]:
+    """HTTP services by port number, ports in order."""
     by_port: dict[int, list[Service]] = {}
     for service in registry.services():
         for port in service.ports:
             if port.is_http:
                 by_port.setdefault(port.number, []).append(service)
-    configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
-    for number in sorted(by_port):
-        config = RouteConfiguration(name=str(number), validate_clusters=_false())
-        used: set[str] = set()
-        hosts = []
-        for service in by_port[number]:
-            if memo is None:
-                every = tuple(_domains(service, number, proxy, index.domain))
-            else:
-                every = memo.remember(
-                    ("domains", service_key(service), number),
-                    partial(_domain_tuple, service, number, proxy, index.domain),
-                )
-            domains = every if used.isdisjoint(every) else [d for d in every if d not in used]
-            used.update(domains)
+    return dict(sorted(by_port.items()))
 
-            def compute(
-                index: ConfigIndex,
-                registry: Registry,
-                service: Service = service,
-                number: int = number,
-                domains: tuple[str, ...] = tuple(domains),
-            ) -> VirtualHost:
-                return _virtual_host(service, number, domains, proxy, index, registry)
 
-            if memo is None:
-                hosts.append(compute(index, registry))
-            else:
-                key = ("vhost", service_key(service), number, tuple(domains))
-                hosts.append(memo.unit(key, compute, index, registry))
-        if memo is None:
-            config.virtual_hosts.extend(hosts)
-            configs.append(config)
-        else:
-            # Kept as its hosts' bytes: one host changed costs one host (see `Assembled`), and
-            # with every host reused it is last round's object, which costs nothing at all.
-            configs.append(
-                memo.assembled(("routes", number), hosts, partial(_assemble, config, hosts))
+def _host_domains(
+    services: list[Service], number: int, proxy: Proxy, domain: str
+) -> Iterator[tuple[Service, tuple[str, ...]]]:
+    """Each service with the domains its virtual host answers (a domain only once per port)."""
+    used: set[str] = set()
+    for service in services:
+        every = tuple(_domains(service, number, proxy, domain))
+        domains = every if used.isdisjoint(every) else tuple(d for d in every if d not in used)
+        used.update(domains)
+        yield service, domains
+
+
+def _route_head(number: int) -> RouteConfiguration:
+    return RouteConfiguration(name=str(number), validate_clusters=_false())
+
+
+def _assembled_routes(
+    proxy: Proxy, index: ConfigIndex, registry: Registry, memo: TranslationMemo
+) -> list[RouteConfiguration | Assembled[RouteConfiguration]]:
+    """`outbound_routes` with a memo: virtual hosts as memoized units; while the services
+    stay the same (`Registry.generation`), a round redoes only the hosts the change touched
+    and visits no other service."""
+    token = registry.generation
+    ports = memo.site(("route ports",), token, index, registry)
+    sites = None
+    if ports is not None:
+        sites = [memo.site(("routes", n), token, index, registry) for n in ports.extra]
+    if sites is None or None in sites:
+        sites = []
+        by_port = _by_port(registry)
+        for number, services in by_port.items():
+            keys: list[Any] = []
+            computes: dict[Any, Callable[[ConfigIndex, Registry], Any]] = {}
+            values: dict[Any, Any] = {}
+            for service, domains in _host_domains(services, number, proxy, index.domain):
+                key = ("vhost", service_key(service), number, domains)
+                compute = partial(_host_unit, service, number, domains, proxy)
+                keys.append(key)
+                computes[key] = compute
+                values[key] = memo.unit(key, compute, index, registry)
+            sites.append(
+                memo.record(("routes", number), token, keys, computes, values, _route_head(number))
             )
+        memo.record(("route ports",), token, [], {}, {}, list(by_port))
+    configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
+    for site in sites:
+        assert site is not None
+        hosts = list(map(site.values.__getitem__, site.keys))
+        # Kept as its hosts' bytes: one host changed costs one host (see `Assembled`), and
+        # with every host reused it is last round's object, which costs nothing at all.
+        name = ("routes", site.extra.name)
+        configs.append(memo.assembled(name, hosts, partial(_assemble, site.extra, hosts)))
     return configs
 
 
-def _domain_tuple(service: Service, port: int, proxy: Proxy, domain: str) -> tuple[str, ...]:
-    return tuple(_domains(service, port, proxy, domain))
+def _host_unit(
+    service: Service,
+    number: int,
+    domains: tuple[str, ...],
+    proxy: Proxy,
+    index: ConfigIndex,
+    registry: Registry,
+) -> VirtualHost:
+    return _virtual_host(service, number, domains, proxy, index, registry)
 
 
 def _assemble(
@@ -182,13 +221,8 @@ def _false() -> BoolValue:
 
 def outbound_listeners(proxy: Proxy, index: ConfigIndex, registry: Registry) -> list[Listener]:
     """`0.0.0.0_<port>` for every service port: HTTP via RDS, otherwise tcp_proxy (TLS by SNI)."""
-    by_port: dict[int, list[tuple[Service, ServicePort]]] = {}
-    for service in registry.services():
-        for port in service.ports:
-            by_port.setdefault(port.number, []).append((service, port))
     result = []
-    for number in sorted(by_port):
-        members = by_port[number]
+    for number, members in registry.derived("ports", _ports).items():
         name = listener_name(number)
         bind = number in proxy.port_map
         address = proxy.address if bind else "0.0.0.0"
@@ -206,6 +240,15 @@ def outbound_listeners(proxy: Proxy, index: ConfigIndex, registry: Registry) -> 
             )
         )
     return result
+
+
+def _ports(services: list[Service]) -> dict[int, list[tuple[Service, ServicePort]]]:
+    """Every service port, by number (in order)."""
+    by_port: dict[int, list[tuple[Service, ServicePort]]] = {}
+    for service in services:
+        for port in service.ports:
+            by_port.setdefault(port.number, []).append((service, port))
+    return dict(sorted(by_port.items()))
 
 
 def _tcp_chains(
@@ -261,7 +304,8 @@ def inbound(
     seen: set[int] = set()
     # AuthorizationPolicies select workloads, not ports: one set of filters for every port.
     rbac = rbac_http_filters(
-        policies_for(index.others, proxy.namespace, proxy.labels), trust_domain=index.domain
+        policies_for(index.of_kind("AuthorizationPolicy"), proxy.namespace, proxy.labels),
+        trust_domain=index.domain,
     )
     for service in registry.services_of(proxy.namespace, proxy.labels):
         for port in service.ports:
