@@ -59,6 +59,10 @@ class Site:
     computes: dict[Any, Callable[[ConfigIndex, Registry], Any]]
     values: dict[Any, Any]
     extra: Any = None
+    changed: list[Any] = field(default_factory=list)
+    """The keys whose value is a new object this round."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """What the caller derived from the values (kept with the site, for it to patch)."""
 
 
 @dataclass(slots=True)
@@ -207,9 +211,11 @@ class TranslationMemo:
         self._by_name: dict[str, dict[str, Serialized]] = {}
         self._snapshot: Snapshot | None = None
         self._prefix = ""
-        self._lists: dict[str, Sequence[object]] = {}  # last round's, as given
+        self._lists: dict[str, Sequence[Message | Assembled[Any]]] = {}  # last round's
         self._sites: dict[Hashable, Site] = {}
         self._next_sites: dict[Hashable, Site] = {}
+        self._patched: list[Site] = []  # sites patched this round
+        self._recorded = False  # whether a site was recorded (visited whole) this round
         self._assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self._next_assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self.changes: Changes | None = None
@@ -223,6 +229,7 @@ class TranslationMemo:
         replaying the lookups of units they cannot touch (None: replay every unit's)."""
         self.stats.units_reused = self.stats.units_translated = 0
         self._next_units, self._next_sites, self._next_assembled = {}, {}, {}
+        self._patched, self._recorded = [], False
         self.changes = changes
         self._dirty = None
         touched = changes.touched() if changes is not None else None
@@ -247,7 +254,16 @@ class TranslationMemo:
 
     def end(self) -> None:
         """End the round: units not used in it are forgotten."""
-        self._units, self._next_units = self._next_units, {}
+        if not self._recorded:
+            # Every site was patched: the units are last round's, with the redone ones.
+            self._units.update(self._next_units)
+        else:
+            units = self._units
+            for site in self._patched:
+                carried = map(units.__getitem__, site.keys)
+                self._next_units.update(zip(site.keys, carried, strict=True))
+            self._units = self._next_units
+        self._next_units, self._patched, self._recorded = {}, [], False
         if self._stale > 2 * len(self._units) + 64:
             self._readers, self._kind_readers, self._stale = {}, {}, 0
             for key, unit in self._units.items():
@@ -311,12 +327,15 @@ class TranslationMemo:
         site = self._sites.get(name)
         if site is None or site.token != token or self._dirty is None:
             return None
-        units = self._units
-        self._next_units.update(zip(site.keys, map(units.__getitem__, site.keys), strict=True))
+        self._patched.append(site)  # its other units are carried over at `end`
         redo = [key for key in self._dirty if key in site.computes]
         self.stats.units_reused += len(site.keys) - len(redo)
+        site.changed = []
         for key in redo:
-            site.values[key] = self.unit(key, site.computes[key], index, registry)
+            value = self.unit(key, site.computes[key], index, registry)
+            if value is not site.values[key]:
+                site.values[key] = value
+                site.changed.append(key)
         self._next_sites[name] = site
         return site
 
@@ -333,6 +352,7 @@ class TranslationMemo:
         for `site` to patch in later rounds."""
         site = Site(token, keys, computes, values, extra)
         self._next_sites[name] = site
+        self._recorded = True
         return site
 
     def assembled(
@@ -389,7 +409,7 @@ class TranslationMemo:
             removed[key] = list(lost)
             items: list[Message | object] = []
             added[key] = items
-            for message in compress(messages, map(fresh.__contains__, map(id, messages))):
+            for message in fresh:
                 if isinstance(message, Assembled):
                     name = row.name_of(message.head)
                     if name in by_name:
@@ -422,15 +442,16 @@ class TranslationMemo:
 
 
 def _moved(
-    before: Sequence[object] | None, after: Sequence[object], given: Mapping[int, object]
-) -> tuple[set[int], set[int]]:
-    """The ids of `given` (last round's objects) no longer in `after`, and the ids in `after`
-    that are new. Lists of one length are compared position by position (`is not`, in C):
-    a few changed places, not 40,000 ids hashed; otherwise by sets of ids."""
+    before: Sequence[T] | None, after: Sequence[T], given: Mapping[int, object]
+) -> tuple[set[int], list[T]]:
+    """The ids of `given` (last round's objects) no longer in `after`, and the objects in
+    `after` that are new, in order. Lists of one length are compared position by position
+    (`is not`, in C): a few changed places, not 40,000 ids hashed; otherwise by sets of ids."""
     if before is not None and len(before) == len(after):
         places = list(compress(range(len(after)), map(is_not, before, after)))
         old = {id(before[i]) for i in places}
         new = {id(after[i]) for i in places}
-        return old - new, new - old
+        return old - new, [after[i] for i in places if id(after[i]) not in old]
     ids = set(map(id, after))
-    return given.keys() - ids, ids - given.keys()
+    fresh = ids - given.keys()
+    return given.keys() - ids, list(compress(after, map(fresh.__contains__, map(id, after))))
