@@ -278,7 +278,9 @@ class LinearCache:
         if response is None:
             chosen = self._matching(names)
             version = self._sotw_version(names)
-            body = wire.discovery_response_body(version, self.type_url, (r.any for r in chosen))
+            body = wire.discovery_response_body(
+                version, self.type_url, (r.sotw_parts(False) for r in chosen)
+            )
             response = PreparedResponse(
                 self.type_url, version, frozenset(r.name for r in chosen), body
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pilotfish.protos import RESOURCE_TYPES, RESOURCE_WRAPPER_TYPE, Message, resource_type, wire
 
@@ -12,8 +12,10 @@ __all__ = ["CachedResource", "Serialized", "WithTtl", "content_version", "to_mes
 
 
 def content_version(data: bytes) -> str:
-    """A short content hash used as a version: equal bytes, equal version, on every server."""
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+    """A short content hash used as a version: equal bytes, equal version, on every server.
+    (SHA-256, cut to 64 bits: with the CPU's SHA instructions twice as fast as BLAKE2b on a
+    10 MB route configuration.)"""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def to_message(type_url: str, resource: object) -> Message:
@@ -50,18 +52,22 @@ class WithTtl:
 @dataclass(frozen=True, slots=True)
 class CachedResource:
     """One resource: name, deterministic bytes, content version, and the wrappers responses
-    carry (`any` for state-of-the-world, `resource` for delta), all built once."""
+    carry (`any` for state-of-the-world, `resource` for delta). The wrappers of `data` are
+    joined only when first asked for, and responses join `sotw_parts` themselves: a 10 MB
+    route configuration is not copied twice more at every change."""
 
     type_url: str
     name: str
     data: bytes
-    any: bytes
+    any_head: bytes
+    """The `Any`'s type URL field and the head of its value field: `any` is this + `data`."""
     version: str
-    resource: bytes
     ttl: float | None = None
     ttl_any: bytes = b""
     heartbeat_any: bytes = b""
     heartbeat_resource: bytes = b""
+    _any: bytes | None = field(default=None, compare=False, repr=False)
+    _resource: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, type_url: str, message: Message, ttl: float | None = None) -> CachedResource:
@@ -76,27 +82,47 @@ class CachedResource:
         """A resource already serialized (deterministically) as `data`, with its wrappers."""
         # A TTL is part of what the client is told: changing it is a new version.
         version = content_version(data if ttl is None else data + f"\0ttl={ttl!r}".encode())
-        any_data = wire.any_bytes(type_url, data)
-        resource = wire.resource_bytes(name, version, any_data, ttl)
+        head = wire.any_head(type_url, len(data))
         if ttl is None:
-            return cls(type_url, name, data, any_data, version, resource)
+            return cls(type_url, name, data, head, version)
+        resource = wire.resource_bytes(name, version, (head, data), ttl)
         heartbeat = wire.resource_bytes(name, version, None, ttl)
         return cls(
             type_url,
             name,
             data,
-            any_data,
+            head,
             version,
-            resource,
             ttl=ttl,
             ttl_any=wire.any_bytes(RESOURCE_WRAPPER_TYPE, resource),
             heartbeat_any=wire.any_bytes(RESOURCE_WRAPPER_TYPE, heartbeat),
             heartbeat_resource=heartbeat,
+            _resource=resource,
         )
 
-    def sotw_any(self, ttl_aware: bool) -> bytes:
-        """What a SotW response carries: the `Resource` wrapper with its TTL where understood."""
-        return self.ttl_any if ttl_aware and self.ttl is not None else self.any
+    @property
+    def any(self) -> bytes:
+        """The serialized `Any` holding the resource."""
+        if self._any is None:
+            object.__setattr__(self, "_any", b"".join((self.any_head, self.data)))
+        assert self._any is not None
+        return self._any
+
+    @property
+    def resource(self) -> bytes:
+        """The serialized delta `Resource` wrapper (name, version, the `Any`, its TTL)."""
+        if self._resource is None:
+            joined = wire.resource_bytes(self.name, self.version, (self.any_head, self.data))
+            object.__setattr__(self, "_resource", joined)
+        assert self._resource is not None
+        return self._resource
+
+    def sotw_parts(self, ttl_aware: bool) -> tuple[bytes, ...]:
+        """What a SotW response carries, in parts to join: the `Any`, or the `Resource`
+        wrapper with its TTL where understood."""
+        if ttl_aware and self.ttl is not None:
+            return (self.ttl_any,)
+        return self.any_head, self.data
 
     def message(self) -> Message:
         """A fresh copy of the message; changing it changes nothing in the cache."""

@@ -267,7 +267,7 @@ class Snapshot:
         else:
             chosen = [entry.by_name[n] for n in sorted(names) if n in entry.by_name]
         body = wire.discovery_response_body(
-            entry.version, type_url, (r.sotw_any(ttl_aware) for r in chosen)
+            entry.version, type_url, (r.sotw_parts(ttl_aware) for r in chosen)
         )
         heartbeat = None
         if ttl_aware and any(r.ttl is not None for r in chosen):

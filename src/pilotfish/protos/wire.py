@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "any_bytes",
+    "any_head",
     "delta_response_body",
     "discovery_response_body",
     "duration",
@@ -126,19 +127,31 @@ def split_at_field(data: bytes, field_number: int) -> tuple[bytes, bytes]:
     return data, b""
 
 
+def any_head(type_url: str, size: int) -> bytes:
+    """The start of a serialized `Any` holding a value of `size` bytes: the value follows."""
+    return length_delimited(_ANY_TYPE_URL, type_url.encode()) + _field_head(_ANY_VALUE, size)
+
+
 def any_bytes(type_url: str, value: bytes) -> bytes:
     """The serialized `google.protobuf.Any` holding `value`."""
     url = length_delimited(_ANY_TYPE_URL, type_url.encode())
     return b"".join((url, _field_head(_ANY_VALUE, len(value)), value))
 
 
-def discovery_response_body(version: str, type_url: str, resources: Iterable[bytes]) -> bytes:
-    """A DiscoveryResponse without its nonce; `resources` are serialized `Any` messages."""
+def discovery_response_body(
+    version: str, type_url: str, resources: Iterable[bytes | tuple[bytes, ...]]
+) -> bytes:
+    """A DiscoveryResponse without its nonce; `resources` are serialized `Any` messages, each
+    as bytes or as parts to join (`CachedResource.sotw_parts`)."""
     parts = [length_delimited(_RESPONSE_VERSION_INFO, version.encode())]
     tag = (_RESPONSE_RESOURCES << 3) | _WIRE_LEN
     for item in resources:  # head and bytes apart: each resource is copied once, by join
-        parts.append(_head(tag, len(item)))
-        parts.append(item)
+        if isinstance(item, bytes):
+            parts.append(_head(tag, len(item)))
+            parts.append(item)
+        else:
+            parts.append(_head(tag, sum(map(len, item))))
+            parts.extend(item)
     parts.append(length_delimited(_RESPONSE_TYPE_URL, type_url.encode()))
     return b"".join(parts)
 
@@ -168,13 +181,15 @@ def duration(seconds: float) -> bytes:
 
 
 def resource_bytes(
-    name: str, version: str, any_data: bytes | None, ttl: float | None = None
+    name: str, version: str, any_data: bytes | tuple[bytes, ...] | None, ttl: float | None = None
 ) -> bytes:
-    """A serialized `Resource` wrapper: name, version, the `Any` (absent in a TTL heartbeat)
-    and an optional TTL."""
+    """A serialized `Resource` wrapper: name, version, the `Any` (bytes, or parts to join;
+    absent in a TTL heartbeat) and an optional TTL."""
     parts = [length_delimited(_RESOURCE_VERSION, version.encode())]
     if any_data is not None:
-        parts += (_field_head(_RESOURCE_RESOURCE, len(any_data)), any_data)
+        pieces = (any_data,) if isinstance(any_data, bytes) else any_data
+        parts.append(_field_head(_RESOURCE_RESOURCE, sum(map(len, pieces))))
+        parts += pieces
     parts.append(length_delimited(_RESOURCE_NAME, name.encode()))
     if ttl is not None:
         parts.append(length_delimited(_RESOURCE_TTL, duration(ttl)))

@@ -415,8 +415,10 @@ class TranslationMemo:
                     if name in by_name:
                         raise ValueError(f"two {key} resources named {name!r}")
                     item: Serialized | None = lost.get(name)
-                    # Bytes compared, not messages: building a 10 MB message costs more.
-                    if item is None or item.cached.data != message.data:
+                    # Compared by its pieces' bytes: building a 10 MB message costs more.
+                    if item is None or not (
+                        isinstance(item.message, Assembled) and item.message.same_bytes(message)
+                    ):
                         cached = CachedResource.of_data(row.type_url, name, message.data)
                         item = Serialized(message, cached, references(message.head))
                         serialized += 1
