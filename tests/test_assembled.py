@@ -7,8 +7,8 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pilotfish.cache import Assembled, Messages
 from pilotfish.protos import wire
-from pilotfish.translators.assembled import Assembled, Messages
 
 HOSTS = RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
 names = st.text(alphabet="abcdefgh.-:", min_size=1, max_size=300)
@@ -44,6 +44,9 @@ def test_assembled_bytes_are_the_message_serialized(
     whole.virtual_hosts.extend(changed)
     assert again.data == whole.SerializeToString(deterministic=True)
     assert list(Messages([again, head])) == [whole, head]
+    # Versions come from the pieces: equal pieces, equal version; a changed piece, another.
+    assert Assembled(head, HOSTS, changed).version == again.version
+    assert (again.version == assembled.version) == (again.data == assembled.data)
 
 
 def test_split_at_field_finds_the_place_of_a_missing_field() -> None:

@@ -6,6 +6,7 @@ per-resource versions) and `MuxCache` (several caches behind one watcher, by typ
 
 from __future__ import annotations
 
+from .assembled import Assembled, Messages
 from .linear import LinearCache
 from .mux import MuxCache
 from .node_hash import NodeHash, by_cluster, by_id
@@ -15,9 +16,11 @@ from .snapshot_cache import SnapshotCache
 from .status import NodeStatus, StatusTable, TypeStatus
 
 __all__ = [
+    "Assembled",
     "CachedResource",
     "Consistency",
     "LinearCache",
+    "Messages",
     "MuxCache",
     "NodeHash",
     "NodeStatus",

@@ -58,7 +58,9 @@ class CachedResource:
 
     type_url: str
     name: str
-    data: bytes
+    pieces: tuple[bytes, ...]
+    """The serialized resource, in the pieces it was made of (`Assembled`; usually one):
+    responses join them straight into their body, `data` joins them when asked."""
     any_head: bytes
     """The `Any`'s type URL field and the head of its value field: `any` is this + `data`."""
     version: str
@@ -68,6 +70,7 @@ class CachedResource:
     heartbeat_resource: bytes = b""
     _any: bytes | None = field(default=None, compare=False, repr=False)
     _resource: bytes | None = field(default=None, compare=False, repr=False)
+    _data: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, type_url: str, message: Message, ttl: float | None = None) -> CachedResource:
@@ -77,20 +80,31 @@ class CachedResource:
 
     @classmethod
     def of_data(
-        cls, type_url: str, name: str, data: bytes, ttl: float | None = None
+        cls,
+        type_url: str,
+        name: str,
+        data: bytes | tuple[bytes, ...],
+        ttl: float | None = None,
+        *,
+        version: str | None = None,
     ) -> CachedResource:
-        """A resource already serialized (deterministically) as `data`, with its wrappers."""
+        """A resource already serialized (deterministically) as `data` (or in pieces, with
+        its `version` given), with its wrappers; `version`: its content hash if already known
+        (`Assembled.version`)."""
+        pieces = (data,) if isinstance(data, bytes) else data
         # A TTL is part of what the client is told: changing it is a new version.
-        version = content_version(data if ttl is None else data + f"\0ttl={ttl!r}".encode())
-        head = wire.any_head(type_url, len(data))
+        if version is None or ttl is not None:
+            joined = b"".join(pieces)
+            version = content_version(joined if ttl is None else joined + f"\0ttl={ttl!r}".encode())
+        head = wire.any_head(type_url, sum(map(len, pieces)))
         if ttl is None:
-            return cls(type_url, name, data, head, version)
-        resource = wire.resource_bytes(name, version, (head, data), ttl)
+            return cls(type_url, name, pieces, head, version)
+        resource = wire.resource_bytes(name, version, (head, *pieces), ttl)
         heartbeat = wire.resource_bytes(name, version, None, ttl)
         return cls(
             type_url,
             name,
-            data,
+            pieces,
             head,
             version,
             ttl=ttl,
@@ -101,10 +115,20 @@ class CachedResource:
         )
 
     @property
+    def data(self) -> bytes:
+        """The serialized resource (its pieces joined, once)."""
+        if len(self.pieces) == 1:
+            return self.pieces[0]
+        if self._data is None:
+            object.__setattr__(self, "_data", b"".join(self.pieces))
+        assert self._data is not None
+        return self._data
+
+    @property
     def any(self) -> bytes:
         """The serialized `Any` holding the resource."""
         if self._any is None:
-            object.__setattr__(self, "_any", b"".join((self.any_head, self.data)))
+            object.__setattr__(self, "_any", b"".join((self.any_head, *self.pieces)))
         assert self._any is not None
         return self._any
 
@@ -112,8 +136,10 @@ class CachedResource:
     def resource(self) -> bytes:
         """The serialized delta `Resource` wrapper (name, version, the `Any`, its TTL)."""
         if self._resource is None:
-            joined = wire.resource_bytes(self.name, self.version, (self.any_head, self.data))
-            object.__setattr__(self, "_resource", joined)
+            parts = (self.any_head, *self.pieces)
+            object.__setattr__(
+                self, "_resource", wire.resource_bytes(self.name, self.version, parts)
+            )
         assert self._resource is not None
         return self._resource
 
@@ -122,7 +148,7 @@ class CachedResource:
         wrapper with its TTL where understood."""
         if ttl_aware and self.ttl is not None:
             return (self.ttl_any,)
-        return self.any_head, self.data
+        return (self.any_head, *self.pieces)
 
     def message(self) -> Message:
         """A fresh copy of the message; changing it changes nothing in the cache."""

@@ -19,6 +19,7 @@ from pilotfish.protos import (
 )
 from pilotfish.xds import PreparedResponse
 
+from .assembled import Assembled, Messages
 from .resource import CachedResource, Serialized, WithTtl, to_message
 
 __all__ = ["Consistency", "Snapshot", "SnapshotStats"]
@@ -124,7 +125,7 @@ class Snapshot:
             type_url = resource_type(key).type_url
             table = by_type[type_url]
             type_refs = refs_by_type[type_url]
-            for item in items:
+            for item in items.items if isinstance(items, Messages) else items:
                 cached, refs = self._prepare(type_url, item)
                 if cached.name in table:
                     raise ValueError(f"two {key} resources named {cached.name!r}")
@@ -146,6 +147,12 @@ class Snapshot:
         self, type_url: str, item: Message | object
     ) -> tuple[CachedResource, Mapping[str, set[str]]]:
         """An item as given (message, `WithTtl` or `Serialized`): its bytes and references."""
+        if isinstance(item, Assembled):
+            head = item.head
+            name = resource_type(type_url).name_of(head)
+            cached = CachedResource.of_data(type_url, name, item.pieces, version=item.version)
+            self.stats.resources_serialized += 1
+            return cached, references(head)
         if isinstance(item, Serialized):
             cached, refs = item.cached, item.refs
             if refs is None:

@@ -25,11 +25,10 @@ from itertools import compress
 from operator import is_not
 from typing import Any, TypeVar
 
-from pilotfish.cache import CachedResource, Serialized, Snapshot
+from pilotfish.cache import Assembled, CachedResource, Messages, Serialized, Snapshot
 from pilotfish.protos import Message, references, resource_type
 from pilotfish.registry import Endpoint, Registry, Service
 from pilotfish.sources import ConfigObject
-from pilotfish.translators.assembled import Assembled, Messages
 from pilotfish.translators.changes import Changes
 from pilotfish.translators.index import ConfigIndex, MergedRule
 
@@ -419,7 +418,9 @@ class TranslationMemo:
                     if item is None or not (
                         isinstance(item.message, Assembled) and item.message.same_bytes(message)
                     ):
-                        cached = CachedResource.of_data(row.type_url, name, message.data)
+                        cached = CachedResource.of_data(
+                            row.type_url, name, message.pieces, version=message.version
+                        )
                         item = Serialized(message, cached, references(message.head))
                         serialized += 1
                     given[id(message)] = by_name[name] = item

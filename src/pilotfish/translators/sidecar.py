@@ -28,9 +28,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import BoolValue
 
+from pilotfish.cache import Assembled
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
 from pilotfish.registry import Registry, Service, ServicePort
-from pilotfish.translators.assembled import Assembled
 from pilotfish.translators.authorization import policies_for, rbac_http_filters
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
@@ -83,12 +83,12 @@ def outbound_routes(
         return _assembled_routes(proxy, index, registry, memo)
     configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
     for number, services in _by_port(registry).items():
-        config = _route_head(number)
-        config.virtual_hosts.extend(
+        hosts = [
             _virtual_host(service, number, domains, proxy, index, registry)
             for service, domains in _host_domains(services, number, proxy, index.domain)
-        )
-        configs.append(config)
+        ]
+        # Assembled as with a memo, so both give the same version (`Assembled.version`).
+        configs.append(Assembled(_route_head(number), _VIRTUAL_HOSTS, hosts))
     return configs
 
 

@@ -16,10 +16,9 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from pilotfish.cache import Snapshot
+from pilotfish.cache import Messages, Snapshot
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
-from pilotfish.translators.assembled import Messages
 from pilotfish.translators.changes import Changes
 from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
