@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import multiprocessing
 import os
@@ -233,6 +234,11 @@ async def _serve(
     transport: Transport,
     port: int,
 ) -> None:
+    # PILOTFISH_BENCH_PROFILE=PATH: cProfile this server worker, written to PATH.<pid>.
+    profile_to = os.environ.get("PILOTFISH_BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler is not None:
+        profiler.enable()
     snapshot = build_snapshot(clusters, endpoints, 0)
     cache = SnapshotCache(node_hash=by_cluster)
     cache.set_snapshot(NODE_CLUSTER, snapshot)
@@ -288,6 +294,9 @@ async def _serve(
     finally:
         inbox.close()
         await server.stop(0.5)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_to}.{os.getpid()}")
     conn.send(("stopped",))
 
 

@@ -22,7 +22,8 @@ Rules (xDS protocol, state-of-the-world):
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +40,7 @@ _EMPTY: frozenset[str] = frozenset()
 _KEYED = 8
 """Above this many names, an unchanged list is recognised by its wire bytes (see `_span`)."""
 _VERSION_TAG = 0x0A  # DiscoveryRequest.version_info, field 1, length-delimited
+_NODE_TAG = 0x12  # DiscoveryRequest.node, field 2, length-delimited
 
 
 @dataclass(slots=True)
@@ -201,6 +203,7 @@ class SotwStream:
         listed = request.resource_names
         count = len(listed)
         repeated = not first and count == len(state.request_names)
+        shared: _Names | None = None
         if count > _KEYED:
             # An ACK repeats the list; with many names, making a str of each to compare costs
             # more than the rest of the ACK. Equal bytes (see `_span`) mean equal names.
@@ -210,19 +213,21 @@ class SotwStream:
             if repeated and stop - start == len(known) and data.startswith(known, start):
                 return False
             state.request_key = data[start:stop]
+            # Every proxy of a kind asks for the same long list (all of EDS): the names
+            # parsed for one stream serve the others, found by their bytes.
+            shared = _shared_names(data, start, stop, listed)
         elif repeated and (count == 0 or tuple(listed) == state.request_names):
             return False  # the common ACK: same list as before, no set built
-        # Interned: every stream's names are then the same str objects, kept once, and the
-        # cache's lookups of a subscription (once per client and push) compare them by identity.
-        request_names = tuple(map(sys.intern, listed))
+        if shared is None:
+            # Interned: every stream's names are then the same str objects, kept once, and the
+            # cache's lookups of a subscription compare them by identity.
+            shared = _parsed(tuple(map(sys.intern, listed)))
+        request_names = shared.request_names
         if repeated and request_names == state.request_names:
             return False
         state.request_names = request_names
         if request_names:
-            names = frozenset(request_names)
-            wildcard = WILDCARD in names
-            if wildcard:
-                names = names - {WILDCARD}
+            names, wildcard = shared.names, shared.wildcard
             legacy = False
         else:
             names = _EMPTY
@@ -241,6 +246,42 @@ class SotwStream:
         if removed or wildcard_off:
             events.append(Unsubscribed(state.type_url, removed, wildcard_off))
         return bool(first or added or removed or wildcard_on or wildcard_off)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """A requested name list, parsed: as listed (interned), as a set without `*`, and
+    whether `*` was in it."""
+
+    request_names: tuple[str, ...]
+    names: frozenset[str]
+    wildcard: bool
+
+
+def _parsed(request_names: tuple[str, ...]) -> _Names:
+    names = frozenset(request_names)
+    wildcard = WILDCARD in names
+    return _Names(request_names, names - {WILDCARD} if wildcard else names, wildcard)
+
+
+# The long name lists parsed lately, by their bytes (a few kinds of proxies send most of them).
+_RECENT: deque[tuple[bytes, _Names]] = deque(maxlen=8)
+
+
+def _shared_names(data: bytes, start: int, stop: int, listed: Sequence[str]) -> _Names:
+    """The names of a request whose wire bytes are `data`, `start:stop` as `_span` gives,
+    parsed once for all the streams that send the same list: the key is those bytes without a
+    leading node field (the proxy's own), so equal keys hold equal names."""
+    if start < stop and data[start] == _NODE_TAG:
+        length, after = wire.read_varint(data, start + 1)
+        start = after + length
+    key = data[start:stop]
+    for known, parsed in tuple(_RECENT):
+        if len(known) == len(key) and known == key:
+            return parsed
+    parsed = _parsed(tuple(map(sys.intern, listed)))
+    _RECENT.append((key, parsed))
+    return parsed
 
 
 def _span(data: bytes, request: DiscoveryRequest) -> tuple[int, int]:
