@@ -37,10 +37,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Literal
-
-import grpc
-import grpc.aio
+from typing import TYPE_CHECKING, Any, Literal
 
 from pilotfish.cache import Snapshot, SnapshotCache, by_cluster
 from pilotfish.protos import (
@@ -61,6 +58,9 @@ from pilotfish.xds.server import Transport, XdsServer
 if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import h2client, machine
+
+if TYPE_CHECKING:  # the grpc client is imported when used: server workers run without grpc
+    import grpc.aio
 
 __all__ = ["build_snapshot", "main", "response_fields", "run"]
 
@@ -517,6 +517,8 @@ class _Proxy:
 
     async def run_grpc(self, address: str) -> None:
         """The proxy over grpc.aio: its own channel (so its own TCP connection)."""
+        import grpc.aio
+
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         call: grpc.aio.StreamStreamCall[bytes, bytes] = self.channel.stream_stream(
             ADS_METHOD, request_serializer=None, response_deserializer=None
@@ -965,6 +967,8 @@ def run_one(
 
 def machine_info() -> dict[str, Any]:
     """Enough to tell whose numbers these are."""
+    import grpc
+
     return machine.machine_info(
         grpcio=grpc.__version__, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)
     )

@@ -905,3 +905,28 @@ def test_envoy_reconnects_at_the_maximum_connection_age_and_keeps_its_config(
             assert rejected and not any(rejected.values()), rejected
             updates = envoy.stat("http.ingress_http.rds.local_route.update_success")
             assert updates == 2  # the first config and green: no resend on reconnecting
+
+
+NATIVE_ONLY = """
+import asyncio, sys
+from pilotfish.cache import SnapshotCache
+from pilotfish.xds.server import XdsServer
+
+async def main():
+    async with XdsServer(SnapshotCache(), transport="native") as server:
+        await asyncio.sleep(0)
+        print(server.port > 0, server.refused, "grpc" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_the_native_transport_runs_without_loading_grpc() -> None:
+    # grpc costs about 20 MB of memory: a server on the native transport must not load it.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NATIVE_ONLY], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "{}", "False"]

@@ -382,7 +382,7 @@ class _Connection(asyncio.BufferedProtocol):
         assert handler.refusal is not None
         self.listener.run(handler.refuse())
         code, reason = handler.refusal
-        self.h2.end_stream(h2_id, code.value[0], reason)
+        self.h2.end_stream(h2_id, code, reason)
 
     def _on_closed(self, event: StreamClosed) -> None:
         stream = self.streams.pop(event.stream_id, None)

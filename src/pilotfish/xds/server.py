@@ -25,10 +25,7 @@ import logging
 import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal, NoReturn, TypeAlias
-
-import grpc
-import grpc.aio
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 
 from pilotfish.errors import RemoteProtocolError
 from pilotfish.protos import (
@@ -44,6 +41,10 @@ from pilotfish.xds.debug import describe_session
 from pilotfish.xds.native import NativeListener, native_tls
 from pilotfish.xds.streams import ServerStreams, StreamHandler
 from pilotfish.xds.watch import ConfigWatcher
+
+if TYPE_CHECKING:  # grpc is imported only by the grpc transport: the native one runs without
+    import grpc
+    import grpc.aio
 
 __all__ = ["DEFAULT_OPTIONS", "Transport", "XdsServer", "native_tls", "server_credentials"]
 
@@ -64,8 +65,8 @@ DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
 Transport: TypeAlias = Literal["grpc", "native"]
 
 _Request: TypeAlias = DiscoveryRequest | DeltaDiscoveryRequest
-_Context: TypeAlias = grpc.aio.ServicerContext[_Request, bytes]
-_Behavior = Callable[[AsyncIterator[_Request], _Context], AsyncIterator[bytes]]
+_Context: TypeAlias = "grpc.aio.ServicerContext[_Request, bytes]"
+_Behavior: TypeAlias = Callable[[AsyncIterator[_Request], _Context], AsyncIterator[bytes]]
 
 
 class _GrpcStream:
@@ -93,6 +94,8 @@ def server_credentials(
     signs client certificates, which are required unless `require_client_auth` is False."""
     if require_client_auth and not ca_pem:
         raise ValueError("require_client_auth needs ca_pem, the CA of the client certificates")
+    import grpc
+
     return grpc.ssl_server_credentials(
         [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=require_client_auth
     )
@@ -137,7 +140,7 @@ class XdsServer:
             raise ValueError("max_connection_age must be positive (or None: no maximum)")
         if max_connection_age_grace < 0:
             raise ValueError("max_connection_age_grace must not be negative")
-        if transport == "native" and isinstance(credentials, grpc.ServerCredentials):
+        if transport == "native" and not isinstance(credentials, ssl.SSLContext | None):
             raise TypeError("the native transport takes an ssl.SSLContext (see native_tls)")
         if transport == "grpc" and isinstance(credentials, ssl.SSLContext):
             raise TypeError("the grpc transport takes grpc.ServerCredentials")
@@ -152,7 +155,6 @@ class XdsServer:
             authenticator=authenticator,
             dispatch=self._dispatch,
         )
-        self.refused: dict[grpc.StatusCode, int] = self._streams.refused
         self.transport: Transport = transport
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -172,6 +174,11 @@ class XdsServer:
         self._foreign: list[Callable[[], None]] = []
         self._foreign_lock = threading.Lock()
         self.port = 0
+
+    @property
+    def refused(self) -> dict[grpc.StatusCode, int]:
+        """Streams refused so far, by the status they were ended with."""
+        return {_grpc_code(status): count for status, count in self._streams.refused.items()}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -226,6 +233,8 @@ class XdsServer:
             )
             self.port = await self._native.start(address)
         else:
+            import grpc.aio
+
             self._server = grpc.aio.server(options=self._options)
             self.register(self._server)
             if isinstance(self._credentials, grpc.ServerCredentials):
@@ -338,6 +347,8 @@ class XdsServer:
                 await self._refuse(context, handler)
         except RemoteProtocolError as error:
             _log.warning("stream %d: %s", handler.stream_id, error)
+            import grpc
+
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
             if reader is not None:
@@ -349,7 +360,8 @@ class XdsServer:
         assert handler.refusal is not None
         for result in handler.refuse():
             await _run(result)
-        await context.abort(*handler.refusal)
+        status, reason = handler.refusal
+        await context.abort(_grpc_code(status), reason)
 
     async def _read(
         self, handler: StreamHandler, stream: _GrpcStream, requests: AsyncIterator[_Request]
@@ -372,6 +384,8 @@ def _service_handler(
     behavior: Callable[[str | None, bool], _Behavior],
     type_url: str | None = None,
 ) -> grpc.GenericRpcHandler:
+    import grpc
+
     handlers: dict[str, grpc.RpcMethodHandler[_Request, bytes]] = {}
     for path, delta, request in (
         (methods.stream, False, DiscoveryRequest),
@@ -384,6 +398,13 @@ def _service_handler(
                 response_serializer=None,
             )
     return grpc.method_handlers_generic_handler(methods.service, handlers)
+
+
+def _grpc_code(status: int) -> grpc.StatusCode:
+    """grpc's enum member for a gRPC status number."""
+    import grpc
+
+    return next(code for code in grpc.StatusCode if code.value[0] == status)
 
 
 async def _run(result: HookResult) -> None:

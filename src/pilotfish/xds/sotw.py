@@ -212,10 +212,9 @@ class SotwStream:
             known = state.request_key
             if repeated and stop - start == len(known) and data.startswith(known, start):
                 return False
-            state.request_key = data[start:stop]
             # Every proxy of a kind asks for the same long list (all of EDS): the names
-            # parsed for one stream serve the others, found by their bytes.
-            shared = _shared_names(data, start, stop, listed)
+            # parsed for one stream, and their bytes, serve the others.
+            state.request_key, shared = _shared_names(data[start:stop], listed)
         elif repeated and (count == 0 or tuple(listed) == state.request_names):
             return False  # the common ACK: same list as before, no set built
         if shared is None:
@@ -268,35 +267,35 @@ def _parsed(request_names: tuple[str, ...]) -> _Names:
 _RECENT: deque[tuple[bytes, _Names]] = deque(maxlen=8)
 
 
-def _shared_names(data: bytes, start: int, stop: int, listed: Sequence[str]) -> _Names:
-    """The names of a request whose wire bytes are `data`, `start:stop` as `_span` gives,
-    parsed once for all the streams that send the same list: the key is those bytes without a
-    leading node field (the proxy's own), so equal keys hold equal names."""
-    if start < stop and data[start] == _NODE_TAG:
-        length, after = wire.read_varint(data, start + 1)
-        start = after + length
-    key = data[start:stop]
+def _shared_names(key: bytes, listed: Sequence[str]) -> tuple[bytes, _Names]:
+    """The names of a request whose `_span` bytes are `key`, parsed once for all the streams
+    that send the same list (equal bytes hold equal names); and the bytes to keep as the
+    stream's `request_key`, the same object for all of them."""
     for known, parsed in tuple(_RECENT):
         if len(known) == len(key) and known == key:
-            return parsed
+            return known, parsed
     parsed = _parsed(tuple(map(sys.intern, listed)))
     _RECENT.append((key, parsed))
-    return parsed
+    return key, parsed
 
 
 def _span(data: bytes, request: DiscoveryRequest) -> tuple[int, int]:
-    """Where `data`, the request's wire bytes, are without a leading version_info field and a
-    trailing response_nonce field: the part an ACK repeats (names, type_url, perhaps the node).
+    """Where `data`, the request's wire bytes, are without a leading version_info field, the
+    node field after it, and a trailing response_nonce field: the part an ACK repeats (names,
+    type_url).
 
     Two requests equal there hold the same names. The part starts at a field boundary, so it
     parses alike in both. If the bytes cut off at the end are the nonce field, the names are
     all in the part; if not (a client writing fields out of order, whose last field ends in
     bytes like a nonce field), the nonce each request carries was read from the part, so it
-    is the same, and so are the bytes cut off: the requests differ in their version only.
+    is the same, and so are the bytes cut off: the requests differ in version and node only.
     """
     start = 0
     if data and data[0] == _VERSION_TAG:
         length, start = wire.read_varint(data, 1)
+        start += length
+    if start < len(data) and data[start] == _NODE_TAG:  # the proxy's own, on its first request
+        length, start = wire.read_varint(data, start + 1)
         start += length
     stop = len(data)
     nonce = request.response_nonce

@@ -17,13 +17,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TypeAlias
 
-import grpc
-
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest
 from pilotfish.xds.auth import AuthenticationError, Authenticator, Identity, NodeOwners, Peer
 from pilotfish.xds.auth import authorize as _authorize
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.events import Nacked
+from pilotfish.xds.http2 import GrpcStatus
 from pilotfish.xds.session import Dispatch, Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
 
@@ -32,7 +31,7 @@ __all__ = ["Refusal", "Request", "ServerStreams", "StreamHandler"]
 _log = logging.getLogger("pilotfish.xds.server")
 
 Request: TypeAlias = DiscoveryRequest | DeltaDiscoveryRequest
-Refusal: TypeAlias = tuple[grpc.StatusCode, str]
+Refusal: TypeAlias = tuple[GrpcStatus, str]
 """Why a stream is refused: the status to end it with, and the reason sent to the peer."""
 
 
@@ -56,7 +55,7 @@ class ServerStreams:
         self.dispatch = dispatch
         self.owners = NodeOwners()
         self.live: dict[int, StreamHandler] = {}
-        self.refused: dict[grpc.StatusCode, int] = {}
+        self.refused: dict[GrpcStatus, int] = {}
 
 
 def _nothing() -> None:
@@ -105,7 +104,7 @@ class StreamHandler:
         try:
             self.identity = authenticator.authenticate(peer())
         except AuthenticationError as unknown:
-            self.refusal = (grpc.StatusCode.UNAUTHENTICATED, str(unknown))
+            self.refusal = (GrpcStatus.UNAUTHENTICATED, str(unknown))
             return False
         return True
 
@@ -158,7 +157,7 @@ class StreamHandler:
         streams = self._streams
         reason = _authorize(self.identity, node) or streams.owners.claim(node.id, self.identity)
         if reason is not None:
-            self.refusal = (grpc.StatusCode.PERMISSION_DENIED, reason)
+            self.refusal = (GrpcStatus.PERMISSION_DENIED, reason)
             return False
         self.claimed = node.id
         self._admitted = True
