@@ -3,6 +3,7 @@ and settle (ACK or NACK) the response it answers."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,7 +43,7 @@ def request_type_url(stream_type: str | None, request_type: str, variant: str) -
     if stream_type is None:
         if not request_type:
             raise RemoteProtocolError(f"{variant} request without type_url")
-        return request_type
+        return sys.intern(request_type)  # one str per type for every stream, not per request
     if request_type and request_type != stream_type:
         raise RemoteProtocolError(f"request for {request_type} on the stream for {stream_type}")
     return stream_type

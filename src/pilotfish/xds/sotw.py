@@ -220,7 +220,7 @@ class SotwStream:
         if shared is None:
             # Interned: every stream's names are then the same str objects, kept once, and the
             # cache's lookups of a subscription compare them by identity.
-            shared = _parsed(tuple(map(sys.intern, listed)))
+            shared = _small_names(tuple(map(sys.intern, listed)))
         request_names = shared.request_names
         if repeated and request_names == state.request_names:
             return False
@@ -261,6 +261,19 @@ def _parsed(request_names: tuple[str, ...]) -> _Names:
     names = frozenset(request_names)
     wildcard = WILDCARD in names
     return _Names(request_names, names - {WILDCARD} if wildcard else names, wildcard)
+
+
+_SMALL: dict[tuple[str, ...], _Names] = {}
+
+
+def _small_names(request_names: tuple[str, ...]) -> _Names:
+    """A short list parsed, shared by the streams that send it (most send the same few)."""
+    found = _SMALL.get(request_names)
+    if found is None:
+        if len(_SMALL) >= 1024:
+            _SMALL.clear()
+        found = _SMALL[request_names] = _parsed(request_names)
+    return found
 
 
 # The long name lists parsed lately, by their bytes (a few kinds of proxies send most of them).
