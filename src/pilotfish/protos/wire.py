@@ -129,7 +129,13 @@ def split_at_field(data: bytes, field_number: int) -> tuple[bytes, bytes]:
 
 def any_head(type_url: str, size: int) -> bytes:
     """The start of a serialized `Any` holding a value of `size` bytes: the value follows."""
-    return length_delimited(_ANY_TYPE_URL, type_url.encode()) + _field_head(_ANY_VALUE, size)
+    url = _ANY_URLS.get(type_url)
+    if url is None:
+        url = _ANY_URLS[type_url] = length_delimited(_ANY_TYPE_URL, type_url.encode())
+    return url + _field_head(_ANY_VALUE, size)
+
+
+_ANY_URLS: dict[str, bytes] = {}  # the type URL field of an Any, by type URL (a few)
 
 
 def any_bytes(type_url: str, value: bytes) -> bytes:

@@ -148,14 +148,15 @@ class Registry:
             known = self._answers.get(hostname, {}).get(key)
         if known is not None:
             return list(known)
-        found = self._endpoints(hostname, port, subset)
+        if subset is None:
+            found = self._endpoints(hostname, port)
+        else:  # a subset of the port's endpoints (made, and kept, once for all its subsets)
+            found = [e for e in self.endpoints(hostname, port) if e.matches(subset)]
         with self._lock:
             self._answers.setdefault(hostname, {})[key] = found
         return list(found)
 
-    def _endpoints(
-        self, hostname: str, port: int, subset: Mapping[str, str] | None
-    ) -> list[Endpoint]:
+    def _endpoints(self, hostname: str, port: int) -> list[Endpoint]:
         service = self.service(hostname)
         service_port = service.port(port) if service else None
         if service is None or service_port is None:
@@ -172,8 +173,7 @@ class Registry:
                 namespace=workload.namespace,
                 workload=workload.name,
             )
-            if subset is None or endpoint.matches(subset):
-                found.add(endpoint)
+            found.add(endpoint)
         return sorted(found)
 
     def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:

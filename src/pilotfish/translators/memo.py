@@ -431,7 +431,8 @@ class TranslationMemo:
                     raise ValueError(f"two {key} resources named {name!r}")
                 item = lost.get(name)
                 if item is None or item.message != message:
-                    cached = CachedResource.of(row.type_url, message)
+                    data = message.SerializeToString(deterministic=True)
+                    cached = CachedResource.of_data(row.type_url, name, data)
                     item = Serialized(message, cached, references(message))
                     serialized += 1
                 given[id(message)] = item
