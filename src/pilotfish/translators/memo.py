@@ -405,9 +405,7 @@ class TranslationMemo:
                 old = given.pop(i)
                 lost[old.cached.name] = old
                 del by_name[old.cached.name]
-            removed[key] = list(lost)
             items: list[Message | object] = []
-            added[key] = items
             for message in fresh:
                 if isinstance(message, Assembled):
                     name = row.name_of(message.head)
@@ -423,21 +421,23 @@ class TranslationMemo:
                         )
                         item = Serialized(message, cached, references(message.head))
                         serialized += 1
-                    given[id(message)] = by_name[name] = item
+                else:
+                    name = row.name_of(message)
+                    if name in by_name:
+                        raise ValueError(f"two {key} resources named {name!r}")
+                    item = lost.get(name)
+                    if item is None or item.message != message:
+                        data = message.SerializeToString(deterministic=True)
+                        cached = CachedResource.of_data(row.type_url, name, data)
+                        item = Serialized(message, cached, references(message))
+                        serialized += 1
+                given[id(message)] = by_name[name] = item
+                if lost.get(name) is item:
+                    del lost[name]  # the same resource again: nothing changed for the snapshot
+                else:
                     items.append(item)
-                    continue
-                name = row.name_of(message)
-                if name in by_name:
-                    raise ValueError(f"two {key} resources named {name!r}")
-                item = lost.get(name)
-                if item is None or item.message != message:
-                    data = message.SerializeToString(deterministic=True)
-                    cached = CachedResource.of_data(row.type_url, name, data)
-                    item = Serialized(message, cached, references(message))
-                    serialized += 1
-                given[id(message)] = item
-                by_name[name] = item
-                items.append(item)
+            if lost or items:
+                removed[key], added[key] = list(lost), items
         self.stats.resources_serialized = serialized
         self.stats.resources_reused = total - serialized
         self._snapshot = snapshot = snapshot.updated(removed, added)
