@@ -5,6 +5,8 @@ redoing only the services whose inputs changed and serializing only the resource
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -15,7 +17,7 @@ from pilotfish.protos import DiscoveryRequest, Node
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject, ConfigStore
 from pilotfish.testing.synthetic import service_documents
-from pilotfish.translators import Proxy, Translation, TranslationMemo, translate
+from pilotfish.translators import Proxy, Translation, TranslationMemo, sidecar, translate
 from pilotfish.translators.changes import Changes
 from tests.certs import workload_secrets
 
@@ -286,3 +288,40 @@ def test_an_unchanged_save_translates_nothing() -> None:
     store.update("svc-3.yaml", _service_text(3, weight_v1=20))
     assert controller.flush() == 1
     assert controller.stats.translations == rounds + 1
+
+
+def test_a_round_that_keeps_the_services_visits_only_what_the_change_touched() -> None:
+    # Work proportional to the change, counted: after an edit of one service's routes or
+    # endpoints, no per-service step runs for the others (no domain lists, no listing of every
+    # service, no unit looked at beyond the touched ones).
+    store = _store()
+    controller = Controller(SnapshotCache(), store)
+    controller.flush()
+    _connect(controller, 1)
+    counts = {"domains": 0, "services": 0}
+    real_domains, real_services = sidecar._domains, Registry.services
+
+    def domains(*args: Any) -> Any:
+        counts["domains"] += 1
+        return real_domains(*args)
+
+    def services(self: Registry) -> list[Any]:
+        counts["services"] += 1
+        return real_services(self)
+
+    with (
+        mock.patch.object(sidecar, "_domains", domains),
+        mock.patch.object(Registry, "services", services),
+    ):
+        store.update("svc-1.yaml", _service_text(1, weight_v1=50))
+        assert controller.flush() == 1
+        assert counts == {"domains": 0, "services": 0}
+        (stats,) = controller.memo_stats()
+        assert (stats.units_translated, stats.resources_serialized) == (2, 1)
+        store.update("svc-2-entry.yaml", _entry_text(2, 5))
+        assert controller.flush() == 1
+        assert counts == {"domains": 0, "services": 0}
+        # A new service changes the services: everything is visited once more.
+        store.update("svc-50-entry.yaml", _entry_text(50))
+        assert controller.flush() == 1
+        assert counts["domains"] > 0 and counts["services"] > 0
