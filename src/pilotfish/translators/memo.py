@@ -7,10 +7,12 @@ cost what changed, not the mesh. `TranslationMemo` keeps, for one proxy shape:
   virtual host), with the lookups it made (destination rules, delegates, endpoints, peer
   authentication...). A unit is reused when replaying those lookups against the new config gives
   the same answers; there is no list of dependencies to keep right by hand, the lookups *are*
-  the dependencies.
-- **resources**: each served resource with its serialized form. A resource equal to last
-  round's (the same object, or an equal message: a C-level compare) keeps its bytes and version,
-  so an unchanged resource is never serialized again (`Snapshot.stats` counts the rest).
+  the dependencies. Units are indexed by what they read, so a change finds the ones it may
+  touch; and a call site's units are kept in order (`site`), so while the services stay the
+  same a round visits only those.
+- **resources**: each served resource with its serialized form (`ServedResources`). A resource
+  equal to last round's keeps its bytes and version, so an unchanged resource is never
+  serialized again, and the next snapshot is the last one updated by the difference.
 
 Answers are compared by identity for config objects (`ConfigStore` keeps an unchanged file's
 objects; a changed file gets new ones) and by value for registry data. Entries not used in a
@@ -21,16 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import is_not
 from typing import Any, TypeVar
 
-from pilotfish.cache import Assembled, CachedResource, Messages, Serialized, Snapshot
-from pilotfish.protos import Message, references, resource_type
+from pilotfish.cache import Snapshot
+from pilotfish.protos import Message
 from pilotfish.registry import Endpoint, Registry, Service
 from pilotfish.sources import ConfigObject
 from pilotfish.translators.changes import Changes
 from pilotfish.translators.index import ConfigIndex, MergedRule
+from pilotfish.translators.served import ServedResources
 
 __all__ = ["MemoStats", "Site", "TranslationMemo", "service_key"]
 
@@ -157,6 +158,9 @@ class _TrackedIndex(ConfigIndex):
     def bound_to(self, gateway: str) -> list[ConfigObject]:
         raise NotImplementedError("bound_to is not tracked: call it outside a memoized unit")
 
+    def of_kind(self, kind: str) -> tuple[ConfigObject, ...]:
+        raise NotImplementedError("of_kind is not tracked: call it outside a memoized unit")
+
     def gateways_for(self, labels: Mapping[str, str]) -> list[ConfigObject]:
         raise NotImplementedError("gateways_for is not tracked: call it outside a memoized unit")
 
@@ -204,13 +208,7 @@ class TranslationMemo:
         self.stats = MemoStats()
         self._units: dict[Hashable, _Unit] = {}
         self._next_units: dict[Hashable, _Unit] = {}
-        # Last round's resources per type: by id of the message given (each kept alive by its
-        # item, so no new object can have the id of one here) and by name.
-        self._given: dict[str, dict[int, Serialized]] = {}
-        self._by_name: dict[str, dict[str, Serialized]] = {}
-        self._snapshot: Snapshot | None = None
-        self._prefix = ""
-        self._lists: dict[str, Sequence[Message | Assembled[Any]]] = {}  # last round's
+        self._served = ServedResources()
         self._sites: dict[Hashable, Site] = {}
         self._next_sites: dict[Hashable, Site] = {}
         self._patched: list[Site] = []  # sites patched this round
@@ -371,91 +369,9 @@ class TranslationMemo:
         return value
 
     def snapshot(self, resources: Mapping[str, Sequence[Message]], version_prefix: str) -> Snapshot:
-        """`resources` (by type) as a `Snapshot`, made from last round's by what differs.
-
-        A message that is the very object given last round (from a reused unit) is unchanged,
-        which comparing the lists by position (or sets of ids) tells in C; only the rest is
-        looked at in Python: an equal message of the same name keeps its bytes, anything else
-        is serialized. So a round costs its changes, not the number of resources.
-        """
-        previous = self._snapshot
-        if previous is None or version_prefix != self._prefix:
-            self._given = {}
-            self._by_name = {}
-            self._lists = {}
-            snapshot = Snapshot({}, version_prefix=version_prefix)
-        else:
-            snapshot = previous
-        removed: dict[str, list[str]] = {}
-        added: dict[str, list[Message | object]] = {}
-        serialized = total = 0
-        for key, given_messages in resources.items():
-            row = resource_type(key)
-            given = self._given.setdefault(key, {})
-            by_name = self._by_name.setdefault(key, {})
-            # Assembled messages (`Messages`) are taken as given: their bytes without the message.
-            messages: Sequence[Message | Assembled[Any]] = (
-                given_messages.items if isinstance(given_messages, Messages) else given_messages
-            )
-            total += len(messages)
-            gone, fresh = _moved(self._lists.get(key), messages, given)
-            self._lists[key] = messages
-            lost: dict[str, Serialized] = {}
-            for i in gone:
-                old = given.pop(i)
-                lost[old.cached.name] = old
-                del by_name[old.cached.name]
-            items: list[Message | object] = []
-            for message in fresh:
-                if isinstance(message, Assembled):
-                    name = row.name_of(message.head)
-                    if name in by_name:
-                        raise ValueError(f"two {key} resources named {name!r}")
-                    item: Serialized | None = lost.get(name)
-                    # Compared by its pieces' bytes: building a 10 MB message costs more.
-                    if item is None or not (
-                        isinstance(item.message, Assembled) and item.message.same_bytes(message)
-                    ):
-                        cached = CachedResource.of_data(
-                            row.type_url, name, message.pieces, version=message.version
-                        )
-                        item = Serialized(message, cached, references(message.head))
-                        serialized += 1
-                else:
-                    name = row.name_of(message)
-                    if name in by_name:
-                        raise ValueError(f"two {key} resources named {name!r}")
-                    item = lost.get(name)
-                    if item is None or item.message != message:
-                        data = message.SerializeToString(deterministic=True)
-                        cached = CachedResource.of_data(row.type_url, name, data)
-                        item = Serialized(message, cached, references(message))
-                        serialized += 1
-                given[id(message)] = by_name[name] = item
-                if lost.get(name) is item:
-                    del lost[name]  # the same resource again: nothing changed for the snapshot
-                else:
-                    items.append(item)
-            if lost or items:
-                removed[key], added[key] = list(lost), items
+        """`resources` (by type) as a `Snapshot`, made from last round's by what differs
+        (`ServedResources`); `stats` counts what was serialized."""
+        snapshot, serialized, total = self._served.snapshot(resources, version_prefix)
         self.stats.resources_serialized = serialized
         self.stats.resources_reused = total - serialized
-        self._snapshot = snapshot = snapshot.updated(removed, added)
-        self._prefix = version_prefix
         return snapshot
-
-
-def _moved(
-    before: Sequence[T] | None, after: Sequence[T], given: Mapping[int, object]
-) -> tuple[set[int], list[T]]:
-    """The ids of `given` (last round's objects) no longer in `after`, and the objects in
-    `after` that are new, in order. Lists of one length are compared position by position
-    (`is not`, in C): a few changed places, not 40,000 ids hashed; otherwise by sets of ids."""
-    if before is not None and len(before) == len(after):
-        places = list(compress(range(len(after)), map(is_not, before, after)))
-        old = {id(before[i]) for i in places}
-        new = {id(after[i]) for i in places}
-        return old - new, [after[i] for i in places if id(after[i]) not in old]
-    ids = set(map(id, after))
-    fresh = ids - given.keys()
-    return given.keys() - ids, list(compress(after, map(fresh.__contains__, map(id, after))))

@@ -1,0 +1,119 @@
+"""What one proxy shape was last served, and its next snapshot made from that by what changed.
+
+Tens of thousands of resources, of which a change touches a few: the next `Snapshot` must cost
+those few. A message that is the very object given last round (from a reused memo unit) is
+unchanged, which comparing the lists by position (or sets of ids) tells in C; only the rest is
+looked at in Python: an equal message of the same name keeps its bytes, anything else is
+serialized, and the snapshot is last round's `updated` by the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import compress
+from operator import is_not
+from typing import Any, TypeVar
+
+from pilotfish.cache import Assembled, CachedResource, Messages, Serialized, Snapshot
+from pilotfish.protos import Message, references, resource_type
+
+__all__ = ["ServedResources"]
+
+T = TypeVar("T")
+
+
+class ServedResources:
+    """Last round's resources of one shape per type: by id of the message given (each kept
+    alive by its item, so no new object can have the id of one here), by name, and as listed."""
+
+    def __init__(self) -> None:
+        self._given: dict[str, dict[int, Serialized]] = {}
+        self._by_name: dict[str, dict[str, Serialized]] = {}
+        self._lists: dict[str, Sequence[Message | Assembled[Any]]] = {}
+        self._snapshot: Snapshot | None = None
+        self._prefix = ""
+
+    def snapshot(
+        self, resources: Mapping[str, Sequence[Message]], version_prefix: str
+    ) -> tuple[Snapshot, int, int]:
+        """`resources` (by type) as a `Snapshot`, made from last round's by what differs;
+        also how many resources were serialized, of how many."""
+        previous = self._snapshot
+        if previous is None or version_prefix != self._prefix:
+            self._given = {}
+            self._by_name = {}
+            self._lists = {}
+            snapshot = Snapshot({}, version_prefix=version_prefix)
+        else:
+            snapshot = previous
+        removed: dict[str, list[str]] = {}
+        added: dict[str, list[Message | object]] = {}
+        serialized = total = 0
+        for key, given_messages in resources.items():
+            row = resource_type(key)
+            given = self._given.setdefault(key, {})
+            by_name = self._by_name.setdefault(key, {})
+            # Assembled messages (`Messages`) are taken as given: their bytes without the message.
+            messages: Sequence[Message | Assembled[Any]] = (
+                given_messages.items if isinstance(given_messages, Messages) else given_messages
+            )
+            total += len(messages)
+            gone, fresh = _moved(self._lists.get(key), messages, given)
+            self._lists[key] = messages
+            lost: dict[str, Serialized] = {}
+            for i in gone:
+                old = given.pop(i)
+                lost[old.cached.name] = old
+                del by_name[old.cached.name]
+            items: list[Message | object] = []
+            for message in fresh:
+                if isinstance(message, Assembled):
+                    name = row.name_of(message.head)
+                    if name in by_name:
+                        raise ValueError(f"two {key} resources named {name!r}")
+                    item: Serialized | None = lost.get(name)
+                    # Compared by its pieces' bytes: building a 10 MB message costs more.
+                    if item is None or not (
+                        isinstance(item.message, Assembled) and item.message.same_bytes(message)
+                    ):
+                        cached = CachedResource.of_data(
+                            row.type_url, name, message.pieces, version=message.version
+                        )
+                        item = Serialized(message, cached, references(message.head))
+                        serialized += 1
+                else:
+                    name = row.name_of(message)
+                    if name in by_name:
+                        raise ValueError(f"two {key} resources named {name!r}")
+                    item = lost.get(name)
+                    if item is None or item.message != message:
+                        data = message.SerializeToString(deterministic=True)
+                        cached = CachedResource.of_data(row.type_url, name, data)
+                        item = Serialized(message, cached, references(message))
+                        serialized += 1
+                given[id(message)] = by_name[name] = item
+                if lost.get(name) is item:
+                    del lost[name]  # the same resource again: nothing changed for the snapshot
+                else:
+                    items.append(item)
+            if lost or items:
+                removed[key], added[key] = list(lost), items
+        self._snapshot = snapshot = snapshot.updated(removed, added)
+        self._prefix = version_prefix
+        return snapshot, serialized, total
+
+
+def _moved(
+    before: Sequence[T] | None, after: Sequence[T], given: Mapping[int, object]
+) -> tuple[set[int], list[T]]:
+    """The ids of `given` (last round's objects) no longer in `after`, and the objects in
+    `after` that are new, in order. Lists of one length are compared position by position
+    (`is not`, in C): a few changed places, not 40,000 ids hashed; otherwise by sets of ids."""
+    if before is not None and len(before) == len(after):
+        places = list(compress(range(len(after)), map(is_not, before, after)))
+        old = {id(before[i]) for i in places}
+        new = {id(after[i]) for i in places}
+        return old - new, [after[i] for i in places if id(after[i]) not in old]
+    ids = set(map(id, after))
+    fresh = ids - given.keys()
+    return given.keys() - ids, list(compress(after, map(fresh.__contains__, map(id, after))))
