@@ -909,6 +909,7 @@ def test_envoy_reconnects_at_the_maximum_connection_age_and_keeps_its_config(
 
 NATIVE_ONLY = """
 import asyncio, sys
+import pilotfish.commands.serve  # `pilotfish serve` loads grpc only for etcd or --transport grpc
 from pilotfish.cache import SnapshotCache
 from pilotfish.xds.server import XdsServer
 

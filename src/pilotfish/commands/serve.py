@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import yaml
 
 from pilotfish.admin import AdminServer
@@ -30,7 +29,6 @@ from pilotfish.cache import SnapshotCache
 from pilotfish.commands import CommandError, address, host_port
 from pilotfish.commands.workers import supervise
 from pilotfish.controller import Controller
-from pilotfish.etcd import EtcdWatcher
 from pilotfish.metrics import Metrics
 from pilotfish.security import CertificateAuthority, WorkloadSecrets
 from pilotfish.sources import ConfigStore
@@ -38,6 +36,11 @@ from pilotfish.sources.watch import DirectoryWatcher
 from pilotfish.xds.auth import Authenticator, SpiffeAuthenticator, TokenAuthenticator
 from pilotfish.xds.native import native_tls
 from pilotfish.xds.server import Transport, XdsServer, server_credentials
+
+if TYPE_CHECKING:  # grpc (etcd's client, the grpc transport) is loaded only when used
+    import grpc
+
+    from pilotfish.etcd import EtcdWatcher
 
 __all__ = ["Settings", "register", "settings_from"]
 
@@ -260,6 +263,8 @@ def _xds_security(
 async def _load_store(url: str, store: ConfigStore, timeout: float = 10.0) -> EtcdWatcher:
     """Start watching the config store into `store`; fail (CommandError) if the first load
     does not complete within `timeout`: a replica with nothing to serve must not start."""
+    from pilotfish.etcd import EtcdWatcher
+
     try:
         watcher = EtcdWatcher(url, store)
     except ValueError as error:
