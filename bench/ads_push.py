@@ -90,28 +90,38 @@ class BenchError(RuntimeError):
 # -- shared by every process ------------------------------------------------------------------
 
 
-def build_snapshot(clusters: int, endpoints: int, generation: int) -> Snapshot:
+Change = Literal["all", "one"]
+
+
+def build_snapshot(
+    clusters: int, endpoints: int, generation: int, change: Change = "all"
+) -> Snapshot:
     """C EDS clusters with E endpoints each, one listener, one weighted route over all clusters.
 
-    Every generation changes the content of all four types (cluster timeouts, endpoint ports,
-    listener port, route weights), so a push gives each type a new content version.
+    `change="all"`: every generation changes the content of all four types (cluster timeouts,
+    endpoint ports, listener port, route weights), so a push gives each type a new content
+    version. `"one"`: only the first cluster's endpoints change (an endpoints-only push).
     """
     names = [f"outbound|80||svc-{i:05d}.bench.svc.cluster.local" for i in range(clusters)]
-    timeout = 1.0 + (generation % 1000) / 1000
-    port = 8000 + generation % 50_000
+    every = generation if change == "all" else 0
+    timeout = 1.0 + (every % 1000) / 1000
+
+    def port(i: int) -> int:
+        return 8000 + (generation if change == "all" or i == 0 else 0) % 50_000
+
     return Snapshot(
         {
             "cds": [build.eds_cluster(n, connect_timeout=timeout) for n in names],
             "eds": [
                 build.load_assignment(
-                    n, [(f"10.{i >> 8 & 255}.{i & 255}.{j + 1}", port) for j in range(endpoints)]
+                    n, [(f"10.{i >> 8 & 255}.{i & 255}.{j + 1}", port(i)) for j in range(endpoints)]
                 )
                 for i, n in enumerate(names)
             ],
-            "lds": [build.http_listener("listener_0", 10_000 + generation % 50_000, ROUTE_NAME)],
+            "lds": [build.http_listener("listener_0", 10_000 + every % 50_000, ROUTE_NAME)],
             "rds": [
                 build.route_config(
-                    ROUTE_NAME, {n: 1 + (i + generation) % 10 for i, n in enumerate(names)}
+                    ROUTE_NAME, {n: 1 + (i + every) % 10 for i, n in enumerate(names)}
                 )
             ],
         }
@@ -190,6 +200,7 @@ def server_process(
     conn: Connection,
     clusters: int,
     endpoints: int,
+    change: Change,
     idle_timeout: float,
     transport: Transport,
     port: int,
@@ -200,7 +211,9 @@ def server_process(
     transports set), and the kernel spreads connections over them."""
     _child(
         conn,
-        lambda: asyncio.run(_serve(conn, clusters, endpoints, idle_timeout, transport, port)),
+        lambda: asyncio.run(
+            _serve(conn, clusters, endpoints, change, idle_timeout, transport, port)
+        ),
         cpus,
     )
 
@@ -230,6 +243,7 @@ async def _serve(
     conn: Connection,
     clusters: int,
     endpoints: int,
+    change: Change,
     idle_timeout: float,
     transport: Transport,
     port: int,
@@ -260,7 +274,7 @@ async def _serve(
             elif kind == "prepare":
                 # Building (translating + serializing once) is measured apart from the fan-out.
                 cpu, wall = time.process_time(), time.perf_counter()
-                prepared = build_snapshot(clusters, endpoints, command[1])
+                prepared = build_snapshot(clusters, endpoints, command[1], change)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 stats = prepared.stats
                 conn.send(("prepared", _versions(prepared), cpu, wall, stats.resources_serialized))
@@ -586,10 +600,12 @@ class _Tracker:
         self.holding = 0
         self.last = 0.0
         self.cpu = 0.0
+        self.times: list[float] = []  # when each proxy held the target (for percentiles)
 
     def arm(self, tag: int, versions: dict[str, str]) -> None:
         """Count from now which proxies hold `versions` (each proxy counts down its `pending`)."""
         self.tag, self.target, self.holding, self.last = tag, versions, 0, 0.0
+        self.times = []
         self.cpu = time.process_time()
         for proxy in self.proxies:
             proxy.pending, at = proxy.missing(versions)
@@ -600,9 +616,10 @@ class _Tracker:
         """One more proxy holds the target versions, since `at`."""
         self.holding += 1
         self.last = max(self.last, at)
+        self.times.append(at)
         if self.holding == len(self.proxies):
             cpu = time.process_time() - self.cpu
-            self.conn.send(("done", self.tag, self.last, cpu, self.holding))
+            self.conn.send(("done", self.tag, self.last, cpu, self.holding, self.times))
 
 
 def client_process(
@@ -733,19 +750,29 @@ def _shares(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _converge(clients: list[_Child], tag: int, timeout: float) -> tuple[float, float, int]:
+def _converge(
+    clients: list[_Child], tag: int, timeout: float
+) -> tuple[float, float, int, list[float]]:
     """Wait until every proxy holds the armed versions.
 
-    Returns the last ACK's time, the client processes' CPU seconds, and how many proxies hold it.
+    Returns the last ACK's time, the client processes' CPU seconds, how many proxies hold it,
+    and when each of them did (sorted).
     """
     deadline = time.monotonic() + timeout
     last, cpu, holding = 0.0, 0.0, 0
+    times: list[float] = []
     for child in clients:
-        _, done_tag, at, used, count = child.expect("done", deadline)
+        _, done_tag, at, used, count, held = child.expect("done", deadline)
         if done_tag != tag:
             raise BenchError(f"{child.name}: converged on {done_tag}, expected {tag}")
         last, cpu, holding = max(last, at), cpu + used, holding + count
-    return last, cpu, holding
+        times += held
+    return last, cpu, holding, sorted(times)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """The `q` quantile of sorted values (nearest rank)."""
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def _arm(clients: list[_Child], tag: int, versions: dict[str, str], timeout: float) -> None:
@@ -822,7 +849,7 @@ def run_one(
     idle = 3 * args.timeout + 60
     children: list[_Child] = []
     try:
-        server_args = (args.clusters, args.endpoints, idle, transport)
+        server_args = (args.clusters, args.endpoints, args.change, idle, transport)
         first_server = _Child(
             "server-0", server_process, *server_args, 0, pins["server"] if pins else None
         )
@@ -856,7 +883,7 @@ def run_one(
         started = min(
             child.expect("started", time.monotonic() + args.timeout)[1] for child in client_children
         )
-        last, client_cpu, converged = _converge(client_children, 0, args.timeout)
+        last, client_cpu, converged, _ = _converge(client_children, 0, args.timeout)
         initial = _report(servers, args.timeout)
         if initial["streams"] != clients:
             raise BenchError(f"servers have {initial['streams']} streams for {clients} proxies")
@@ -868,6 +895,7 @@ def run_one(
             "pinning": pins,
             "clusters": args.clusters,
             "endpoints": args.endpoints,
+            "change": args.change,
             "client_procs": procs,
             "client_cores": gen_cores,
             "initial_s": last - started,
@@ -899,7 +927,7 @@ def run_one(
             machine = _machine_cpu()
             set_times = [p[1] for p in _each(servers, "set", args.timeout, "set")]
             set_at = min(set_times)
-            last, client_cpu, converged = _converge(client_children, generation, args.timeout)
+            last, client_cpu, converged, held = _converge(client_children, generation, args.timeout)
             report = _report(servers, args.timeout)
             machine = _machine_cpu() - machine
             push_s = last - set_at
@@ -908,6 +936,10 @@ def run_one(
                     "generation": generation,
                     "versions": versions,
                     "push_s": push_s,
+                    # Per proxy, from set_snapshot until it held every new version.
+                    "proxy_first_s": held[0] - set_at,
+                    "proxy_p50_s": _quantile(held, 0.5) - set_at,
+                    "proxy_p99_s": _quantile(held, 0.99) - set_at,
                     "server_done_s": report["idle_at"] - set_at,
                     "set_spread_s": max(set_times) - set_at,
                     "build_cpu_s": build_cpu,
@@ -935,6 +967,9 @@ def run_one(
             {
                 "push_median_s": statistics.median(p["push_s"] for p in pushes),
                 "push_min_s": min(p["push_s"] for p in pushes),
+                "proxy_first_median_s": statistics.median(p["proxy_first_s"] for p in pushes),
+                "proxy_p50_median_s": statistics.median(p["proxy_p50_s"] for p in pushes),
+                "proxy_p99_median_s": statistics.median(p["proxy_p99_s"] for p in pushes),
                 "push_max_s": max(p["push_s"] for p in pushes),
                 "server_done_median_s": statistics.median(p["server_done_s"] for p in pushes),
                 "server_cpu_median_s": statistics.median(p["server_cpu_s"] for p in pushes),
@@ -985,6 +1020,7 @@ COLUMNS = (
     ("init s", "initial_s", "{:.3f}"),
     ("push s", "push_median_s", "{:.3f}"),
     ("min-max s", None, ""),
+    ("first/p50/p99 s", None, ""),
     ("srv done s", "server_done_median_s", "{:.3f}"),
     ("build s", "build_cpu_median_s", "{:.3f}"),
     ("srv cpu s", "server_cpu_median_s", "{:.3f}"),
@@ -1006,6 +1042,10 @@ def _row(result: dict[str, Any]) -> list[str]:
         "pin": _pins(result["pinning"]),
         "CxE": f"{result['clusters']}x{result['endpoints']}",
         "min-max s": f"{result['push_min_s']:.3f}-{result['push_max_s']:.3f}",
+        "first/p50/p99 s": "/".join(
+            f"{result[k]:.3f}"
+            for k in ("proxy_first_median_s", "proxy_p50_median_s", "proxy_p99_median_s")
+        ),
         "sys %": f"{result['server_sys_share']:.0%}",
         "ser/push": "/".join(sorted({str(p["resources_serialized"]) for p in pushes})),
         "built/push": "/".join(sorted({str(p["responses_built"]) for p in pushes})),
@@ -1047,6 +1087,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clusters", type=int, default=100, help="clusters (C) in the snapshot")
     parser.add_argument("--endpoints", type=int, default=1, help="endpoints (E) per cluster")
     parser.add_argument("--repeat", type=int, default=3, help="pushes per N (median reported)")
+    parser.add_argument(
+        "--change",
+        choices=["all", "one"],
+        default="all",
+        help="what a push changes: every resource of all four types (default), or one "
+        "cluster's endpoints",
+    )
     parser.add_argument(
         "--client-procs",
         type=int,
@@ -1104,6 +1151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "clients": args.clients,
             "clusters": args.clusters,
             "endpoints": args.endpoints,
+            "change": args.change,
             "repeat": args.repeat,
             "transports": args.transport,
             "client_impls": args.client_impl,
