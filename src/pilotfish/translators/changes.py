@@ -5,10 +5,10 @@ without replaying their lookups.
 lookup per read per service, which for a mesh of thousands of services is most of a round.
 `Changes` lists, from the objects that were added, removed or replaced since the last round,
 which answers may differ: destination rules and VirtualServices by host, delegates by name,
-services by host, PeerAuthentications, endpoints. A unit none of whose reads is listed keeps its
-result; one that is listed is replayed (so an over-broad list only costs time). Wildcard hosts,
-and workloads that selectors pick, are not traced: a change to them marks every read of that
-kind.
+services by host, PeerAuthentications, endpoints (`touched`, in the terms the memo indexes its
+units' reads by). A unit none of whose reads is listed keeps its result; one that is listed is
+replayed (so an over-broad list only costs time). Wildcard hosts, and workloads that selectors
+pick, are not traced: a change to them marks every read of that kind.
 """
 
 from __future__ import annotations
@@ -118,21 +118,3 @@ class Changes:
         if self.peer_authentication:
             kinds.add("peer_authentications")
         return keys, kinds
-
-    def touches(self, kind: str, args: tuple[Any, ...]) -> bool:
-        """Whether the answer to a recorded lookup may have changed."""
-        if self.everything:
-            return True
-        if kind == "destination_rule":
-            return self.all_rules or args[0] in self.rule_hosts
-        if kind == "for_host":
-            return self.all_routes or args[0] in self.routed_hosts
-        if kind == "delegate":
-            return (args[1], args[0]) in self.delegates
-        if kind == "endpoints":
-            return self.all_endpoints or args[0] in self.service_hosts
-        if kind == "service":
-            return args[0] in self.service_hosts
-        if kind == "peer_authentications":
-            return self.peer_authentication
-        return True

@@ -33,7 +33,7 @@ from pilotfish.translators.changes import Changes
 from pilotfish.translators.index import ConfigIndex, MergedRule
 from pilotfish.translators.served import ServedResources
 
-__all__ = ["MemoStats", "Site", "TranslationMemo", "service_key"]
+__all__ = ["MemoStats", "Site", "TranslationMemo"]
 
 T = TypeVar("T")
 
@@ -74,11 +74,6 @@ class _Unit:
     keep: list[object] = field(default_factory=list)
 
 
-def service_key(service: Service) -> Hashable:
-    """A service by value (its selector is a mapping, so the dataclass is not hashable)."""
-    return service.key
-
-
 def _objects_token(objects: Sequence[ConfigObject], keep: list[object]) -> Hashable:
     keep.extend(objects)
     return tuple(id(o) for o in objects)
@@ -111,7 +106,7 @@ def _answer(
         return found
     if kind == "service":
         service = registry.service(*args)
-        return None if service is None else service_key(service)
+        return None if service is None else service.key
     raise AssertionError(f"unknown lookup {kind}")
 
 
@@ -184,7 +179,7 @@ class _TrackedRegistry(Registry):
 
     def service(self, hostname: str) -> Service | None:
         found = self._inner.service(hostname)
-        token = None if found is None else service_key(found)
+        token = None if found is None else found.key
         self._unit.reads.append(("service", (hostname,), token))
         return found
 
@@ -215,7 +210,6 @@ class TranslationMemo:
         self._recorded = False  # whether a site was recorded (visited whole) this round
         self._assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
         self._next_assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
-        self.changes: Changes | None = None
         self._dirty: set[Hashable] | None = None
         self._readers: dict[tuple[str, Any], set[Hashable]] = {}
         self._kind_readers: dict[str, set[Hashable]] = {}
@@ -227,7 +221,6 @@ class TranslationMemo:
         self.stats.units_reused = self.stats.units_translated = 0
         self._next_units, self._next_sites, self._next_assembled = {}, {}, {}
         self._patched, self._recorded = [], False
-        self.changes = changes
         self._dirty = None
         touched = changes.touched() if changes is not None else None
         if touched is not None:
@@ -279,18 +272,9 @@ class TranslationMemo:
         """`compute(index, registry)`, or last round's result for `key` if every lookup it
         made gives the same answer now (lookups `changes` cannot have touched are not asked
         again). `compute` must read config only through its arguments (and values in `key`)."""
-        changes = self.changes
         previous = self._units.get(key)
         dirty = self._dirty
-        if (
-            previous is not None
-            and changes is not None
-            and (
-                key not in dirty
-                if dirty is not None
-                else not any(changes.touches(kind, args) for kind, args, _ in previous.reads)
-            )
-        ):
+        if previous is not None and dirty is not None and key not in dirty:
             self._next_units[key] = previous
             self.stats.units_reused += 1
             untouched: T = previous.value

@@ -20,7 +20,7 @@ from pilotfish.registry import Registry, Service
 from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
 from pilotfish.translators.endpoints import cluster_load_assignment
 from pilotfish.translators.index import ConfigIndex
-from pilotfish.translators.memo import Site, TranslationMemo, service_key
+from pilotfish.translators.memo import Site, TranslationMemo
 from pilotfish.translators.naming import parse_cluster_name
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
@@ -53,7 +53,7 @@ def outbound(
             computes: dict[Any, Callable[[ConfigIndex, Registry], Any]] = {}
             values: dict[Any, Any] = {}
             for service in registry.services():
-                key = ("outbound", service_key(service), auto_mtls)
+                key = ("outbound", service.key, auto_mtls)
                 compute = partial(_unit, service, proxy, auto_mtls)
                 keys.append(key)
                 computes[key] = compute

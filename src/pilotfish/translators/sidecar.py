@@ -42,7 +42,7 @@ from pilotfish.translators.listeners import (
     tcp_proxy,
     tls_chain,
 )
-from pilotfish.translators.memo import TranslationMemo, service_key
+from pilotfish.translators.memo import TranslationMemo
 from pilotfish.translators.naming import (
     cluster_name,
     inbound_cluster_name,
@@ -137,7 +137,7 @@ def _assembled_routes(
             computes: dict[Any, Callable[[ConfigIndex, Registry], Any]] = {}
             values: dict[Any, Any] = {}
             for service, domains in _host_domains(services, number, proxy, index.domain):
-                key = ("vhost", service_key(service), number, domains)
+                key = ("vhost", service.key, number, domains)
                 compute = partial(_host_unit, service, number, domains, proxy)
                 keys.append(key)
                 computes[key] = compute
