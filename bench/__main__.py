@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import ads_push, envoys, translate
+from bench import ads_push, envoys, machine, translate
 
 __all__ = ["main"]
 
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         entry["elapsed_s"] = time.monotonic() - started
         summary["benchmarks"][name] = entry
     path = args.results / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    machine.write_result(path, summary)
     _print_summary(summary)
     print(f"wrote {path}")
     return 0 if all(e["ok"] for e in summary["benchmarks"].values()) else 1

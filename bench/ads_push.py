@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import json
 import multiprocessing
 import os
 import resource
@@ -924,12 +923,12 @@ def run_one(
             build_cpu = max(p[2] for p in prepared)
             build_wall = max(p[3] for p in prepared)
             _arm(client_children, generation, versions, args.timeout)
-            machine = _machine_cpu()
+            machine_cpu = _machine_cpu()
             set_times = [p[1] for p in _each(servers, "set", args.timeout, "set")]
             set_at = min(set_times)
             last, client_cpu, converged, held = _converge(client_children, generation, args.timeout)
             report = _report(servers, args.timeout)
-            machine = _machine_cpu() - machine
+            machine_cpu = _machine_cpu() - machine_cpu
             push_s = last - set_at
             result["pushes"].append(
                 {
@@ -953,7 +952,7 @@ def run_one(
                     "client_cpu_ms_per_client": 1000 * client_cpu / clients,
                     "client_busy": client_cpu / (push_s * gen_cores) if push_s > 0 else 0.0,
                     # Everyone else's CPU meanwhile (ours: the coordinator's, a little).
-                    "other_cpu_s": max(0.0, machine - report["cpu_s"] - client_cpu),
+                    "other_cpu_s": max(0.0, machine_cpu - report["cpu_s"] - client_cpu),
                     "server_rss_mb": report["rss_mb"],
                     "resources_serialized": report["resources_serialized"],
                     "responses_built": report["responses_built"],
@@ -1162,8 +1161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "results": results,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    machine.write_result(args.json, document)
     return document
 
 
@@ -1171,10 +1169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON."""
     args = parse_args(argv)
     document = run(args)
-    machine = document["machine"]
+    info = document["machine"]
     print(
-        f"ads_push: {machine['cpu_count']} cpus, Python {machine['python']}, "
-        f"grpcio {machine['grpcio']}; {args.repeat} pushes per N"
+        f"ads_push: {info['cpu_count']} cpus, Python {info['python']}, "
+        f"grpcio {info['grpcio']}; {args.repeat} pushes per N"
     )
     print(format_table(document["results"]))
     print(f"wrote {args.json}")

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from pilotfish.bootstrap import envoy_bootstrap
+from pilotfish.testing.bluegreen import COLOURS, HOST, blue_green_service, route_to
 from pilotfish.testing.envoy import EnvoyProcess, find_envoy, free_port
 
 if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
@@ -48,35 +48,6 @@ __all__ = ["main", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "envoys.json"
-HOST = "web.example"
-COLOURS = ("blue", "green")
-SERVICE = """apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web}}
-spec:
-  hosts: [web.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {blue}}}, labels: {{version: blue}}}}
-  - {{address: 127.0.0.1, ports: {{http: {green}}}, labels: {{version: green}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: web}}
-spec:
-  host: web.example
-  subsets: [{{name: blue, labels: {{version: blue}}}}, {{name: green, labels: {{version: green}}}}]
-"""
-ROUTE = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: web}}
-spec:
-  hosts: [web.example]
-  http:
-  - route: [{{destination: {{host: web.example, subset: {colour}}}}}]
-"""
 _READY = re.compile(r"serving xDS on [\d.]+:(\d+), admin on http://[\d.]+:(\d+)")
 _REQUEST = f"GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n".encode()
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -323,7 +294,7 @@ async def _flip(
     """Replace the VirtualService file once; time every Envoy until it routes to `colour`."""
     assert fleet.serve is not None
     temporary = config / ".route.yaml.tmp"  # a dot file: the watcher ignores it
-    temporary.write_text(ROUTE.format(colour=colour), encoding="utf-8")
+    temporary.write_text(route_to(colour), encoding="utf-8")
     requests = sum(p.requests for p in pollers)
     server_cpu = _proc_cpu_s(fleet.serve.pid)
     envoys_cpu = sum(_proc_cpu_s(e.pid) for e in fleet.envoys)
@@ -367,8 +338,8 @@ async def _measure(fleet: _Fleet, config: Path, args: argparse.Namespace) -> dic
     pollers: list[_Poller] = []
     try:
         ports = {c: s.sockets[0].getsockname()[1] for c, s in upstreams.items()}
-        (config / "web.yaml").write_text(SERVICE.format(**ports), encoding="utf-8")
-        (config / "route.yaml").write_text(ROUTE.format(colour=COLOURS[0]), encoding="utf-8")
+        (config / "web.yaml").write_text(blue_green_service(**ports), encoding="utf-8")
+        (config / "route.yaml").write_text(route_to(COLOURS[0]), encoding="utf-8")
         started = time.monotonic()
         fleet.serve = _Serve(config, args.debounce)
         await asyncio.to_thread(fleet.serve.wait_ready, args.timeout)
@@ -499,8 +470,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "result": result,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    machine.write_result(args.json, document)
     return document
 
 

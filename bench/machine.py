@@ -4,6 +4,7 @@ runs can be compared with earlier ones on the same kind of machine."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info"]
+__all__ = ["machine_info", "write_result"]
 
 
 def _git(*args: str) -> str:
@@ -45,3 +46,9 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         **extra,
     }
+
+
+def write_result(path: Path, document: dict[str, Any]) -> None:
+    """A benchmark's JSON result, its directory made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

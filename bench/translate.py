@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import multiprocessing
 import platform
 import resource
@@ -350,8 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rows": synthetic,
         },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    machine.write_result(args.json, document)
     return document
 
 

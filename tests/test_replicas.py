@@ -33,38 +33,12 @@ from pilotfish.etcd import EtcdStore, EtcdWatcher
 from pilotfish.protos import DiscoveryRequest, Node
 from pilotfish.sources import ConfigStore, load_path
 from pilotfish.testing import EnvoyProcess, EtcdServer, HttpUpstream, free_port, wait_until
+from pilotfish.testing.bluegreen import blue_green_service, route_to
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLICAS = 3
 ENVOYS = 6
 
-SERVICE = """apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web, namespace: default}}
-spec:
-  hosts: [web.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {blue}}}, labels: {{version: blue}}}}
-  - {{address: 127.0.0.1, ports: {{http: {green}}}, labels: {{version: green}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: web, namespace: default}}
-spec:
-  host: web.example
-  subsets: [{{name: blue, labels: {{version: blue}}}}, {{name: green, labels: {{version: green}}}}]
-"""
-ROUTE = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: web, namespace: default}}
-spec:
-  hosts: [web.example]
-  http:
-  - route: [{{destination: {{host: web.example, subset: {colour}}}}}]
-"""
 EXTRA = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: extra, namespace: default}
@@ -136,7 +110,7 @@ class Mesh:
 
     def apply_route(self, colour: str) -> subprocess.CompletedProcess[str]:
         path = self.workdir / "route.yaml"
-        path.write_text(ROUTE.format(colour=colour))
+        path.write_text(route_to(colour, "default"))
         return self.cli("apply", str(path))
 
 
@@ -181,8 +155,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         HttpUpstream("green") as green,
     ):
         url = etcd.url("mesh")
-        (workdir / "web.yaml").write_text(SERVICE.format(blue=blue.port, green=green.port))
-        (workdir / "route.yaml").write_text(ROUTE.format(colour="blue"))
+        (workdir / "web.yaml").write_text(blue_green_service(blue.port, green.port, "default"))
+        (workdir / "route.yaml").write_text(route_to("blue", "default"))
         state = Mesh(etcd, url, workdir, [], [], [])
         applied = state.cli("apply", str(workdir / "web.yaml"), str(workdir / "route.yaml"))
         assert applied.returncode == 0, applied.stderr
@@ -290,7 +264,7 @@ def test_an_invalid_apply_writes_nothing(mesh: Mesh) -> None:
     bad.write_text(
         EXTRA
         + "---\n"
-        + ROUTE.format(colour="blue").replace("subset: blue", "subset: blue, port: {number: 0}")
+        + route_to("blue", "default").replace("subset: blue", "subset: blue, port: {number: 0}")
     )
     refused = mesh.cli("apply", str(bad))
     assert refused.returncode == 1
@@ -350,7 +324,7 @@ def test_an_etcd_outage_keeps_serving_and_a_compaction_meanwhile_resyncs(mesh: M
         async with EtcdStore(mesh.etcd.url("mesh")) as store:
             objects = load_path(mesh.workdir / "web.yaml").objects
             (mesh.workdir / "extra.yaml").write_text(EXTRA)
-            (mesh.workdir / "route.yaml").write_text(ROUTE.format(colour="blue"))
+            (mesh.workdir / "route.yaml").write_text(route_to("blue", "default"))
             more = load_path(mesh.workdir / "extra.yaml").objects
             route = load_path(mesh.workdir / "route.yaml").objects
             await store.apply(more)
@@ -390,8 +364,8 @@ def _wire(snapshot: Snapshot, type_url: str) -> dict[str, bytes]:
 def test_two_replicas_of_one_store_build_identical_snapshots(
     etcd_server: EtcdServer, tmp_path: Path
 ) -> None:
-    (tmp_path / "web.yaml").write_text(SERVICE.format(blue=8001, green=8002))
-    (tmp_path / "route.yaml").write_text(ROUTE.format(colour="green"))
+    (tmp_path / "web.yaml").write_text(blue_green_service(8001, 8002, "default"))
+    (tmp_path / "route.yaml").write_text(route_to("green", "default"))
     url = etcd_server.url("twins")
 
     async def build() -> list[dict[str, dict[str, bytes]]]:

@@ -19,36 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.testing import EnvoyProcess, HttpUpstream, free_port, wait_until
+from pilotfish.testing.bluegreen import blue_green_service, route_to
 
 ROOT = Path(__file__).resolve().parent.parent
-
-SERVICE = """apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: web}}
-spec:
-  hosts: [web.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {blue}}}, labels: {{version: blue}}}}
-  - {{address: 127.0.0.1, ports: {{http: {green}}}, labels: {{version: green}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: web}}
-spec:
-  host: web.example
-  subsets: [{{name: blue, labels: {{version: blue}}}}, {{name: green, labels: {{version: green}}}}]
-"""
-ROUTE = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: web}}
-spec:
-  hosts: [web.example]
-  http:
-  - route: [{{destination: {{host: web.example, subset: {colour}}}}}]
-"""
 
 
 @dataclass
@@ -101,8 +74,8 @@ def _read_log(process: subprocess.Popen[str], lines: list[str], pattern: str) ->
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     config = tmp_path_factory.mktemp("config")
     with HttpUpstream("blue") as blue, HttpUpstream("green") as green:
-        (config / "web.yaml").write_text(SERVICE.format(blue=blue.port, green=green.port))
-        (config / "route.yaml").write_text(ROUTE.format(colour="blue"))
+        (config / "web.yaml").write_text(blue_green_service(blue.port, green.port))
+        (config / "route.yaml").write_text(route_to("blue"))
         process = subprocess.Popen(
             [sys.executable, "-m", "pilotfish", "serve", "--config", str(config),
              "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"],
@@ -138,7 +111,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 def _switch(running: Running, colour: str) -> float:
     started = time.monotonic()
-    (running.config / "route.yaml").write_text(ROUTE.format(colour=colour))
+    (running.config / "route.yaml").write_text(route_to(colour))
     wait_until(lambda: running.colour() == colour, timeout=5, interval=0.01)
     return time.monotonic() - started
 
@@ -152,7 +125,7 @@ def test_editing_a_virtual_service_moves_traffic_within_a_second(running: Runnin
 def test_an_invalid_file_is_reported_and_the_last_good_config_stays(running: Running) -> None:
     assert running.colour() == "blue"
     route = running.config / "route.yaml"
-    route.write_text(ROUTE.format(colour="green").replace("route: [", "route: [{weight: 150}, "))
+    route.write_text(route_to("green").replace("route: [", "route: [{weight: 150}, "))
     config = wait_until(
         lambda: (c := json.loads(running.admin("/debug/config")))["errors"] and c, timeout=5
     )
@@ -189,7 +162,7 @@ def test_a_burst_of_changes_is_one_push(running: Running) -> None:
     before = running.counter("pilotfish_xds_pushes_total", type="rds")
     started = time.monotonic()
     for n in range(100):
-        route.write_text(ROUTE.format(colour=other if n % 2 else colour) + f"# edit {n}\n")
+        route.write_text(route_to(other if n % 2 else colour) + f"# edit {n}\n")
     assert time.monotonic() - started < 0.05 * 4  # writes are quick; the point is the burst
     wait_until(lambda: running.colour() == other, timeout=5)
     time.sleep(0.5)

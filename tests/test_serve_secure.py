@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from pilotfish.testing import EnvoyProcess, HttpUpstream, free_port, wait_until
-from tests.test_serve import ROUTE, SERVICE
+from pilotfish.testing.bluegreen import blue_green_service, route_to
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,8 +36,8 @@ def test_xds_over_tls_with_identity_checks(tmp_path: Path) -> None:
     config, ca = tmp_path / "config", tmp_path / "ca"
     config.mkdir()
     with HttpUpstream("blue") as blue, HttpUpstream("green") as green:
-        (config / "web.yaml").write_text(SERVICE.format(blue=blue.port, green=green.port))
-        (config / "route.yaml").write_text(ROUTE.format(colour="blue"))
+        (config / "web.yaml").write_text(blue_green_service(blue.port, green.port))
+        (config / "route.yaml").write_text(route_to("blue"))
         process = subprocess.Popen(
             [sys.executable, "-m", "pilotfish", "serve", "--config", str(config),
              "--ca-dir", str(ca), "--xds-tls",
