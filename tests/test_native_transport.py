@@ -37,7 +37,6 @@ from pilotfish.protos import (
 )
 from pilotfish.security import CertificateAuthority
 from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
-from pilotfish.xds import Nacked, Sent
 from pilotfish.xds.auth import Peer, SpiffeAuthenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.http2 import (
@@ -56,6 +55,7 @@ from pilotfish.xds.http2.grpc_messages import percent_encode
 from pilotfish.xds.native import parse_address
 from pilotfish.xds.server import Transport, XdsServer, native_tls
 from tests.helpers import mesh
+from tests.test_server import Recorder  # sync and async hooks
 from tests.test_xds_auth import (
     REVIEWS,
     Pki,
@@ -523,25 +523,6 @@ class Stream:
 def _serialize(request: DiscoveryRequest | DeltaDiscoveryRequest) -> bytes:
     data: bytes = request.SerializeToString()
     return data
-
-
-class Recorder(Callbacks):
-    """Sync and async hooks: both kinds run on the native transport too."""
-
-    def __init__(self) -> None:
-        self.log: list[str] = []
-
-    async def on_stream_open(self, stream_id: int, type_url: str | None) -> None:
-        self.log.append(f"open {type_url}")
-
-    def on_stream_close(self, stream_id: int, node: Node | None) -> None:
-        self.log.append(f"close {node.id if node else None}")
-
-    async def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> None:
-        self.log.append(f"sent {sent.type_url.rsplit('.', 1)[1]}")
-
-    def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> None:
-        self.log.append(f"nack {nack.message}")
 
 
 @dataclass
