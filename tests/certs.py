@@ -1,13 +1,17 @@
 """Throwaway certificates for tests, made with the openssl command line tool: a root CA and a
-workload certificate carrying a SPIFFE identity, as SDS `Secret`s named like Istio's."""
+workload certificate carrying a SPIFFE identity, as SDS `Secret`s named like Istio's; and
+`Pki`, a `CertificateAuthority` writing workload certificates for Envoys to read."""
 
 from __future__ import annotations
 
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+
+from pilotfish.security import CertificateAuthority
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -51,3 +55,24 @@ def server_secret(name: str, host: str) -> tuple[Secret, bytes]:
         secret.tls_certificate.certificate_chain.inline_bytes = (d / "s.pem").read_bytes()
         secret.tls_certificate.private_key.inline_bytes = (d / "s.key").read_bytes()
         return secret, (d / "ca.pem").read_bytes()
+
+
+@dataclass
+class Pki:
+    """pilotfish's own CA in a directory, issuing workload certificates as files (the `pki`
+    fixture, tests/conftest.py)."""
+
+    ca: CertificateAuthority
+    dir: Path
+
+    @property
+    def root(self) -> bytes:
+        return self.ca.root_cert_pem
+
+    def files(self, namespace: str, account: str) -> tuple[str, str]:
+        """A workload certificate and key, written for Envoy to read."""
+        issued = self.ca.issue(namespace, account)
+        cert, key = self.dir / f"{namespace}.{account}.pem", self.dir / f"{namespace}.{account}.key"
+        cert.write_bytes(issued.cert_pem)
+        key.write_bytes(issued.key_pem)
+        return str(cert), str(key)

@@ -35,7 +35,6 @@ from pilotfish.protos import (
     Node,
     wire,
 )
-from pilotfish.security import CertificateAuthority
 from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
 from pilotfish.xds.auth import Peer, SpiffeAuthenticator
 from pilotfish.xds.callbacks import Callbacks
@@ -54,12 +53,10 @@ from pilotfish.xds.http2 import frames as f
 from pilotfish.xds.http2.grpc_messages import percent_encode
 from pilotfish.xds.native import parse_address
 from pilotfish.xds.server import Transport, XdsServer, native_tls
+from tests.certs import Pki
 from tests.helpers import mesh
 from tests.test_server import Recorder  # sync and async hooks
-from tests.test_xds_auth import (
-    REVIEWS,
-    Pki,
-)
+from tests.test_xds_auth import REVIEWS
 
 A = {"a": [("127.0.0.1", 1)]}
 ADS = ADS_SERVICE.stream or ""
@@ -765,14 +762,6 @@ def native_thread(
 ) -> ServerThread:
     """A `ServerThread` running the native transport."""
     return ServerThread(cache, address=address, transport="native", **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    tmp = tmp_path_factory.mktemp("pki")
-    pki = Pki(CertificateAuthority.load_or_create(tmp / "ca"), tmp)
-    (tmp / "root.pem").write_bytes(pki.root)
-    return pki
 
 
 def test_peer_from_tls_reads_the_certificate(pki: Pki) -> None:

@@ -24,7 +24,6 @@ from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.cache import Snapshot, SnapshotCache
 from pilotfish.metrics import Metrics
 from pilotfish.protos import ADS_SERVICE, CLUSTER_TYPE, DiscoveryRequest, DiscoveryResponse, Node
-from pilotfish.security import CertificateAuthority
 from pilotfish.testing import EnvoyProcess, free_port, wait_until
 from pilotfish.testing.server import ServerThread
 from pilotfish.xds.auth import (
@@ -39,38 +38,13 @@ from pilotfish.xds.auth import (
 )
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.server import Transport, XdsServer, native_tls, server_credentials
+from tests.certs import Pki
 from tests.helpers import mesh
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PRODUCTPAGE = ("default", "productpage")
 REVIEWS = ("default", "reviews")
-
-
-@dataclass
-class Pki:
-    ca: CertificateAuthority
-    dir: Path
-
-    @property
-    def root(self) -> bytes:
-        return self.ca.root_cert_pem
-
-    def files(self, namespace: str, account: str) -> tuple[str, str]:
-        """A workload certificate and key, written for Envoy to read."""
-        issued = self.ca.issue(namespace, account)
-        cert, key = self.dir / f"{namespace}.{account}.pem", self.dir / f"{namespace}.{account}.key"
-        cert.write_bytes(issued.cert_pem)
-        key.write_bytes(issued.key_pem)
-        return str(cert), str(key)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    tmp = tmp_path_factory.mktemp("pki")
-    pki = Pki(CertificateAuthority.load_or_create(tmp / "ca"), tmp)
-    (tmp / "root.pem").write_bytes(pki.root)
-    return pki
 
 
 def control_plane_cert(ca_dir: Path) -> tuple[bytes, bytes]:

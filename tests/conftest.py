@@ -1,0 +1,16 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from pilotfish.security import CertificateAuthority
+from tests.certs import Pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    tmp = tmp_path_factory.mktemp("pki")
+    pki = Pki(CertificateAuthority.load_or_create(tmp / "ca"), tmp)
+    (tmp / "root.pem").write_bytes(pki.root)
+    return pki
