@@ -222,12 +222,7 @@ class SnapshotCache:
         """Answer now if the snapshot has something new, and again on each newer snapshot,
         until cancelled."""
         key = self._stream_key(request.node, request.stream_id)
-        watch = _Watch(self, key, request, respond)
-        with self._lock:
-            response = self._arm(watch, request.node, request.stream_id, False)
-        if response is not None:
-            watch.deliver(response)
-        return watch
+        return self._open(_Watch(self, key, request, respond))
 
     def rearm_watch(self, cancelled: Cancel, request: WatchRequest, respond: Respond) -> Cancel:
         """`create_watch` reusing `cancelled`, a cancelled watch of the same stream and type
@@ -260,7 +255,11 @@ class SnapshotCache:
         """Answer with what differs from the client's resource versions, now and on each new
         snapshot, until cancelled."""
         key = self._stream_key(request.node, request.stream_id)
-        watch = _DeltaWatch(self, key, request, respond)
+        return self._open(_DeltaWatch(self, key, request, respond))
+
+    def _open(self, watch: _Watch | _DeltaWatch) -> Cancel:
+        """Arm a new watch; deliver its first answer if there is one now."""
+        request = watch.request
         with self._lock:
             response = self._arm(watch, request.node, request.stream_id, False)
         if response is not None:
