@@ -168,8 +168,9 @@ def test_metrics_forget_closed_streams() -> None:
 
 def test_metrics_translation_config_and_convergence() -> None:
     metrics = Metrics()
-    loaded = load_documents(BAD.split("---", maxsplit=1)[0], file="vs.yaml")
-    metrics.observe_translation(0.02, loaded.objects, errors=1)
+    store = ConfigStore()
+    store.put("vs.yaml", load_documents(BAD.split("---", maxsplit=1)[0], file="vs.yaml"))
+    metrics.observe_translation(0.02, store.kind_counts(), errors=1)
     metrics.observe_convergence(0.3)
     assert value(metrics, "pilotfish_translations_total") == 1
     assert value(metrics, "pilotfish_translation_seconds_count") == 1
@@ -177,7 +178,8 @@ def test_metrics_translation_config_and_convergence() -> None:
     assert value(metrics, "pilotfish_config_objects", kind="DestinationRule") == 0
     assert value(metrics, "pilotfish_config_errors") == 1
     assert value(metrics, "pilotfish_convergence_seconds_count") == 1
-    metrics.observe_translation(0.01, [], errors=0)  # a kind that went away reads 0
+    store.remove("vs.yaml")
+    metrics.observe_translation(0.01, store.kind_counts(), errors=0)  # gone: reads 0
     assert value(metrics, "pilotfish_config_objects", kind="VirtualService") == 0
     assert value(metrics, "pilotfish_config_errors") == 0
     families = {f.name for f in text_string_to_metric_families(metrics.exposition().decode())}

@@ -107,3 +107,17 @@ def test_a_reader_behind_the_journal_starts_over() -> None:
     assert change is not None
     assert [o.name for o in change.added] == [f"reviews-{ConfigStore.JOURNAL}"]
     assert [o.name for o in change.removed] == ["reviews-0"]
+
+
+def test_kind_counts_follow_what_is_served() -> None:
+    store = ConfigStore()
+    store.update("b.yaml", GOOD)
+    store.update("a.yaml", GOOD)  # the same key: shadows b.yaml's, still one VirtualService
+    assert store.kind_counts() == {"VirtualService": 1}
+    store.update("c.yaml", HALF_BAD.split("---", maxsplit=1)[0].replace("reviews}", "other}"))
+    assert store.kind_counts() == {"VirtualService": 2}
+    store.update("c.yaml", HALF_BAD)  # refused: nothing served changes
+    assert store.kind_counts() == {"VirtualService": 2}
+    for file in ("a.yaml", "b.yaml", "c.yaml"):
+        store.remove(file)
+    assert store.kind_counts() == {}

@@ -62,7 +62,7 @@ class Controller(Callbacks):
 
     Also an xDS `Callbacks`: give it to the server so it learns which proxies connect.
     `services` are registry objects that are not in the store (a platform's Services);
-    `on_translated(seconds, objects, refused_files)` is called after each translation, and
+    `on_translated(seconds, objects_by_kind, refused_files)` is called after each translation, and
     `on_pushed(started, {proxy: {type URL: version}})` with what connected proxies must now ACK
     (both for metrics: translation time, convergence time). With `workload_secrets` (a CA),
     every proxy is served its own identity's certificate over SDS (so sidecars speak mutual
@@ -79,7 +79,7 @@ class Controller(Callbacks):
         debounce: float = 0.1,
         max_delay: float = 10.0,
         placement: Callable[[Node], dict[str, object]] | None = None,
-        on_translated: Callable[[float, list[ConfigObject], int], None] | None = None,
+        on_translated: Callable[[float, Mapping[str, int], int], None] | None = None,
         on_pushed: Callable[[float, dict[str, dict[str, str]]], None] | None = None,
         workload_secrets: WorkloadSecrets | None = None,
         rotation_check: float = 1.0,
@@ -242,7 +242,7 @@ class Controller(Callbacks):
         del self.stats.translation_seconds[:-1000]
         self._ready.set()
         if self._on_translated is not None:
-            self._on_translated(elapsed, self.store.objects(), len(self.store.errors()))
+            self._on_translated(elapsed, self.store.kind_counts(), len(self.store.errors()))
         log.info(
             "translated %d objects for %d proxies in %.1f ms; %d changed",
             len(self.store), len(self._proxies), elapsed * 1000, changed,

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter as _Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pilotfish.errors import UnknownTypeError
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node, resource_type
-from pilotfish.sources import KINDS, ConfigObject
+from pilotfish.sources import KINDS
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.events import Nacked, Sent
 
@@ -150,13 +149,11 @@ class Metrics(Callbacks):
             registry=r,
         ).set_function(read("resyncs"))
 
-    def observe_translation(
-        self, seconds: float, objects: Iterable[ConfigObject], errors: int
-    ) -> None:
-        """A translation pass took `seconds` over `objects`; `errors` files are refused."""
+    def observe_translation(self, seconds: float, counts: Mapping[str, int], errors: int) -> None:
+        """A translation pass took `seconds`; `counts` objects of each kind are served and
+        `errors` files are refused."""
         self._translation_seconds.observe(seconds)
         self._translations.inc()
-        counts = _Tally(obj.kind for obj in objects)
         with self._lock:
             self._kinds.update(counts)
             kinds = sorted(self._kinds)

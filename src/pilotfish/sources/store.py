@@ -49,6 +49,7 @@ class ConfigStore:
         self._first: dict[str, dict[_Key, ConfigObject]] = {}  # per file, first of each key
         self._owners: dict[_Key, list[str]] = {}  # files defining a key, sorted
         self._served: dict[_Key, ConfigObject] = {}
+        self._kinds: dict[str, int] = {}  # served objects per kind
         self._revision = 0
         self._journal: deque[tuple[int, list[ConfigObject], list[ConfigObject]]] = deque(
             maxlen=self.JOURNAL
@@ -104,11 +105,15 @@ class ConfigStore:
                 continue
             if before is not None:
                 removed.append(before)
+                self._kinds[before.kind] -= 1
+                if not self._kinds[before.kind]:
+                    del self._kinds[before.kind]
             if after is None:
                 del self._served[key]
             else:
                 self._served[key] = after
                 added.append(after)
+                self._kinds[after.kind] = self._kinds.get(after.kind, 0) + 1
         if removed or added:
             self._revision += 1
             self._journal.append((self._revision, removed, added))
@@ -143,6 +148,11 @@ class ConfigStore:
                     if removed.pop(id(obj), None) is None:  # back as it was: no change
                         added[id(obj)] = obj
             return StoreChange(self._revision, list(removed.values()), list(added.values()))
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many objects of each kind are served (kept as they change: no object is read)."""
+        with self._lock:
+            return dict(self._kinds)
 
     def __len__(self) -> int:
         """How many objects are served."""
