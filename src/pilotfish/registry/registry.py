@@ -246,22 +246,20 @@ class Registry:
         WorkloadEntries. Returns False, changing nothing, for anything else (Kubernetes
         objects, a host defined twice): then build it again with `from_objects`."""
         removed, added = list(removed), list(added)
-        changed = [*removed, *added]
-        if self.conflicts or any(o.kind not in ("ServiceEntry", "WorkloadEntry") for o in changed):
+        if self.conflicts or any(
+            o.kind not in ("ServiceEntry", "WorkloadEntry") for o in (*removed, *added)
+        ):
             return False
+        # Each ServiceEntry's services, made once: (object, [(service, endpoints), ...]).
+        old = [(o, _service_entry(o, self.domain)) for o in removed if o.kind == "ServiceEntry"]
+        new = [(o, _service_entry(o, self.domain)) for o in added if o.kind == "ServiceEntry"]
         gone = {id(o) for o in removed}
         with self._lock:
-            for obj in removed:
-                if obj.kind == "ServiceEntry" and any(
-                    self._owners.get(s.hostname) is not obj
-                    for s, _ in _service_entry(obj, self.domain)
-                ):
-                    return False
+            if any(self._owners.get(s.hostname) is not o for o, made in old for s, _ in made):
+                return False
             new_hosts: set[str] = set()
-            for obj in added:
-                if obj.kind != "ServiceEntry":
-                    continue
-                for service, _ in _service_entry(obj, self.domain):
+            for _, made in new:
+                for service, _ in made:
                     owner = self._owners.get(service.hostname)
                     taken = service.hostname in self._services and (
                         owner is None or id(owner) not in gone
@@ -269,36 +267,27 @@ class Registry:
                     if taken or service.hostname in new_hosts:
                         return False
                     new_hosts.add(service.hostname)
-            workloads_changed = False
-            hosts = new_hosts | {
-                s.hostname
-                for obj in removed
-                if obj.kind == "ServiceEntry"
-                for s, _ in _service_entry(obj, self.domain)
-            }
+            hosts = new_hosts | {s.hostname for _, made in old for s, _ in made}
             before = {h: self._key(h) for h in hosts}
-            for obj in removed:
-                if obj.kind == "ServiceEntry":
-                    for service, _ in _service_entry(obj, self.domain):
-                        self._drop(service.hostname)
-                else:
-                    workload = _of_entry(obj)
-                    key = (workload.namespace, workload.name, workload.address)
-                    self._workloads.pop(key, None)
-                    workloads_changed = True
+            for _, made in old:
+                for service, _ in made:
+                    self._drop(service.hostname)
+            for obj, made in new:
+                for service, endpoints in made:
+                    self._drop(service.hostname)
+                    self._sorted = None
+                    self._services[service.hostname] = service
+                    self._explicit[service.hostname] = tuple(endpoints)
+                    self._owners[service.hostname] = obj
+            workloads = [_of_entry(o) for o in removed if o.kind == "WorkloadEntry"]
+            for workload in workloads:
+                self._workloads.pop((workload.namespace, workload.name, workload.address), None)
             for obj in added:
-                if obj.kind == "ServiceEntry":
-                    for service, endpoints in _service_entry(obj, self.domain):
-                        self._drop(service.hostname)
-                        self._sorted = None
-                        self._services[service.hostname] = service
-                        self._explicit[service.hostname] = tuple(endpoints)
-                        self._owners[service.hostname] = obj
-                else:
+                if obj.kind == "WorkloadEntry":
                     workload = _of_entry(obj)
                     self._workloads[workload.namespace, workload.name, workload.address] = workload
-                    workloads_changed = True
-            if workloads_changed:
+                    workloads.append(workload)
+            if workloads:
                 self._answers.clear()  # selectors pick workloads: not traced by host
             if any(self._key(h) != key for h, key in before.items()):
                 self.generation = next(_GENERATIONS)
