@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pilotfish.cache import Snapshot, SnapshotCache
+from pilotfish.gcpause import gc_paused
 from pilotfish.protos import (
     RESOURCE_TYPES,
     DeltaDiscoveryRequest,
@@ -191,7 +192,7 @@ class Controller(Callbacks):
         """
         started = time.perf_counter()
         began = time.monotonic()
-        with self._lock:
+        with self._lock, gc_paused():
             # What changed since the last round, from the store's journal: a round costs the
             # size of the change, not of the mesh (None: start over from every object).
             delta = self.store.changes_since(self._revision) if self._index is not None else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pilotfish.errors import ValidationError
+from pilotfish.gcpause import gc_paused
 from pilotfish.sources.manifests import SUFFIXES, ConfigObject, LoadResult, load_documents
 
 __all__ = ["ConfigStore", "StoreChange"]
@@ -171,17 +172,18 @@ class ConfigStore:
             if gone not in present and Path(gone).is_relative_to(base):
                 self.remove(gone)
         refused: dict[str, list[ValidationError]] = {}
-        for path in files:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                problem = ValidationError(f"cannot read: {error}", file=str(path))
-                with self._lock:
-                    self._errors[str(path)] = [problem]
-                refused[str(path)] = [problem]
-                continue
-            if errors := self.update(str(path), text):
-                refused[str(path)] = errors
+        with gc_paused():  # thousands of files' objects, all kept: nothing for gc to find
+            for path in files:
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as error:
+                    problem = ValidationError(f"cannot read: {error}", file=str(path))
+                    with self._lock:
+                        self._errors[str(path)] = [problem]
+                    refused[str(path)] = [problem]
+                    continue
+                if errors := self.update(str(path), text):
+                    refused[str(path)] = errors
         return refused
 
     def objects(self) -> list[ConfigObject]:

@@ -1,0 +1,43 @@
+"""Pause Python's cycle collector while a large translation or load allocates.
+
+Why: translating 10,000 services allocates hundreds of thousands of long-lived objects (messages,
+bytes, memo entries). Each allocation burst triggers the cyclic collector, and its older
+generations scan everything alive, so a full translation spent about a third of its time in
+`gc` (17.0 s with it, 10.9 s without, at 10,000 services). Reference counting still frees all
+acyclic garbage at once; only cycles wait until the pause ends. Pauses nest and may overlap
+across threads: the collector comes back when the last one ends, and only if it was on before.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["gc_paused"]
+
+
+class _Pauses:
+    """How many pauses are open, and whether the collector was on before the first."""
+
+    lock = threading.Lock()
+    depth = 0
+    was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Disable the cycle collector for the block (re-enabled when the outermost pause ends)."""
+    with _Pauses.lock:
+        if _Pauses.depth == 0:
+            _Pauses.was_enabled = gc.isenabled()
+            gc.disable()
+        _Pauses.depth += 1
+    try:
+        yield
+    finally:
+        with _Pauses.lock:
+            _Pauses.depth -= 1
+            if _Pauses.depth == 0 and _Pauses.was_enabled:
+                gc.enable()
