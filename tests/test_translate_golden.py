@@ -86,3 +86,27 @@ def test_translating_twice_is_byte_equal(name: str) -> None:
     for type_url in ("lds", "rds", "cds", "eds"):
         assert a.version(type_url) == b.version(type_url)
         assert a.version(type_url).startswith(f"{TRANSLATOR_VERSION}/")
+
+
+class _NeverStores(dict[object, object]):
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("name", sorted(PROXIES))
+def test_cluster_templates_change_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clusters copied from a template (`clusters._cluster`) are byte-equal to clusters made
+    afresh, whether the templates were made in this translation or an earlier one."""
+    from pilotfish.translators import clusters
+
+    def cds(translation: Translation) -> list[bytes]:
+        return [c.SerializeToString(deterministic=True) for c in translation.clusters]
+
+    monkeypatch.setattr(clusters, "_TEMPLATES", _NeverStores())
+    fresh = cds(_translate(name))
+    templates: dict[object, object] = {}
+    monkeypatch.setattr(clusters, "_TEMPLATES", templates)
+    made = cds(_translate(name))
+    assert templates, "no cluster was made from a template"
+    assert made == fresh
+    assert cds(_translate(name)) == fresh  # every template made by the earlier translation

@@ -22,6 +22,7 @@ assignments too (`distribution`). Not done: Istio's auto mTLS (an unset `tls` me
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
@@ -150,9 +151,22 @@ def effective_policy(rule: MergedRule | None, port: int, subset: str = "") -> Tr
     the DestinationRule reference says); the top-level port-level entry applies first, then the
     subset's fields override it, and a subset port-level entry replaces all four fields. Unlike
     istiod, a top-level port-level entry keeps the rule's tunnel and proxyProtocol.
+
+    The policy returned is shared (made once per rule, port and subset): do not modify it.
     """
     if rule is None:
-        return TrafficPolicy()
+        return _NO_POLICY
+    key = (port, subset)
+    found = rule.policies.get(key)
+    if found is None:
+        found = rule.policies[key] = _merged_policy(rule, port, subset)
+    return found
+
+
+_NO_POLICY = TrafficPolicy()
+
+
+def _merged_policy(rule: MergedRule, port: int, subset: str) -> TrafficPolicy:
     merged, _ = _for_port(rule.traffic_policy, port)
     chosen = rule.subset(subset) if subset else None
     if chosen is None or not chosen.HasField("traffic_policy"):
@@ -399,10 +413,29 @@ def _apply_connection_pool(cluster: Any, policy: TrafficPolicy, port: ServicePor
         cluster.upstream_connection_options.CopyFrom(
             UpstreamConnectionOptions(tcp_keepalive=options)
         )
-    cluster.circuit_breakers.CopyFrom(_circuit_breakers(policy))
-    options = _http_protocol_options(port, policy)
+    budget = policy.retry_budget if policy.HasField("retry_budget") else None
+    breakers, options = _pool_messages(
+        port.protocol,
+        policy.connection_pool.SerializeToString(deterministic=True),
+        None if budget is None else budget.SerializeToString(deterministic=True),
+    )
+    cluster.circuit_breakers.CopyFrom(breakers)
     if options is not None:
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_pack(options))
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(options)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pool_messages(
+    protocol: str, pool: bytes, budget: bytes | None
+) -> tuple[CircuitBreakers, AnyProto | None]:
+    """Circuit breakers and packed HTTP protocol options, made once per distinct connection
+    pool (most services share a few): a cluster copies them. Callers only copy from them."""
+    policy = TrafficPolicy()
+    policy.connection_pool.ParseFromString(pool)
+    if budget is not None:
+        policy.retry_budget.ParseFromString(budget)
+    options = _http_protocol_options(ServicePort(name="", number=0, protocol=protocol), policy)
+    return _circuit_breakers(policy), None if options is None else _pack(options)
 
 
 def _apply_outlier_detection(cluster: Any, policy: TrafficPolicy) -> None:
@@ -563,6 +596,12 @@ def _apply_tls(
         )
 
 
+def _copy(policy: TrafficPolicy) -> TrafficPolicy:
+    copy = TrafficPolicy()
+    copy.CopyFrom(policy)
+    return copy
+
+
 def _dns_lookup_family(proxy: Proxy) -> int:
     """Istio's choice from the proxy's own address family."""
     try:
@@ -601,11 +640,27 @@ def _cluster(
     policy = effective_policy(rule, port.number, subset)
     if auto_mtls and not policy.HasField("tls") and not service.mesh_external:
         # Istio's auto mTLS: in-mesh destinations get ISTIO_MUTUAL unless a rule says otherwise.
+        policy = _copy(policy)  # shared
         policy.tls.mode = ClientTLSSettings.ISTIO_MUTUAL
+    resolution = service.resolution
+    shape: tuple[object, ...] | None = None
+    if resolution not in ("DNS", "DNS_ROUND_ROBIN"):
+        # Without DNS endpoints or TLS (whose SNI and SANs name the host), a cluster is its
+        # name plus what its policy, port protocol and resolution make: the same for every
+        # service alike, so it is made once and copied (a mesh has thousands of them).
+        shape = (policy.SerializeToString(deterministic=True), port.protocol, resolution,
+                 service.mesh_external)  # fmt: skip
+        template = _TEMPLATES.get(shape)
+        if template is not None:
+            cluster = Cluster()
+            cluster.CopyFrom(template)
+            cluster.name = name
+            if cluster.HasField("eds_cluster_config"):
+                cluster.eds_cluster_config.service_name = name
+            return stamp(cluster, sources)
     cluster = Cluster(name=name)
     cluster.connect_timeout.CopyFrom(CONNECT_TIMEOUT)
     cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
-    resolution = service.resolution
     if resolution == "NONE":
         cluster.type = Cluster.ORIGINAL_DST
         cluster.ClearField("common_lb_config")  # no localities: addresses come from connections
@@ -638,7 +693,18 @@ def _cluster(
     _apply_outlier_detection(cluster, policy)
     _apply_load_balancer(cluster, policy)
     _apply_tls(cluster, policy, service, port, subset, identities)
+    if shape is not None and not cluster.HasField("transport_socket"):
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:
+            _TEMPLATES.clear()
+        template = Cluster()
+        template.CopyFrom(cluster)
+        _TEMPLATES[shape] = template
     return stamp(cluster, sources)
+
+
+_TEMPLATES: dict[tuple[object, ...], Cluster] = {}
+"""Clusters without TLS by (policy, port protocol, resolution, mesh_external): `_cluster`."""
+_MAX_TEMPLATES = 4096
 
 
 def outbound_clusters(

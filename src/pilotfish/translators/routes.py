@@ -13,6 +13,7 @@ matchers), gateway-API/ingress route semantics, stateful sessions, the deprecate
 
 from __future__ import annotations
 
+import functools
 import http
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -762,16 +763,15 @@ def _operation(route: Route, vs_name: str, port: int) -> str:
 # -- retries -------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _previous_hosts() -> Any:
+    # Made once (packing serializes); policies copy it.
     return RetryPolicy.RetryHostPredicate(
         name=_PREVIOUS_HOSTS, typed_config=_pack(PreviousHostsPredicate())
     )
 
 
-def _retry_policy(retries: HTTPRetry | None, consistent_hash: bool) -> Any:
-    """istiod's `retry.ConvertPolicy`: the default policy when unset, none for 0 attempts, else
-    the default overridden by what is set. With consistent hashing the default does not move
-    retries to other hosts."""
+def _new_retry_policy(consistent_hash: bool) -> Any:
     out = RetryPolicy(
         num_retries=UInt32Value(value=2),
         retry_on=_DEFAULT_RETRY_ON,
@@ -780,10 +780,22 @@ def _retry_policy(retries: HTTPRetry | None, consistent_hash: bool) -> Any:
     )
     if not consistent_hash:
         out.retry_host_predicate.append(_previous_hosts())
+    return out
+
+
+_default_retry_policy = functools.cache(_new_retry_policy)
+"""The default policy, made once for each `consistent_hash`: shared, so never modified."""
+
+
+def _retry_policy(retries: HTTPRetry | None, consistent_hash: bool) -> Any:
+    """istiod's `retry.ConvertPolicy`: the default policy when unset, none for 0 attempts, else
+    the default overridden by what is set. With consistent hashing the default does not move
+    retries to other hosts. (The default is shared: callers only copy from it.)"""
     if retries is None:
-        return out
+        return _default_retry_policy(consistent_hash)
     if retries.attempts <= 0:
         return None
+    out = _new_retry_policy(consistent_hash)
     out.num_retries.value = retries.attempts
     if retries.retry_on:
         retry_on, codes = _parse_retry_on(retries.retry_on)

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 
 __all__ = ["METADATA_KEY", "TRANSLATOR_VERSION", "stamp"]
 
@@ -29,10 +29,11 @@ def stamp(message: Any, sources: Iterable[str] = ()) -> Any:
 
 @functools.lru_cache(maxsize=4096)
 def _stamp(names: tuple[str, ...]) -> Struct:
-    # Built once per set of sources: Struct.update is Python code, CopyFrom is not. Callers
-    # only copy from it.
+    # Built once per set of sources (one service's clusters share one), from constructors:
+    # Struct.update is Python code. Callers only copy from it.
     info = Struct()
-    info.update({"translator": TRANSLATOR_VERSION})
+    info.fields["translator"].string_value = TRANSLATOR_VERSION
     if names:
-        info.update({"config": list(names)})
+        values = info.fields["config"].list_value.values
+        values.extend(Value(string_value=name) for name in names)
     return info
