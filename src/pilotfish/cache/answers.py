@@ -6,12 +6,21 @@ Pure functions of (what the client holds, what the cache has): no locks, no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from pilotfish.protos import RESOURCE_TYPES, wire
-from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResponse, WatchRequest
+from pilotfish.xds import (
+    DeltaPreparedResponse,
+    DeltaWatchRequest,
+    PreparedResponse,
+    WatchRequest,
+    held_after,
+)
 
 from .resource import CachedResource
-from .snapshot import Snapshot
+
+if TYPE_CHECKING:  # the snapshot answers delta watches with `delta_answer`
+    from .snapshot import Snapshot
 
 __all__ = ["delta_answer", "sotw_answer"]
 
@@ -104,11 +113,13 @@ def delta_answer(
             # answer in its namespace; a namespaced stream answers it again (see xds.delta).
             names = refresh.setdefault(namespaced.type_url, set())
             names.add(namespaced.namespace_name(r.name))
+    versions = {r.name: r.version for r in changed}
+    gone = frozenset(removed).union(unresolved)
     return DeltaPreparedResponse(
         type_url=type_url,
         system_version=system_version,
-        versions={r.name: r.version for r in changed},
-        removed=frozenset(removed).union(unresolved),
+        versions=versions,
+        removed=gone,
         body=wire.delta_response_body(
             system_version,
             type_url,
@@ -117,4 +128,8 @@ def delta_answer(
         ),
         refresh={t: frozenset(n) for t, n in refresh.items()},
         heartbeats={r.name: r.heartbeat_resource for r in changed if r.ttl is not None},
+        # What a client in the request's state holds after it: made once, for every stream
+        # in that state (`DeltaStream.send_parts`).
+        after=(held, request.names, held_after(held, request.names, versions, gone)),
+        names=gone.union(versions),
     )

@@ -40,6 +40,9 @@ from .status import NodeStatus, StatusTable
 __all__ = ["LinearCache"]
 
 _Answer = PreparedResponse | DeltaPreparedResponse
+_DeltaKey = tuple[int, int, bool, bool]
+_DeltaAnswer = tuple[Mapping[str, str], frozenset[str], DeltaPreparedResponse | None]
+_DELTA_STATES = 128  # delta answers kept (one per client state); cleared when full
 
 
 @dataclass(slots=True)
@@ -78,6 +81,9 @@ class LinearCache:
         self._status = StatusTable(clock)
         self.responses_built = 0
         self._versions: dict[frozenset[str] | None, str] = {}
+        # Delta answers by client state (as `Snapshot.delta_response`), until the next change.
+        self._delta: dict[_DeltaKey, _DeltaAnswer] = {}
+        self.delta_answers = 0
         self.set_resources(resources)
 
     # Writing
@@ -215,6 +221,7 @@ class LinearCache:
             self._resources = new
             self._responses.clear()
             self._versions.clear()
+            self._delta.clear()
             woken: set[int] = set(self._wildcard)
             for name in changed:
                 woken |= self._by_name.get(name, set())
@@ -254,23 +261,43 @@ class LinearCache:
             version = self._versions[names] = digest.hexdigest()
         return version
 
+    def _delta_answer(self, request: DeltaWatchRequest) -> DeltaPreparedResponse | None:
+        """Lock held. Made once per client state (the identities of its versions and names,
+        which streams in one state share) until the resources change; the state an answer
+        leaves its clients in is known to need nothing more (an ACK costs a lookup)."""
+        versions, names = request.versions, request.names
+        key = (id(versions), id(names), request.wildcard, request.initial)
+        found = self._delta.get(key)
+        if found is not None and found[0] is versions and found[1] is names:
+            return found[2]
+        asked = request
+        if not request.wildcard and _prefixes(names):
+            expanded = frozenset(r.name for r in self._matching(names))
+            asked = DeltaWatchRequest(
+                request.node,
+                request.stream_id,
+                request.type_url,
+                names | expanded,
+                request.wildcard,
+                versions,
+                request.initial,
+            )
+        answer = delta_answer(asked, self._resources, self._sotw_version(None))
+        self.delta_answers += 1
+        memo = self._delta
+        if len(memo) >= _DELTA_STATES:
+            memo.clear()
+        memo[key] = (versions, names, answer)
+        if answer is not None and answer.after is not None and answer.after[1] is names:
+            held = answer.after[2]
+            memo.setdefault((id(held), id(names), request.wildcard, False), (held, names, None))
+        return answer
+
     def _answer(self, watch: _Watch) -> _Answer | None:
         """Lock held."""
         request = watch.request
         if isinstance(request, DeltaWatchRequest):
-            table = self._resources
-            if not request.wildcard and _prefixes(request.names):
-                expanded = frozenset(r.name for r in self._matching(request.names))
-                request = DeltaWatchRequest(
-                    request.node,
-                    request.stream_id,
-                    request.type_url,
-                    request.names | expanded,
-                    request.wildcard,
-                    request.versions,
-                    request.initial,
-                )
-            return delta_answer(request, table, self._sotw_version(None))
+            return self._delta_answer(request)
         if not (request.wildcard or request.names):
             return None
         names = None if request.wildcard else request.names

@@ -17,8 +17,9 @@ from pilotfish.protos import (
     resource_type,
     wire,
 )
-from pilotfish.xds import PreparedResponse
+from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResponse
 
+from .answers import delta_answer
 from .assembled import Assembled, Messages
 from .resource import CachedResource, Serialized, WithTtl, to_message
 
@@ -57,16 +58,39 @@ class Consistency:
 
 @dataclass(slots=True)
 class SnapshotStats:
-    """How much serialization this snapshot did (to show serialize-once in benchmarks)."""
+    """How much serialization this snapshot did (to show serialize-once in benchmarks).
+
+    `delta_answers`: delta watch states answered (each state once, however many streams are
+    in it; `Snapshot.delta_response`); `delta_responses_built`: those that had something to
+    send, each a response body built."""
 
     resources_serialized: int = 0
     responses_built: int = 0
+    delta_answers: int = 0
+    delta_responses_built: int = 0
+
+
+_DeltaKey = tuple[int, int, bool, bool]
+_DeltaAnswer = tuple[Mapping[str, str], frozenset[str], DeltaPreparedResponse | None]
+_DELTA_STATES = 128
+"""Delta answers kept per type (each for one client state); cleared when full. The states of
+a fleet's streams are few (shared, see `pilotfish.xds.delta`); a state seen once costs one
+answer, as it would anyway."""
 
 
 class _TypeResources:
     """One type's resources in a snapshot (never changed once the snapshot is made)."""
 
-    __slots__ = ("_names", "by_name", "digest", "refs", "responses", "table", "version")
+    __slots__ = (
+        "_names",
+        "by_name",
+        "delta_responses",
+        "digest",
+        "refs",
+        "responses",
+        "table",
+        "version",
+    )
 
     def __init__(
         self,
@@ -81,6 +105,10 @@ class _TypeResources:
         self.digest = digest  # the content hash, when the version is one (see `_digest`)
         self.refs = refs  # what each resource names in other types
         self.responses: dict[tuple[frozenset[str] | None, bool], PreparedResponse] = {}
+        # Delta answers by client state: the identities of its versions and names (kept in the
+        # value, so the ids stay theirs), wildcard and initial. An answer depends on this type
+        # alone, so a type shared with a later snapshot (`Snapshot.updated`) keeps them.
+        self.delta_responses: dict[_DeltaKey, _DeltaAnswer] = {}
         self._names: frozenset[str] | None = None
 
     @property
@@ -303,6 +331,35 @@ class Snapshot:
             if prepared.body is body:
                 self.stats.responses_built += 1
         return prepared
+
+    def delta_response(self, request: DeltaWatchRequest) -> DeltaPreparedResponse | None:
+        """The answer to a delta watch (see `answers.delta_answer`), made once per client
+        state: streams holding the same `versions` and `names` objects (as `DeltaStream`
+        shares them) get the same response. A client in the state an answer leaves it in
+        (`DeltaPreparedResponse.after`) is known to need nothing more from this type: the
+        ACK of an answer costs a lookup."""
+        entry = self._types[request.type_url]
+        versions, names = request.versions, request.names
+        key = (id(versions), id(names), request.wildcard, request.initial)
+        with self._lock:
+            found = entry.delta_responses.get(key)
+        if found is not None and found[0] is versions and found[1] is names:
+            return found[2]
+        response = delta_answer(request, entry.by_name, entry.version, self.references_of)
+        with self._lock:
+            memo = entry.delta_responses
+            if len(memo) >= _DELTA_STATES:
+                memo.clear()
+            found = memo.setdefault(key, (versions, names, response))
+            if found[2] is response:  # not a race lost to another thread
+                self.stats.delta_answers += 1
+                if response is not None:
+                    self.stats.delta_responses_built += 1
+                    if response.after is not None:
+                        held = response.after[2]
+                        settled = (id(held), id(names), request.wildcard, False)
+                        memo.setdefault(settled, (held, names, None))
+        return found[2]
 
 
 def _frozen(refs: Mapping[str, set[str]]) -> Mapping[str, frozenset[str]]:

@@ -25,7 +25,7 @@ from pilotfish.xds import (
     WatchRequest,
 )
 
-from .answers import delta_answer, sotw_answer
+from .answers import sotw_answer
 from .node_hash import NodeHash, by_id
 from .snapshot import Snapshot
 from .status import NodeStatus, StatusTable
@@ -136,12 +136,7 @@ class _DeltaWatch:
         type_url = self.request.type_url
         if type_url not in RESOURCE_TYPES:
             return None
-        return delta_answer(
-            self.request,
-            snapshot.resources(type_url),
-            snapshot.version(type_url),
-            snapshot.references_of,
-        )
+        return snapshot.delta_response(self.request)
 
     def deliver(self, response: PreparedResponse | DeltaPreparedResponse) -> None:
         assert isinstance(response, DeltaPreparedResponse)

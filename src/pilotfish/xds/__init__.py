@@ -20,6 +20,7 @@ from pilotfish.xds.watch import (
     PreparedResponse,
     Respond,
     WatchRequest,
+    held_after,
 )
 
 __all__ = [
@@ -44,5 +45,6 @@ __all__ = [
     "TypeState",
     "Unsubscribed",
     "WatchRequest",
+    "held_after",
     "new_stream_id",
 ]

@@ -167,10 +167,12 @@ class Session:
         if isinstance(protocol, DeltaStream):
             assert isinstance(response, DeltaPreparedResponse)
             body, nonce, sent = protocol.send_parts(response)
-            ttl = self._delta_ttl.setdefault(type_url, {})
-            for name in (*response.versions, *response.removed):
-                ttl.pop(name, None)
-            ttl.update(response.heartbeats)
+            ttl = self._delta_ttl.get(type_url)
+            if ttl:  # only TTL'd resources are looked up: most streams have none
+                for name in [n for n in ttl if n in response.versions or n in response.removed]:
+                    del ttl[name]
+            if response.heartbeats:
+                self._delta_ttl.setdefault(type_url, {}).update(response.heartbeats)
             for ref_type in response.refresh:
                 if ref_type in self._cancels:  # an idle watch: re-open it on the new versions
                     self._open(ref_type, protocol.watch_request(ref_type))

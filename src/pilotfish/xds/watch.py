@@ -10,7 +10,7 @@ the server never sees a concrete cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,7 @@ __all__ = [
     "Rearm",
     "Respond",
     "WatchRequest",
+    "held_after",
 ]
 
 
@@ -80,6 +81,10 @@ class DeltaWatchRequest:
     was told this name does not exist". The watcher answers with what differs. `initial` (no
     response yet for this type on this stream) asks for an answer even when nothing differs:
     a client waits for its first response, empty or not, before it is initialized.
+
+    `names` and `versions` are the stream's own, never changed once made (a change makes new
+    ones), and shared by the streams in the same state (see `DeltaStream`): a watcher may
+    recognise a state it has answered already by their identity.
     """
 
     node: Node
@@ -98,6 +103,11 @@ class DeltaPreparedResponse:
     `refresh` names resources of other types the client must be sent again once this response
     is written, even unchanged: Envoy re-warms an updated cluster and waits for its endpoints.
     `heartbeats` holds, for each resource sent with a TTL, its body-less `Resource` bytes.
+
+    One response may serve every stream in the same state (same `DeltaWatchRequest.versions`
+    and `names`): `after`, when given, is `(versions, names, held)`, the state it was made for
+    and `held_after` it, so each stream in that state takes `held` as it is (no copy per
+    stream). `names` are the names it sends or removes (made once, not per stream).
     """
 
     type_url: str
@@ -107,6 +117,30 @@ class DeltaPreparedResponse:
     body: bytes
     refresh: Mapping[str, frozenset[str]] = field(default_factory=dict)
     heartbeats: Mapping[str, bytes] = field(default_factory=dict)
+    after: tuple[Mapping[str, str], frozenset[str], Mapping[str, str]] | None = None
+    names: frozenset[str] | None = None
+
+
+def held_after(
+    versions: Mapping[str, str],
+    names: Set[str],
+    updated: Mapping[str, str],
+    removed: Collection[str],
+) -> Mapping[str, str]:
+    """What a delta client holding `versions`, subscribed by name to `names`, holds once it has
+    a response sending `updated` and removing `removed`: a new mapping (`versions` is not
+    changed), or `versions` itself if the response changes nothing. A removed name it is
+    subscribed to is held as `""` (told it does not exist: said only once); others are gone."""
+    if not updated and not removed:
+        return versions
+    held = dict(versions)
+    held.update(updated)
+    for name in removed:
+        if name in names:
+            held[name] = ""
+        else:
+            held.pop(name, None)
+    return held
 
 
 Respond = Callable[[PreparedResponse], None]
