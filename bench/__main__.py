@@ -31,12 +31,14 @@ BENCHMARKS: dict[str, Callable[[Sequence[str] | None], int]] = {
 }
 # Arguments besides --json; None: the benchmark's own defaults.
 QUICK: dict[str, list[str]] = {
-    "ads_push": ["--clients", "5", "20", "--clusters", "3", "--repeat", "1", "--timeout", "30"],
+    "ads_push": ["--clients", "5", "20", "--clusters", "3", "--repeat", "1", "--timeout", "30",
+                 "--protocol", "sotw", "delta"],
     "translate": ["--proxies", "12", "--services", "20", "200", "--repeat", "1"],
     "envoys": ["--envoys", "2", "--repeat", "2", "--timeout", "30"],
-}
-ADS_PUSH_KEYS = ("clients", "transport", "clusters", "endpoints", "push_median_s",
-                 "server_cpu_ms_per_client_push", "initial_s")  # fmt: skip
+}  # fmt: skip
+ADS_PUSH_KEYS = ("clients", "transport", "protocol", "clusters", "endpoints", "push_median_s",
+                 "server_cpu_ms_per_client_push", "bytes_per_client_push",
+                 "initial_s")  # fmt: skip
 
 
 def _ads_push(document: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +100,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
             continue
         if name == "ads_push":
             for row in headline["rows"]:
-                print(f"  N={row['clients']} {row['transport']}: push "
+                print(f"  N={row['clients']} {row['transport']} {row['protocol']}: push "
                       f"{row['push_median_s']:.3f} s, "
-                      f"{row['server_cpu_ms_per_client_push']:.2f} ms server CPU per proxy, "
+                      f"{row['server_cpu_ms_per_client_push']:.2f} ms server CPU and "
+                      f"{row['bytes_per_client_push']:.0f} bytes per proxy, "
                       f"serialized/push {row['resources_serialized']}")  # fmt: skip
         elif name == "translate":
             for row in headline["bookinfo"]:

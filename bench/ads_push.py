@@ -16,7 +16,9 @@ RSS, and the snapshot's serialization counters, which must not grow with N (seri
 `--transport grpc native` measures both server transports (grpc.aio, and pilotfish's own HTTP/2),
 one row each per N. `--client-impl` picks the proxies' client: `h2` (`bench.h2client`, raw
 asyncio HTTP/2, the default: several times cheaper, so the generator is not what gets measured)
-or `grpc` (grpc.aio).
+or `grpc` (grpc.aio). `--protocol sotw delta` runs the proxies over state-of-the-world ADS
+(`StreamAggregatedResources`, the default) and/or incremental ADS (`DeltaAggregatedResources`),
+one row each.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -45,6 +48,7 @@ from pilotfish.protos import (
     LISTENER_TYPE,
     ROUTE_TYPE,
     Cluster,
+    DeltaDiscoveryResponse,
     DiscoveryResponse,
     HttpConnectionManager,
     Listener,
@@ -61,9 +65,10 @@ from bench import h2client, machine
 if TYPE_CHECKING:  # the grpc client is imported when used: server workers run without grpc
     import grpc.aio
 
-__all__ = ["build_snapshot", "main", "response_fields", "run"]
+__all__ = ["build_snapshot", "delta_response_fields", "main", "response_fields", "run"]
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 NODE_CLUSTER = "bench"  # every proxy's node.cluster: by_cluster gives them one shared snapshot
 ROUTE_NAME = "bench_route"
 TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
@@ -77,9 +82,14 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
 TRANSPORTS: tuple[Transport, ...] = ("grpc", "native")
 ClientImpl = Literal["grpc", "h2"]
 CLIENT_IMPLS: tuple[ClientImpl, ...] = ("h2", "grpc")
+XdsProtocol = Literal["sotw", "delta"]
+PROTOCOLS: tuple[XdsProtocol, ...] = ("sotw", "delta")
+METHODS: dict[XdsProtocol, str] = {"sotw": ADS_METHOD, "delta": DELTA_METHOD}
 H2_CONNECTS_IN_FLIGHT = 256  # per client process; the server's listen backlog is 4096
 
 Message = tuple[Any, ...]
+ResourceVersions = dict[str, dict[str, str]]
+"""Per type, every resource's name and version: what a delta proxy holds when converged."""
 
 
 class BenchError(RuntimeError):
@@ -129,6 +139,10 @@ def build_snapshot(
 
 def _versions(snapshot: Snapshot) -> dict[str, str]:
     return {t: snapshot.version(t) for t in TYPES}
+
+
+def _resource_versions(snapshot: Snapshot) -> ResourceVersions:
+    return {t: {n: r.version for n, r in snapshot.resources(t).items()} for t in TYPES}
 
 
 def _raise_nofile() -> None:
@@ -258,7 +272,7 @@ async def _serve(
     server = XdsServer(cache, transport=transport)
     port = await server.start(f"127.0.0.1:{port}")
     inbox = _Inbox(conn)
-    conn.send(("ready", port, _versions(snapshot)))
+    conn.send(("ready", port, _versions(snapshot), _resource_versions(snapshot)))
     prepared = snapshot
     mark = _cpu()
     try:
@@ -276,7 +290,16 @@ async def _serve(
                 prepared = build_snapshot(clusters, endpoints, command[1], change)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 stats = prepared.stats
-                conn.send(("prepared", _versions(prepared), cpu, wall, stats.resources_serialized))
+                conn.send(
+                    (
+                        "prepared",
+                        _versions(prepared),
+                        cpu,
+                        wall,
+                        stats.resources_serialized,
+                        _resource_versions(prepared),
+                    )
+                )
             elif kind == "set":
                 snapshot = prepared
                 mark = _cpu()
@@ -297,7 +320,10 @@ async def _serve(
                             "threads": _proc_status_kb("Threads"),
                             "streams": server.stream_count,
                             "resources_serialized": snapshot.stats.resources_serialized,
-                            "responses_built": snapshot.stats.responses_built,
+                            # SotW: one per type and subscription; delta: one per client
+                            # state with something to send (`Snapshot.delta_response`).
+                            "responses_built": snapshot.stats.responses_built
+                            + snapshot.stats.delta_responses_built,
                             "idle_at": idle_at,
                         },
                     )
@@ -388,6 +414,17 @@ def response_fields(message: bytes) -> tuple[str, str, bytes, bytes]:
     return version, type_url, version_field, nonce_field
 
 
+def _route_names(listener_bytes: bytes) -> tuple[str, ...]:
+    """The RDS route configurations a listener's HTTP connection managers name."""
+    found = set()
+    for chain in Listener.FromString(listener_bytes).filter_chains:
+        for network_filter in chain.filters:
+            hcm = HttpConnectionManager()
+            if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                found.add(hcm.rds.route_config_name)
+    return tuple(sorted(found))
+
+
 _name_cache: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
@@ -404,14 +441,7 @@ def _names_to_follow(type_url: str, version: str, message: bytes) -> tuple[str, 
         if type_url == CLUSTER_TYPE:
             found = {Cluster.FromString(r.value).name for r in response.resources}
         else:
-            found = set()
-            for resource_any in response.resources:
-                listener = Listener.FromString(resource_any.value)
-                for chain in listener.filter_chains:
-                    for network_filter in chain.filters:
-                        hcm = HttpConnectionManager()
-                        if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
-                            found.add(hcm.rds.route_config_name)
+            found = {n for r in response.resources for n in _route_names(r.value)}
         names = _name_cache[key] = tuple(sorted(found))
     return names
 
@@ -468,25 +498,115 @@ class _TypeView:
 class _Proxy:
     """One simulated Envoy: an ADS stream on its own TCP connection, over either client.
 
-    The Envoy-like behaviour (`first_request`, `on_response`, `sent`) is the same for both;
-    `run_grpc` and `run_h2` only move bytes.
+    The protocol is the subclass's (`_SotwProxy`, `_DeltaProxy`): `first_request`, `on_response`
+    (the requests Envoy sends on a response), `sent` (those are written) and `missing` (what it
+    lacks of the tracker's target). `run_grpc` and `run_h2` only move bytes, and count them.
     """
 
-    __slots__ = ("channel", "fresh", "ident", "pending", "stream", "tracker", "views")
+    __slots__ = ("channel", "ident", "stream", "tracker")
+    method = ADS_METHOD
 
     def __init__(self, ident: str, tracker: _Tracker) -> None:
         self.ident = ident
         self.tracker = tracker
-        self.views = {t: _TypeView(t) for t in TYPES}
-        self.fresh: _TypeView | None = None  # the view given a new version, until its ACK is out
-        self.pending = 0  # types whose armed version it does not hold yet
         self.channel: grpc.aio.Channel | None = None
         self.stream: h2client.GrpcStream | None = None
 
     def first_request(self) -> bytes:
+        """The stream's first request: CDS wildcard, with the node."""
+        raise NotImplementedError
+
+    def on_response(self, message: bytes) -> list[bytes]:
+        """The requests Envoy sends on this response: its ACK, then any new subscription."""
+        raise NotImplementedError
+
+    def sent(self) -> None:
+        """The requests `on_response` returned are written."""
+        raise NotImplementedError
+
+    def missing(self) -> tuple[int, float]:
+        """How many types of the tracker's target it does not hold, and when it ACKed the last
+        of the others (it counts down its own `pending` from there)."""
+        raise NotImplementedError
+
+    def _respond(self, message: bytes) -> list[bytes]:
+        tracker = self.tracker
+        tracker.received += len(message)
+        tracker.responses += 1
+        out = self.on_response(message)
+        for request in out:
+            tracker.sent_bytes += len(request)
+        return out
+
+    async def run_grpc(self, address: str) -> None:
+        """The proxy over grpc.aio: its own channel (so its own TCP connection)."""
+        import grpc.aio
+
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        call: grpc.aio.StreamStreamCall[bytes, bytes] = self.channel.stream_stream(
+            self.method, request_serializer=None, response_deserializer=None
+        )()
+        await call.write(self.first_request())
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise BenchError(f"{self.ident}: the server ended the stream")
+            assert isinstance(response, bytes)
+            for request in self._respond(response):
+                await call.write(request)
+            self.sent()
+
+    async def run_h2(
+        self,
+        port: int,
+        header_block: bytes,
+        gate: asyncio.Semaphore,
+        on_failure: Callable[[str], None],
+    ) -> None:
+        """The proxy over `bench.h2client`; returns once connected (callbacks do the rest).
+
+        `gate` bounds connections whose server has not yet sent SETTINGS (not yet accepted and
+        served), so a burst of thousands of connects does not overflow the listen backlog.
+        """
+
+        def on_message(message: bytes) -> None:
+            assert self.stream is not None
+            for request in self._respond(message):
+                self.stream.send_message(request)
+            self.sent()
+
+        def on_close(error: BaseException) -> None:
+            on_failure(f"{self.ident}: {error!r}")
+
+        await gate.acquire()
+        try:
+            self.stream = await h2client.open_stream(
+                "127.0.0.1", port, header_block, on_message, on_close, gate.release
+            )
+        except BaseException:
+            gate.release()
+            raise
+        self.stream.send_message(self.first_request())
+
+
+class _SotwProxy(_Proxy):
+    """Envoy over state-of-the-world ADS: every request names the whole subscription, every
+    response holds the whole answer; it holds a version once it has ACKed it."""
+
+    __slots__ = ("fresh", "pending", "views")
+
+    def __init__(self, ident: str, tracker: _Tracker) -> None:
+        super().__init__(ident, tracker)
+        self.views = {t: _TypeView(t) for t in TYPES}
+        self.fresh: _TypeView | None = None  # the view given a new version, until its ACK is out
+        self.pending = 0  # types whose armed version it does not hold yet
+
+    def first_request(self) -> bytes:
         """CDS wildcard (no names), with the node."""
         node = Node(id=self.ident, cluster=NODE_CLUSTER).SerializeToString()
-        return self.views[CLUSTER_TYPE].request(node)
+        view = self.views[CLUSTER_TYPE]
+        view.subscribed = True
+        return view.request(node)
 
     def on_response(self, message: bytes) -> list[bytes]:
         """The requests Envoy sends on this response: its ACK, then any new subscription.
@@ -528,87 +648,268 @@ class _Proxy:
             if not self.pending:
                 self.tracker.held(view.acked_at)
 
-    async def run_grpc(self, address: str) -> None:
-        """The proxy over grpc.aio: its own channel (so its own TCP connection)."""
-        import grpc.aio
-
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        call: grpc.aio.StreamStreamCall[bytes, bytes] = self.channel.stream_stream(
-            ADS_METHOD, request_serializer=None, response_deserializer=None
-        )()
-        self.views[CLUSTER_TYPE].subscribed = True
-        await call.write(self.first_request())
-        while True:
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise BenchError(f"{self.ident}: the server ended the stream")
-            assert isinstance(response, bytes)
-            for request in self.on_response(response):
-                await call.write(request)
-            self.sent()
-
-    async def run_h2(
-        self,
-        port: int,
-        header_block: bytes,
-        gate: asyncio.Semaphore,
-        on_failure: Callable[[str], None],
-    ) -> None:
-        """The proxy over `bench.h2client`; returns once connected (callbacks do the rest).
-
-        `gate` bounds connections whose server has not yet sent SETTINGS (not yet accepted and
-        served), so a burst of thousands of connects does not overflow the listen backlog.
-        """
-
-        def on_message(message: bytes) -> None:
-            assert self.stream is not None
-            for request in self.on_response(message):
-                self.stream.send_message(request)
-            self.sent()
-
-        def on_close(error: BaseException) -> None:
-            on_failure(f"{self.ident}: {error!r}")
-
-        await gate.acquire()
-        try:
-            self.stream = await h2client.open_stream(
-                "127.0.0.1", port, header_block, on_message, on_close, gate.release
-            )
-        except BaseException:
-            gate.release()
-            raise
-        self.views[CLUSTER_TYPE].subscribed = True
-        self.stream.send_message(self.first_request())
-
-    def missing(self, versions: dict[str, str]) -> tuple[int, float]:
-        """How many of `versions` it has not ACKed, and when it ACKed the last of the others."""
+    def missing(self) -> tuple[int, float]:
+        """How many of the target versions it has not ACKed, and when it ACKed the last of the
+        others."""
+        versions = self.tracker.target
         views = self.views
         held = [views[t].acked_at for t, v in versions.items() if views[t].version == v]
         held = [at for at in held if at > 0]
-        return len(versions) - len(held), max(held, default=0.0)
+        self.pending = len(versions) - len(held)
+        return self.pending, max(held, default=0.0)
+
+
+# -- delta (incremental) xDS ------------------------------------------------------------------
+
+# DeltaDiscoveryResponse: system_version_info 1, resources 2, type_url 4, nonce 5, removed 6.
+# DeltaDiscoveryRequest: node 1, type_url 2, subscribe 3, unsubscribe 4, response_nonce 6.
+_DELTA_NONCE_TAG = 0x2A
+_DELTA_ACK_NONCE_TAG = b"\x32"
+
+
+class _DeltaBody:
+    """What a DeltaDiscoveryResponse says, decoded once per process for every proxy that gets
+    the same bytes: its resources' names and versions, the names it removes, and (listeners)
+    the route configurations each listener names."""
+
+    __slots__ = ("body", "names", "removed", "routes", "type_url", "versions")
+
+    def __init__(self, response: DeltaDiscoveryResponse) -> None:
+        self.type_url = sys.intern(response.type_url)
+        self.body = b""  # the message up to its nonce, when that is how it ends
+        self.versions: dict[str, str] = {}
+        removed = list(response.removed_resources)
+        self.routes: dict[str, tuple[str, ...]] = {}
+        for item in response.resources:
+            if not item.HasField("resource"):  # an unresolved alias (VHDS): not there
+                removed.append(item.name)
+                continue
+            self.versions[item.name] = item.version
+            if self.type_url == LISTENER_TYPE:
+                self.routes[item.name] = _route_names(item.resource.value)
+        self.removed = tuple(removed)
+        self.names = frozenset(self.versions)
+
+
+# The system_version_info field -> bodies seen with it (most recent last).
+_delta_bodies: dict[bytes, list[_DeltaBody]] = {}
+_DELTA_BODIES_PER_VERSION = 8
+
+
+def delta_response_fields(message: bytes) -> tuple[_DeltaBody, bytes]:
+    """A serialized DeltaDiscoveryResponse's contents, and its raw nonce field.
+
+    pilotfish writes the nonce last, after a body that is the same for every stream holding the
+    same resources: a body seen before (same system version, compared byte for byte, a memcmp)
+    is not decoded again. Anything else is decoded in full (protobuf), and remembered when its
+    nonce ends it.
+    """
+    key = b""
+    end = len(message)
+    if end > 2 and message[0] == _VERSION_TAG and message[1] < 0x80:
+        key = message[: 2 + message[1]]
+        for known in _delta_bodies.get(key, ()):
+            size = len(known.body)
+            rest = end - size - 2  # the nonce's length, if the nonce follows the body
+            if (
+                0 <= rest < 0x80
+                and message[size] == _DELTA_NONCE_TAG
+                and message[size + 1] == rest
+                and message.startswith(known.body)
+            ):
+                return known, message[size:]
+    response = DeltaDiscoveryResponse.FromString(message)
+    entry = _DeltaBody(response)
+    nonce_field = wire.nonce_field(response.nonce)
+    if key and response.nonce and message.endswith(nonce_field):
+        entry.body = message[: end - len(nonce_field)]
+        bodies = _delta_bodies.setdefault(key, [])
+        bodies.append(entry)
+        del bodies[:-_DELTA_BODIES_PER_VERSION]
+    return entry, nonce_field
+
+
+_type_fields: dict[str, bytes] = {}
+_delta_requests: dict[tuple[str, tuple[str, ...], tuple[str, ...]], bytes] = {}
+
+
+def _type_field(type_url: str) -> bytes:
+    field = _type_fields.get(type_url)
+    if field is None:
+        field = _type_fields[type_url] = wire.length_delimited(2, type_url.encode())
+    return field
+
+
+def _delta_subscription(
+    type_url: str, subscribe: tuple[str, ...], unsubscribe: tuple[str, ...]
+) -> bytes:
+    """A DeltaDiscoveryRequest changing a subscription, encoded once per change per process."""
+    key = (type_url, subscribe, unsubscribe)
+    request = _delta_requests.get(key)
+    if request is None:
+        request = _type_field(type_url)
+        request += b"".join(wire.length_delimited(3, n.encode()) for n in subscribe)
+        request += b"".join(wire.length_delimited(4, n.encode()) for n in unsubscribe)
+        _delta_requests[key] = request
+    return request
+
+
+class _DeltaView:
+    """What a delta proxy holds of one type: each resource's version, and its subscription."""
+
+    __slots__ = ("acked_at", "held", "matches", "names", "routes", "started", "type_url")
+
+    def __init__(self, type_url: str) -> None:
+        self.type_url = type_url
+        self.held: dict[str, str] = {}
+        self.names: set[str] = set()  # subscribed by name (CDS and LDS: wildcard instead)
+        self.started = False  # asked for yet
+        self.routes: dict[str, tuple[str, ...]] = {}  # listeners: the routes each names
+        self.matches = False  # `held` is the tracker's target for the type
+        self.acked_at = 0.0  # when the last response of the type was ACKed
+
+
+class _DeltaProxy(_Proxy):
+    """Envoy over incremental (delta) ADS, in the same order as `_SotwProxy`: CDS wildcard
+    (a first request with no names); on each CDS response subscribe EDS to clusters it added
+    (unsubscribe those it removed); after the first EDS response LDS wildcard; on each LDS
+    response subscribe RDS to the routes its listeners name. Every response is ACKed with its
+    nonce alone.
+
+    It keeps each resource's version as responses give and remove them, and holds the target
+    once that map equals the server's for all four types (as sent by the coordinator), so the
+    server's system versions are not taken on trust.
+    """
+
+    __slots__ = ("fresh", "pending", "reported", "views")
+    method = DELTA_METHOD
+
+    def __init__(self, ident: str, tracker: _Tracker) -> None:
+        super().__init__(ident, tracker)
+        self.views = {t: _DeltaView(t) for t in TYPES}
+        self.fresh: _DeltaView | None = None  # the view a response changed, until its ACK is out
+        self.pending = 0  # types of the target it does not hold yet
+        self.reported = False  # told the tracker it holds the target
+
+    def first_request(self) -> bytes:
+        node = Node(id=self.ident, cluster=NODE_CLUSTER).SerializeToString()
+        self.views[CLUSTER_TYPE].started = True
+        return wire.length_delimited(1, node) + _type_field(CLUSTER_TYPE)
+
+    def on_response(self, message: bytes) -> list[bytes]:
+        entry, nonce_field = delta_response_fields(message)
+        type_url = entry.type_url
+        view = self.views[type_url]
+        held = view.held
+        if entry.versions:
+            held.update(entry.versions)
+        for name in entry.removed:
+            held.pop(name, None)
+        self.fresh = view
+        out = [_type_field(type_url) + _DELTA_ACK_NONCE_TAG + nonce_field[1:]]  # ACK
+        views = self.views
+        if type_url == CLUSTER_TYPE:
+            endpoints = views[ENDPOINT_TYPE]
+            added = entry.names - endpoints.names
+            gone: AbstractSet[str] = (
+                endpoints.names.intersection(entry.removed) if entry.removed else frozenset()
+            )
+            if added or gone:
+                self._subscribe(out, endpoints, added, gone)
+            elif not endpoints.started and not held:  # no clusters: nothing to wait for
+                self._subscribe(out, views[LISTENER_TYPE], frozenset(), frozenset())
+        elif type_url == ENDPOINT_TYPE and not views[LISTENER_TYPE].started:
+            self._subscribe(out, views[LISTENER_TYPE], frozenset(), frozenset())
+        elif type_url == LISTENER_TYPE:
+            routes = view.routes
+            changed = False
+            for name, names in entry.routes.items():
+                if routes.get(name) != names:
+                    routes[name] = names
+                    changed = True
+            for name in entry.removed:
+                changed = routes.pop(name, None) is not None or changed
+            if changed:
+                wanted: set[str] = set().union(*routes.values())
+                route_view = views[ROUTE_TYPE]
+                more, fewer = wanted - route_view.names, route_view.names - wanted
+                if more or fewer:
+                    self._subscribe(out, route_view, more, fewer)
+        return out
+
+    @staticmethod
+    def _subscribe(
+        out: list[bytes], view: _DeltaView, added: AbstractSet[str], gone: AbstractSet[str]
+    ) -> None:
+        """Subscribe `added`, unsubscribe `gone` (a type's first request without names: its
+        wildcard)."""
+        view.started = True
+        view.names |= added
+        view.names -= gone
+        out.append(_delta_subscription(view.type_url, tuple(sorted(added)), tuple(sorted(gone))))
+
+    def sent(self) -> None:
+        """The ACK is written: the type is held if its resources are the target's."""
+        view = self.fresh
+        if view is None:
+            return
+        self.fresh = None
+        view.acked_at = time.monotonic()
+        want = self.tracker.resources.get(view.type_url)
+        matches = want is not None and view.held == want
+        if matches == view.matches:
+            return
+        view.matches = matches
+        self.pending += -1 if matches else 1
+        if not self.pending and not self.reported:
+            self.reported = True
+            self.tracker.held(view.acked_at)
+
+    def missing(self) -> tuple[int, float]:
+        pending, last = 0, 0.0
+        for type_url, want in self.tracker.resources.items():
+            view = self.views[type_url]
+            view.matches = view.held == want
+            if view.matches:
+                last = max(last, view.acked_at)
+            else:
+                pending += 1
+        self.pending = pending
+        self.reported = not pending
+        return pending, last
 
 
 class _Tracker:
-    """Counts the proxies of this process that hold the target versions; reports when all do."""
+    """Counts the proxies of this process that hold the target; reports when all do.
+
+    The target is the pushed snapshot: each type's version (what a SotW proxy ACKs) and each
+    resource's (what a delta proxy holds). Also counts the bytes and messages the proxies
+    received and sent since it was armed.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.proxies: list[_Proxy] = []
         self.tag = -1
         self.target: dict[str, str] = {}
+        self.resources: ResourceVersions = {}
         self.holding = 0
         self.last = 0.0
         self.cpu = 0.0
         self.times: list[float] = []  # when each proxy held the target (for percentiles)
+        self.received = self.responses = self.sent_bytes = 0
 
-    def arm(self, tag: int, versions: dict[str, str]) -> None:
-        """Count from now which proxies hold `versions` (each proxy counts down its `pending`)."""
-        self.tag, self.target, self.holding, self.last = tag, versions, 0, 0.0
+    def arm(self, tag: int, versions: dict[str, str], resources: ResourceVersions) -> None:
+        """Count from now which proxies hold the target (each proxy counts down its
+        `pending`)."""
+        self.tag, self.target, self.resources = tag, versions, resources
+        self.holding, self.last = 0, 0.0
         self.times = []
+        self.received = self.responses = self.sent_bytes = 0
         self.cpu = time.process_time()
         for proxy in self.proxies:
-            proxy.pending, at = proxy.missing(versions)
-            if not proxy.pending:
+            pending, at = proxy.missing()
+            if not pending:
                 self.held(at)
 
     def held(self, at: float) -> None:
@@ -621,23 +922,40 @@ class _Tracker:
             self.conn.send(("done", self.tag, self.last, cpu, self.holding, self.times))
 
 
+PROXIES: dict[XdsProtocol, Callable[[str, _Tracker], _Proxy]] = {
+    "sotw": _SotwProxy,
+    "delta": _DeltaProxy,
+}
+
+
 def client_process(
     conn: Connection,
     first: int,
     count: int,
     idle_timeout: float,
     impl: ClientImpl,
+    protocol: XdsProtocol,
     cpus: list[int] | None,
 ) -> None:
     """Entry point of a client process (spawned): `count` proxies, started on "connect"."""
-    _child(conn, lambda: asyncio.run(_clients(conn, first, count, idle_timeout, impl)), cpus)
+    _child(
+        conn,
+        lambda: asyncio.run(_clients(conn, first, count, idle_timeout, impl, protocol)),
+        cpus,
+    )
 
 
 async def _clients(
-    conn: Connection, first: int, count: int, idle_timeout: float, impl: ClientImpl
+    conn: Connection,
+    first: int,
+    count: int,
+    idle_timeout: float,
+    impl: ClientImpl,
+    protocol: XdsProtocol,
 ) -> None:
     tracker = _Tracker(conn)
-    tracker.proxies = [_Proxy(f"sidecar-{first + i:05d}", tracker) for i in range(count)]
+    make = PROXIES[protocol]
+    tracker.proxies = [make(f"sidecar-{first + i:05d}", tracker) for i in range(count)]
     inbox = _Inbox(conn)
     tasks: list[asyncio.Task[None]] = []
     stopping = False
@@ -658,13 +976,16 @@ async def _clients(
             if kind == "stop":
                 break
             if kind == "arm":
-                tracker.arm(command[1], command[2])
+                tracker.arm(command[1], command[2], command[3])
                 conn.send(("armed",))
+            elif kind == "count":
+                counts = (tracker.received, tracker.responses, tracker.sent_bytes)
+                conn.send(("counted", *counts))
             elif kind == "connect":
                 port = command[1]
                 started = time.monotonic()
                 gate = asyncio.Semaphore(H2_CONNECTS_IN_FLIGHT)
-                block = h2client.request_headers(f"127.0.0.1:{port}", ADS_METHOD)
+                block = h2client.request_headers(f"127.0.0.1:{port}", METHODS[protocol])
                 for proxy in tracker.proxies:
                     if impl == "h2":
                         coroutine = proxy.run_h2(port, block, gate, report)
@@ -774,12 +1095,29 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def _arm(clients: list[_Child], tag: int, versions: dict[str, str], timeout: float) -> None:
+def _arm(
+    clients: list[_Child],
+    tag: int,
+    versions: dict[str, str],
+    resources: ResourceVersions,
+    timeout: float,
+) -> None:
     deadline = time.monotonic() + timeout
     for child in clients:
-        child.send("arm", tag, versions)
+        child.send("arm", tag, versions, resources)
     for child in clients:
         child.expect("armed", deadline)
+
+
+def _count(clients: list[_Child], proxies: int, timeout: float) -> dict[str, float]:
+    """What the proxies received and sent since they were armed, per proxy."""
+    counted = _each(clients, "counted", timeout, "count")
+    received, responses, sent = (sum(c[i] for c in counted) for i in (1, 2, 3))
+    return {
+        "bytes_per_client": received / proxies,
+        "responses_per_client": responses / proxies,
+        "request_bytes_per_client": sent / proxies,
+    }
 
 
 def _report(servers: list[_Child], timeout: float) -> dict[str, Any]:
@@ -838,6 +1176,7 @@ def run_one(
     transport: Transport = "grpc",
     impl: ClientImpl = "h2",
     workers: int = 1,
+    protocol: XdsProtocol = "sotw",
 ) -> dict[str, Any]:
     """W server workers and K client processes for N proxies: initial convergence, then pushes."""
     procs = max(1, min(args.client_procs, clients))
@@ -857,25 +1196,27 @@ def run_one(
         first = 0
         client_children: list[_Child] = []
         for i, share in enumerate(_shares(clients, procs)):
-            child = _Child(f"clients-{i}", client_process, first, share, idle, impl, client_cpus)
+            child = _Child(
+                f"clients-{i}", client_process, first, share, idle, impl, protocol, client_cpus
+            )
             first += share
             client_children.append(child)
             children.append(child)
         deadline = time.monotonic() + args.timeout
-        _, port, versions = first_server.expect("ready", deadline)
+        _, port, versions, resources = first_server.expect("ready", deadline)
         for w in range(1, workers):
             worker = _Child(f"server-{w}", server_process, *server_args, port, None)
             servers.append(worker)
             children.append(worker)
         for worker in servers[1:]:
-            _, worker_port, worker_versions = worker.expect("ready", deadline)
+            _, worker_port, worker_versions, _ = worker.expect("ready", deadline)
             if (worker_port, worker_versions) != (port, versions):
                 raise BenchError(f"{worker.name}: port {worker_port}, versions {worker_versions}")
         for child in client_children:
             child.expect("ready", deadline)
 
         # Initial convergence: from the first connect until every proxy ACKed all four types.
-        _arm(client_children, 0, versions, args.timeout)
+        _arm(client_children, 0, versions, resources, args.timeout)
         _each(servers, "marked", args.timeout, "mark")
         for child in client_children:
             child.send("connect", port)
@@ -884,12 +1225,14 @@ def run_one(
         )
         last, client_cpu, converged, _ = _converge(client_children, 0, args.timeout)
         initial = _report(servers, args.timeout)
+        initial_counts = _count(client_children, clients, args.timeout)
         if initial["streams"] != clients:
             raise BenchError(f"servers have {initial['streams']} streams for {clients} proxies")
         result: dict[str, Any] = {
             "clients": clients,
             "transport": transport,
             "client_impl": impl,
+            "protocol": protocol,
             "workers": workers,
             "pinning": pins,
             "clusters": args.clusters,
@@ -904,6 +1247,8 @@ def run_one(
             "initial_client_cpu_ms_per_client": 1000 * client_cpu / clients,
             "initial_server_busy": initial["cpu_s"] / ((last - started) * workers),
             "initial_client_busy": client_cpu / ((last - started) * gen_cores),
+            "initial_bytes_per_client": initial_counts["bytes_per_client"],
+            "initial_responses_per_client": initial_counts["responses_per_client"],
             "initial_snapshot": {
                 "versions": versions,
                 "resources_serialized": initial["resources_serialized"],
@@ -917,18 +1262,19 @@ def run_one(
 
         for generation in range(1, args.repeat + 1):
             prepared = _each(servers, "prepared", args.timeout, "prepare", generation)
-            versions = prepared[0][1]
+            versions, resources = prepared[0][1], prepared[0][5]
             if any(p[1] != versions for p in prepared):
                 raise BenchError(f"workers built different versions: {[p[1] for p in prepared]}")
             build_cpu = max(p[2] for p in prepared)
             build_wall = max(p[3] for p in prepared)
-            _arm(client_children, generation, versions, args.timeout)
+            _arm(client_children, generation, versions, resources, args.timeout)
             machine_cpu = _machine_cpu()
             set_times = [p[1] for p in _each(servers, "set", args.timeout, "set")]
             set_at = min(set_times)
             last, client_cpu, converged, held = _converge(client_children, generation, args.timeout)
             report = _report(servers, args.timeout)
             machine_cpu = _machine_cpu() - machine_cpu
+            counts = _count(client_children, clients, args.timeout)
             push_s = last - set_at
             result["pushes"].append(
                 {
@@ -959,6 +1305,10 @@ def run_one(
                     "resources_serialized_per_worker": report["resources_serialized_per_worker"],
                     "responses_built_per_worker": report["responses_built_per_worker"],
                     "converged_clients": converged,
+                    # What the server sent each proxy (DiscoveryResponse or
+                    # DeltaDiscoveryResponse bytes, without gRPC/HTTP/2 framing), and its
+                    # requests, from arming the push until the servers were idle again.
+                    **counts,
                 }
             )
         pushes = result["pushes"]
@@ -987,6 +1337,10 @@ def run_one(
                 ),
                 "client_busy_median": statistics.median(p["client_busy"] for p in pushes),
                 "other_cpu_median_s": statistics.median(p["other_cpu_s"] for p in pushes),
+                "bytes_per_client_push": statistics.median(p["bytes_per_client"] for p in pushes),
+                "responses_per_client_push": statistics.median(
+                    p["responses_per_client"] for p in pushes
+                ),
                 "server_rss_mb": report["rss_mb"],
                 "server_hwm_mb": report["hwm_mb"],
                 "server_threads": report["threads"],
@@ -1012,6 +1366,7 @@ COLUMNS = (
     ("N", "clients", "{:d}"),
     ("transport", "transport", "{}"),
     ("client", "client_impl", "{}"),
+    ("proto", "protocol", "{}"),
     ("W", "workers", "{:d}"),
     ("pin", None, ""),
     ("CxE", None, ""),
@@ -1029,6 +1384,8 @@ COLUMNS = (
     ("rss MB", "server_rss_mb", "{:.0f}"),
     ("ser/push", None, ""),
     ("built/push", None, ""),
+    ("B/client", "bytes_per_client_push", "{:.0f}"),
+    ("resp/cl", "responses_per_client_push", "{:.2f}"),
     ("gen ms/cl", "client_cpu_ms_per_client_push", "{:.3f}"),
     ("gen busy", "client_busy_median", "{:.0%}"),
     ("other s", "other_cpu_median_s", "{:.2f}"),
@@ -1114,6 +1471,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the simulated proxies' client: h2 (bench.h2client, cheap) or grpc (grpc.aio)",
     )
     parser.add_argument(
+        "--protocol",
+        nargs="+",
+        choices=PROTOCOLS,
+        default=["sotw"],
+        help="xDS variant the proxies speak, one row each: sotw (StreamAggregatedResources, "
+        "the default) and/or delta (DeltaAggregatedResources)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         nargs="+",
@@ -1137,11 +1502,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every N in turn, each with fresh processes; writes the JSON and returns it."""
     _raise_nofile()
     results = [
-        run_one(n, args, transport, impl, workers)
+        run_one(n, args, transport, impl, workers, protocol)
         for n in args.clients
         for transport in args.transport
         for impl in args.client_impl
         for workers in args.workers
+        for protocol in args.protocol
     ]
     document = {
         "benchmark": "ads_push",
@@ -1154,6 +1520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "transports": args.transport,
             "client_impls": args.client_impl,
+            "protocols": args.protocol,
             "workers": args.workers,
             "pin": not args.no_pin,
             "client_procs": args.client_procs,

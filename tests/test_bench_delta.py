@@ -1,0 +1,182 @@
+"""The ADS push benchmark's delta mode (`--protocol delta`): proxies over
+DeltaAggregatedResources converge like the SotW ones, and a one-resource push sends one resource.
+
+End to end with real processes and sockets at tiny numbers, plus the delta proxy's handling of
+responses (caching, removals, subscriptions) in process. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench import ads_push
+
+from pilotfish.protos import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    DeltaDiscoveryRequest,
+    wire,
+)
+
+TINY = ["--clients", "3", "--clusters", "5", "--endpoints", "1", "--repeat", "1"]
+TINY += ["--transport", "native", "--client-impl", "h2", "--timeout", "30"]
+
+
+def _run(tmp_path: Path, change: str) -> dict[str, dict[str, Any]]:
+    out = tmp_path / f"ads_push_{change}.json"
+    argv = [*TINY, "--protocol", "sotw", "delta", "--change", change, "--json", str(out)]
+    assert ads_push.main(argv) == 0
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert document["args"]["protocols"] == ["sotw", "delta"]
+    results = document["results"]
+    assert [r["protocol"] for r in results] == ["sotw", "delta"]
+    for result in results:
+        assert result["converged_clients"] == result["clients"] == 3
+        assert result["server_streams"] == 3
+        assert result["initial_bytes_per_client"] > 0
+        (push,) = result["pushes"]
+        assert push["converged_clients"] == 3
+        assert push["bytes_per_client"] > 0
+    return {r["protocol"]: r for r in results}
+
+
+def test_delta_push_of_one_cluster_sends_only_that_resource(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "one")
+    sotw, delta = rows["sotw"], rows["delta"]
+    # Only the first cluster's endpoints changed: one EDS response per proxy either way, the
+    # whole EDS answer (5 assignments) in SotW, the one assignment in delta.
+    assert sotw["responses_per_client_push"] == delta["responses_per_client_push"] == 1
+    assert delta["bytes_per_client_push"] < sotw["bytes_per_client_push"] / 2
+    (push,) = delta["pushes"]
+    assert push["versions"][ENDPOINT_TYPE] != delta["initial_snapshot"]["versions"][ENDPOINT_TYPE]
+    assert push["versions"][CLUSTER_TYPE] == delta["initial_snapshot"]["versions"][CLUSTER_TYPE]
+    # Initially both protocols send every resource once per proxy.
+    assert sotw["initial_responses_per_client"] == delta["initial_responses_per_client"] == 4
+
+
+def test_delta_push_of_everything_converges_on_all_four_types(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "all")
+    for row in rows.values():
+        (push,) = row["pushes"]
+        assert set(push["versions"].values()).isdisjoint(
+            row["initial_snapshot"]["versions"].values()
+        )
+        # CDS, EDS (every cluster changed, and re-warmed), LDS, RDS: one response each.
+        assert row["responses_per_client_push"] == 4
+    # Built once per type for all 3 proxies: SotW per subscription, delta per client state
+    # (CDS, EDS, LDS, RDS, then EDS and RDS again as the new clusters and listeners re-warm).
+    assert rows["sotw"]["pushes"][0]["responses_built"] == 4
+    assert rows["delta"]["pushes"][0]["responses_built"] == 6
+
+
+# -- the delta proxy in process ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[Connection, Connection]]:
+    ours, theirs = multiprocessing.Pipe()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def _response(type_url: str, resources: list[bytes], removed: list[str], nonce: str) -> bytes:
+    body = wire.delta_response_body("v1", type_url, resources, removed)
+    return body + wire.nonce_field(nonce)
+
+
+def _cds(clusters: int, generation: int = 0) -> list[bytes]:
+    snapshot = ads_push.build_snapshot(clusters, 1, generation)
+    return [r.resource for r in snapshot.resources(CLUSTER_TYPE).values()]
+
+
+def test_delta_proxy_follows_additions_and_removals(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    _, theirs = pipe
+    tracker = ads_push._Tracker(theirs)
+    proxy = ads_push._DeltaProxy("sidecar-0", tracker)
+    tracker.proxies = [proxy]
+
+    first = DeltaDiscoveryRequest.FromString(proxy.first_request())
+    assert (first.type_url, first.node.id) == (CLUSTER_TYPE, "sidecar-0")
+    assert not first.resource_names_subscribe  # wildcard
+
+    snapshot = ads_push.build_snapshot(3, 1, 0)
+    names = sorted(snapshot.resources(CLUSTER_TYPE))
+    ack, subscribe = map(
+        DeltaDiscoveryRequest.FromString,
+        proxy.on_response(_response(CLUSTER_TYPE, _cds(3), [], "1")),
+    )
+    assert (ack.type_url, ack.response_nonce, list(ack.resource_names_subscribe)) == (
+        CLUSTER_TYPE,
+        "1",
+        [],
+    )
+    assert subscribe.type_url == ENDPOINT_TYPE
+    assert list(subscribe.resource_names_subscribe) == names
+    assert set(proxy.views[CLUSTER_TYPE].held) == set(names)
+
+    # The same body with another nonce is taken from the process's cache; ACKed with its nonce.
+    (ack,) = map(
+        DeltaDiscoveryRequest.FromString,
+        proxy.on_response(_response(CLUSTER_TYPE, _cds(3), [], "22")),
+    )
+    assert ack.response_nonce == "22"
+
+    # A cluster removed: dropped from what the proxy holds, and its endpoints unsubscribed.
+    requests = proxy.on_response(_response(CLUSTER_TYPE, [], [names[1]], "3"))
+    ack, unsubscribe = map(DeltaDiscoveryRequest.FromString, requests)
+    assert ack.response_nonce == "3"
+    assert list(unsubscribe.resource_names_unsubscribe) == [names[1]]
+    assert not unsubscribe.resource_names_subscribe
+    assert set(proxy.views[CLUSTER_TYPE].held) == {names[0], names[2]}
+    assert proxy.views[ENDPOINT_TYPE].names == {names[0], names[2]}
+
+    # The first EDS response makes it ask for listeners (wildcard), then the listener's route.
+    eds = [r.resource for r in snapshot.resources(ENDPOINT_TYPE).values()]
+    _, lds = map(
+        DeltaDiscoveryRequest.FromString, proxy.on_response(_response(ENDPOINT_TYPE, eds, [], "4"))
+    )
+    assert (lds.type_url, list(lds.resource_names_subscribe)) == (LISTENER_TYPE, [])
+    lds_resources = [r.resource for r in snapshot.resources(LISTENER_TYPE).values()]
+    _, rds = map(
+        DeltaDiscoveryRequest.FromString,
+        proxy.on_response(_response(LISTENER_TYPE, lds_resources, [], "5")),
+    )
+    assert (rds.type_url, list(rds.resource_names_subscribe)) == (ROUTE_TYPE, [ads_push.ROUTE_NAME])
+
+
+def test_delta_proxy_holds_the_target_when_its_resources_match(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    ours, theirs = pipe
+    tracker = ads_push._Tracker(theirs)
+    proxy = ads_push._DeltaProxy("sidecar-0", tracker)
+    tracker.proxies = [proxy]
+    snapshot = ads_push.build_snapshot(2, 1, 0)
+    resources = ads_push._resource_versions(snapshot)
+    tracker.arm(7, ads_push._versions(snapshot), resources)
+    assert proxy.pending == 4
+    for nonce, type_url in enumerate(ads_push.TYPES, 1):
+        items = [r.resource for r in snapshot.resources(type_url).values()]
+        proxy.on_response(_response(type_url, items, [], str(nonce)))
+        proxy.sent()
+    assert proxy.pending == 0
+    kind, tag, _, _, holding, times = ours.recv()
+    assert (kind, tag, holding, len(times)) == ("done", 7, 1, 1)
+
+    # Removing a resource it holds makes the type no longer match.
+    name = next(iter(snapshot.resources(ENDPOINT_TYPE)))
+    proxy.on_response(_response(ENDPOINT_TYPE, [], [name], "9"))
+    proxy.sent()
+    assert proxy.pending == 1
+    assert name not in proxy.views[ENDPOINT_TYPE].held
