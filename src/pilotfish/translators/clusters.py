@@ -152,18 +152,25 @@ def effective_policy(rule: MergedRule | None, port: int, subset: str = "") -> Tr
     subset's fields override it, and a subset port-level entry replaces all four fields. Unlike
     istiod, a top-level port-level entry keeps the rule's tunnel and proxyProtocol.
 
-    The policy returned is shared (made once per rule, port and subset): do not modify it.
+    The policy returned may be shared (recently made ones are kept: a cluster, its load
+    assignment and the routes to it all ask): do not modify it.
     """
     if rule is None:
         return _NO_POLICY
-    key = (port, subset)
-    found = rule.policies.get(key)
-    if found is None:
-        found = rule.policies[key] = _merged_policy(rule, port, subset)
-    return found
+    key = (id(rule), port, subset)
+    found = _POLICIES.get(key)
+    if found is not None and found[0] is rule:
+        return found[1]
+    if len(_POLICIES) >= _MAX_POLICIES:
+        _POLICIES.clear()
+    policy = _merged_policy(rule, port, subset)
+    _POLICIES[key] = (rule, policy)  # the rule kept with it, so its id is not reused
+    return policy
 
 
 _NO_POLICY = TrafficPolicy()
+_POLICIES: dict[tuple[int, int, str], tuple[MergedRule, TrafficPolicy]] = {}
+_MAX_POLICIES = 4096
 
 
 def _merged_policy(rule: MergedRule, port: int, subset: str) -> TrafficPolicy:

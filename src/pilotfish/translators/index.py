@@ -46,11 +46,6 @@ class MergedRule:
     traffic_policy: TrafficPolicy
     subsets: tuple[Subset, ...]
     sources: tuple[ConfigObject, ...]
-    policies: dict[tuple[int, str], TrafficPolicy] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    """`effective_policy` per (port, subset), made once: every cluster, load assignment and
-    route towards the host asks for it."""
 
     def subset(self, name: str) -> Subset | None:
         """A subset by name."""
