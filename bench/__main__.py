@@ -1,11 +1,12 @@
 """The whole benchmark suite in one command: ADS push, translation, real Envoys.
 
-    .venv/bin/python -m bench [--quick] [--only ads_push translate envoys] [--results DIR]
+    .venv/bin/python -m bench [--quick] [--only ads_push translate envoys] [--results DIR] [--plots]
 
 Each benchmark runs with its own defaults (a few minutes in all on a 2-core machine) and writes
 its own JSON; then a combined summary is printed and written to `summary.json`. `--quick` is a
 smoke run of each (seconds), written to `bench/results/quick/` unless `--results` says otherwise,
 so it never overwrites real results. A benchmark that fails is reported and the others still run.
+`--plots` also writes PNGs of each JSON next to it (`bench/plot.py`; needs matplotlib).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ads_push, envoys, machine, translate
+from bench.plot import plot, require_matplotlib
 
 __all__ = ["main"]
 
@@ -136,6 +138,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--results", type=Path, help="directory for the JSON files (default bench/results)"
     )
+    parser.add_argument(
+        "--plots", action="store_true", help="also PNG plots of each JSON (needs matplotlib)"
+    )
     args = parser.parse_args(argv)
     if args.results is None:
         args.results = RESULTS / "quick" if args.quick else RESULTS
@@ -145,6 +150,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen benchmarks in turn, then print and write the summary."""
     args = parse_args(argv)
+    if args.plots:
+        require_matplotlib()  # before minutes of benchmarks, not after
     args.results.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "benchmark": "suite",
@@ -170,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry["ok"], entry["error"] = False, f"exit {exit_.code}"
         entry["elapsed_s"] = time.monotonic() - started
         summary["benchmarks"][name] = entry
+        if args.plots and entry["ok"]:  # a failed run's JSON may be an older one
+            entry["plots"] = [str(png) for png in plot(out, args.results)]
+            print(f"plots: {' '.join(entry['plots'])}")
     path = args.results / "summary.json"
     machine.write_result(path, summary)
     _print_summary(summary)
