@@ -65,7 +65,14 @@ from bench import h2client, machine
 if TYPE_CHECKING:  # the grpc client is imported when used: server workers run without grpc
     import grpc.aio
 
-__all__ = ["build_snapshot", "delta_response_fields", "main", "response_fields", "run"]
+__all__ = [
+    "build_snapshot",
+    "delta_response_fields",
+    "main",
+    "next_snapshot",
+    "response_fields",
+    "run",
+]
 
 ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
@@ -121,12 +128,7 @@ def build_snapshot(
     return Snapshot(
         {
             "cds": [build.eds_cluster(n, connect_timeout=timeout) for n in names],
-            "eds": [
-                build.load_assignment(
-                    n, [(f"10.{i >> 8 & 255}.{i & 255}.{j + 1}", port(i)) for j in range(endpoints)]
-                )
-                for i, n in enumerate(names)
-            ],
+            "eds": [_assignment(i, n, endpoints, port(i)) for i, n in enumerate(names)],
             "lds": [build.http_listener("listener_0", 10_000 + every % 50_000, ROUTE_NAME)],
             "rds": [
                 build.route_config(
@@ -135,6 +137,26 @@ def build_snapshot(
             ],
         }
     )
+
+
+def _assignment(i: int, name: str, endpoints: int, port: int) -> Any:
+    return build.load_assignment(
+        name, [(f"10.{i >> 8 & 255}.{i & 255}.{j + 1}", port) for j in range(endpoints)]
+    )
+
+
+def next_snapshot(
+    previous: Snapshot, clusters: int, endpoints: int, generation: int, change: Change = "all"
+) -> Snapshot:
+    """`build_snapshot`'s snapshot for `generation`, made the way pilotfish's controller makes
+    the next one: with `change="one"`, `previous` updated by the one changed assignment
+    (`Snapshot.updated`: the other resources are not serialized again, and the untouched types
+    keep their built responses); with `"all"`, built afresh (everything changed anyway)."""
+    if change == "all":
+        return build_snapshot(clusters, endpoints, generation, change)
+    name = f"outbound|80||svc-{0:05d}.bench.svc.cluster.local"
+    changed = _assignment(0, name, endpoints, 8000 + generation % 50_000)
+    return previous.updated({}, {"eds": [changed]})
 
 
 def _versions(snapshot: Snapshot) -> dict[str, str]:
@@ -287,7 +309,7 @@ async def _serve(
             elif kind == "prepare":
                 # Building (translating + serializing once) is measured apart from the fan-out.
                 cpu, wall = time.process_time(), time.perf_counter()
-                prepared = build_snapshot(clusters, endpoints, command[1], change)
+                prepared = next_snapshot(prepared, clusters, endpoints, command[1], change)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 stats = prepared.stats
                 conn.send(

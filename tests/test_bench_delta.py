@@ -58,6 +58,9 @@ def test_delta_push_of_one_cluster_sends_only_that_resource(tmp_path: Path) -> N
     (push,) = delta["pushes"]
     assert push["versions"][ENDPOINT_TYPE] != delta["initial_snapshot"]["versions"][ENDPOINT_TYPE]
     assert push["versions"][CLUSTER_TYPE] == delta["initial_snapshot"]["versions"][CLUSTER_TYPE]
+    # The push's snapshot is the last one updated by the one assignment (as the controller
+    # makes it): one resource serialized, for either protocol.
+    assert [r["pushes"][0]["resources_serialized"] for r in (sotw, delta)] == [1, 1]
     # Initially both protocols send every resource once per proxy.
     assert sotw["initial_responses_per_client"] == delta["initial_responses_per_client"] == 4
 
