@@ -320,6 +320,32 @@ subsets:
     assert route_hash_policy(None, 9080) == []
 
 
+def test_route_hash_policies_from_port_level_settings_alone() -> None:
+    rule = _rule("""
+trafficPolicy:
+  portLevelSettings:
+  - port: {number: 9090}
+    loadBalancer: {consistentHash: {httpQueryParameterName: user}}
+subsets:
+- name: v1
+  labels: {version: v1}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 9080}
+      loadBalancer: {consistentHash: {httpHeaderName: x-v1}}
+- name: v2
+  labels: {version: v2}
+""")
+    (query,) = route_hash_policy(rule, 9090)
+    assert query.query_parameter.name == "user"
+    assert route_hash_policy(rule, 9080) == []
+    (header,) = route_hash_policy(rule, 9080, "v1")
+    assert header.header.header_name == "x-v1"
+    assert route_hash_policy(rule, 9080, "v2") == []
+    (inherited,) = route_hash_policy(rule, 9090, "v2")
+    assert inherited.query_parameter.name == "user"
+
+
 # -- connection pool and outlier detection -----------------------------------------------------
 
 POOL = """

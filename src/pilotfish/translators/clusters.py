@@ -200,6 +200,8 @@ def route_hash_policy(
     (httpHeaderName -> header, httpCookie -> cookie with name/path/ttl, useSourceIp ->
     connection_properties.source_ip, httpQueryParameterName -> query_parameter); empty when not
     consistent hash."""
+    if rule is None or not _may_hash(rule, subset):
+        return []  # the common case, told without merging the policy
     lb = effective_policy(rule, port, subset).load_balancer
     if not lb.HasField("consistent_hash"):
         return []
@@ -225,6 +227,20 @@ def route_hash_policy(
     else:
         return []
     return [policy]
+
+
+def _may_hash(rule: MergedRule, subset: str) -> bool:
+    """Whether any policy `effective_policy` merges for `subset` names a consistent hash."""
+    policies = [rule.traffic_policy]
+    chosen = rule.subset(subset) if subset else None
+    if chosen is not None and chosen.HasField("traffic_policy"):
+        policies.append(chosen.traffic_policy)
+    for policy in policies:
+        if policy.load_balancer.HasField("consistent_hash"):
+            return True
+        if any(p.load_balancer.HasField("consistent_hash") for p in policy.port_level_settings):
+            return True
+    return False
 
 
 # -- TLS ---------------------------------------------------------------------------------------

@@ -15,9 +15,18 @@ from operator import is_not
 from typing import Any, TypeVar
 
 from pilotfish.cache import Assembled, CachedResource, Messages, Serialized, Snapshot
-from pilotfish.protos import Message, references, resource_type
+from pilotfish.protos import (
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    SCOPED_ROUTE_TYPE,
+    Message,
+    references,
+    resource_type,
+)
 
 __all__ = ["ServedResources"]
+
+_REFERRING = frozenset({CLUSTER_TYPE, LISTENER_TYPE, SCOPED_ROUTE_TYPE})
 
 T = TypeVar("T")
 
@@ -51,6 +60,8 @@ class ServedResources:
         serialized = total = 0
         for key, given_messages in resources.items():
             row = resource_type(key)
+            # Only these types name resources of others (`references`); the rest skip the look.
+            refers = row.type_url in _REFERRING
             given = self._given.setdefault(key, {})
             by_name = self._by_name.setdefault(key, {})
             # Assembled messages (`Messages`) are taken as given: their bytes without the message.
@@ -79,7 +90,9 @@ class ServedResources:
                         cached = CachedResource.of_data(
                             row.type_url, name, message.pieces, version=message.version
                         )
-                        item = Serialized(message, cached, references(message.head))
+                        item = Serialized(
+                            message, cached, references(message.head) if refers else {}
+                        )
                         serialized += 1
                 else:
                     name = row.name_of(message)
@@ -89,7 +102,7 @@ class ServedResources:
                     if item is None or item.message != message:
                         data = message.SerializeToString(deterministic=True)
                         cached = CachedResource.of_data(row.type_url, name, data)
-                        item = Serialized(message, cached, references(message))
+                        item = Serialized(message, cached, references(message) if refers else {})
                         serialized += 1
                 given[id(message)] = by_name[name] = item
                 if lost.get(name) is item:

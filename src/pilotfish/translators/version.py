@@ -23,8 +23,19 @@ METADATA_KEY = "pilotfish"
 def stamp(message: Any, sources: Iterable[str] = ()) -> Any:
     """Record the translator version (and the `kind/namespace/name` of the config objects the
     message came from) in the message's metadata; returns the message."""
-    message.metadata.filter_metadata[METADATA_KEY].CopyFrom(_stamp(tuple(sorted(set(sources)))))
+    given = tuple(sources)
+    info = _STAMPS.get(given)
+    if info is None:
+        if len(_STAMPS) >= _MAX_STAMPS:
+            _STAMPS.clear()
+        info = _STAMPS[given] = _stamp(tuple(sorted(set(given))))
+    message.metadata.filter_metadata[METADATA_KEY].CopyFrom(info)
     return message
+
+
+_STAMPS: dict[tuple[str, ...], Struct] = {}
+"""Stamps by the sources as given (a service's clusters and routes ask with the same ones)."""
+_MAX_STAMPS = 4096
 
 
 @functools.lru_cache(maxsize=4096)
