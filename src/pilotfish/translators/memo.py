@@ -124,15 +124,19 @@ class _TrackedIndex(ConfigIndex):
         self._lookups = inner._look  # shared: built once per config, not per unit
         self._inner = inner
         self._unit = unit
+        self._rules: dict[tuple[str, str], MergedRule | None] = {}
 
     def _record(self, kind: str, args: tuple[Any, ...], token: Hashable) -> None:
         self._unit.reads.append((kind, args, token))
 
     def destination_rule(self, host: str, proxy_namespace: str = "") -> MergedRule | None:
-        rule = self._inner.destination_rule(host, proxy_namespace)
-        self._record(
-            "destination_rule", (host, proxy_namespace), _rule_token(rule, self._unit.keep)
-        )
+        # A unit asks for one host's rule once per cluster, load assignment and route: asked
+        # and recorded once (the config does not change during a translation).
+        key = (host, proxy_namespace)
+        if key in self._rules:
+            return self._rules[key]
+        rule = self._rules[key] = self._inner.destination_rule(host, proxy_namespace)
+        self._record("destination_rule", key, _rule_token(rule, self._unit.keep))
         return rule
 
     def delegate(self, name: str, namespace: str) -> ConfigObject | None:
@@ -168,14 +172,19 @@ class _TrackedRegistry(Registry):
         self._inner = inner
         self._unit = unit
         self.conflicts = inner.conflicts
+        self._asked: dict[tuple[str, int, Any], tuple[Endpoint, ...]] = {}
 
     def endpoints(
         self, hostname: str, port: int, subset: Mapping[str, str] | None = None
     ) -> list[Endpoint]:
-        found = self._inner.endpoints(hostname, port, subset)
+        # Asked once per cluster and load assignment of a port: asked and recorded once.
         frozen = tuple(sorted(subset.items())) if subset is not None else None
-        self._unit.reads.append(("endpoints", (hostname, port, frozen), tuple(found)))
-        return found
+        key = (hostname, port, frozen)
+        found = self._asked.get(key)
+        if found is None:
+            found = self._asked[key] = tuple(self._inner.endpoints(hostname, port, subset))
+            self._unit.reads.append(("endpoints", key, found))
+        return list(found)
 
     def service(self, hostname: str) -> Service | None:
         found = self._inner.service(hostname)
