@@ -26,10 +26,17 @@ them as they are, and streams in the same state share them. A response made for 
 `DeltaPreparedResponse.after`) moves every stream in it to one shared next state, and the
 forgetting of refreshed names is shared the same way: a cache answers each state once, however
 many streams are in it, and an ACK costs a lookup, not a scan of every name.
+
+Subscriptions are shared as well: a request changing one is parsed once for every stream that
+sends it (a long list of names recognised by its wire bytes, without the node and the nonce;
+see `_change`), and one change applied to one state gives one next state (`_applied`), so a
+fleet subscribing EDS to every cluster costs one set of names, not one per stream.
 """
 
 from __future__ import annotations
 
+import sys
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -80,7 +87,8 @@ class DeltaStream:
     _nonce: int = 0
 
     def receive(self, request: DeltaDiscoveryRequest, raw: bytes | None = None) -> Received:
-        """Take one request from the client (`raw`, its bytes, are not needed here)."""
+        """Take one request from the client; `raw`, if the transport has them, are the bytes it
+        was parsed from (they make a long subscription cheap to recognise)."""
         if self.node is None:
             self.node = Node()
             self.node.CopyFrom(request.node)
@@ -99,17 +107,17 @@ class DeltaStream:
                 return Received(type_url, stale=stale)
             return Received(type_url, (settled,), self.watch_request(type_url))
         first = state is None
+        change = _change(request, raw)
         if state is None:
             state = self.types[type_url] = DeltaTypeState(type_url)
-            if request.initial_resource_versions:
-                state.versions = _shared_versions(dict(request.initial_resource_versions))
+            if change.resume is not None:
+                state.versions = change.resume
                 state.resumed = True
+            if not change.listed and (namespaces := self._namespaces(type_url)):
+                state.namespaced = True
+                change = _namespaced(namespaces, change)
         events: list[Event] = []
-        subscribe = set(request.resource_names_subscribe)
-        if first and not subscribe and (namespaces := self._namespaces(type_url)):
-            state.namespaced = True
-            subscribe = set(namespaces)
-        changed = self._update_subscription(state, request, subscribe, first, events)
+        changed = self._update_subscription(state, change, first, events)
 
         stale = bool(nonce) and nonce != state.sent_nonce
         settled = None if stale else settle(state, nonce, request)
@@ -190,48 +198,188 @@ class DeltaStream:
 
     @staticmethod
     def _update_subscription(
-        state: DeltaTypeState,
-        request: DeltaDiscoveryRequest,
-        subscribe: set[str],
-        first: bool,
-        events: list[Event],
+        state: DeltaTypeState, change: _Change, first: bool, events: list[Event]
     ) -> bool:
-        unsubscribe = set(request.resource_names_unsubscribe)
-        if not (first or subscribe or unsubscribe):
+        if not (first or change.listed or change.unlisted):
             return False
-        wildcard_on = WILDCARD in subscribe or (first and not subscribe)
-        wildcard_off = WILDCARD in unsubscribe
-        subscribe.discard(WILDCARD)
-        unsubscribe.discard(WILDCARD)
-        # Subscribing (again) always sends: forget what the client was thought to hold; it
-        # forgets what it unsubscribes.
-        forget = unsubscribe if first else subscribe | unsubscribe
-        versions = state.versions
-        if forget and not forget.isdisjoint(versions):
-            held = dict(versions)
-            for name in forget:
-                held.pop(name, None)
-            state.versions = held
-        old = state.names
-        added = subscribe - old
-        removed = unsubscribe & old
-        names = (old | subscribe) - unsubscribe
-        if names != old:
-            state.names = _shared_names(names)
+        wildcard_on = change.star_on or (first and not change.listed)
+        applied = _applied(state.names, state.versions, change, first)
+        state.names, state.versions = applied.names, applied.versions
         was_wildcard = state.wildcard
         if wildcard_on:
             state.wildcard = True
-        if wildcard_off:
+        if change.star_off:
             state.wildcard = False
-        if first or added or subscribe or (state.wildcard and not was_wildcard):
-            events.append(Subscribed(state.type_url, frozenset(added), state.wildcard))
+        added, removed = applied.added, applied.removed
+        if first or added or change.subscribe or (state.wildcard and not was_wildcard):
+            events.append(Subscribed(state.type_url, added, state.wildcard))
         if removed or (was_wildcard and not state.wildcard):
             events.append(
-                Unsubscribed(
-                    state.type_url, frozenset(removed), was_wildcard and not state.wildcard
-                )
+                Unsubscribed(state.type_url, removed, was_wildcard and not state.wildcard)
             )
         return True
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # one object per request, compared by identity
+class _Change:
+    """A request's subscription change, parsed: the names it subscribes and unsubscribes
+    (interned, without `*`), whether each list had any name and `*`, and the versions it
+    resumes from (`initial_resource_versions`, shared; None if it names none). One object
+    for all the streams that send the same request (see `_change`)."""
+
+    subscribe: frozenset[str]
+    unsubscribe: frozenset[str]
+    listed: bool
+    star_on: bool
+    star_off: bool
+    unlisted: bool = False
+    resume: Mapping[str, str] | None = None
+
+
+def _parse(request: DeltaDiscoveryRequest) -> _Change:
+    subscribe = frozenset(map(sys.intern, request.resource_names_subscribe))
+    unsubscribe = frozenset(map(sys.intern, request.resource_names_unsubscribe))
+    star_on, star_off = WILDCARD in subscribe, WILDCARD in unsubscribe
+    initial = request.initial_resource_versions
+    return _Change(
+        subscribe - {WILDCARD} if star_on else subscribe,
+        unsubscribe - {WILDCARD} if star_off else unsubscribe,
+        bool(subscribe),
+        star_on,
+        star_off,
+        bool(unsubscribe),
+        _shared_versions(dict(initial)) if initial else None,
+    )
+
+
+_KEYED = 8
+"""Above this many names (and versions), a request is recognised by its wire bytes."""
+_NODE_TAG = 0x0A  # DeltaDiscoveryRequest.node, field 1, length-delimited
+_NONCE_FIELD = 6  # DeltaDiscoveryRequest.response_nonce
+# Long requests parsed lately, by their bytes without the node and the nonce (see `_span`):
+# every proxy of a kind subscribes to the same long list (all of EDS), resumes the same
+# versions. A few kinds of proxies send most of them.
+_RECENT: deque[tuple[bytes, _Change]] = deque(maxlen=8)
+# Short requests parsed lately, by their lists (most streams send the same few).
+_SMALL: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]], _Change] = {}
+_SMALL_MAX = 1024
+
+
+def _change(request: DeltaDiscoveryRequest, raw: bytes | None) -> _Change:
+    """The request's subscription change, parsed once for every stream that sends it."""
+    subscribe = request.resource_names_subscribe
+    unsubscribe = request.resource_names_unsubscribe
+    initial = request.initial_resource_versions
+    if len(subscribe) + len(unsubscribe) + len(initial) <= _KEYED:
+        key = (tuple(subscribe), tuple(unsubscribe), tuple(initial.items()))
+        found = _SMALL.get(key)
+        if found is None:
+            if len(_SMALL) >= _SMALL_MAX:
+                _SMALL.clear()
+            found = _SMALL[key] = _parse(request)
+        return found
+    # Making a str of each name costs more than the rest of the request: equal bytes (see
+    # `_span`) hold equal lists, so the names parsed for one stream serve the others.
+    data = request.SerializeToString() if raw is None else raw
+    start, stop = _span(data, request.response_nonce)
+    size = stop - start
+    for known, parsed in tuple(_RECENT):
+        if len(known) == size and data.startswith(known, start):
+            return parsed
+    parsed = _parse(request)
+    _RECENT.append((data[start:stop], parsed))
+    return parsed
+
+
+# First requests of a namespaced type, as they subscribe (`DeltaStream._namespaces`).
+_NAMESPACED: dict[tuple[frozenset[str], _Change], _Change] = {}
+
+
+def _namespaced(namespaces: frozenset[str], change: _Change) -> _Change:
+    """`change` subscribing `namespaces` instead of the wildcard (one object for every stream
+    that holds the same namespaces and sends the same request)."""
+    key = (namespaces, change)
+    found = _NAMESPACED.get(key)
+    if found is None:
+        if len(_NAMESPACED) >= _SHARED_MAX:
+            _NAMESPACED.clear()
+        found = _NAMESPACED[key] = _Change(
+            namespaces, change.unsubscribe, True, False, change.star_off, change.unlisted
+        )
+    return found
+
+
+def _span(data: bytes, nonce: str) -> tuple[int, int]:
+    """Where `data`, a DeltaDiscoveryRequest's wire bytes, are without a leading node field
+    and a trailing response_nonce field: what streams subscribing alike send alike.
+
+    Two requests equal there hold the same names and versions. The part starts at a field
+    boundary, so it parses alike in both. If the bytes cut off at the end are the nonce
+    field, the names are all in the part; if not (a client writing fields out of order, whose
+    last field ends in bytes like a nonce field), the nonce each request carries was read from
+    the part, so it is the same, and so are the bytes cut off.
+    """
+    start = 0
+    if data and data[0] == _NODE_TAG:  # the proxy's own, on its first request
+        length, start = wire.read_varint(data, 1)
+        start += length
+    stop = len(data)
+    if nonce:
+        field = wire.length_delimited(_NONCE_FIELD, nonce.encode())
+        if stop - len(field) >= start and data.endswith(field):
+            stop -= len(field)
+    return start, stop
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """A change applied to a state: the names and held versions after it, and the names it
+    added to and removed from the subscription."""
+
+    names: frozenset[str]
+    versions: Mapping[str, str]
+    added: frozenset[str]
+    removed: frozenset[str]
+
+
+# Changes applied lately, by the identities of (names, versions, change) and whether it is the
+# type's first request: streams in one state sending one request move to one next state,
+# worked out once. The entry keeps the objects (so the ids stay theirs). Cleared when full.
+_APPLIED: dict[
+    tuple[int, int, int, bool],
+    tuple[frozenset[str], Mapping[str, str], _Change, _Applied],
+] = {}
+_APPLIED_MAX = 64
+
+
+def _applied(
+    names: frozenset[str], versions: Mapping[str, str], change: _Change, first: bool
+) -> _Applied:
+    key = (id(names), id(versions), id(change), first)
+    found = _APPLIED.get(key)
+    if found is not None and found[0] is names and found[1] is versions and found[2] is change:
+        return found[3]
+    subscribe, unsubscribe = change.subscribe, change.unsubscribe
+    # Subscribing (again) always sends: forget what the client was thought to hold; it
+    # forgets what it unsubscribes.
+    forget = unsubscribe if first else subscribe | unsubscribe
+    after = versions
+    if forget and not forget.isdisjoint(versions):
+        held = dict(versions)
+        for name in forget:
+            held.pop(name, None)
+        after = held
+    now = (names | subscribe) - unsubscribe
+    applied = _Applied(
+        names if now == names else _shared_names(now),
+        after,
+        subscribe - names,
+        unsubscribe & names,
+    )
+    if len(_APPLIED) >= _APPLIED_MAX:
+        _APPLIED.clear()
+    _APPLIED[key] = (names, versions, change, applied)
+    return applied
 
 
 # Streams of one kind of proxy subscribe to the same names (all of EDS), and proxies resuming
