@@ -36,14 +36,13 @@ fleet subscribing EDS to every cluster costs one set of names, not one per strea
 from __future__ import annotations
 
 import sys
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, Node, wire
 from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.requests import Received, request_type_url, settle
+from pilotfish.xds.requests import Received, RecentRequests, request_span, request_type_url, settle
 from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest, held_after
 
 __all__ = ["DeltaStream", "DeltaTypeState"]
@@ -254,12 +253,12 @@ def _parse(request: DeltaDiscoveryRequest) -> _Change:
 
 _KEYED = 8
 """Above this many names (and versions), a request is recognised by its wire bytes."""
-_NODE_TAG = 0x0A  # DeltaDiscoveryRequest.node, field 1, length-delimited
+_LEADING = (0x0A,)  # DeltaDiscoveryRequest.node, field 1, length-delimited
 _NONCE_FIELD = 6  # DeltaDiscoveryRequest.response_nonce
-# Long requests parsed lately, by their bytes without the node and the nonce (see `_span`):
+# Long requests parsed lately, by their bytes without the node and the nonce (see `request_span`):
 # every proxy of a kind subscribes to the same long list (all of EDS), resumes the same
 # versions. A few kinds of proxies send most of them.
-_RECENT: deque[tuple[bytes, _Change]] = deque(maxlen=8)
+_RECENT: RecentRequests[_Change] = RecentRequests()
 # Short requests parsed lately, by their lists (most streams send the same few).
 _SMALL: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]], _Change] = {}
 _SMALL_MAX = 1024
@@ -279,13 +278,17 @@ def _change(request: DeltaDiscoveryRequest, raw: bytes | None) -> _Change:
             found = _SMALL[key] = _parse(request)
         return found
     # Making a str of each name costs more than the rest of the request: equal bytes (see
-    # `_span`) hold equal lists, so the names parsed for one stream serve the others.
+    # `request_span`) hold equal lists, so the names parsed for one stream serve the others.
     data = request.SerializeToString() if raw is None else raw
-    start, stop = _span(data, request.response_nonce)
-    size = stop - start
-    for known, parsed in tuple(_RECENT):
-        if len(known) == size and data.startswith(known, start):
-            return parsed
+    nonce = request.response_nonce
+    field = wire.length_delimited(_NONCE_FIELD, nonce.encode()) if nonce else b""
+    start, stop = request_span(data, _LEADING, field)
+    recent = _RECENT.find(data, start, stop)
+    if recent is not None:
+        return recent[1]
+    parsed = _parse(request)
+    _RECENT.add(data[start:stop], parsed)
+    return parsed
     parsed = _parse(request)
     _RECENT.append((data[start:stop], parsed))
     return parsed
@@ -307,28 +310,6 @@ def _namespaced(namespaces: frozenset[str], change: _Change) -> _Change:
             namespaces, change.unsubscribe, True, False, change.star_off, change.unlisted
         )
     return found
-
-
-def _span(data: bytes, nonce: str) -> tuple[int, int]:
-    """Where `data`, a DeltaDiscoveryRequest's wire bytes, are without a leading node field
-    and a trailing response_nonce field: what streams subscribing alike send alike.
-
-    Two requests equal there hold the same names and versions. The part starts at a field
-    boundary, so it parses alike in both. If the bytes cut off at the end are the nonce
-    field, the names are all in the part; if not (a client writing fields out of order, whose
-    last field ends in bytes like a nonce field), the nonce each request carries was read from
-    the part, so it is the same, and so are the bytes cut off.
-    """
-    start = 0
-    if data and data[0] == _NODE_TAG:  # the proxy's own, on its first request
-        length, start = wire.read_varint(data, 1)
-        start += length
-    stop = len(data)
-    if nonce:
-        field = wire.length_delimited(_NONCE_FIELD, nonce.encode())
-        if stop - len(field) >= start and data.endswith(field):
-            stop -= len(field)
-    return start, stop
 
 
 @dataclass(frozen=True, slots=True)

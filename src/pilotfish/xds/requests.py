@@ -1,18 +1,21 @@
 """What both stream variants (SotW and delta) do first with a request: find the type it is for,
-and settle (ACK or NACK) the response it answers."""
+settle (ACK or NACK) the response it answers, and recognise a long subscription parsed before."""
 
 from __future__ import annotations
 
 import sys
+from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from pilotfish.errors import RemoteProtocolError
-from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Status
+from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Status, wire
 from pilotfish.xds.events import Acked, Event, Nacked
 from pilotfish.xds.watch import DeltaWatchRequest, WatchRequest
 
-__all__ = ["Received", "request_type_url", "settle"]
+__all__ = ["Received", "RecentRequests", "request_span", "request_type_url", "settle"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +67,50 @@ def settle(
         return nack
     state.acked_version = state.sent_version
     return Acked(state.type_url, state.sent_version, nonce)
+
+
+def request_span(data: bytes, leading: tuple[int, ...], nonce: bytes) -> tuple[int, int]:
+    """Where `data`, a request's wire bytes, are without its leading length-delimited fields
+    tagged `leading` (each if present, in that order: a version, the node) and a trailing
+    `nonce` field (the serialized response_nonce field, or empty): the part that streams
+    subscribing alike send alike.
+
+    Two requests equal there hold the same names. The part starts at a field boundary, so it
+    parses alike in both. If the bytes cut off at the end are the nonce field, the names are
+    all in the part; if not (a client writing fields out of order, whose last field ends in
+    bytes like a nonce field), the nonce each request carries was read from the part, so it is
+    the same, and so are the bytes cut off: the requests differ in the leading fields only.
+    """
+    start = 0
+    for tag in leading:
+        if start < len(data) and data[start] == tag:
+            length, start = wire.read_varint(data, start + 1)
+            start += length
+    stop = len(data)
+    if nonce and stop - len(nonce) >= start and data.endswith(nonce):
+        stop -= len(nonce)
+    return start, stop
+
+
+class RecentRequests(Generic[T]):
+    """What was parsed lately from long requests, by their `request_span` bytes.
+
+    Every proxy of a kind sends the same long list (all of EDS) and a few kinds send most of
+    them: making a str of each of a thousand names costs more than the rest of the request, so
+    one parse serves every stream that sends the same bytes (compared in place, not copied).
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._items: deque[tuple[bytes, T]] = deque(maxlen=size)
+
+    def find(self, data: bytes, start: int, stop: int) -> tuple[bytes, T] | None:
+        """The bytes kept and the value parsed from a request equal to `data[start:stop]`."""
+        size = stop - start
+        for known, parsed in tuple(self._items):
+            if len(known) == size and data.startswith(known, start):
+                return known, parsed
+        return None
+
+    def add(self, key: bytes, parsed: T) -> None:
+        """Keep `parsed`, what `key` (a request's span) holds."""
+        self._items.append((key, parsed))

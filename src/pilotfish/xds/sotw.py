@@ -22,7 +22,6 @@ Rules (xDS protocol, state-of-the-world):
 from __future__ import annotations
 
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,7 +29,7 @@ from typing import Literal
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.requests import Received, request_type_url, settle
+from pilotfish.xds.requests import Received, RecentRequests, request_span, request_type_url, settle
 from pilotfish.xds.watch import PreparedResponse, WatchRequest
 
 __all__ = ["SotwStream", "TypeState"]
@@ -41,6 +40,7 @@ _KEYED = 8
 """Above this many names, an unchanged list is recognised by its wire bytes (see `_span`)."""
 _VERSION_TAG = 0x0A  # DiscoveryRequest.version_info, field 1, length-delimited
 _NODE_TAG = 0x12  # DiscoveryRequest.node, field 2, length-delimited
+_LEADING = (_VERSION_TAG, _NODE_TAG)
 
 
 @dataclass(slots=True)
@@ -214,7 +214,7 @@ class SotwStream:
                 return False
             # Every proxy of a kind asks for the same long list (all of EDS): the names
             # parsed for one stream, and their bytes, serve the others.
-            state.request_key, shared = _shared_names(data[start:stop], listed)
+            state.request_key, shared = _shared_names(data, start, stop, listed)
         elif repeated and (count == 0 or tuple(listed) == state.request_names):
             return False  # the common ACK: same list as before, no set built
         if shared is None:
@@ -276,44 +276,25 @@ def _small_names(request_names: tuple[str, ...]) -> _Names:
     return found
 
 
-# The long name lists parsed lately, by their bytes (a few kinds of proxies send most of them).
-_RECENT: deque[tuple[bytes, _Names]] = deque(maxlen=8)
+# The long name lists parsed lately (a few kinds of proxies send most of them).
+_RECENT: RecentRequests[_Names] = RecentRequests()
 
 
-def _shared_names(key: bytes, listed: Sequence[str]) -> tuple[bytes, _Names]:
-    """The names of a request whose `_span` bytes are `key`, parsed once for all the streams
-    that send the same list (equal bytes hold equal names); and the bytes to keep as the
-    stream's `request_key`, the same object for all of them."""
-    for known, parsed in tuple(_RECENT):
-        if len(known) == len(key) and known == key:
-            return known, parsed
-    parsed = _parsed(tuple(map(sys.intern, listed)))
-    _RECENT.append((key, parsed))
+def _shared_names(
+    data: bytes, start: int, stop: int, listed: Sequence[str]
+) -> tuple[bytes, _Names]:
+    """The names of a request whose span is `data[start:stop]`, parsed once for all the
+    streams that send the same list; and the bytes to keep as the stream's `request_key`, the
+    same object for all of them."""
+    found = _RECENT.find(data, start, stop)
+    if found is not None:
+        return found
+    key, parsed = data[start:stop], _parsed(tuple(map(sys.intern, listed)))
+    _RECENT.add(key, parsed)
     return key, parsed
 
 
 def _span(data: bytes, request: DiscoveryRequest) -> tuple[int, int]:
-    """Where `data`, the request's wire bytes, are without a leading version_info field, the
-    node field after it, and a trailing response_nonce field: the part an ACK repeats (names,
-    type_url).
-
-    Two requests equal there hold the same names. The part starts at a field boundary, so it
-    parses alike in both. If the bytes cut off at the end are the nonce field, the names are
-    all in the part; if not (a client writing fields out of order, whose last field ends in
-    bytes like a nonce field), the nonce each request carries was read from the part, so it
-    is the same, and so are the bytes cut off: the requests differ in version and node only.
-    """
-    start = 0
-    if data and data[0] == _VERSION_TAG:
-        length, start = wire.read_varint(data, 1)
-        start += length
-    if start < len(data) and data[start] == _NODE_TAG:  # the proxy's own, on its first request
-        length, start = wire.read_varint(data, start + 1)
-        start += length
-    stop = len(data)
+    """`request_span` of a DiscoveryRequest: without version_info and node, and the nonce."""
     nonce = request.response_nonce
-    if nonce:
-        field = wire.nonce_field(nonce)
-        if stop - len(field) >= start and data.endswith(field):
-            stop -= len(field)
-    return start, stop
+    return request_span(data, _LEADING, wire.nonce_field(nonce) if nonce else b"")
