@@ -752,7 +752,7 @@ def delta_response_fields(message: bytes) -> tuple[_DeltaBody, bytes]:
 
 
 _type_fields: dict[str, bytes] = {}
-_delta_requests: dict[tuple[str, tuple[str, ...], tuple[str, ...]], bytes] = {}
+_delta_requests: dict[tuple[str, frozenset[str], frozenset[str]], bytes] = {}
 
 
 def _type_field(type_url: str) -> bytes:
@@ -763,15 +763,17 @@ def _type_field(type_url: str) -> bytes:
 
 
 def _delta_subscription(
-    type_url: str, subscribe: tuple[str, ...], unsubscribe: tuple[str, ...]
+    type_url: str, subscribe: frozenset[str], unsubscribe: frozenset[str]
 ) -> bytes:
-    """A DeltaDiscoveryRequest changing a subscription, encoded once per change per process."""
+    """A DeltaDiscoveryRequest changing a subscription (names sorted), encoded once per change
+    per process. Keyed by the sets: a frozenset keeps its hash, and `frozenset(s)` of one is
+    the same object, so a fleet subscribing to one body's clusters costs one lookup each."""
     key = (type_url, subscribe, unsubscribe)
     request = _delta_requests.get(key)
     if request is None:
         request = _type_field(type_url)
-        request += b"".join(wire.length_delimited(3, n.encode()) for n in subscribe)
-        request += b"".join(wire.length_delimited(4, n.encode()) for n in unsubscribe)
+        request += b"".join(wire.length_delimited(3, n.encode()) for n in sorted(subscribe))
+        request += b"".join(wire.length_delimited(4, n.encode()) for n in sorted(unsubscribe))
         _delta_requests[key] = request
     return request
 
@@ -832,7 +834,9 @@ class _DeltaProxy(_Proxy):
         views = self.views
         if type_url == CLUSTER_TYPE:
             endpoints = views[ENDPOINT_TYPE]
-            added = entry.names - endpoints.names
+            # The first time, every cluster: the body's own set, the same object for every
+            # proxy (so its subscription request is found without hashing 1,000 names again).
+            added = entry.names - endpoints.names if endpoints.names else entry.names
             gone: AbstractSet[str] = (
                 endpoints.names.intersection(entry.removed) if entry.removed else frozenset()
             )
@@ -868,7 +872,7 @@ class _DeltaProxy(_Proxy):
         view.started = True
         view.names |= added
         view.names -= gone
-        out.append(_delta_subscription(view.type_url, tuple(sorted(added)), tuple(sorted(gone))))
+        out.append(_delta_subscription(view.type_url, frozenset(added), frozenset(gone)))
 
     def sent(self) -> None:
         """The ACK is written: the type is held if its resources are the target's."""
