@@ -325,3 +325,37 @@ def test_a_round_that_keeps_the_services_visits_only_what_the_change_touched() -
         store.update("svc-50-entry.yaml", _entry_text(50))
         assert controller.flush() == 1
         assert counts["domains"] > 0 and counts["services"] > 0
+
+
+def test_served_resources_take_an_equal_list_of_new_objects_as_no_change() -> None:
+    """A unit redone to equal messages (new objects) changes nothing; later rounds that drop
+    or change those objects still give what a fresh `ServedResources` gives."""
+    from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+    from pilotfish.translators.served import ServedResources
+
+    def clusters(*timeouts: int) -> tuple[Cluster, ...]:
+        out = []
+        for i, seconds in enumerate(timeouts):
+            cluster = Cluster(name=f"c{i}")
+            cluster.connect_timeout.seconds = seconds
+            out.append(cluster)
+        return tuple(out)
+
+    def served(rounds: list[tuple[Cluster, ...]]) -> tuple[dict[str, bytes], str, int]:
+        resources = ServedResources()
+        for given in rounds:
+            snapshot, serialized, _ = resources.snapshot({"cds": given}, "v/")
+        data = {name: r.data for name, r in snapshot.resources("cds").items()}
+        return data, snapshot.version("cds"), serialized
+
+    first, again = clusters(1, 1, 1), clusters(1, 1, 1)
+    assert served([first, again])[2] == 0  # equal: nothing serialized, nothing changed
+    assert served([first, again])[:2] == served([first])[:2]
+    # The next rounds keep two of the new objects and change one, then drop one.
+    later = (again[0], clusters(1, 5)[1], again[2])
+    assert served([first, again, later])[:2] == served([later])[:2]
+    later = later[:2]
+    data, version, serialized = served([first, again, later])
+    assert serialized == 1
+    assert (data, version) == served([later])[:2]

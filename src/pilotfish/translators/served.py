@@ -69,7 +69,13 @@ class ServedResources:
                 given_messages.items if isinstance(given_messages, Messages) else given_messages
             )
             total += len(messages)
-            gone, fresh = _moved(self._lists.get(key), messages, given)
+            before = self._lists.get(key)
+            if before is not None and before == messages:
+                # The same objects (compared by identity first, in C: 40,000 in 0.03 ms), or
+                # some equal ones: no change, and last round's list stays, whose objects
+                # `given` knows.
+                continue
+            gone, fresh = _moved(before, messages, given)
             self._lists[key] = messages
             lost: dict[str, Serialized] = {}
             for i in gone:
