@@ -355,7 +355,8 @@ def test_served_resources_take_an_equal_list_of_new_objects_as_no_change() -> No
     # The next rounds keep two of the new objects and change one, then drop one.
     later = (again[0], clusters(1, 5)[1], again[2])
     assert served([first, again, later])[:2] == served([later])[:2]
-    later = later[:2]
-    data, version, serialized = served([first, again, later])
-    assert serialized == 1
-    assert (data, version) == served([later])[:2]
+    assert served([first, again, later])[2] == 1  # only the changed one
+    fewer = later[:2]
+    data, version, serialized = served([first, again, later, fewer])
+    assert serialized == 0
+    assert (data, version) == served([fewer])[:2]
