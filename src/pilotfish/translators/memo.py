@@ -217,8 +217,8 @@ class TranslationMemo:
         self._next_sites: dict[Hashable, Site] = {}
         self._patched: list[Site] = []  # sites patched this round
         self._recorded = False  # whether a site was recorded (visited whole) this round
-        self._assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
-        self._next_assembled: dict[Hashable, tuple[tuple[int, ...], list[Any], Any]] = {}
+        self._assembled: dict[Hashable, tuple[list[Any], Any]] = {}
+        self._next_assembled: dict[Hashable, tuple[list[Any], Any]] = {}
         self._dirty: set[Hashable] | None = None
         self._readers: dict[tuple[str, Any], set[Hashable]] = {}
         self._kind_readers: dict[str, set[Hashable]] = {}
@@ -350,15 +350,17 @@ class TranslationMemo:
     ) -> T:
         """`assemble(last round's result)`, or that result itself if `parts` are the very
         objects it was made of (a route configuration whose virtual hosts all came from reused
-        units: one object, so nothing is joined, compared or hashed again)."""
-        ids = tuple(map(id, parts))
+        units: one object, so nothing is joined, compared or hashed again), or equal ones."""
+        given = list(parts)
         previous = self._assembled.get(key)
-        if previous is not None and previous[0] == ids:
+        # List equality checks identity first, in C (10,000 hosts in a few µs); a part that is
+        # a new object is compared by value, and an equal one makes the same result.
+        if previous is not None and previous[0] == given:
             self._next_assembled[key] = previous
-            reused: T = previous[2]
+            reused: T = previous[1]
             return reused
-        value = assemble(previous[2] if previous is not None else None)
-        self._next_assembled[key] = (ids, list(parts), value)  # the parts kept alive: ids hold
+        value = assemble(previous[1] if previous is not None else None)
+        self._next_assembled[key] = (given, value)
         return value
 
     def snapshot(self, resources: Mapping[str, Sequence[Message]], version_prefix: str) -> Snapshot:
