@@ -135,5 +135,10 @@ class Endpoint:
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         """Whether every label of `selector` is on this endpoint (subset filtering)."""
-        labels = dict(self.labels)
+        labels = self._label_map
         return all(labels.get(k) == v for k, v in selector.items())
+
+    @cached_property
+    def _label_map(self) -> dict[str, str]:
+        # Made once: an endpoint is matched against every subset of its service.
+        return dict(self.labels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
@@ -49,7 +50,15 @@ class MergedRule:
 
     def subset(self, name: str) -> Subset | None:
         """A subset by name."""
-        return next((s for s in self.subsets if s.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, Subset]:
+        # Made once: each cluster, load assignment and route of a subset asks.
+        found: dict[str, Subset] = {}
+        for subset in self.subsets:
+            found.setdefault(subset.name, subset)
+        return found
 
 
 def _order(obj: ConfigObject) -> tuple[str, str, str, str, int]:
