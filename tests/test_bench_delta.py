@@ -96,6 +96,14 @@ def _response(type_url: str, resources: list[bytes], removed: list[str], nonce: 
     return body + wire.nonce_field(nonce)
 
 
+def _proxy(theirs: Connection) -> Any:
+    """A delta proxy reporting to a tracker over `theirs`."""
+    tracker = ads_push._Tracker(theirs)
+    proxy = ads_push._DeltaProxy("sidecar-0", tracker)
+    tracker.proxies = [proxy]
+    return proxy
+
+
 def _cds(clusters: int, generation: int = 0) -> list[bytes]:
     snapshot = ads_push.build_snapshot(clusters, 1, generation)
     return [r.resource for r in snapshot.resources(CLUSTER_TYPE).values()]
@@ -104,10 +112,7 @@ def _cds(clusters: int, generation: int = 0) -> list[bytes]:
 def test_delta_proxy_follows_additions_and_removals(
     pipe: tuple[Connection, Connection],
 ) -> None:
-    _, theirs = pipe
-    tracker = ads_push._Tracker(theirs)
-    proxy = ads_push._DeltaProxy("sidecar-0", tracker)
-    tracker.proxies = [proxy]
+    proxy = _proxy(pipe[1])
 
     first = DeltaDiscoveryRequest.FromString(proxy.first_request())
     assert (first.type_url, first.node.id) == (CLUSTER_TYPE, "sidecar-0")
@@ -162,9 +167,8 @@ def test_delta_proxy_holds_the_target_when_its_resources_match(
     pipe: tuple[Connection, Connection],
 ) -> None:
     ours, theirs = pipe
-    tracker = ads_push._Tracker(theirs)
-    proxy = ads_push._DeltaProxy("sidecar-0", tracker)
-    tracker.proxies = [proxy]
+    proxy = _proxy(theirs)
+    tracker = proxy.tracker
     snapshot = ads_push.build_snapshot(2, 1, 0)
     resources = ads_push._resource_versions(snapshot)
     tracker.arm(7, ads_push._versions(snapshot), resources)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, Node, wire
@@ -46,6 +47,9 @@ from pilotfish.xds.requests import Received, RecentRequests, request_span, reque
 from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest, held_after
 
 __all__ = ["DeltaStream", "DeltaTypeState"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 WILDCARD = "*"
 _NO_NAMES: frozenset[str] = frozenset()
@@ -372,25 +376,23 @@ _VERSIONS: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
 _SHARED_MAX = 64
 
 
-def _shared_names(names: frozenset[str]) -> frozenset[str]:
-    if not names:
-        return _NO_NAMES
-    found = _NAMES.get(names)
+def _kept(table: dict[K, V], key: K, value: V) -> V:
+    """The value `table` keeps for `key`, which is `value` if it kept none (cleared when
+    full)."""
+    found = table.get(key)
     if found is None:
-        if len(_NAMES) >= _SHARED_MAX:
-            _NAMES.clear()
-        found = _NAMES[names] = names
+        if len(table) >= _SHARED_MAX:
+            table.clear()
+        found = table[key] = value
     return found
+
+
+def _shared_names(names: frozenset[str]) -> frozenset[str]:
+    return _kept(_NAMES, names, names) if names else _NO_NAMES
 
 
 def _shared_versions(versions: dict[str, str]) -> Mapping[str, str]:
-    key = frozenset(versions.items())
-    found = _VERSIONS.get(key)
-    if found is None:
-        if len(_VERSIONS) >= _SHARED_MAX:
-            _VERSIONS.clear()
-        found = _VERSIONS[key] = versions
-    return found
+    return _kept(_VERSIONS, frozenset(versions.items()), versions)
 
 
 # Refreshed names forgotten lately, by the identities of (versions, names) and `absent`: every
