@@ -9,6 +9,7 @@ every valid object of the same file still loads.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -224,12 +225,44 @@ def _go_durations(descriptor: Any, data: Any) -> Any:
     """`data` with every string in a google.protobuf.Duration field read as a Go duration."""
     if not isinstance(data, dict):
         return data
-    fields = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
-    out = {}
+    fields = _duration_fields(descriptor)
+    if not fields:
+        return data  # nothing below holds a Duration: not walked
+    out = dict(data)
     for key, value in data.items():
         fd = fields.get(key)
-        out[key] = value if fd is None else _go_durations_in(fd, value)
+        if fd is not None:
+            out[key] = _go_durations_in(fd, value)
     return out
+
+
+@functools.cache
+def _duration_fields(descriptor: Any) -> dict[str, Any]:
+    """The fields of `descriptor` (by JSON and proto name) that are or hold a Duration: made
+    once per message type, and only they are walked (most of a manifest holds none)."""
+    found = {}
+    for fd in descriptor.fields:
+        if fd.type == FieldDescriptor.TYPE_MESSAGE and _reaches_duration(fd.message_type):
+            found[fd.json_name] = found[fd.name] = fd
+    return found
+
+
+@functools.cache
+def _reaches_duration(descriptor: Any) -> bool:
+    """Whether a google.protobuf.Duration is `descriptor` or can be anywhere inside it."""
+    seen: set[str] = set()
+    stack = [descriptor]
+    while stack:
+        message = stack.pop()
+        if message.full_name == "google.protobuf.Duration":
+            return True
+        if message.full_name in seen or message.full_name.startswith("google.protobuf."):
+            continue
+        seen.add(message.full_name)
+        stack.extend(
+            fd.message_type for fd in message.fields if fd.type == FieldDescriptor.TYPE_MESSAGE
+        )
+    return False
 
 
 def _go_durations_in(fd: Any, value: Any) -> Any:
