@@ -33,6 +33,7 @@ from pilotfish.xds import (
 )
 
 from .answers import delta_answer
+from .delta_states import DeltaAnswers
 from .node_hash import NodeHash, by_id
 from .resource import CachedResource, to_message
 from .status import NodeStatus, StatusTable
@@ -40,9 +41,6 @@ from .status import NodeStatus, StatusTable
 __all__ = ["LinearCache"]
 
 _Answer = PreparedResponse | DeltaPreparedResponse
-_DeltaKey = tuple[int, int, bool, bool]
-_DeltaAnswer = tuple[Mapping[str, str], frozenset[str], DeltaPreparedResponse | None]
-_DELTA_STATES = 128  # delta answers kept (one per client state); cleared when full
 
 
 @dataclass(slots=True)
@@ -82,7 +80,7 @@ class LinearCache:
         self.responses_built = 0
         self._versions: dict[frozenset[str] | None, str] = {}
         # Delta answers by client state (as `Snapshot.delta_response`), until the next change.
-        self._delta: dict[_DeltaKey, _DeltaAnswer] = {}
+        self._delta = DeltaAnswers()
         self.delta_answers = 0
         self.set_resources(resources)
 
@@ -265,33 +263,24 @@ class LinearCache:
         """Lock held. Made once per client state (the identities of its versions and names,
         which streams in one state share) until the resources change; the state an answer
         leaves its clients in is known to need nothing more (an ACK costs a lookup)."""
-        versions, names = request.versions, request.names
-        key = (id(versions), id(names), request.wildcard, request.initial)
-        found = self._delta.get(key)
-        if found is not None and found[0] is versions and found[1] is names:
-            return found[2]
+        found = self._delta.find(request)
+        if found is not None:
+            return found.answer
         asked = request
-        if not request.wildcard and _prefixes(names):
-            expanded = frozenset(r.name for r in self._matching(names))
+        if not request.wildcard and _prefixes(request.names):
+            expanded = frozenset(r.name for r in self._matching(request.names))
             asked = DeltaWatchRequest(
                 request.node,
                 request.stream_id,
                 request.type_url,
-                names | expanded,
+                request.names | expanded,
                 request.wildcard,
-                versions,
+                request.versions,
                 request.initial,
             )
         answer = delta_answer(asked, self._resources, self._sotw_version(None))
         self.delta_answers += 1
-        memo = self._delta
-        if len(memo) >= _DELTA_STATES:
-            memo.clear()
-        memo[key] = (versions, names, answer)
-        if answer is not None and answer.after is not None and answer.after[1] is names:
-            held = answer.after[2]
-            memo.setdefault((id(held), id(names), request.wildcard, False), (held, names, None))
-        return answer
+        return self._delta.keep(request, answer)[0]
 
     def _answer(self, watch: _Watch) -> _Answer | None:
         """Lock held."""

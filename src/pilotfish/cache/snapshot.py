@@ -21,6 +21,7 @@ from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResp
 
 from .answers import delta_answer
 from .assembled import Assembled, Messages
+from .delta_states import DeltaAnswers
 from .resource import CachedResource, Serialized, WithTtl, to_message
 
 __all__ = ["Consistency", "Snapshot", "SnapshotStats"]
@@ -70,21 +71,13 @@ class SnapshotStats:
     delta_responses_built: int = 0
 
 
-_DeltaKey = tuple[int, int, bool, bool]
-_DeltaAnswer = tuple[Mapping[str, str], frozenset[str], DeltaPreparedResponse | None]
-_DELTA_STATES = 128
-"""Delta answers kept per type (each for one client state); cleared when full. The states of
-a fleet's streams are few (shared, see `pilotfish.xds.delta`); a state seen once costs one
-answer, as it would anyway."""
-
-
 class _TypeResources:
     """One type's resources in a snapshot (never changed once the snapshot is made)."""
 
     __slots__ = (
         "_names",
         "by_name",
-        "delta_responses",
+        "delta_answers",
         "digest",
         "refs",
         "responses",
@@ -105,10 +98,9 @@ class _TypeResources:
         self.digest = digest  # the content hash, when the version is one (see `_digest`)
         self.refs = refs  # what each resource names in other types
         self.responses: dict[tuple[frozenset[str] | None, bool], PreparedResponse] = {}
-        # Delta answers by client state: the identities of its versions and names (kept in the
-        # value, so the ids stay theirs), wildcard and initial. An answer depends on this type
-        # alone, so a type shared with a later snapshot (`Snapshot.updated`) keeps them.
-        self.delta_responses: dict[_DeltaKey, _DeltaAnswer] = {}
+        # Delta answers by client state. An answer depends on this type alone, so a type shared
+        # with a later snapshot (`Snapshot.updated`) keeps them.
+        self.delta_answers = DeltaAnswers()
         self._names: frozenset[str] | None = None
 
     @property
@@ -339,27 +331,18 @@ class Snapshot:
         (`DeltaPreparedResponse.after`) is known to need nothing more from this type: the
         ACK of an answer costs a lookup."""
         entry = self._types[request.type_url]
-        versions, names = request.versions, request.names
-        key = (id(versions), id(names), request.wildcard, request.initial)
         with self._lock:
-            found = entry.delta_responses.get(key)
-        if found is not None and found[0] is versions and found[1] is names:
-            return found[2]
+            found = entry.delta_answers.find(request)
+        if found is not None:
+            return found.answer
         response = delta_answer(request, entry.by_name, entry.version, self.references_of)
         with self._lock:
-            memo = entry.delta_responses
-            if len(memo) >= _DELTA_STATES:
-                memo.clear()
-            found = memo.setdefault(key, (versions, names, response))
-            if found[2] is response:  # not a race lost to another thread
+            kept, new = entry.delta_answers.keep(request, response)
+            if new:  # not a race lost to another thread
                 self.stats.delta_answers += 1
                 if response is not None:
                     self.stats.delta_responses_built += 1
-                    if response.after is not None:
-                        held = response.after[2]
-                        settled = (id(held), id(names), request.wildcard, False)
-                        memo.setdefault(settled, (held, names, None))
-        return found[2]
+        return kept
 
 
 def _frozen(refs: Mapping[str, set[str]]) -> Mapping[str, frozenset[str]]:
