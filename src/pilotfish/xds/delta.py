@@ -293,9 +293,6 @@ def _change(request: DeltaDiscoveryRequest, raw: bytes | None) -> _Change:
     parsed = _parse(request)
     _RECENT.add(data[start:stop], parsed)
     return parsed
-    parsed = _parse(request)
-    _RECENT.append((data[start:stop], parsed))
-    return parsed
 
 
 # First requests of a namespaced type, as they subscribe (`DeltaStream._namespaces`).
