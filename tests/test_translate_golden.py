@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from pilotfish.bounded import Bounded
 from pilotfish.registry import Registry, Workload
 from pilotfish.sources import load_path
 from pilotfish.translators import TRANSLATOR_VERSION, Proxy, Translation, translate
@@ -88,9 +89,9 @@ def test_translating_twice_is_byte_equal(name: str) -> None:
         assert a.version(type_url).startswith(f"{TRANSLATOR_VERSION}/")
 
 
-class _NeverStores(dict[object, object]):
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
+class _NeverStores(Bounded[object, object]):
+    def put(self, key: object, value: object) -> object:
+        return value
 
 
 @pytest.mark.parametrize("name", sorted(PROXIES))
@@ -102,9 +103,9 @@ def test_cluster_templates_change_nothing(name: str, monkeypatch: pytest.MonkeyP
     def cds(translation: Translation) -> list[bytes]:
         return [c.SerializeToString(deterministic=True) for c in translation.clusters]
 
-    monkeypatch.setattr(clusters, "_TEMPLATES", _NeverStores())
+    monkeypatch.setattr(clusters, "_TEMPLATES", _NeverStores(4096))
     fresh = cds(_translate(name))
-    templates: dict[object, object] = {}
+    templates: Bounded[object, object] = Bounded(4096)
     monkeypatch.setattr(clusters, "_TEMPLATES", templates)
     made = cds(_translate(name))
     assert templates, "no cluster was made from a template"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from pilotfish.bounded import Bounded
 from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest
 
 __all__ = ["DeltaAnswers", "Kept"]
@@ -33,11 +34,10 @@ class DeltaAnswers:
     streams are few, and one seen once costs one answer, as it would anyway). Not locked:
     the owner holds its lock."""
 
-    __slots__ = ("_limit", "_table")
+    __slots__ = ("_table",)
 
     def __init__(self, limit: int = 128) -> None:
-        self._table: dict[_Key, Kept] = {}
-        self._limit = limit
+        self._table: Bounded[_Key, Kept] = Bounded(limit)
 
     def find(self, request: DeltaWatchRequest) -> Kept | None:
         """The answer kept for the request's state, if any (its `answer` may be None:
@@ -50,17 +50,13 @@ class DeltaAnswers:
         """Keep `answer` for the request's state; returns the answer kept (another thread's,
         if it kept one first) and whether it is `answer`."""
         table = self._table
-        if len(table) >= self._limit:
-            table.clear()
         names = request.names
-        kept = table.setdefault(_key(request), Kept(request.versions, names, answer))
+        kept = table.put(_key(request), Kept(request.versions, names, answer))
         if kept.answer is not answer:
             return kept.answer, False
         if answer is not None and answer.after is not None and answer.after[1] is names:
             held = answer.after[2]  # the clients' next state: nothing more to send them
-            table.setdefault(
-                (id(held), id(names), request.wildcard, False), Kept(held, names, None)
-            )
+            table.put((id(held), id(names), request.wildcard, False), Kept(held, names, None))
         return answer, True
 
     def clear(self) -> None:

@@ -61,6 +61,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
+from pilotfish.bounded import Bounded
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     ClientTLSSettings,
     ConnectionPoolSettings,
@@ -159,18 +160,14 @@ def effective_policy(rule: MergedRule | None, port: int, subset: str = "") -> Tr
         return _NO_POLICY
     key = (id(rule), port, subset)
     found = _POLICIES.get(key)
-    if found is not None and found[0] is rule:
-        return found[1]
-    if len(_POLICIES) >= _MAX_POLICIES:
-        _POLICIES.clear()
-    policy = _merged_policy(rule, port, subset)
-    _POLICIES[key] = (rule, policy)  # the rule kept with it, so its id is not reused
-    return policy
+    if found is None:
+        # The rule is kept with its policy, so its id stays its own while the entry exists.
+        found = _POLICIES.put(key, (rule, _merged_policy(rule, port, subset)))
+    return found[1]
 
 
 _NO_POLICY = TrafficPolicy()
-_POLICIES: dict[tuple[int, int, str], tuple[MergedRule, TrafficPolicy]] = {}
-_MAX_POLICIES = 4096
+_POLICIES: Bounded[tuple[int, int, str], tuple[MergedRule, TrafficPolicy]] = Bounded(4096)
 
 
 def _merged_policy(rule: MergedRule, port: int, subset: str) -> TrafficPolicy:
@@ -717,17 +714,14 @@ def _cluster(
     _apply_load_balancer(cluster, policy)
     _apply_tls(cluster, policy, service, port, subset, identities)
     if shape is not None and not cluster.HasField("transport_socket"):
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:
-            _TEMPLATES.clear()
         template = Cluster()
         template.CopyFrom(cluster)
-        _TEMPLATES[shape] = template
+        _TEMPLATES.put(shape, template)
     return stamp(cluster, sources)
 
 
-_TEMPLATES: dict[tuple[object, ...], Cluster] = {}
+_TEMPLATES: Bounded[tuple[object, ...], Cluster] = Bounded(4096)
 """Clusters without TLS by (policy, port protocol, resolution, mesh_external): `_cluster`."""
-_MAX_TEMPLATES = 4096
 
 
 def outbound_clusters(

@@ -14,6 +14,8 @@ from typing import Any
 
 from google.protobuf.struct_pb2 import Struct, Value
 
+from pilotfish.bounded import Bounded
+
 __all__ = ["METADATA_KEY", "TRANSLATOR_VERSION", "stamp"]
 
 TRANSLATOR_VERSION = "istio-1"
@@ -26,16 +28,13 @@ def stamp(message: Any, sources: Iterable[str] = ()) -> Any:
     given = tuple(sources)
     info = _STAMPS.get(given)
     if info is None:
-        if len(_STAMPS) >= _MAX_STAMPS:
-            _STAMPS.clear()
-        info = _STAMPS[given] = _stamp(tuple(sorted(set(given))))
+        info = _STAMPS.put(given, _stamp(tuple(sorted(set(given)))))
     message.metadata.filter_metadata[METADATA_KEY].CopyFrom(info)
     return message
 
 
-_STAMPS: dict[tuple[str, ...], Struct] = {}
+_STAMPS: Bounded[tuple[str, ...], Struct] = Bounded(4096)
 """Stamps by the sources as given (a service's clusters and routes ask with the same ones)."""
-_MAX_STAMPS = 4096
 
 
 @functools.lru_cache(maxsize=4096)

@@ -38,8 +38,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
+from pilotfish.bounded import Bounded
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, Node, wire
 from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
@@ -48,8 +48,6 @@ from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest, held_a
 
 __all__ = ["DeltaStream", "DeltaTypeState"]
 
-K = TypeVar("K")
-V = TypeVar("V")
 
 WILDCARD = "*"
 _NO_NAMES: frozenset[str] = frozenset()
@@ -264,8 +262,9 @@ _NONCE_FIELD = 6  # DeltaDiscoveryRequest.response_nonce
 # versions. A few kinds of proxies send most of them.
 _RECENT: RecentRequests[_Change] = RecentRequests()
 # Short requests parsed lately, by their lists (most streams send the same few).
-_SMALL: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]], _Change] = {}
-_SMALL_MAX = 1024
+_SMALL: Bounded[tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]], _Change] = (
+    Bounded(1024)
+)
 
 
 def _change(request: DeltaDiscoveryRequest, raw: bytes | None) -> _Change:
@@ -277,9 +276,7 @@ def _change(request: DeltaDiscoveryRequest, raw: bytes | None) -> _Change:
         key = (tuple(subscribe), tuple(unsubscribe), tuple(initial.items()))
         found = _SMALL.get(key)
         if found is None:
-            if len(_SMALL) >= _SMALL_MAX:
-                _SMALL.clear()
-            found = _SMALL[key] = _parse(request)
+            found = _SMALL.put(key, _parse(request))
         return found
     # Making a str of each name costs more than the rest of the request: equal bytes (see
     # `request_span`) hold equal lists, so the names parsed for one stream serve the others.
@@ -296,7 +293,7 @@ def _change(request: DeltaDiscoveryRequest, raw: bytes | None) -> _Change:
 
 
 # First requests of a namespaced type, as they subscribe (`DeltaStream._namespaces`).
-_NAMESPACED: dict[tuple[frozenset[str], _Change], _Change] = {}
+_NAMESPACED: Bounded[tuple[frozenset[str], _Change], _Change] = Bounded(64)
 
 
 def _namespaced(namespaces: frozenset[str], change: _Change) -> _Change:
@@ -305,10 +302,9 @@ def _namespaced(namespaces: frozenset[str], change: _Change) -> _Change:
     key = (namespaces, change)
     found = _NAMESPACED.get(key)
     if found is None:
-        if len(_NAMESPACED) >= _SHARED_MAX:
-            _NAMESPACED.clear()
-        found = _NAMESPACED[key] = _Change(
-            namespaces, change.unsubscribe, True, False, change.star_off, change.unlisted
+        found = _NAMESPACED.put(
+            key,
+            _Change(namespaces, change.unsubscribe, True, False, change.star_off, change.unlisted),
         )
     return found
 
@@ -326,12 +322,11 @@ class _Applied:
 
 # Changes applied lately, by the identities of (names, versions, change) and whether it is the
 # type's first request: streams in one state sending one request move to one next state,
-# worked out once. The entry keeps the objects (so the ids stay theirs). Cleared when full.
-_APPLIED: dict[
+# worked out once. The entry keeps the objects its key names, so the ids stay theirs.
+_APPLIED: Bounded[
     tuple[int, int, int, bool],
     tuple[frozenset[str], Mapping[str, str], _Change, _Applied],
-] = {}
-_APPLIED_MAX = 64
+] = Bounded(64)
 
 
 def _applied(
@@ -339,7 +334,7 @@ def _applied(
 ) -> _Applied:
     key = (id(names), id(versions), id(change), first)
     found = _APPLIED.get(key)
-    if found is not None and found[0] is names and found[1] is versions and found[2] is change:
+    if found is not None:
         return found[3]
     subscribe, unsubscribe = change.subscribe, change.unsubscribe
     # Subscribing (again) always sends: forget what the client was thought to hold; it
@@ -358,47 +353,35 @@ def _applied(
         subscribe - names,
         unsubscribe & names,
     )
-    if len(_APPLIED) >= _APPLIED_MAX:
-        _APPLIED.clear()
-    _APPLIED[key] = (names, versions, change, applied)
-    return applied
+    return _APPLIED.put(key, (names, versions, change, applied))[3]
 
 
 # Streams of one kind of proxy subscribe to the same names (all of EDS), and proxies resuming
 # the same config hold the same versions: each stream takes the one instance of these, so they
 # are kept once and a cache answers the state once. Cleared when full (a few kinds of proxies
 # share them; the rest are merely not shared).
-_NAMES: dict[frozenset[str], frozenset[str]] = {}
-_VERSIONS: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
-_SHARED_MAX = 64
-
-
-def _kept(table: dict[K, V], key: K, value: V) -> V:
-    """The value `table` keeps for `key`, which is `value` if it kept none (cleared when
-    full)."""
-    found = table.get(key)
-    if found is None:
-        if len(table) >= _SHARED_MAX:
-            table.clear()
-        found = table[key] = value
-    return found
+_NAMES: Bounded[frozenset[str], frozenset[str]] = Bounded(64)
+_VERSIONS: Bounded[frozenset[tuple[str, str]], Mapping[str, str]] = Bounded(64)
 
 
 def _shared_names(names: frozenset[str]) -> frozenset[str]:
-    return _kept(_NAMES, names, names) if names else _NO_NAMES
+    if not names:
+        return _NO_NAMES
+    return _NAMES.get(names) or _NAMES.put(names, names)
 
 
 def _shared_versions(versions: dict[str, str]) -> Mapping[str, str]:
-    return _kept(_VERSIONS, frozenset(versions.items()), versions)
+    key = frozenset(versions.items())
+    found = _VERSIONS.get(key)
+    return found if found is not None else _VERSIONS.put(key, versions)
 
 
 # Refreshed names forgotten lately, by the identities of (versions, names) and `absent`: every
 # stream in one state gets the same response, so its refresh is worked out once. The entry
-# keeps the objects (so the ids stay theirs). Cleared when full.
-_FORGOTTEN: dict[
+# keeps the objects its key names, so the ids stay theirs.
+_FORGOTTEN: Bounded[
     tuple[int, int, bool], tuple[Mapping[str, str], frozenset[str], Mapping[str, str]]
-] = {}
-_FORGOTTEN_MAX = 256
+] = Bounded(256)
 
 
 def _forget(
@@ -408,7 +391,7 @@ def _forget(
     the client is sent them again. `versions` itself if none is held."""
     key = (id(versions), id(names), absent)
     found = _FORGOTTEN.get(key)
-    if found is not None and found[0] is versions and found[1] is names:
+    if found is not None:
         return found[2]
     if absent:
         drop = [name for name in names if name in versions]
@@ -420,7 +403,4 @@ def _forget(
         for name in drop:
             del held[name]
         after = held
-    if len(_FORGOTTEN) >= _FORGOTTEN_MAX:
-        _FORGOTTEN.clear()
-    _FORGOTTEN[key] = (versions, names, after)
-    return after
+    return _FORGOTTEN.put(key, (versions, names, after))[2]

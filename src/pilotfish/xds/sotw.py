@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pilotfish.bounded import Bounded
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
@@ -263,16 +264,14 @@ def _parsed(request_names: tuple[str, ...]) -> _Names:
     return _Names(request_names, names - {WILDCARD} if wildcard else names, wildcard)
 
 
-_SMALL: dict[tuple[str, ...], _Names] = {}
+_SMALL: Bounded[tuple[str, ...], _Names] = Bounded(1024)
 
 
 def _small_names(request_names: tuple[str, ...]) -> _Names:
     """A short list parsed, shared by the streams that send it (most send the same few)."""
     found = _SMALL.get(request_names)
     if found is None:
-        if len(_SMALL) >= 1024:
-            _SMALL.clear()
-        found = _SMALL[request_names] = _parsed(request_names)
+        found = _SMALL.put(request_names, _parsed(request_names))
     return found
 
 
