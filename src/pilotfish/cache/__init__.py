@@ -6,7 +6,7 @@ per-resource versions) and `MuxCache` (several caches behind one watcher, by typ
 
 from __future__ import annotations
 
-from .assembled import Assembled, Messages
+from .assembled import Assembled, Encoded, Messages
 from .linear import LinearCache
 from .mux import MuxCache
 from .node_hash import NodeHash, by_cluster, by_id
@@ -19,6 +19,7 @@ __all__ = [
     "Assembled",
     "CachedResource",
     "Consistency",
+    "Encoded",
     "LinearCache",
     "Messages",
     "MuxCache",

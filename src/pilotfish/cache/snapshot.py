@@ -20,7 +20,7 @@ from pilotfish.protos import (
 from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResponse
 
 from .answers import delta_answer
-from .assembled import Assembled, Messages
+from .assembled import Assembled, Encoded, Messages
 from .delta_states import DeltaAnswers
 from .resource import CachedResource, Serialized, WithTtl, to_message
 
@@ -166,13 +166,17 @@ class Snapshot:
     def _prepare(
         self, type_url: str, item: Message | object
     ) -> tuple[CachedResource, Mapping[str, set[str]]]:
-        """An item as given (message, `WithTtl` or `Serialized`): its bytes and references."""
+        """An item as given (message, `WithTtl`, `Serialized`, `Assembled` or `Encoded`): its
+        bytes and references."""
         if isinstance(item, Assembled):
             head = item.head
             name = resource_type(type_url).name_of(head)
             cached = CachedResource.of_data(type_url, name, item.pieces, version=item.version)
             self.stats.resources_serialized += 1
             return cached, references(head)
+        if isinstance(item, Encoded):
+            self.stats.resources_serialized += 1  # its bytes: made once, hashed here
+            return CachedResource.of_data(type_url, item.name, item.data), item.refs
         if isinstance(item, Serialized):
             cached, refs = item.cached, item.refs
             if refs is None:

@@ -1,7 +1,9 @@
 """What every proxy in the mesh gets for calling services: outbound clusters and their endpoints.
 
 Sidecars and gateways share this; subsets become clusters of their own, their endpoints filtered
-by the subset's labels here, on the server side, as Istio does.
+by the subset's labels here, on the server side, as Istio does. Each cluster and assignment leaves
+as its bytes (`Encoded`): a mesh has tens of thousands, and messages of them would take ten times
+the memory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
+from pilotfish.cache import Encoded
+from pilotfish.protos import references
 from pilotfish.registry import Registry, Service
 from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
 from pilotfish.translators.endpoints import cluster_load_assignment
@@ -35,7 +39,7 @@ def outbound(
     *,
     auto_mtls: bool = False,
     memo: TranslationMemo | None = None,
-) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
+) -> tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]:
     """Every service port's clusters, and a load assignment for each EDS cluster. With a
     `memo`, a service whose inputs did not change since the last round is not translated."""
     if memo is None:
@@ -70,8 +74,8 @@ def outbound(
 class _Flat:
     """A site's clusters and assignments in one list each, and where each unit's begin."""
 
-    clusters: list[Cluster]
-    assignments: list[ClusterLoadAssignment]
+    clusters: list[Encoded[Cluster]]
+    assignments: list[Encoded[ClusterLoadAssignment]]
     cluster_starts: list[int]
     assignment_starts: list[int]
     position: dict[Any, int]  # of each key in the site
@@ -119,15 +123,15 @@ def _patched(flat: _Flat, site: Site) -> _Flat | None:
 
 def _unit(
     service: Service, proxy: Proxy, auto_mtls: bool, index: ConfigIndex, registry: Registry
-) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
+) -> tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]:
     return _service_outbound(service, proxy, index, registry, auto_mtls)
 
 
 def _service_outbound(
     service: Service, proxy: Proxy, index: ConfigIndex, registry: Registry, auto_mtls: bool
-) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
-    clusters: list[Cluster] = []
-    assignments: list[ClusterLoadAssignment] = []
+) -> tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]:
+    clusters: list[Encoded[Cluster]] = []
+    assignments: list[Encoded[ClusterLoadAssignment]] = []
     rule = index.destination_rule(service.hostname, proxy.namespace)
     for port in service.ports:
         # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
@@ -146,7 +150,7 @@ def _service_outbound(
             domain=index.domain,
             auto_mtls=auto_mtls and accepts_tls,
         ):
-            clusters.append(cluster)
+            clusters.append(Encoded(cluster, cluster.name, references(cluster)))
             if cluster.type != Cluster.EDS:
                 continue
             _, number, subset, host = parse_cluster_name(cluster.name)
@@ -159,13 +163,12 @@ def _service_outbound(
             failover = policy.HasField("outlier_detection") and (
                 not locality.HasField("enabled") or locality.enabled.value
             )
-            assignments.append(
-                cluster_load_assignment(
-                    cluster.name,
-                    registry.endpoints(host, number, labels),
-                    proxy_locality=proxy.locality,
-                    failover=failover,
-                    distribute=distribution(policy, proxy.locality),
-                )
+            assignment = cluster_load_assignment(
+                cluster.name,
+                registry.endpoints(host, number, labels),
+                proxy_locality=proxy.locality,
+                failover=failover,
+                distribute=distribution(policy, proxy.locality),
             )
+            assignments.append(Encoded(assignment, cluster.name))
     return clusters, assignments

@@ -14,7 +14,7 @@ from itertools import compress
 from operator import is_not
 from typing import Any, TypeVar
 
-from pilotfish.cache import Assembled, CachedResource, Messages, Serialized, Snapshot
+from pilotfish.cache import Assembled, CachedResource, Encoded, Messages, Serialized, Snapshot
 from pilotfish.protos import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
@@ -38,7 +38,7 @@ class ServedResources:
     def __init__(self) -> None:
         self._given: dict[str, dict[int, Serialized]] = {}
         self._by_name: dict[str, dict[str, Serialized]] = {}
-        self._lists: dict[str, Sequence[Message | Assembled[Any]]] = {}
+        self._lists: dict[str, Sequence[Message | Assembled[Any] | Encoded[Any]]] = {}
         self._snapshot: Snapshot | None = None
         self._prefix = ""
 
@@ -64,8 +64,9 @@ class ServedResources:
             refers = row.type_url in _REFERRING
             given = self._given.setdefault(key, {})
             by_name = self._by_name.setdefault(key, {})
-            # Assembled messages (`Messages`) are taken as given: their bytes without the message.
-            messages: Sequence[Message | Assembled[Any]] = (
+            # Assembled and encoded messages (`Messages`) are taken as given: their bytes
+            # without the message.
+            messages: Sequence[Message | Assembled[Any] | Encoded[Any]] = (
                 given_messages.items if isinstance(given_messages, Messages) else given_messages
             )
             total += len(messages)
@@ -99,6 +100,17 @@ class ServedResources:
                         item = Serialized(
                             message, cached, references(message.head) if refers else {}
                         )
+                        serialized += 1
+                elif isinstance(message, Encoded):
+                    name = message.name
+                    if name in by_name:
+                        raise ValueError(f"two {key} resources named {name!r}")
+                    item = lost.get(name)
+                    if item is None or not (
+                        isinstance(item.message, Encoded) and item.message.data == message.data
+                    ):
+                        cached = CachedResource.of_data(row.type_url, name, message.data)
+                        item = Serialized(message, cached, message.refs)
                         serialized += 1
                 else:
                     name = row.name_of(message)

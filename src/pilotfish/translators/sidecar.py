@@ -28,7 +28,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from pilotfish.cache import Assembled
+from pilotfish.cache import Assembled, Encoded
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
 from pilotfish.registry import Registry, Service, ServicePort
 from pilotfish.translators.authorization import policies_for, rbac_http_filters
@@ -181,13 +181,15 @@ def _host_unit(
     proxy: Proxy,
     index: ConfigIndex,
     registry: Registry,
-) -> VirtualHost:
-    return _virtual_host(service, number, domains, proxy, index, registry)
+) -> Encoded[VirtualHost]:
+    # Kept as its bytes: a mesh has a virtual host per service and port.
+    host = _virtual_host(service, number, domains, proxy, index, registry)
+    return Encoded(host, host.name)
 
 
 def _assemble(
     head: RouteConfiguration,
-    hosts: list[VirtualHost],
+    hosts: list[Encoded[VirtualHost]],
     previous: Assembled[RouteConfiguration] | None,
 ) -> Assembled[RouteConfiguration]:
     return Assembled(head, _VIRTUAL_HOSTS, hosts, previous)

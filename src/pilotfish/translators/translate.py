@@ -16,7 +16,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from pilotfish.cache import Messages, Snapshot
+from pilotfish.cache import Encoded, Messages, Snapshot
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
 from pilotfish.translators.changes import Changes
@@ -39,8 +39,8 @@ class Translation:
     proxy: Proxy
     listeners: tuple[Listener, ...]
     routes: Sequence[RouteConfiguration]
-    clusters: tuple[Cluster, ...]
-    endpoints: tuple[ClusterLoadAssignment, ...]
+    clusters: Sequence[Cluster]
+    endpoints: Sequence[ClusterLoadAssignment]
     secrets: tuple[Secret, ...] = ()
     translator_version: str = TRANSLATOR_VERSION
     warnings: tuple[str, ...] = field(default=())
@@ -91,7 +91,8 @@ def translate(
     mtls = {WORKLOAD_SECRET, ROOT_CA_SECRET} <= {s.name for s in secrets}
     if memo is not None:
         memo.begin(changes)
-    clusters, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
+    encoded, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
+    clusters: list[Cluster | Encoded[Cluster]] = list(encoded)
     listeners: list[Listener]
     routes: Sequence[RouteConfiguration]
     if proxy.kind == "gateway":
@@ -109,8 +110,8 @@ def translate(
         proxy=proxy,
         listeners=tuple(listeners),
         routes=routes,
-        clusters=tuple(clusters),
-        endpoints=tuple(endpoints),
+        clusters=Messages(clusters),
+        endpoints=Messages(endpoints),
         secrets=tuple(sorted(secrets, key=lambda s: s.name)),
         warnings=tuple(registry.conflicts),
     )
