@@ -25,14 +25,16 @@ from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
 )
 from pilotfish.registry import Registry, Service, ServicePort, Workload
 from pilotfish.sources import load_documents
-from pilotfish.translators.clusters import (
-    effective_policy,
-    outbound_clusters,
-    route_hash_policy,
-    upstream_tls,
-)
+from pilotfish.translators import clusters
+from pilotfish.translators.clusters import effective_policy, route_hash_policy, upstream_tls
 from pilotfish.translators.index import ConfigIndex, MergedRule
 from pilotfish.translators.proxy import Proxy
+
+
+def outbound_clusters(*args: Any, **kwargs: Any) -> list[Cluster]:
+    """`clusters.outbound_clusters`, read back as messages (it gives them as their bytes)."""
+    return [c.message() for c in clusters.outbound_clusters(*args, **kwargs)]
+
 
 HOST = "reviews.default.svc.cluster.local"
 HTTP = ServicePort("http", 9080, "HTTP")

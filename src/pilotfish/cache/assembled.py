@@ -140,6 +140,20 @@ class Encoded(Generic[M]):
         self.name = name
         self.refs: Mapping[str, set[str]] = refs if refs is not None else {}
 
+    @classmethod
+    def of_data(
+        cls,
+        message_type: type[M],
+        name: str,
+        data: bytes,
+        refs: Mapping[str, set[str]] | None = None,
+    ) -> Encoded[M]:
+        """One made as bytes already: `data` must be a deterministic serialization."""
+        encoded: Encoded[M] = cls.__new__(cls)
+        encoded.data, encoded.message_type, encoded.name = data, message_type, name
+        encoded.refs = refs if refs is not None else {}
+        return encoded
+
     def message(self) -> M:
         """The message, parsed from the bytes (a new one each time: changing it changes
         nothing here)."""

@@ -62,6 +62,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from pilotfish.bounded import Bounded
+from pilotfish.cache import Encoded
+from pilotfish.protos import ENDPOINT_TYPE, references, wire
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     ClientTLSSettings,
     ConnectionPoolSettings,
@@ -80,7 +82,7 @@ from pilotfish.translators.naming import (
     tls_sni,
 )
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.version import stamp
+from pilotfish.translators.version import stamp, stamp_bytes
 
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 """The endpoint label that says a workload has a sidecar terminating mutual TLS."""
@@ -655,7 +657,7 @@ def _cluster(
     identities: Sequence[str],
     sources: Sequence[str],
     auto_mtls: bool = False,
-) -> Any:
+) -> Encoded[Cluster]:
     name = cluster_name(port.number, service.hostname, subset)
     policy = effective_policy(rule, port.number, subset)
     if auto_mtls and not policy.HasField("tls") and not service.mesh_external:
@@ -671,13 +673,8 @@ def _cluster(
         shape = (policy.SerializeToString(deterministic=True), port.protocol, resolution,
                  service.mesh_external)  # fmt: skip
         template = _TEMPLATES.get(shape)
-        if template is not None:
-            cluster = Cluster()
-            cluster.CopyFrom(template)
-            cluster.name = name
-            if cluster.HasField("eds_cluster_config"):
-                cluster.eds_cluster_config.service_name = name
-            return stamp(cluster, sources)
+        if template is not None and name:
+            return template.cluster(name, stamp_bytes(sources))
     cluster = Cluster(name=name)
     cluster.connect_timeout.CopyFrom(CONNECT_TIMEOUT)
     cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
@@ -713,14 +710,58 @@ def _cluster(
     _apply_outlier_detection(cluster, policy)
     _apply_load_balancer(cluster, policy)
     _apply_tls(cluster, policy, service, port, subset, identities)
-    if shape is not None and not cluster.HasField("transport_socket"):
-        template = Cluster()
-        template.CopyFrom(cluster)
-        _TEMPLATES.put(shape, template)
-    return stamp(cluster, sources)
+    stamp(cluster, sources)
+    data = cluster.SerializeToString(deterministic=True)
+    if shape is not None and not cluster.HasField("transport_socket") and name:
+        template = _Template.of(cluster)
+        # Kept only if it makes these very bytes: the fields around the names are the
+        # message's own, so a template right for one name is right for every name.
+        if template.cluster(name, stamp_bytes(sources)).data == data:
+            _TEMPLATES.put(shape, template)
+    return Encoded.of_data(Cluster, name, data, references(cluster))
 
 
-_TEMPLATES: Bounded[tuple[object, ...], Cluster] = Bounded(4096)
+class _Template:
+    """A cluster of one shape as the bytes around its name, its EDS service name (the same)
+    and its metadata (the sources): a cluster of that shape is one join, with no message."""
+
+    __slots__ = ("after", "before", "eds", "middle")
+
+    def __init__(self, before: bytes, eds: bytes | None, middle: bytes, after: bytes) -> None:
+        self.before, self.eds, self.middle, self.after = before, eds, middle, after
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> _Template:
+        bare = Cluster()
+        bare.CopyFrom(cluster)
+        bare.ClearField("name")
+        bare.ClearField("metadata")
+        eds = None
+        if bare.HasField("eds_cluster_config"):
+            bare.eds_cluster_config.ClearField("service_name")
+            eds = bare.eds_cluster_config.SerializeToString(deterministic=True)
+            bare.ClearField("eds_cluster_config")
+        # Deterministic output writes fields in number order: cut where the others go.
+        before, rest = wire.split_at_field(bare.SerializeToString(deterministic=True), _EDS)
+        middle, after = wire.split_at_field(rest, _METADATA)
+        return cls(before, eds, middle, after)
+
+    def cluster(self, name: str, metadata: bytes) -> Encoded[Cluster]:
+        named = name.encode()
+        head = wire.length_delimited(_NAME, named)
+        tail = (self.middle, wire.length_delimited(_METADATA, metadata), self.after)
+        if self.eds is None:
+            return Encoded.of_data(Cluster, name, b"".join((head, self.before, *tail)))
+        service = wire.length_delimited(_EDS_SERVICE_NAME, named)
+        eds = wire.length_delimited(_EDS, self.eds + service)
+        data = b"".join((head, self.before, eds, *tail))
+        return Encoded.of_data(Cluster, name, data, {ENDPOINT_TYPE: {name}})
+
+
+_FIELDS = Cluster.DESCRIPTOR.fields_by_name
+_NAME, _EDS, _METADATA = (_FIELDS[f].number for f in ("name", "eds_cluster_config", "metadata"))
+_EDS_SERVICE_NAME = Cluster.EdsClusterConfig.DESCRIPTOR.fields_by_name["service_name"].number
+_TEMPLATES: Bounded[tuple[object, ...], _Template] = Bounded(4096)
 """Clusters without TLS by (policy, port protocol, resolution, mesh_external): `_cluster`."""
 
 
@@ -733,7 +774,7 @@ def outbound_clusters(
     proxy: Proxy,
     domain: str = "cluster.local",
     auto_mtls: bool = False,
-) -> list[Cluster]:
+) -> list[Encoded[Cluster]]:
     """`outbound|<port>||<host>` plus one `outbound|<port>|<subset>|<host>` per subset (in
     subset order). `auto_mtls`: destinations whose endpoints all have a sidecar (label
     `security.istio.io/tlsMode: istio`) and no `tls` setting use ISTIO_MUTUAL (pass it only when

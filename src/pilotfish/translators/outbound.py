@@ -19,7 +19,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from pilotfish.cache import Encoded
-from pilotfish.protos import references
+from pilotfish.protos import ENDPOINT_TYPE
 from pilotfish.registry import Registry, Service
 from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
 from pilotfish.translators.endpoints import cluster_load_assignment
@@ -150,8 +150,8 @@ def _service_outbound(
             domain=index.domain,
             auto_mtls=auto_mtls and accepts_tls,
         ):
-            clusters.append(Encoded(cluster, cluster.name, references(cluster)))
-            if cluster.type != Cluster.EDS:
+            clusters.append(cluster)
+            if ENDPOINT_TYPE not in cluster.refs:  # not EDS: its endpoints are in the cluster
                 continue
             _, number, subset, host = parse_cluster_name(cluster.name)
             labels = None

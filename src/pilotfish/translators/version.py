@@ -12,11 +12,12 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
+from envoy.config.core.v3.base_pb2 import Metadata
 from google.protobuf.struct_pb2 import Struct, Value
 
 from pilotfish.bounded import Bounded
 
-__all__ = ["METADATA_KEY", "TRANSLATOR_VERSION", "stamp"]
+__all__ = ["METADATA_KEY", "TRANSLATOR_VERSION", "stamp", "stamp_bytes"]
 
 TRANSLATOR_VERSION = "istio-1"
 METADATA_KEY = "pilotfish"
@@ -25,16 +26,31 @@ METADATA_KEY = "pilotfish"
 def stamp(message: Any, sources: Iterable[str] = ()) -> Any:
     """Record the translator version (and the `kind/namespace/name` of the config objects the
     message came from) in the message's metadata; returns the message."""
+    message.metadata.filter_metadata[METADATA_KEY].CopyFrom(_info(tuple(sources)))
+    return message
+
+
+def stamp_bytes(sources: Iterable[str] = ()) -> bytes:
+    """The serialized `metadata` that `stamp` gives a message: for messages made as bytes."""
     given = tuple(sources)
+    data = _STAMP_BYTES.get(given)
+    if data is None:
+        metadata = Metadata()
+        metadata.filter_metadata[METADATA_KEY].CopyFrom(_info(given))
+        data = _STAMP_BYTES.put(given, metadata.SerializeToString(deterministic=True))
+    return data
+
+
+def _info(given: tuple[str, ...]) -> Struct:
     info = _STAMPS.get(given)
     if info is None:
         info = _STAMPS.put(given, _stamp(tuple(sorted(set(given)))))
-    message.metadata.filter_metadata[METADATA_KEY].CopyFrom(info)
-    return message
+    return info
 
 
 _STAMPS: Bounded[tuple[str, ...], Struct] = Bounded(4096)
 """Stamps by the sources as given (a service's clusters and routes ask with the same ones)."""
+_STAMP_BYTES: Bounded[tuple[str, ...], bytes] = Bounded(4096)
 
 
 @functools.lru_cache(maxsize=4096)
