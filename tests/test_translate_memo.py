@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from pilotfish.cache import SnapshotCache
+from pilotfish.cache import Encoded, Messages, SnapshotCache
 from pilotfish.controller import Controller
 from pilotfish.protos import DiscoveryRequest, Node
 from pilotfish.registry import Registry
@@ -228,8 +228,11 @@ def test_serializations_per_change_do_not_grow_with_proxies(proxies: int) -> Non
     snapshots = {id(cache.get_snapshot(f"client-{n + 1}")) for n in range(proxies)}
     assert len(snapshots) == 1  # one shape: one translation and one snapshot shared by all
     assert controller.stats.proxies_translated - before == 1
-    (stats,) = controller.memo_stats()
+    # The shape's memo, then its outbound view's: svc-1's file holds its rule too, a new
+    # object, so its clusters were made again (once for all proxies), equal to the old ones.
+    stats, outbound = controller.memo_stats()
     assert stats.resources_serialized == 1
+    assert (stats.units_translated, outbound.units_translated) == (1, 1)
 
 
 GATEWAY_VS = """
@@ -316,8 +319,9 @@ def test_a_round_that_keeps_the_services_visits_only_what_the_change_touched() -
         store.update("svc-1.yaml", _service_text(1, weight_v1=50))
         assert controller.flush() == 1
         assert counts == {"domains": 0, "services": 0}
-        (stats,) = controller.memo_stats()
-        assert (stats.units_translated, stats.resources_serialized) == (2, 1)
+        stats, outbound = controller.memo_stats()
+        assert (stats.units_translated, outbound.units_translated) == (1, 1)
+        assert stats.resources_serialized == 1
         store.update("svc-2-entry.yaml", _entry_text(2, 5))
         assert controller.flush() == 1
         assert counts == {"domains": 0, "services": 0}
@@ -397,3 +401,94 @@ def test_outbound_units_keep_their_resources_as_bytes() -> None:
     hosts = [v for k, v in memo._units.items() if isinstance(k, tuple) and k[0] == "vhost"]
     assert len(hosts) == 3 and all(isinstance(h.value, Encoded) for h in hosts)
     assert {h.name for h in routes.virtual_hosts} == {h.value.name for h in hosts}
+
+
+VIEW_CONFIG = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: own-rule, namespace: elsewhere}
+spec:
+  host: svc-0.mesh.local
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 3}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: zoned, namespace: default}
+spec:
+  hosts: [zoned.mesh.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 10.9.0.1, locality: us-east/a}
+  - {address: 10.9.0.2, locality: eu-west/b}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: zoned, namespace: default}
+spec:
+  host: zoned.mesh.local
+  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 5}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: named, namespace: default}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+"""
+
+
+def _sidecar(node_id: str, **metadata: str) -> Node:
+    node = Node(id=node_id)
+    labels = {"app": metadata.pop("app", "client")}
+    node.metadata.update({"NAMESPACE": "default", "LABELS": labels, **metadata})
+    return node
+
+
+def test_shapes_of_one_outbound_view_share_its_clusters() -> None:
+    """Sidecars that differ in labels, address or workload but not in namespace, locality or
+    address family get the same clusters and load assignments, made once a round; every one
+    is served exactly what a translation of its own (no memo, nothing shared) gives."""
+    store = _store()
+    # What each part of the view decides: a namespace's own rule, failover by locality, and
+    # the DNS lookup family.
+    store.update("view.yaml", VIEW_CONFIG)
+    nodes = [
+        _sidecar("a"),
+        _sidecar("b", app="other", ADDRESS="10.1.2.3"),
+        _sidecar("c", WORKLOAD="c-1", ADDRESS="10.1.2.4"),
+        _sidecar("d", NAMESPACE="elsewhere"),
+        _sidecar("e", ADDRESS="fd00::5"),
+        _sidecar("f"),
+    ]
+    nodes[-1].locality.region, nodes[-1].locality.zone = "us-east", "a"
+    controller = Controller(SnapshotCache(), store)
+    controller.flush()
+    for n, node in enumerate(nodes):
+        controller.on_stream_request(n + 1, DiscoveryRequest(node=node))
+    for label, edit in [("initial", _nothing), *EDITS]:
+        edit(store)
+        controller.flush(force=True)
+        objects = store.objects()
+        for node in nodes:
+            alone = translate(Proxy.from_node(node), objects, Registry.from_objects(objects))
+            snapshot = alone.snapshot()
+            expected = {
+                t: (snapshot.version(t), {n: r.data for n, r in snapshot.resources(t).items()})
+                for t in ("cds", "eds", "lds", "rds")
+            }
+            assert _served(controller, node.id) == expected, (label, node.id)
+    # Six shapes, four outbound views (a, b and c share one; d, e and f have their own).
+    assert len(controller.memo_stats()) == 6 + 4
+    clusters = {}
+    for node in nodes:
+        translation = controller.translation(node.id)
+        assert translation is not None and isinstance(translation.clusters, Messages)
+        clusters[node.id] = [c for c in translation.clusters.items if isinstance(c, Encoded)]
+    assert len(clusters["a"]) > 3 * SERVICES
+    assert all(x is y for x, y in zip(clusters["a"], clusters["b"], strict=True))
+    assert all(x is y for x, y in zip(clusters["a"], clusters["c"], strict=True))
+    assert not any(x is y for x, y in zip(clusters["a"], clusters["d"], strict=True))

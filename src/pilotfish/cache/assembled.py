@@ -22,6 +22,8 @@ from typing import Any, Generic, TypeVar, overload
 
 from pilotfish.protos import Message, wire
 
+from .resource import CachedResource
+
 __all__ = ["Assembled", "Encoded", "Messages"]
 
 M = TypeVar("M", bound=Message)
@@ -132,13 +134,14 @@ class Encoded(Generic[M]):
     """A message kept only as its deterministic bytes, with its name and what it names in
     other types (`references`, known when it was made); `message()` parses a fresh copy."""
 
-    __slots__ = ("data", "message_type", "name", "refs")
+    __slots__ = ("_cached", "data", "message_type", "name", "refs")
 
     def __init__(self, message: M, name: str, refs: Mapping[str, set[str]] | None = None) -> None:
         self.data = message.SerializeToString(deterministic=True)
         self.message_type: type[M] = type(message)
         self.name = name
         self.refs: Mapping[str, set[str]] = refs if refs is not None else {}
+        self._cached: CachedResource | None = None
 
     @classmethod
     def of_data(
@@ -152,7 +155,15 @@ class Encoded(Generic[M]):
         encoded: Encoded[M] = cls.__new__(cls)
         encoded.data, encoded.message_type, encoded.name = data, message_type, name
         encoded.refs = refs if refs is not None else {}
+        encoded._cached = None
         return encoded
+
+    def cached(self, type_url: str) -> CachedResource:
+        """The resource served from these bytes (hashed once, however many proxy shapes
+        are served this object)."""
+        if self._cached is None:
+            self._cached = CachedResource.of_data(type_url, self.name, self.data)
+        return self._cached
 
     def message(self) -> M:
         """The message, parsed from the bytes (a new one each time: changing it changes

@@ -176,7 +176,7 @@ class Snapshot:
             return cached, references(head)
         if isinstance(item, Encoded):
             self.stats.resources_serialized += 1  # its bytes: made once, hashed here
-            return CachedResource.of_data(type_url, item.name, item.data), item.refs
+            return item.cached(type_url), item.refs
         if isinstance(item, Serialized):
             cached, refs = item.cached, item.refs
             if refs is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.memo import MemoStats, TranslationMemo
+from pilotfish.translators.outbound import SharedOutbound, outbound_view
 from pilotfish.translators.proxy import Proxy, ProxyKind
 from pilotfish.translators.translate import Translation, translate
 from pilotfish.translators.version import TRANSLATOR_VERSION
@@ -20,7 +21,9 @@ __all__ = [
     "MemoStats",
     "Proxy",
     "ProxyKind",
+    "SharedOutbound",
     "Translation",
     "TranslationMemo",
+    "outbound_view",
     "translate",
 ]

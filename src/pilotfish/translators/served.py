@@ -109,8 +109,7 @@ class ServedResources:
                     if item is None or not (
                         isinstance(item.message, Encoded) and item.message.data == message.data
                     ):
-                        cached = CachedResource.of_data(row.type_url, name, message.data)
-                        item = Serialized(message, cached, message.refs)
+                        item = Serialized(message, message.cached(row.type_url), message.refs)
                         serialized += 1
                 else:
                     name = row.name_of(message)

@@ -24,7 +24,7 @@ from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.memo import TranslationMemo
 from pilotfish.translators.naming import ROOT_CA_SECRET, WORKLOAD_SECRET
-from pilotfish.translators.outbound import outbound
+from pilotfish.translators.outbound import SharedOutbound, outbound
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.sidecar import inbound, outbound_listeners, outbound_routes
 from pilotfish.translators.version import TRANSLATOR_VERSION
@@ -72,6 +72,7 @@ def translate(
     secrets: Iterable[Secret] = (),
     memo: TranslationMemo | None = None,
     changes: Changes | None = None,
+    shared: SharedOutbound | None = None,
 ) -> Translation:
     """The Envoy config for `proxy` (a sidecar or a gateway).
 
@@ -82,7 +83,9 @@ def translate(
 
     With a `memo` (one per proxy shape, kept between rounds), only the services whose inputs
     changed since its last round are translated again (see `TranslationMemo`); `changes`
-    (the objects replaced since that round, as `Changes`) spares checking the others.
+    (the objects replaced since that round, as `Changes`) spares checking the others. With
+    `shared`, the outbound clusters and load assignments come from it (made once a round for
+    all the shapes of one `outbound_view`), not from `memo`.
     """
     index = config if isinstance(config, ConfigIndex) else ConfigIndex.build(config)
     secrets = list(secrets)
@@ -91,7 +94,10 @@ def translate(
     mtls = {WORKLOAD_SECRET, ROOT_CA_SECRET} <= {s.name for s in secrets}
     if memo is not None:
         memo.begin(changes)
-    encoded, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
+    if shared is not None:
+        encoded, endpoints = shared.get(proxy, index, registry, mtls)
+    else:
+        encoded, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
     clusters: list[Cluster | Encoded[Cluster]] = list(encoded)
     listeners: list[Listener]
     routes: Sequence[RouteConfiguration]
