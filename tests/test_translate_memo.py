@@ -228,11 +228,11 @@ def test_serializations_per_change_do_not_grow_with_proxies(proxies: int) -> Non
     snapshots = {id(cache.get_snapshot(f"client-{n + 1}")) for n in range(proxies)}
     assert len(snapshots) == 1  # one shape: one translation and one snapshot shared by all
     assert controller.stats.proxies_translated - before == 1
-    # The shape's memo, then its outbound view's: svc-1's file holds its rule too, a new
-    # object, so its clusters were made again (once for all proxies), equal to the old ones.
-    stats, outbound = controller.memo_stats()
+    # The shape's memo, then its views' (clusters, routes): svc-1's file holds its rule too,
+    # a new object, so its clusters were made again (once for all proxies), equal to the old.
+    stats, clusters, routes = controller.memo_stats()
     assert stats.resources_serialized == 1
-    assert (stats.units_translated, outbound.units_translated) == (1, 1)
+    assert (clusters.units_translated, routes.units_translated) == (1, 1)
 
 
 GATEWAY_VS = """
@@ -319,8 +319,8 @@ def test_a_round_that_keeps_the_services_visits_only_what_the_change_touched() -
         store.update("svc-1.yaml", _service_text(1, weight_v1=50))
         assert controller.flush() == 1
         assert counts == {"domains": 0, "services": 0}
-        stats, outbound = controller.memo_stats()
-        assert (stats.units_translated, outbound.units_translated) == (1, 1)
+        stats, clusters, routes = controller.memo_stats()
+        assert (clusters.units_translated, routes.units_translated) == (1, 1)
         assert stats.resources_serialized == 1
         store.update("svc-2-entry.yaml", _entry_text(2, 5))
         assert controller.flush() == 1
@@ -397,8 +397,12 @@ def test_outbound_units_keep_their_resources_as_bytes() -> None:
     for cluster in translation.clusters:
         assert served[cluster.name].data == cluster.SerializeToString(deterministic=True)
     (routes,) = translation.routes
-    memo = next(iter(controller._memos.values()))
-    hosts = [v for k, v in memo._units.items() if isinstance(k, tuple) and k[0] == "vhost"]
+    hosts = [
+        unit
+        for memo in controller._shared.memos()
+        for key, unit in memo._units.items()
+        if isinstance(key, tuple) and key[0] == "vhost"
+    ]
     assert len(hosts) == 3 and all(isinstance(h.value, Encoded) for h in hosts)
     assert {h.name for h in routes.virtual_hosts} == {h.value.name for h in hosts}
 
@@ -438,6 +442,17 @@ spec:
   location: MESH_EXTERNAL
   resolution: DNS
   ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: zoned, namespace: default}
+spec:
+  hosts: [zoned.mesh.local]
+  http:
+  - match: [{sourceLabels: {app: other}}]
+    route: [{destination: {host: zoned.mesh.local}}]
+    timeout: 3s
+  - route: [{destination: {host: zoned.mesh.local}}]
 """
 
 
@@ -448,13 +463,14 @@ def _sidecar(node_id: str, **metadata: str) -> Node:
     return node
 
 
-def test_shapes_of_one_outbound_view_share_its_clusters() -> None:
+def test_shapes_with_one_view_share_its_clusters_and_routes() -> None:
     """Sidecars that differ in labels, address or workload but not in namespace, locality or
-    address family get the same clusters and load assignments, made once a round; every one
-    is served exactly what a translation of its own (no memo, nothing shared) gives."""
+    address family get the same clusters and load assignments, made once a round; those that
+    differ in neither namespace nor labels, the same routes too. Every one is served exactly
+    what a translation of its own (no memo, nothing shared) gives."""
     store = _store()
-    # What each part of the view decides: a namespace's own rule, failover by locality, and
-    # the DNS lookup family.
+    # What each part of the views decides: a namespace's own rule, failover by locality, the
+    # DNS lookup family, and routes for some source labels.
     store.update("view.yaml", VIEW_CONFIG)
     nodes = [
         _sidecar("a"),
@@ -481,14 +497,19 @@ def test_shapes_of_one_outbound_view_share_its_clusters() -> None:
                 for t in ("cds", "eds", "lds", "rds")
             }
             assert _served(controller, node.id) == expected, (label, node.id)
-    # Six shapes, four outbound views (a, b and c share one; d, e and f have their own).
-    assert len(controller.memo_stats()) == 6 + 4
-    clusters = {}
+    # Six shapes; four views of their clusters (a, b and c share one; d, e and f have their
+    # own) and three of their routes (b's labels and d's namespace differ).
+    assert len(controller.memo_stats()) == 6 + 4 + 3
+    clusters, routes = {}, {}
     for node in nodes:
         translation = controller.translation(node.id)
         assert translation is not None and isinstance(translation.clusters, Messages)
         clusters[node.id] = [c for c in translation.clusters.items if isinstance(c, Encoded)]
+        assert isinstance(translation.routes, Messages)
+        routes[node.id] = translation.routes.items
     assert len(clusters["a"]) > 3 * SERVICES
     assert all(x is y for x, y in zip(clusters["a"], clusters["b"], strict=True))
     assert all(x is y for x, y in zip(clusters["a"], clusters["c"], strict=True))
     assert not any(x is y for x, y in zip(clusters["a"], clusters["d"], strict=True))
+    assert all(routes[n] == routes["a"] for n in "cef")  # the very same objects
+    assert not set(map(id, routes["b"])) & set(map(id, routes["a"]))

@@ -34,7 +34,7 @@ from pilotfish.translators import (
     ConfigIndex,
     MemoStats,
     Proxy,
-    SharedOutbound,
+    SharedParts,
     Translation,
     TranslationMemo,
     translate,
@@ -106,9 +106,9 @@ class Controller(Callbacks):
         self._revision = 0  # of the store, as of the last round
         self._shapes: dict[tuple[object, ...], tuple[Translation, Snapshot]] = {}
         self._memos: dict[tuple[object, ...], TranslationMemo] = {}
-        # Clusters and load assignments, made once a round for all the shapes that share
-        # their outbound view (one namespace's sidecars): most of a large mesh's resources.
-        self._outbound = SharedOutbound()
+        # Clusters, load assignments and routes, made once a round for all the shapes that
+        # see them alike (one namespace's sidecars): most of a large mesh's resources.
+        self._shared = SharedParts()
         self._changes: Changes | None = None  # how the last round's objects differ
         self._registry: Registry | None = None
         self._ready = threading.Event()
@@ -228,12 +228,12 @@ class Controller(Callbacks):
             self._shapes = {}
             targets: dict[str, dict[str, str]] = {}
             ready: list[tuple[str, Snapshot]] = []
-            self._outbound.begin(changes)
+            self._shared.begin(changes)
             for proxy in list(self._proxies.values()):
                 if (prepared := self._translate(proxy)) is not None:
                     snapshot, targets[proxy.id] = prepared
                     ready.append((proxy.id, snapshot))
-            self._outbound.end()
+            self._shared.end()
             changed = len(ready)
             self.stats.translations += 1
             # Say what to expect before pushing: a local proxy ACKs within a millisecond.
@@ -273,7 +273,7 @@ class Controller(Callbacks):
                 secrets=secrets,
                 memo=memo,
                 changes=self._changes,
-                shared=self._outbound,
+                shared=self._shared,
             )
             self.stats.proxies_translated += 1
             shared = self._shapes[shape] = (translation, translation.snapshot(memo))
@@ -308,9 +308,9 @@ class Controller(Callbacks):
 
     def memo_stats(self) -> list[MemoStats]:
         """Per proxy shape, what its last translation reused and redid, then the same for
-        each outbound view's clusters and load assignments (benchmarks, tests)."""
+        each shared view's (`SharedParts.memos`; benchmarks, tests)."""
         with self._lock:
-            memos = [*self._memos.values(), *self._outbound.memos()]
+            memos = [*self._memos.values(), *self._shared.memos()]
             return [dataclasses.replace(m.stats) for m in memos]
 
     def objects(self) -> list[ConfigObject]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.memo import MemoStats, TranslationMemo
-from pilotfish.translators.outbound import SharedOutbound, outbound_view
+from pilotfish.translators.outbound import outbound_view
 from pilotfish.translators.proxy import Proxy, ProxyKind
+from pilotfish.translators.shared import SharedParts
+from pilotfish.translators.sidecar import routes_view
 from pilotfish.translators.translate import Translation, translate
 from pilotfish.translators.version import TRANSLATOR_VERSION
 
@@ -21,9 +23,10 @@ __all__ = [
     "MemoStats",
     "Proxy",
     "ProxyKind",
-    "SharedOutbound",
+    "SharedParts",
     "Translation",
     "TranslationMemo",
     "outbound_view",
+    "routes_view",
     "translate",
 ]

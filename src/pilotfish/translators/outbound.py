@@ -22,7 +22,6 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from pilotfish.cache import Encoded
 from pilotfish.protos import ENDPOINT_TYPE
 from pilotfish.registry import Registry, Service
-from pilotfish.translators.changes import Changes
 from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
 from pilotfish.translators.endpoints import cluster_load_assignment
 from pilotfish.translators.index import ConfigIndex
@@ -31,14 +30,14 @@ from pilotfish.translators.naming import parse_cluster_name
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
 
-__all__ = ["SharedOutbound", "outbound", "outbound_view"]
+__all__ = ["outbound", "outbound_view"]
 
 
 def outbound_view(proxy: Proxy) -> Proxy:
     """All of `proxy` that its outbound clusters and load assignments depend on: its namespace
     (whose destination rules apply first), its locality (load assignment priorities and
     weights) and its address family (DNS lookups). `outbound` sees only this, so proxies with
-    the same view get the same clusters (`SharedOutbound`)."""
+    the same view get the same clusters (`SharedParts`)."""
     try:
         v6 = ipaddress.ip_address(proxy.address).version == 6
     except ValueError:
@@ -46,47 +45,6 @@ def outbound_view(proxy: Proxy) -> Proxy:
     return Proxy(
         id="", namespace=proxy.namespace, locality=proxy.locality, address="::1" if v6 else ""
     )
-
-
-class SharedOutbound:
-    """Outbound clusters and load assignments made once per round for every proxy shape with
-    the same `outbound_view` (most of a mesh's resources: the sidecars of one namespace differ
-    in labels, address and workload, none of which they depend on), each view with a memo of
-    its own. A controller calls `begin` and `end` around each round; views no shape used in a
-    round are forgotten at its end."""
-
-    def __init__(self) -> None:
-        self._memos: dict[tuple[str, str, str, bool], TranslationMemo] = {}
-        self._results: dict[tuple[str, str, str, bool], tuple[list[Any], list[Any]]] = {}
-        self._changes: Changes | None = None
-
-    def begin(self, changes: Changes | None) -> None:
-        """A round starts; `changes` since the last one (as `TranslationMemo.begin` takes)."""
-        self._results, self._changes = {}, changes
-
-    def get(
-        self, proxy: Proxy, index: ConfigIndex, registry: Registry, auto_mtls: bool
-    ) -> tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]:
-        """`outbound(proxy, ...)`, made by the first shape of the view this round."""
-        view = outbound_view(proxy)
-        key = (view.namespace, view.locality, view.address, auto_mtls)
-        found = self._results.get(key)
-        if found is None:
-            memo = self._memos.setdefault(key, TranslationMemo())
-            memo.begin(self._changes)
-            found = outbound(view, index, registry, auto_mtls=auto_mtls, memo=memo)
-            self._results[key] = found
-            memo.end()
-        return list(found[0]), list(found[1])
-
-    def end(self) -> None:
-        """The round is over: views no shape asked for are forgotten (the others' results
-        stay, for proxies that connect before the next round)."""
-        self._memos = {k: m for k, m in self._memos.items() if k in self._results}
-
-    def memos(self) -> list[TranslationMemo]:
-        """The memo of each view (for their statistics)."""
-        return list(self._memos.values())
 
 
 def outbound(

@@ -73,12 +73,21 @@ def _domains(service: Service, port: int, proxy: Proxy, domain: str) -> Iterator
         yield f"{name}:{port}"
 
 
+def routes_view(proxy: Proxy) -> Proxy:
+    """All of `proxy` that its outbound routes depend on: its namespace (short host names,
+    rules that apply first) and labels (routes for some sources only). `outbound_routes` sees
+    only this, so sidecars with the same view get the same routes (`SharedParts`)."""
+    return Proxy(id="", namespace=proxy.namespace, labels=proxy.labels)
+
+
 def outbound_routes(
     proxy: Proxy, index: ConfigIndex, registry: Registry, memo: TranslationMemo | None = None
 ) -> list[RouteConfiguration | Assembled[RouteConfiguration]]:
     """One route configuration per HTTP service port, named by the port (`Assembled` ones when
-    there is a `memo`: `Messages` builds them if asked). With a `memo`, a
-    virtual host whose inputs did not change since the last round is not translated again."""
+    there is a `memo`: `Messages` builds them if asked), for the proxy's `routes_view`. With a
+    `memo`, a virtual host whose inputs did not change since the last round is not translated
+    again."""
+    proxy = routes_view(proxy)
     if memo is not None:
         return _assembled_routes(proxy, index, registry, memo)
     configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []

@@ -24,8 +24,9 @@ from pilotfish.translators.gateway import gateway_config
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.memo import TranslationMemo
 from pilotfish.translators.naming import ROOT_CA_SECRET, WORKLOAD_SECRET
-from pilotfish.translators.outbound import SharedOutbound, outbound
+from pilotfish.translators.outbound import outbound
 from pilotfish.translators.proxy import Proxy
+from pilotfish.translators.shared import SharedParts
 from pilotfish.translators.sidecar import inbound, outbound_listeners, outbound_routes
 from pilotfish.translators.version import TRANSLATOR_VERSION
 
@@ -72,7 +73,7 @@ def translate(
     secrets: Iterable[Secret] = (),
     memo: TranslationMemo | None = None,
     changes: Changes | None = None,
-    shared: SharedOutbound | None = None,
+    shared: SharedParts | None = None,
 ) -> Translation:
     """The Envoy config for `proxy` (a sidecar or a gateway).
 
@@ -84,8 +85,8 @@ def translate(
     With a `memo` (one per proxy shape, kept between rounds), only the services whose inputs
     changed since its last round are translated again (see `TranslationMemo`); `changes`
     (the objects replaced since that round, as `Changes`) spares checking the others. With
-    `shared`, the outbound clusters and load assignments come from it (made once a round for
-    all the shapes of one `outbound_view`), not from `memo`.
+    `shared`, the clusters, load assignments and sidecar routes come from it (made once a round
+    for all the shapes that see them alike), not from `memo`.
     """
     index = config if isinstance(config, ConfigIndex) else ConfigIndex.build(config)
     secrets = list(secrets)
@@ -95,7 +96,7 @@ def translate(
     if memo is not None:
         memo.begin(changes)
     if shared is not None:
-        encoded, endpoints = shared.get(proxy, index, registry, mtls)
+        encoded, endpoints = shared.clusters(proxy, index, registry, mtls)
     else:
         encoded, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
     clusters: list[Cluster | Encoded[Cluster]] = list(encoded)
@@ -105,7 +106,10 @@ def translate(
         listeners, routes = gateway_config(proxy, index, registry)
         routes = tuple(routes)
     else:
-        routes = Messages(outbound_routes(proxy, index, registry, memo))
+        if shared is not None:
+            routes = Messages(shared.routes(proxy, index, registry))
+        else:
+            routes = Messages(outbound_routes(proxy, index, registry, memo))
         listeners = outbound_listeners(proxy, index, registry)
         inbound_listeners, inbound_clusters = inbound(proxy, registry, index, mtls=mtls)
         listeners += inbound_listeners
