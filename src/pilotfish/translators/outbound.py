@@ -57,7 +57,7 @@ def outbound(
 ) -> tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]:
     """Every service port's clusters, and a load assignment for each EDS cluster, for the
     proxy's `outbound_view`. With a `memo`, a service whose inputs did not change since the
-    last round is not translated."""
+    last round is not translated, and the lists are the memo's: not to be changed."""
     proxy = outbound_view(proxy)
     if memo is None:
         outputs = [
@@ -81,7 +81,8 @@ def outbound(
                 values[key] = memo.unit(key, compute, index, registry)
             site = memo.record(name, token, keys, computes, values)
         flat = _flat(site)
-        return list(flat.clusters), list(flat.assignments)  # copies: callers may add to them
+        # The memo's own lists (a round patches copies of them): callers must not change them.
+        return flat.clusters, flat.assignments
     clusters = list(chain.from_iterable(map(itemgetter(0), outputs)))
     assignments = list(chain.from_iterable(map(itemgetter(1), outputs)))
     return clusters, assignments

@@ -107,14 +107,13 @@ class SharedParts:
     def clusters(
         self, proxy: Proxy, index: ConfigIndex, registry: Registry, auto_mtls: bool
     ) -> _Clusters:
-        """`outbound(proxy, ...)`: new lists (the caller may add to them) of shared items."""
+        """`outbound(proxy, ...)`, shared: the caller must not change the lists."""
         view = outbound_view(proxy)
         key = (view.namespace, view.locality, view.address)
-        clusters, endpoints = self._clusters[auto_mtls].get(key, view, index, registry)
-        return list(clusters), list(endpoints)
+        return self._clusters[auto_mtls].get(key, view, index, registry)
 
     def routes(self, proxy: Proxy, index: ConfigIndex, registry: Registry) -> _Routes:
-        """`outbound_routes(proxy, ...)`, as a new list."""
+        """`outbound_routes(proxy, ...)`, shared: the caller must not change the list."""
         view = routes_view(proxy)
         key = (view.namespace, tuple(sorted(view.labels.items())))
-        return list(self._routes.get(key, view, index, registry))
+        return self._routes.get(key, view, index, registry)

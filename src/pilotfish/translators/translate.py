@@ -16,7 +16,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from pilotfish.cache import Encoded, Messages, Snapshot
+from pilotfish.cache import Messages, Snapshot
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
 from pilotfish.translators.changes import Changes
@@ -99,7 +99,7 @@ def translate(
         encoded, endpoints = shared.clusters(proxy, index, registry, mtls)
     else:
         encoded, endpoints = outbound(proxy, index, registry, auto_mtls=mtls, memo=memo)
-    clusters: list[Cluster | Encoded[Cluster]] = list(encoded)
+    own_clusters: list[Cluster] = []
     listeners: list[Listener]
     routes: Sequence[RouteConfiguration]
     if proxy.kind == "gateway":
@@ -113,14 +113,14 @@ def translate(
         listeners = outbound_listeners(proxy, index, registry)
         inbound_listeners, inbound_clusters = inbound(proxy, registry, index, mtls=mtls)
         listeners += inbound_listeners
-        clusters += inbound_clusters
+        own_clusters = inbound_clusters
     if memo is not None:
         memo.end()
     return Translation(
         proxy=proxy,
         listeners=tuple(listeners),
         routes=routes,
-        clusters=Messages(clusters),
+        clusters=Messages((*encoded, *own_clusters)),
         endpoints=Messages(endpoints),
         secrets=tuple(sorted(secrets, key=lambda s: s.name)),
         warnings=tuple(registry.conflicts),
