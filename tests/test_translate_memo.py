@@ -533,3 +533,32 @@ def test_a_unit_made_again_to_equal_bytes_leaves_its_type_unwalked() -> None:
         again, serialized, _ = resources.snapshot({"cds": clusters()}, "v/")
     assert serialized == 0 and again.version("cds") == first.version("cds")
     assert Encoded(Cluster(name="a"), "a") != Encoded(Cluster(name="b"), "b")
+
+
+def test_shapes_of_one_view_compare_a_changed_type_once() -> None:
+    """Four sidecar shapes of one view are handed the very same tuples of load assignments;
+    after an endpoint edit the new tuple is compared with the old one once, not per shape."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from pilotfish.translators import served
+
+    store = _store()
+    controller = Controller(SnapshotCache(), store)
+    for n in range(4):
+        controller.on_stream_request(n + 1, DiscoveryRequest(node=_sidecar(f"s{n}", app=f"a{n}")))
+    controller.flush(force=True)
+    real = served.compress  # type: ignore[attr-defined]
+    calls: list[int] = []
+
+    def counted(data: Any, selectors: Any) -> Any:
+        calls.append(1)
+        return real(data, selectors)
+
+    with mock.patch.object(served, "compress", counted):
+        store.update("svc-2-entry.yaml", _entry_text(2, 5))
+        assert controller.flush() == 4
+    assert len(calls) == 1
+    for n in range(4):  # and every shape serves the new endpoint
+        data = controller.cache.get_snapshot(f"s{n}").resources("eds")
+        assignment = ClusterLoadAssignment.FromString(data["outbound|9080||svc-2.mesh.local"].data)
+        assert sum(len(group.lb_endpoints) for group in assignment.endpoints) == 5

@@ -54,10 +54,10 @@ def outbound(
     *,
     auto_mtls: bool = False,
     memo: TranslationMemo | None = None,
-) -> tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]:
+) -> tuple[tuple[Encoded[Cluster], ...], tuple[Encoded[ClusterLoadAssignment], ...]]:
     """Every service port's clusters, and a load assignment for each EDS cluster, for the
     proxy's `outbound_view`. With a `memo`, a service whose inputs did not change since the
-    last round is not translated, and the lists are the memo's: not to be changed."""
+    last round is not translated."""
     proxy = outbound_view(proxy)
     if memo is None:
         outputs = [
@@ -81,10 +81,9 @@ def outbound(
                 values[key] = memo.unit(key, compute, index, registry)
             site = memo.record(name, token, keys, computes, values)
         flat = _flat(site)
-        # The memo's own lists (a round patches copies of them): callers must not change them.
-        return flat.clusters, flat.assignments
-    clusters = list(chain.from_iterable(map(itemgetter(0), outputs)))
-    assignments = list(chain.from_iterable(map(itemgetter(1), outputs)))
+        return flat.clusters, flat.assignments  # the memo's own (a round patches copies)
+    clusters = tuple(chain.from_iterable(map(itemgetter(0), outputs)))
+    assignments = tuple(chain.from_iterable(map(itemgetter(1), outputs)))
     return clusters, assignments
 
 
@@ -92,8 +91,10 @@ def outbound(
 class _Flat:
     """A site's clusters and assignments in one list each, and where each unit's begin."""
 
-    clusters: list[Encoded[Cluster]]
-    assignments: list[Encoded[ClusterLoadAssignment]]
+    # Tuples: every shape of the view is handed these very objects (`Messages` keeps a tuple
+    # as it is), so a snapshot compares them with last round's once for all the shapes.
+    clusters: tuple[Encoded[Cluster], ...]
+    assignments: tuple[Encoded[ClusterLoadAssignment], ...]
     cluster_starts: list[int]
     assignment_starts: list[int]
     position: dict[Any, int]  # of each key in the site
@@ -108,8 +109,8 @@ def _flat(site: Site) -> _Flat:
     if flat is None:
         outputs = list(map(site.values.__getitem__, site.keys))
         flat = _Flat(
-            list(chain.from_iterable(map(itemgetter(0), outputs))),
-            list(chain.from_iterable(map(itemgetter(1), outputs))),
+            tuple(chain.from_iterable(map(itemgetter(0), outputs))),
+            tuple(chain.from_iterable(map(itemgetter(1), outputs))),
             list(accumulate(map(len, map(itemgetter(0), outputs)), initial=0)),
             list(accumulate(map(len, map(itemgetter(1), outputs)), initial=0)),
             site.cache["flat"].position
@@ -133,7 +134,11 @@ def _patched(flat: _Flat, site: Site) -> _Flat | None:
         clusters[start:end] = found
         assignments[first:last] = loads
     patched = _Flat(
-        clusters, assignments, flat.cluster_starts, flat.assignment_starts, flat.position
+        tuple(clusters),
+        tuple(assignments),
+        flat.cluster_starts,
+        flat.assignment_starts,
+        flat.position,
     )
     site.cache["flat"] = patched
     return patched

@@ -14,6 +14,7 @@ from itertools import compress
 from operator import is_not
 from typing import Any, TypeVar
 
+from pilotfish.bounded import Bounded
 from pilotfish.cache import Assembled, CachedResource, Encoded, Messages, Serialized, Snapshot
 from pilotfish.protos import (
     CLUSTER_TYPE,
@@ -29,6 +30,9 @@ __all__ = ["ServedResources"]
 _REFERRING = frozenset({CLUSTER_TYPE, LISTENER_TYPE, SCOPED_ROUTE_TYPE})
 
 T = TypeVar("T")
+
+_MOVES: Bounded[tuple[int, int], tuple[Any, Any, set[int], list[Any]]] = Bounded(64)
+"""What `_moved` found between two tuples, for the other shapes given the same ones."""
 
 
 class ServedResources:
@@ -140,10 +144,18 @@ def _moved(
     `after` that are new, in order. Lists of one length are compared position by position
     (`is not`, in C): a few changed places, not 40,000 ids hashed; otherwise by sets of ids."""
     if before is not None and len(before) == len(after):
+        # Shapes that share a view were given the very same tuples (`SharedParts`): compared
+        # once for all of them (tuples cannot change; the entry keeps both, so ids are theirs).
+        shared = isinstance(before, tuple) and isinstance(after, tuple)
+        if shared and (known := _MOVES.get((id(before), id(after)))) is not None:
+            return known[2], known[3]
         places = list(compress(range(len(after)), map(is_not, before, after)))
         old = {id(before[i]) for i in places}
         new = {id(after[i]) for i in places}
-        return old - new, [after[i] for i in places if id(after[i]) not in old]
+        moved = old - new, [after[i] for i in places if id(after[i]) not in old]
+        if shared:
+            _MOVES.put((id(before), id(after)), (before, after, *moved))
+        return moved
     ids = set(map(id, after))
     fresh = ids - given.keys()
     return given.keys() - ids, list(compress(after, map(fresh.__contains__, map(id, after))))

@@ -31,7 +31,7 @@ __all__ = ["SharedPart", "SharedParts"]
 
 T = TypeVar("T")
 
-_Clusters = tuple[list[Encoded[Cluster]], list[Encoded[ClusterLoadAssignment]]]
+_Clusters = tuple[tuple[Encoded[Cluster], ...], tuple[Encoded[ClusterLoadAssignment], ...]]
 _Routes = list[RouteConfiguration | Assembled[RouteConfiguration]]
 
 
@@ -107,7 +107,7 @@ class SharedParts:
     def clusters(
         self, proxy: Proxy, index: ConfigIndex, registry: Registry, auto_mtls: bool
     ) -> _Clusters:
-        """`outbound(proxy, ...)`, shared: the caller must not change the lists."""
+        """`outbound(proxy, ...)`, the same tuples for every shape of the view."""
         view = outbound_view(proxy)
         key = (view.namespace, view.locality, view.address)
         return self._clusters[auto_mtls].get(key, view, index, registry)

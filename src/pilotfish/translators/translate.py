@@ -120,7 +120,8 @@ def translate(
         proxy=proxy,
         listeners=tuple(listeners),
         routes=routes,
-        clusters=Messages((*encoded, *own_clusters)),
+        # The view's own tuple when nothing is added: every shape shares it (`SharedParts`).
+        clusters=Messages((*encoded, *own_clusters) if own_clusters else encoded),
         endpoints=Messages(endpoints),
         secrets=tuple(sorted(secrets, key=lambda s: s.name)),
         warnings=tuple(registry.conflicts),
