@@ -31,8 +31,9 @@ _REFERRING = frozenset({CLUSTER_TYPE, LISTENER_TYPE, SCOPED_ROUTE_TYPE})
 
 T = TypeVar("T")
 
-_MOVES: Bounded[tuple[int, int], tuple[Any, Any, set[int], list[Any]]] = Bounded(64)
-"""What `_moved` found between two tuples, for the other shapes given the same ones."""
+_MOVES: Bounded[tuple[int, int], tuple[Any, Any, set[int], list[Any]]] = Bounded(16)
+"""What `_moved` found between two tuples, for the other shapes given the same ones (a round
+asks for a pair per changed type and view; kept small, as each entry keeps last round's tuple)."""
 
 
 class ServedResources:
