@@ -93,10 +93,12 @@ class SharedParts:
         return [*self._clusters.values(), self._routes]
 
     def begin(self, changes: Changes | None) -> None:
+        """A round starts; `changes` since the last one (None: every unit is checked)."""
         for part in self._parts():
             part.begin(changes)
 
     def end(self) -> None:
+        """The round is over: views no shape asked for are forgotten."""
         for part in self._parts():
             part.end()
 
