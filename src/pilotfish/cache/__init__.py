@@ -6,7 +6,8 @@ per-resource versions) and `MuxCache` (several caches behind one watcher, by typ
 
 from __future__ import annotations
 
-from .assembled import Assembled, Encoded, Messages
+from .assembled import Assembled, Messages
+from .encoded import Encoded
 from .linear import LinearCache
 from .mux import MuxCache
 from .node_hash import NodeHash, by_cluster, by_id

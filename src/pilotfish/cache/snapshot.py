@@ -20,8 +20,9 @@ from pilotfish.protos import (
 from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResponse
 
 from .answers import delta_answer
-from .assembled import Assembled, Encoded, Messages
+from .assembled import Assembled, Messages
 from .delta_states import DeltaAnswers
+from .encoded import Encoded
 from .resource import CachedResource, Serialized, WithTtl, to_message
 
 __all__ = ["Consistency", "Snapshot", "SnapshotStats"]
