@@ -562,3 +562,47 @@ def test_shapes_of_one_view_compare_a_changed_type_once() -> None:
         data = controller.cache.get_snapshot(f"s{n}").resources("eds")
         assignment = ClusterLoadAssignment.FromString(data["outbound|9080||svc-2.mesh.local"].data)
         assert sum(len(group.lb_endpoints) for group in assignment.endpoints) == 5
+
+
+SOURCE_ROUTE = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: by-source, namespace: default}
+spec:
+  hosts: [svc-3.mesh.local]
+  http:
+  - match: [{sourceLabels: {app: a1}}]
+    route: [{destination: {host: svc-3.mesh.local, subset: v3}}]
+  - route: [{destination: {host: svc-3.mesh.local, subset: v1}}]
+"""
+
+
+def test_routes_are_shared_across_labels_until_a_virtual_service_matches_them() -> None:
+    """While no VirtualService routes by source labels, sidecars of one namespace share one
+    set of routes whatever their labels; once one does, each label set gets its own, and every
+    sidecar is served what a translation of its own gives, before, during and after."""
+    store = _store()
+    nodes = [_sidecar(f"s{n}", app=f"a{n}") for n in range(3)]
+    controller = Controller(SnapshotCache(), store)
+    for n, node in enumerate(nodes):
+        controller.on_stream_request(n + 1, DiscoveryRequest(node=node))
+
+    def check(label: str, views: int) -> None:
+        controller.flush()
+        objects = store.objects()
+        for node in nodes:
+            alone = translate(Proxy.from_node(node), objects, Registry.from_objects(objects))
+            snapshot = alone.snapshot()
+            expected = {
+                t: (snapshot.version(t), {n: r.data for n, r in snapshot.resources(t).items()})
+                for t in ("cds", "eds", "lds", "rds")
+            }
+            assert _served(controller, node.id) == expected, (label, node.id)
+        # The shapes' memos, one view of their clusters, and `views` of their routes.
+        assert len(controller.memo_stats()) == len(nodes) + 1 + views, label
+
+    check("no VirtualService reads labels", views=1)
+    store.update("by-source.yaml", SOURCE_ROUTE)
+    check("one does", views=3)
+    store.remove("by-source.yaml")
+    check("it is gone", views=1)

@@ -138,6 +138,11 @@ class ConfigIndex:
 
     # -- VirtualServices ------------------------------------------------------------------
 
+    def routes_read_labels(self) -> bool:
+        """Whether any VirtualService routes HTTP by the client's labels (`sourceLabels`): while
+        none does, a sidecar's routes do not depend on its labels (`routes_view`)."""
+        return bool(self._look.by_source)
+
     def gateways_of(self, vs: ConfigObject) -> list[str]:
         """The gateways a VirtualService binds to, as `mesh` or `namespace/name`."""
         return list(self._look.vs_gateways(vs))
@@ -220,6 +225,12 @@ class ConfigIndex:
         return found
 
 
+def _by_source_labels(vs: ConfigObject) -> bool:
+    spec = vs.spec
+    assert isinstance(spec, VirtualService)
+    return any(match.source_labels for route in spec.http for match in route.match)
+
+
 class _Lookups:
     """The dictionaries behind `ConfigIndex`'s lookups, built once from its lists and then
     kept current object by object. Where several objects claim a key, the list holds them in
@@ -237,8 +248,11 @@ class _Lookups:
         self.wild_dr: list[tuple[str, ConfigObject]] = []
         self.merged: dict[str, dict[str, MergedRule | None]] = {}  # host, proxy namespace
         self.kinds: dict[str, tuple[ConfigObject, ...]] = {}  # of `others`, by kind
+        self.by_source: set[int] = set()  # ids of the VirtualServices matching source labels
         for vs in index.virtual_services:  # in index order: appending keeps lists sorted
             self._vs(vs, lambda items, item: items.append(item))
+            if _by_source_labels(vs):
+                self.by_source.add(id(vs))
         for obj in index.destination_rules:
             self._dr(obj, lambda items, item: items.append(item))
 
@@ -246,6 +260,8 @@ class _Lookups:
         self.kinds.pop(obj.kind, None)
         if obj.kind == "VirtualService":
             self._vs(obj, _insert_item)
+            if _by_source_labels(obj):
+                self.by_source.add(id(obj))
         elif obj.kind == "DestinationRule":
             self._dr(obj, _insert_item)
 
@@ -253,6 +269,7 @@ class _Lookups:
         self.kinds.pop(obj.kind, None)
         if obj.kind == "VirtualService":
             self._vs(obj, _remove_item)
+            self.by_source.discard(id(obj))
             self.hosts.pop(id(obj), None)
             self.gateway_names.pop(id(obj), None)
         elif obj.kind == "DestinationRule":

@@ -157,6 +157,9 @@ class _TrackedIndex(ConfigIndex):
     def bound_to(self, gateway: str) -> list[ConfigObject]:
         raise NotImplementedError("bound_to is not tracked: call it outside a memoized unit")
 
+    def routes_read_labels(self) -> bool:
+        raise NotImplementedError("not tracked: call routes_read_labels outside a memoized unit")
+
     def of_kind(self, kind: str) -> tuple[ConfigObject, ...]:
         raise NotImplementedError("of_kind is not tracked: call it outside a memoized unit")
 

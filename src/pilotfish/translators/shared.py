@@ -4,9 +4,10 @@ A proxy shape is everything translation reads about a proxy, so sidecars that di
 address or workload are shapes of their own, and each used to translate every service again.
 Most of the work depends on much less: clusters and load assignments on the proxy's namespace,
 locality and address family (`outbound_view`), the sidecar's route configurations on its
-namespace and labels (`routes_view`). Each part sees only its view (the translators apply it
-themselves), so a view's result is exactly what any proxy with that view would get: made by
-the first shape of a round, with a memo of the view's own, and taken by the others.
+namespace, and on its labels only if a VirtualService routes by them (`routes_view`). Each part
+sees only its view (the translators apply it themselves), so a view's result is exactly what
+any proxy with that view would get: made by the first shape of a round, with a memo of the
+view's own, and taken by the others.
 """
 
 from __future__ import annotations
@@ -116,6 +117,6 @@ class SharedParts:
 
     def routes(self, proxy: Proxy, index: ConfigIndex, registry: Registry) -> _Routes:
         """`outbound_routes(proxy, ...)`, shared: the caller must not change the list."""
-        view = routes_view(proxy)
+        view = routes_view(proxy, index)
         key = (view.namespace, tuple(sorted(view.labels.items())))
         return self._routes.get(key, view, index, registry)

@@ -73,11 +73,13 @@ def _domains(service: Service, port: int, proxy: Proxy, domain: str) -> Iterator
         yield f"{name}:{port}"
 
 
-def routes_view(proxy: Proxy) -> Proxy:
+def routes_view(proxy: Proxy, index: ConfigIndex) -> Proxy:
     """All of `proxy` that its outbound routes depend on: its namespace (short host names,
-    rules that apply first) and labels (routes for some sources only). `outbound_routes` sees
-    only this, so sidecars with the same view get the same routes (`SharedParts`)."""
-    return Proxy(id="", namespace=proxy.namespace, labels=proxy.labels)
+    rules that apply first) and, if a VirtualService routes by source labels, its labels.
+    `outbound_routes` sees only this, so sidecars with the same view get the same routes
+    (`SharedParts`)."""
+    labels = proxy.labels if index.routes_read_labels() else {}
+    return Proxy(id="", namespace=proxy.namespace, labels=labels)
 
 
 def outbound_routes(
@@ -87,7 +89,7 @@ def outbound_routes(
     there is a `memo`: `Messages` builds them if asked), for the proxy's `routes_view`. With a
     `memo`, a virtual host whose inputs did not change since the last round is not translated
     again."""
-    proxy = routes_view(proxy)
+    proxy = routes_view(proxy, index)
     if memo is not None:
         return _assembled_routes(proxy, index, registry, memo)
     configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
