@@ -540,6 +540,7 @@ def test_shapes_of_one_view_compare_a_changed_type_once() -> None:
     after an endpoint edit the new tuple is compared with the old one once, not per shape."""
     from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
+    from pilotfish.protos import ENDPOINT_TYPE as EDS
     from pilotfish.translators import served
 
     store = _store()
@@ -547,6 +548,8 @@ def test_shapes_of_one_view_compare_a_changed_type_once() -> None:
     for n in range(4):
         controller.on_stream_request(n + 1, DiscoveryRequest(node=_sidecar(f"s{n}", app=f"a{n}")))
     controller.flush(force=True)
+    snapshots = [controller.cache.get_snapshot(f"s{n}") for n in range(4)]
+    assert len({id(s.response(EDS, None)) for s in snapshots}) == 1  # made once, from the start
     real = served.compress  # type: ignore[attr-defined]
     calls: list[int] = []
 
@@ -562,6 +565,9 @@ def test_shapes_of_one_view_compare_a_changed_type_once() -> None:
         data = controller.cache.get_snapshot(f"s{n}").resources("eds")
         assignment = ClusterLoadAssignment.FromString(data["outbound|9080||svc-2.mesh.local"].data)
         assert sum(len(group.lb_endpoints) for group in assignment.endpoints) == 5
+    # The type made from that change is shared too: one response for all four shapes.
+    responses = {id(controller.cache.get_snapshot(f"s{n}").response(EDS, None)) for n in range(4)}
+    assert len(responses) == 1
 
 
 SOURCE_ROUTE = """

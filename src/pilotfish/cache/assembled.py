@@ -129,12 +129,17 @@ def _bytes(message: Message) -> bytes:
 
 class Messages(Sequence[M]):
     """Messages some of which may be `Assembled` or `Encoded`: built when read, as they are
-    given in `items` (what a snapshot serializes from without building them)."""
+    given in `items` (what a snapshot serializes from without building them). `shared`: the
+    very same `items` tuple is given for other proxies too (`translators.SharedParts`), so
+    what their snapshots make of it may be shared."""
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "shared")
 
-    def __init__(self, items: Sequence[M | Assembled[M] | Encoded[M]]) -> None:
+    def __init__(
+        self, items: Sequence[M | Assembled[M] | Encoded[M]], *, shared: bool = False
+    ) -> None:
         self.items = tuple(items)
+        self.shared = shared
 
     @overload
     def __getitem__(self, index: int) -> M: ...

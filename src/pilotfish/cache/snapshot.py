@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from pilotfish.bounded import Bounded
 from pilotfish.protos import (
     ENDPOINT_TYPE,
     RESOURCE_TYPES,
@@ -195,11 +196,18 @@ class Snapshot:
         self,
         removed: Mapping[str, Iterable[str]],
         added: Mapping[str, Iterable[Message | object]],
+        *,
+        changes: Mapping[str, tuple[object, ...]] | None = None,
     ) -> Snapshot:
         """A new snapshot: this one without the `removed` names and with the `added` items
         (which replace resources of the same name), by type. Types not named are shared with
         this snapshot, responses already built included; a changed type costs its changes (and
-        a copy of its table), not a hash over every resource. Only for content-hash versions."""
+        a copy of its table), not a hash over every resource. Only for content-hash versions.
+
+        `changes` names a type's change by objects (by identity; the caller vouches that the
+        same objects mean the same change): snapshots that make the same change to the very
+        same type share the result, responses included (the proxy shapes that are given the
+        same resources, `translators.SharedParts`)."""
         new = Snapshot.__new__(Snapshot)
         new.stats = SnapshotStats()
         new._lock = threading.Lock()
@@ -210,6 +218,13 @@ class Snapshot:
             entry = self._types[type_url]
             if entry.digest is None:
                 raise ValueError(f"{key}: a snapshot with a given version cannot be updated")
+            named = changes.get(key) if changes else None
+            done = None
+            if named is not None:
+                done = (*map(id, named), id(entry), self._prefix)
+                if (known := _UPDATES.get(done)) is not None:
+                    new._types[type_url] = known[2]
+                    continue
             table = entry.table.copy()
             refs_table = entry.refs.copy()
             digest = entry.digest
@@ -235,9 +250,10 @@ class Snapshot:
                 else:
                     refs_table.pop(name, None)
             digest &= _MASK
-            new._types[type_url] = _TypeResources(
-                _version(self._prefix, digest), table, digest, refs_table
-            )
+            made = _TypeResources(_version(self._prefix, digest), table, digest, refs_table)
+            new._types[type_url] = made
+            if done is not None:  # kept with what its key names, so the ids stay theirs
+                _UPDATES.put(done, (named, entry, made))
         return new
 
     def version(self, type_url: str) -> str:
@@ -355,6 +371,10 @@ def _frozen(refs: Mapping[str, set[str]]) -> Mapping[str, frozenset[str]]:
 
 
 _MASK = (1 << 64) - 1
+
+_UPDATES: Bounded[tuple[object, ...], tuple[object, _TypeResources, _TypeResources]] = Bounded(8)
+"""Types made by `Snapshot.updated` with `changes`, for the next snapshot making the same one (a
+round asks for one per changed type and view; few, as each keeps two tables alive)."""
 
 
 def _resource_digest(name: str, version: str) -> int:

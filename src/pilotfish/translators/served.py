@@ -57,11 +57,12 @@ class ServedResources:
             self._given = {}
             self._by_name = {}
             self._lists = {}
-            snapshot = Snapshot({}, version_prefix=version_prefix)
+            snapshot = _empty(version_prefix)
         else:
             snapshot = previous
         removed: dict[str, list[str]] = {}
         added: dict[str, list[Message | object]] = {}
+        changes: dict[str, tuple[object, ...]] = {}
         serialized = total = 0
         for key, given_messages in resources.items():
             row = resource_type(key)
@@ -133,9 +134,26 @@ class ServedResources:
                     items.append(item)
             if lost or items:
                 removed[key], added[key] = list(lost), items
-        self._snapshot = snapshot = snapshot.updated(removed, added)
+                shared = isinstance(given_messages, Messages) and given_messages.shared
+                if shared and (before is None or isinstance(before, tuple)):
+                    # The same tuple after the same one makes the same change: the shapes
+                    # given it (`SharedParts`) share the type made from it.
+                    changes[key] = (before, messages)
+        self._snapshot = snapshot = snapshot.updated(removed, added, changes=changes)
         self._prefix = version_prefix
         return snapshot, serialized, total
+
+
+def _empty(version_prefix: str) -> Snapshot:
+    """One empty snapshot per prefix, for every shape's first round to start from (so shapes
+    given the same resources make the same change to the same types, and share them)."""
+    found = _EMPTY.get(version_prefix)
+    if found is None:
+        found = _EMPTY.put(version_prefix, Snapshot({}, version_prefix=version_prefix))
+    return found
+
+
+_EMPTY: Bounded[str, Snapshot] = Bounded(16)
 
 
 def _moved(

@@ -33,7 +33,7 @@ __all__ = ["SharedPart", "SharedParts"]
 T = TypeVar("T")
 
 _Clusters = tuple[tuple[Encoded[Cluster], ...], tuple[Encoded[ClusterLoadAssignment], ...]]
-_Routes = list[RouteConfiguration | Assembled[RouteConfiguration]]
+_Routes = tuple[RouteConfiguration | Assembled[RouteConfiguration], ...]
 
 
 class SharedPart(Generic[T]):
@@ -78,7 +78,7 @@ def _outbound(auto_mtls: bool) -> Callable[..., _Clusters]:
 
 
 def _routes(view: Proxy, index: ConfigIndex, registry: Registry, memo: TranslationMemo) -> Any:
-    return outbound_routes(view, index, registry, memo)
+    return tuple(outbound_routes(view, index, registry, memo))
 
 
 class SharedParts:
@@ -116,7 +116,7 @@ class SharedParts:
         return self._clusters[auto_mtls].get(key, view, index, registry)
 
     def routes(self, proxy: Proxy, index: ConfigIndex, registry: Registry) -> _Routes:
-        """`outbound_routes(proxy, ...)`, shared: the caller must not change the list."""
+        """`outbound_routes(proxy, ...)`, the same tuple for every shape of the view."""
         view = routes_view(proxy, index)
         key = (view.namespace, tuple(sorted(view.labels.items())))
         return self._routes.get(key, view, index, registry)

@@ -107,7 +107,7 @@ def translate(
         routes = tuple(routes)
     else:
         if shared is not None:
-            routes = Messages(shared.routes(proxy, index, registry))
+            routes = Messages(shared.routes(proxy, index, registry), shared=True)
         else:
             routes = Messages(outbound_routes(proxy, index, registry, memo))
         listeners = outbound_listeners(proxy, index, registry)
@@ -116,13 +116,17 @@ def translate(
         own_clusters = inbound_clusters
     if memo is not None:
         memo.end()
+    # A view's own tuples, when nothing is added to them, are shared by its shapes' snapshots.
+    if own_clusters:
+        clusters = Messages((*encoded, *own_clusters))
+    else:
+        clusters = Messages(encoded, shared=shared is not None)
     return Translation(
         proxy=proxy,
         listeners=tuple(listeners),
         routes=routes,
-        # The view's own tuple when nothing is added: every shape shares it (`SharedParts`).
-        clusters=Messages((*encoded, *own_clusters) if own_clusters else encoded),
-        endpoints=Messages(endpoints),
+        clusters=clusters,
+        endpoints=Messages(endpoints, shared=shared is not None),
         secrets=tuple(sorted(secrets, key=lambda s: s.name)),
         warnings=tuple(registry.conflicts),
     )
