@@ -535,14 +535,20 @@ def test_a_unit_made_again_to_equal_bytes_leaves_its_type_unwalked() -> None:
     assert Encoded(Cluster(name="a"), "a") != Encoded(Cluster(name="b"), "b")
 
 
-def test_shapes_of_one_view_compare_a_changed_type_once() -> None:
+def test_shapes_of_one_view_compare_a_changed_type_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Four sidecar shapes of one view are handed the very same tuples of load assignments;
     after an endpoint edit the new tuple is compared with the old one once, not per shape."""
     from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
+    from pilotfish.bounded import Bounded
+    from pilotfish.cache import snapshot as snapshot_module
     from pilotfish.protos import ENDPOINT_TYPE as EDS
     from pilotfish.translators import served
 
+    # The tables behind the sharing are bounded and emptied when full: start them empty, so
+    # what earlier tests left there cannot fill them in the middle of this round.
+    monkeypatch.setattr(served, "_MOVES", Bounded(16))
+    monkeypatch.setattr(snapshot_module, "_UPDATES", Bounded(8))
     store = _store()
     controller = Controller(SnapshotCache(), store)
     for n in range(4):
