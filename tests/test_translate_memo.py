@@ -456,6 +456,15 @@ spec:
 """
 
 
+def _alone(node: Node, objects: list[ConfigObject]) -> dict[str, tuple[str, dict[str, bytes]]]:
+    """What `_served` gives for a translation of the node's own: no memo, nothing shared."""
+    snapshot = translate(Proxy.from_node(node), objects, Registry.from_objects(objects)).snapshot()
+    return {
+        t: (snapshot.version(t), {n: r.data for n, r in snapshot.resources(t).items()})
+        for t in ("cds", "eds", "lds", "rds")
+    }
+
+
 def _sidecar(node_id: str, **metadata: str) -> Node:
     node = Node(id=node_id)
     labels = {"app": metadata.pop("app", "client")}
@@ -490,13 +499,7 @@ def test_shapes_with_one_view_share_its_clusters_and_routes() -> None:
         controller.flush(force=True)
         objects = store.objects()
         for node in nodes:
-            alone = translate(Proxy.from_node(node), objects, Registry.from_objects(objects))
-            snapshot = alone.snapshot()
-            expected = {
-                t: (snapshot.version(t), {n: r.data for n, r in snapshot.resources(t).items()})
-                for t in ("cds", "eds", "lds", "rds")
-            }
-            assert _served(controller, node.id) == expected, (label, node.id)
+            assert _served(controller, node.id) == _alone(node, objects), (label, node.id)
     # Six shapes; four views of their clusters (a, b and c share one; d, e and f have their
     # own) and three of their routes (b's labels and d's namespace differ).
     assert len(controller.memo_stats()) == 6 + 4 + 3
@@ -603,13 +606,7 @@ def test_routes_are_shared_across_labels_until_a_virtual_service_matches_them() 
         controller.flush()
         objects = store.objects()
         for node in nodes:
-            alone = translate(Proxy.from_node(node), objects, Registry.from_objects(objects))
-            snapshot = alone.snapshot()
-            expected = {
-                t: (snapshot.version(t), {n: r.data for n, r in snapshot.resources(t).items()})
-                for t in ("cds", "eds", "lds", "rds")
-            }
-            assert _served(controller, node.id) == expected, (label, node.id)
+            assert _served(controller, node.id) == _alone(node, objects), (label, node.id)
         # The shapes' memos, one view of their clusters, and `views` of their routes.
         assert len(controller.memo_stats()) == len(nodes) + 1 + views, label
 
