@@ -89,7 +89,7 @@ def outbound(
 
 @dataclass(slots=True)
 class _Flat:
-    """A site's clusters and assignments in one list each, and where each unit's begin."""
+    """A site's clusters and assignments in one tuple each, and where each unit's begin."""
 
     # Tuples: every shape of the view is handed these very objects (`Messages` keeps a tuple
     # as it is), so a snapshot compares them with last round's once for all the shapes.

@@ -21,6 +21,7 @@ from pilotfish.protos import (
     LISTENER_TYPE,
     SCOPED_ROUTE_TYPE,
     Message,
+    ResourceType,
     references,
     resource_type,
 )
@@ -82,7 +83,15 @@ class ServedResources:
                 # some equal ones: no change, and last round's list stays, whose objects
                 # `given` knows.
                 continue
-            gone, fresh = _moved(before, messages, given)
+            # The very tuple other shapes are given too (`SharedParts`), after the one they
+            # were given last round: what is found between them, and the type made from that,
+            # is the same for all of them, so it is found and made once.
+            shared = (
+                isinstance(given_messages, Messages)
+                and given_messages.shared
+                and (before is None or isinstance(before, tuple))
+            )
+            gone, fresh = _moved(before, messages, given, shared)
             self._lists[key] = messages
             lost: dict[str, Serialized] = {}
             for i in gone:
@@ -91,42 +100,13 @@ class ServedResources:
                 del by_name[old.cached.name]
             items: list[Message | object] = []
             for message in fresh:
-                if isinstance(message, Assembled):
-                    name = row.name_of(message.head)
-                    if name in by_name:
-                        raise ValueError(f"two {key} resources named {name!r}")
-                    item: Serialized | None = lost.get(name)
-                    # Compared by its pieces' bytes: building a 10 MB message costs more.
-                    if item is None or not (
-                        isinstance(item.message, Assembled) and item.message.same_bytes(message)
-                    ):
-                        cached = CachedResource.of_data(
-                            row.type_url, name, message.pieces, version=message.version
-                        )
-                        item = Serialized(
-                            message, cached, references(message.head) if refers else {}
-                        )
-                        serialized += 1
-                elif isinstance(message, Encoded):
-                    name = message.name
-                    if name in by_name:
-                        raise ValueError(f"two {key} resources named {name!r}")
-                    item = lost.get(name)
-                    if item is None or not (
-                        isinstance(item.message, Encoded) and item.message.data == message.data
-                    ):
-                        item = Serialized(message, message.cached(row.type_url), message.refs)
-                        serialized += 1
-                else:
-                    name = row.name_of(message)
-                    if name in by_name:
-                        raise ValueError(f"two {key} resources named {name!r}")
-                    item = lost.get(name)
-                    if item is None or item.message != message:
-                        data = message.SerializeToString(deterministic=True)
-                        cached = CachedResource.of_data(row.type_url, name, data)
-                        item = Serialized(message, cached, references(message) if refers else {})
-                        serialized += 1
+                name = _name(row, message)
+                if name in by_name:
+                    raise ValueError(f"two {key} resources named {name!r}")
+                item = lost.get(name)
+                if item is None or not _same(item.message, message):
+                    item = _serialized(row.type_url, name, message, refers)
+                    serialized += 1
                 given[id(message)] = by_name[name] = item
                 if lost.get(name) is item:
                     del lost[name]  # the same resource again: nothing changed for the snapshot
@@ -134,14 +114,39 @@ class ServedResources:
                     items.append(item)
             if lost or items:
                 removed[key], added[key] = list(lost), items
-                shared = isinstance(given_messages, Messages) and given_messages.shared
-                if shared and (before is None or isinstance(before, tuple)):
-                    # The same tuple after the same one makes the same change: the shapes
-                    # given it (`SharedParts`) share the type made from it.
+                if shared:
                     changes[key] = (before, messages)
         self._snapshot = snapshot = snapshot.updated(removed, added, changes=changes)
         self._prefix = version_prefix
         return snapshot, serialized, total
+
+
+def _name(row: ResourceType, message: Any) -> str:
+    if isinstance(message, Encoded):
+        return message.name
+    return row.name_of(message.head if isinstance(message, Assembled) else message)
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Whether last round's `old` serializes as `new` does (so it keeps its bytes)."""
+    if isinstance(new, Assembled):
+        # Compared by its pieces' bytes: building a 10 MB message costs more.
+        return isinstance(old, Assembled) and old.same_bytes(new)
+    if isinstance(new, Encoded):
+        return isinstance(old, Encoded) and old.data == new.data
+    return not isinstance(old, (Assembled, Encoded)) and bool(old == new)
+
+
+def _serialized(type_url: str, name: str, message: Any, refers: bool) -> Serialized:
+    """`message` with its resource (`refers`: the type names resources of others)."""
+    if isinstance(message, Encoded):
+        return Serialized(message, message.cached(type_url), message.refs)
+    if isinstance(message, Assembled):
+        cached = CachedResource.of_data(type_url, name, message.pieces, version=message.version)
+        return Serialized(message, cached, references(message.head) if refers else {})
+    data = message.SerializeToString(deterministic=True)
+    cached = CachedResource.of_data(type_url, name, data)
+    return Serialized(message, cached, references(message) if refers else {})
 
 
 def _empty(version_prefix: str) -> Snapshot:
@@ -157,15 +162,14 @@ _EMPTY: Bounded[str, Snapshot] = Bounded(16)
 
 
 def _moved(
-    before: Sequence[T] | None, after: Sequence[T], given: Mapping[int, object]
+    before: Sequence[T] | None, after: Sequence[T], given: Mapping[int, object], shared: bool
 ) -> tuple[set[int], list[T]]:
     """The ids of `given` (last round's objects) no longer in `after`, and the objects in
     `after` that are new, in order. Lists of one length are compared position by position
-    (`is not`, in C): a few changed places, not 40,000 ids hashed; otherwise by sets of ids."""
+    (`is not`, in C): a few changed places, not 40,000 ids hashed; otherwise by sets of ids.
+    `shared`: tuples other shapes are given too, so the comparison is kept for them (the
+    entry keeps both tuples, so their ids stay theirs)."""
     if before is not None and len(before) == len(after):
-        # Shapes that share a view were given the very same tuples (`SharedParts`): compared
-        # once for all of them (tuples cannot change; the entry keeps both, so ids are theirs).
-        shared = isinstance(before, tuple) and isinstance(after, tuple)
         if shared and (known := _MOVES.get((id(before), id(after)))) is not None:
             return known[2], known[3]
         places = list(compress(range(len(after)), map(is_not, before, after)))
