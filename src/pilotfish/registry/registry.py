@@ -23,6 +23,7 @@ from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import Service
 from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
 from pilotfish.protos.k8s import registry_pb2
 from pilotfish.registry.model import (
+    ENDPOINT_ORDER,
     Endpoint,
     Resolution,
     Service,
@@ -157,24 +158,16 @@ class Registry:
         return list(found)
 
     def _endpoints(self, hostname: str, port: int) -> list[Endpoint]:
-        service = self.service(hostname)
+        with self._lock:
+            service = self._services.get(hostname)
         service_port = service.port(port) if service else None
-        if service is None or service_port is None:
+        if service_port is None:
             return []
-        found = set()
-        for workload in self.instances(hostname):
-            endpoint = Endpoint(
-                address=workload.address,
-                port=_workload_port(service_port, workload),
-                locality=workload.locality,
-                weight=workload.weight or 1,
-                labels=tuple(sorted(workload.labels.items())),
-                service_account=workload.service_account,
-                namespace=workload.namespace,
-                workload=workload.name,
-            )
-            found.add(endpoint)
-        return sorted(found)
+        found = {
+            Endpoint.of_workload(w, _workload_port(service_port, w))
+            for w in self.instances(hostname)
+        }
+        return sorted(found, key=ENDPOINT_ORDER)
 
     def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:
         """Services whose selector picks a workload with these labels in `namespace` (the

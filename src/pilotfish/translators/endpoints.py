@@ -3,16 +3,20 @@ locality failover) prioritised by distance from the proxy, as istiod does for ED
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
+from pilotfish.bounded import Bounded
+from pilotfish.protos.wire import length_delimited, varint
 from pilotfish.registry import Endpoint
 
 __all__ = [
     "cluster_load_assignment",
     "distribution_for",
+    "load_assignment_bytes",
     "locality_matches",
     "locality_priority",
     "socket_address",
@@ -86,29 +90,86 @@ def cluster_load_assignment(
     """Endpoints grouped by (priority, locality), sorted; each locality weighted by the sum of
     its endpoints' weights (proxyless gRPC requires the locality weight), or, with `distribute`
     (`to` patterns and percentages), by Istio's locality-weighted distribution."""
+    data = load_assignment_bytes(
+        cluster,
+        endpoints,
+        proxy_locality=proxy_locality,
+        failover=failover,
+        distribute=distribute,
+    )
+    return ClusterLoadAssignment.FromString(data)
+
+
+def load_assignment_bytes(
+    cluster: str,
+    endpoints: Iterable[Endpoint],
+    *,
+    proxy_locality: str = "",
+    failover: bool = False,
+    distribute: Mapping[str, int] | None = None,
+) -> bytes:
+    """`cluster_load_assignment`'s deterministic bytes, written directly: a mesh has one
+    assignment per cluster, and no message of them is kept (`Encoded`), so none is made."""
     groups: dict[tuple[int, str], list[Endpoint]] = {}
     for endpoint in endpoints:
         priority = locality_priority(endpoint.locality, proxy_locality) if failover else 0
         groups.setdefault((priority, endpoint.locality), []).append(endpoint)
     shares = _distributed({loc for _, loc in groups}, distribute) if distribute else None
-    assignment = ClusterLoadAssignment(cluster_name=cluster)
-    # Filled in place (`add()`): constructors given nested messages copy each of them, which
-    # made this three times slower, and a mesh has one assignment per cluster.
+    fields = [length_delimited(_CLUSTER_NAME, cluster.encode())] if cluster else []
     for (priority, locality), members in sorted(groups.items()):
         weight = shares[locality] if shares is not None else sum(e.weight for e in members)
         if weight == 0:
             continue
-        group = assignment.endpoints.add()
-        where = group.locality
-        where.region, where.zone, where.sub_zone = [*locality.split("/"), "", ""][:3]
-        if not locality:
-            where.SetInParent()
-        group.priority = priority
-        group.load_balancing_weight.value = weight
-        for endpoint in sorted(members):
-            lb_endpoint = group.lb_endpoints.add()
-            address = lb_endpoint.endpoint.address.socket_address
-            address.address = endpoint.address
-            address.port_value = endpoint.port
-            lb_endpoint.load_balancing_weight.value = endpoint.weight
-    return assignment
+        group = [_locality_field(locality)]
+        group.extend(_lb_endpoint(e.address, e.port, e.weight) for e in sorted(members))
+        group.append(_weight_field(_GROUP_WEIGHT, weight))
+        if priority:
+            group.append(_PRIORITY_TAG + varint(priority))
+        fields.append(length_delimited(_ENDPOINTS, b"".join(group)))
+    return b"".join(fields)
+
+
+# Field numbers (wire bytes are written in field-number order, as deterministic output is).
+_CLUSTER_NAME, _ENDPOINTS = 1, 2  # ClusterLoadAssignment
+_LOCALITY, _LB_ENDPOINTS, _GROUP_WEIGHT, _PRIORITY = 1, 2, 3, 5  # LocalityLbEndpoints
+_PRIORITY_TAG = varint(_PRIORITY << 3)  # a varint field
+_ENDPOINT, _ENDPOINT_WEIGHT = 1, 4  # LbEndpoint
+_ADDRESS = 1  # Endpoint.address; Address.socket_address is field 1 too
+_SOCKET_HOST, _SOCKET_PORT_TAG = 2, varint(3 << 3)  # SocketAddress address, port_value
+_VALUE_TAG = varint(1 << 3)  # UInt32Value.value
+
+
+def _weight_field(number: int, weight: int) -> bytes:
+    """A `UInt32Value` field, present even when 0 (set through `.value`)."""
+    return length_delimited(number, _VALUE_TAG + varint(weight) if weight else b"")
+
+
+@functools.lru_cache(maxsize=256)
+def _locality_field(locality: str) -> bytes:
+    # Always present: the message version sets its parts, or marks it set when empty.
+    region, zone, sub_zone = [*locality.split("/"), "", ""][:3]
+    parts = (
+        length_delimited(number, value.encode())
+        for number, value in ((1, region), (2, zone), (3, sub_zone))
+        if value
+    )
+    return length_delimited(_LOCALITY, b"".join(parts))
+
+
+def _lb_endpoint(address: str, port: int, weight: int) -> bytes:
+    """One `LbEndpoint` field (kept: an endpoint is in its service's assignment and its
+    subset's)."""
+    key = (address, port, weight)
+    found = _LB_ENDPOINTS_MADE.get(key)
+    if found is None:
+        socket = length_delimited(_SOCKET_HOST, address.encode()) if address else b""
+        socket += _SOCKET_PORT_TAG + varint(port)  # in a oneof: written even when 0
+        endpoint = length_delimited(_ADDRESS, length_delimited(_ADDRESS, socket))
+        lb_endpoint = length_delimited(_ENDPOINT, endpoint) + _weight_field(
+            _ENDPOINT_WEIGHT, weight
+        )
+        found = _LB_ENDPOINTS_MADE.put(key, length_delimited(_LB_ENDPOINTS, lb_endpoint))
+    return found
+
+
+_LB_ENDPOINTS_MADE: Bounded[tuple[str, int, int], bytes] = Bounded(65536)

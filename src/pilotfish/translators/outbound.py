@@ -9,7 +9,7 @@ the memory.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, chain
@@ -23,10 +23,9 @@ from pilotfish.cache import Encoded
 from pilotfish.protos import ENDPOINT_TYPE
 from pilotfish.registry import Registry, Service
 from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
-from pilotfish.translators.endpoints import cluster_load_assignment
-from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.endpoints import load_assignment_bytes
+from pilotfish.translators.index import ConfigIndex, MergedRule
 from pilotfish.translators.memo import Site, TranslationMemo
-from pilotfish.translators.naming import parse_cluster_name
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
 
@@ -156,6 +155,11 @@ def _service_outbound(
     clusters: list[Encoded[Cluster]] = []
     assignments: list[Encoded[ClusterLoadAssignment]] = []
     rule = index.destination_rule(service.hostname, proxy.namespace)
+    # `outbound_clusters` makes a port's cluster, then one per subset, in this order (a
+    # merged rule's subset names are unique).
+    subsets: list[tuple[str, dict[str, str] | None]] = [("", None)]
+    if rule is not None:
+        subsets.extend((s.name, dict(s.labels)) for s in rule.subsets)
     for port in service.ports:
         # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
         # says DISABLE for the port would not accept TLS, so they get plain text.
@@ -164,7 +168,7 @@ def _service_outbound(
         accepts_tls = any(
             mtls_mode(policies, e.namespace, dict(e.labels), e.port) != "DISABLE" for e in endpoints
         )
-        for cluster in outbound_clusters(
+        made = outbound_clusters(
             service,
             port,
             rule,
@@ -172,26 +176,33 @@ def _service_outbound(
             proxy=proxy,
             domain=index.domain,
             auto_mtls=auto_mtls and accepts_tls,
-        ):
+        )
+        for cluster, (subset, labels) in zip(made, subsets, strict=True):
             clusters.append(cluster)
             if ENDPOINT_TYPE not in cluster.refs:  # not EDS: its endpoints are in the cluster
                 continue
-            _, number, subset, host = parse_cluster_name(cluster.name)
-            labels = None
-            if subset:
-                chosen = rule.subset(subset) if rule else None
-                labels = dict(chosen.labels) if chosen else {}
-            policy = effective_policy(rule, number, subset)
-            locality = policy.load_balancer.locality_lb_setting
-            failover = policy.HasField("outlier_detection") and (
-                not locality.HasField("enabled") or locality.enabled.value
-            )
-            assignment = cluster_load_assignment(
+            failover, distribute = _locality_options(rule, port.number, subset, proxy.locality)
+            data = load_assignment_bytes(
                 cluster.name,
-                registry.endpoints(host, number, labels),
+                registry.endpoints(service.hostname, port.number, labels),
                 proxy_locality=proxy.locality,
                 failover=failover,
-                distribute=distribution(policy, proxy.locality),
+                distribute=distribute,
             )
-            assignments.append(Encoded(assignment, cluster.name))
+            assignments.append(Encoded.of_data(ClusterLoadAssignment, cluster.name, data))
     return clusters, assignments
+
+
+def _locality_options(
+    rule: MergedRule | None, port: int, subset: str, proxy_locality: str
+) -> tuple[bool, Mapping[str, int] | None]:
+    """Whether a load assignment prioritises by locality (failover), and its `distribute`
+    weights. Both need the proxy's locality: without one, neither changes anything."""
+    if not proxy_locality:
+        return False, None
+    policy = effective_policy(rule, port, subset)
+    locality = policy.load_balancer.locality_lb_setting
+    failover = policy.HasField("outlier_detection") and (
+        not locality.HasField("enabled") or locality.enabled.value
+    )
+    return failover, distribution(policy, proxy_locality)
