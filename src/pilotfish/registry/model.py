@@ -167,6 +167,7 @@ class Endpoint:
             service_account=workload.service_account,
             namespace=workload.namespace,
             workload=workload.name,
+            _label_map=dict(workload.labels),  # the cached property, made here at once
         )
         return endpoint
 

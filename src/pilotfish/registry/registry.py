@@ -42,6 +42,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _Labels = tuple[tuple[str, str], ...]
 _GENERATIONS = itertools.count(1)
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class Registry:
@@ -330,13 +331,19 @@ def _workload(
         address=spec.address,
         name=name,
         namespace=namespace,
-        labels={**(labels or {}), **dict(spec.labels)},
-        ports=dict(spec.ports),
+        labels={**(labels or {}), **_plain(spec.labels)},
+        ports=_plain(spec.ports),
         locality=spec.locality,
         weight=spec.weight or 1,
         service_account=spec.service_account or "default",
         network=spec.network,
     )
+
+
+def _plain(proto_map: Mapping[str, V]) -> dict[str, V]:
+    """A protobuf map as a dict: read by key, twice as fast as `dict(map)` (which goes through
+    the abstract `Mapping`'s Python `keys()`); every workload of a mesh has two."""
+    return {k: proto_map[k] for k in proto_map}
 
 
 def _service_entry(obj: ConfigObject, domain: str) -> list[tuple[Service, list[Workload]]]:

@@ -53,6 +53,11 @@ class MergedRule:
         return self._by_name.get(name)
 
     @cached_property
+    def has_policy(self) -> bool:
+        """Whether the rule sets a traffic policy (most do not: their clusters skip merging)."""
+        return bool(self.traffic_policy.ListFields())
+
+    @cached_property
     def _by_name(self) -> dict[str, Subset]:
         # Made once: each cluster, load assignment and route of a subset asks.
         found: dict[str, Subset] = {}

@@ -12,10 +12,10 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from envoy.config.core.v3.base_pb2 import Metadata
 from google.protobuf.struct_pb2 import Struct, Value
 
 from pilotfish.bounded import Bounded
+from pilotfish.protos.wire import length_delimited as _field
 
 __all__ = ["METADATA_KEY", "TRANSLATOR_VERSION", "stamp", "stamp_bytes"]
 
@@ -31,14 +31,34 @@ def stamp(message: Any, sources: Iterable[str] = ()) -> Any:
 
 
 def stamp_bytes(sources: Iterable[str] = ()) -> bytes:
-    """The serialized `metadata` that `stamp` gives a message: for messages made as bytes."""
+    """The serialized `metadata` that `stamp` gives a message: for messages made as bytes.
+    Written directly (each service's sources differ, so each asks once; no `Struct` made)."""
     given = tuple(sources)
     data = _STAMP_BYTES.get(given)
     if data is None:
-        metadata = Metadata()
-        metadata.filter_metadata[METADATA_KEY].CopyFrom(_info(given))
-        data = _STAMP_BYTES.put(given, metadata.SerializeToString(deterministic=True))
+        names = sorted(set(given))
+        fields = []
+        if names:  # Struct fields in key order, as deterministic output writes map entries
+            values = b"".join(_value(_STRING_VALUE, name.encode()) for name in names)
+            fields.append(_struct_field(b"config", _LIST_VALUE, values))
+        fields.append(_struct_field(b"translator", _STRING_VALUE, _VERSION))
+        entry = _field(1, METADATA_KEY.encode()) + _field(2, b"".join(fields))
+        data = _STAMP_BYTES.put(given, _field(1, entry))  # Metadata.filter_metadata
     return data
+
+
+_STRING_VALUE, _LIST_VALUE = 3, 6  # google.protobuf.Value's fields
+_VERSION = TRANSLATOR_VERSION.encode()
+
+
+def _value(kind: int, data: bytes) -> bytes:
+    """A `ListValue.values` item: a Value of one kind."""
+    return _field(1, _field(kind, data))
+
+
+def _struct_field(key: bytes, kind: int, data: bytes) -> bytes:
+    """A `Struct.fields` map entry: the key, and a Value of one kind."""
+    return _field(1, _field(1, key) + _field(2, _field(kind, data)))
 
 
 def _info(given: tuple[str, ...]) -> Struct:

@@ -1,10 +1,10 @@
-"""Load assignments written as bytes are the bytes of the message istiod's rules describe.
+"""What the translators write as wire bytes directly is the bytes of the message it stands for.
 
-`load_assignment_bytes` writes the wire format itself (no message is made for the tens of
-thousands of assignments of a mesh); the reference here builds the message field by field, and
-the two must agree byte for byte over endpoints, localities, weights, failover and
-`distribute`, the awkward values included (empty address, port 0, weight 0, empty locality
-parts).
+Load assignments and metadata stamps are made for every service of a mesh, so they are written
+as bytes with no message made. `load_assignment_bytes` is checked against a message built field
+by field, over endpoints, localities, weights, failover and `distribute`, the awkward values
+included (empty address, port 0, weight 0, empty locality parts); `stamp_bytes` against the
+metadata `stamp` gives a message.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable, Mapping
 
 import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from pilotfish.registry import Endpoint
@@ -22,6 +23,7 @@ from pilotfish.translators.endpoints import (
     load_assignment_bytes,
     locality_priority,
 )
+from pilotfish.translators.version import stamp, stamp_bytes
 
 LOCALITIES = ["", "/", "r1", "r1/z1", "r1/z1/s1", "r2/z1", "r1/z2/s3", "r1//s1", "//s"]
 DISTRIBUTIONS = [None, {"r1/*": 70, "r2/*": 30}, {"r1/z1/*": 100}, {"*": 100}]
@@ -105,3 +107,18 @@ def test_failover_priorities_and_weights_are_written() -> None:
             assignment.endpoints] == [("r1", 0, 5), ("r2", 3, 1)]  # fmt: skip
     assert [e.endpoint.address.socket_address.address for e in
             assignment.endpoints[0].lb_endpoints] == ["10.0.0.1", "10.0.0.2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        (),
+        ("DestinationRule/default/a",),
+        ("b", "a", "b"),
+        ("VirtualService/ns/" + "x" * 200,) * 3,
+        ("ü", ""),
+    ],
+)
+def test_stamp_bytes_are_the_stamped_metadata(sources: tuple[str, ...]) -> None:
+    stamped = stamp(Cluster(), sources)
+    assert stamp_bytes(sources) == stamped.metadata.SerializeToString(deterministic=True)
