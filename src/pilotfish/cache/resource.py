@@ -91,6 +91,9 @@ class CachedResource:
         """A resource already serialized (deterministically) as `data` (or in pieces, with
         its `version` given), with its wrappers; `version`: its content hash if already known
         (`Assembled.version`)."""
+        if ttl is None and version is None and isinstance(data, bytes):  # the most made
+            return cls(type_url, name, (data,), wire.any_head(type_url, len(data)),
+                       content_version(data))  # fmt: skip
         pieces = (data,) if isinstance(data, bytes) else data
         # A TTL is part of what the client is told: changing it is a new version.
         if version is None or ttl is not None:

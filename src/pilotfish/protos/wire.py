@@ -92,7 +92,10 @@ def _head(tag: int, size: int) -> bytes:
 
 def length_delimited(field_number: int, data: bytes) -> bytes:
     """One length-delimited field (string, bytes or sub-message)."""
-    return b"".join((_field_head(field_number, len(data)), data))
+    size = len(data)
+    if field_number < 16 and size < 0x80:  # most fields of the resources written as bytes
+        return bytes(((field_number << 3) | _WIRE_LEN, size)) + data
+    return b"".join((_field_head(field_number, size), data))
 
 
 def _field_head(field_number: int, size: int) -> bytes:

@@ -123,11 +123,6 @@ class Workload:
         """Whether every label of `selector` is on this workload."""
         return all(self.labels.get(k) == v for k, v in selector.items())
 
-    @cached_property
-    def label_items(self) -> tuple[tuple[str, str], ...]:
-        """The labels, sorted: as each of its endpoints carries them (made once)."""
-        return tuple(sorted(self.labels.items()))
-
 
 @dataclass(frozen=True, order=True)
 class Endpoint:
@@ -163,7 +158,7 @@ class Endpoint:
             port=port,
             locality=workload.locality,
             weight=workload.weight or 1,
-            labels=workload.label_items,
+            labels=tuple(sorted(workload.labels.items())),
             service_account=workload.service_account,
             namespace=workload.namespace,
             workload=workload.name,
