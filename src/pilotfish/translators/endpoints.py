@@ -12,6 +12,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from pilotfish.bounded import Bounded
 from pilotfish.protos.wire import length_delimited, varint
 from pilotfish.registry import Endpoint
+from pilotfish.registry.model import ENDPOINT_ORDER
 
 __all__ = [
     "cluster_load_assignment",
@@ -121,7 +122,8 @@ def load_assignment_bytes(
         if weight == 0:
             continue
         group = [_locality_field(locality)]
-        group.extend(_lb_endpoint(e.address, e.port, e.weight) for e in sorted(members))
+        members.sort(key=ENDPOINT_ORDER)  # as endpoints compare, with no tuples per comparison
+        group.extend([_lb_endpoint(e.address, e.port, e.weight) for e in members])
         group.append(_weight_field(_GROUP_WEIGHT, weight))
         if priority:
             group.append(_PRIORITY_TAG + varint(priority))

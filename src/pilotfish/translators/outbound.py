@@ -179,14 +179,18 @@ def _service_outbound(
             domain=index.domain,
             auto_mtls=auto_mtls and accepts_tls,
         )
+        everything = registry.endpoints(service.hostname, port.number)
         for cluster, (subset, labels) in zip(made, subsets, strict=True):
             clusters.append(cluster)
             if ENDPOINT_TYPE not in cluster.refs:  # not EDS: its endpoints are in the cluster
                 continue
             failover, distribute = _locality_options(rule, port.number, subset, proxy.locality)
+            # A subset's endpoints as the registry filters them, from the port's (one lookup
+            # the memo records, not one per subset).
+            members = everything if labels is None else [e for e in everything if e.matches(labels)]
             data = load_assignment_bytes(
                 cluster.name,
-                registry.endpoints(service.hostname, port.number, labels),
+                members,
                 proxy_locality=proxy.locality,
                 failover=failover,
                 distribute=distribute,
