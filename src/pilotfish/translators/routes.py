@@ -29,13 +29,11 @@ from envoy.config.route.v3.route_components_pb2 import (
     Decorator,
     DirectResponseAction,
     HeaderMatcher,
-    QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
     Route,
     RouteAction,
     RouteMatch,
-    WeightedCluster,
 )
 from envoy.extensions.filters.common.fault.v3.fault_pb2 import FaultDelay
 from envoy.extensions.filters.http.cors.v3.cors_pb2 import CorsPolicy as EnvoyCorsPolicy
@@ -122,10 +120,16 @@ def destination_cluster(destination: Destination, port: int, registry: Registry)
     if destination.HasField("port") and destination.port.number:
         port = destination.port.number
     else:
-        service = registry.service(destination.host)
-        if service is not None and len(service.ports) == 1:
-            port = service.ports[0].number
+        port = _service_port(destination.host, port, registry)
     return cluster_name(port, destination.host, destination.subset), port
+
+
+def _service_port(host: str, port: int, registry: Registry) -> int:
+    """The port a destination without one names: its service's only port, else `port`."""
+    service = registry.service(host)
+    if service is not None and len(service.ports) == 1:
+        return service.ports[0].number
+    return port
 
 
 def tcp_destinations(
@@ -248,8 +252,11 @@ def _merged_rules(
 
 
 def _normalized(route: HTTPRoute, namespace: str, index: ConfigIndex) -> HTTPRoute:
-    """A copy of `route` with destination hosts as FQDNs and match gateways as `ns/name`, as
-    istiod resolves them when it reads the object (so a merged route needs no namespace)."""
+    """`route` with destination hosts as FQDNs and match gateways as `ns/name`, as istiod
+    resolves them when it reads the object (so a merged route needs no namespace): a copy,
+    or `route` itself when it names them so already (translation only reads it)."""
+    if _is_normal(route, namespace, index):
+        return route
     out = HTTPRoute()
     out.CopyFrom(route)
     for item in out.route:
@@ -263,6 +270,22 @@ def _normalized(route: HTTPRoute, namespace: str, index: ConfigIndex) -> HTTPRou
         del match.gateways[:]
         match.gateways.extend(names)
     return out
+
+
+def _is_normal(route: HTTPRoute, namespace: str, index: ConfigIndex) -> bool:
+    """Whether `_normalized` would change nothing in `route` (most routes name FQDNs)."""
+    resolve = index.resolve
+    for item in route.route:
+        host = item.destination.host
+        if resolve(host, namespace) != host:
+            return False
+    if route.HasField("mirror") or route.mirrors:
+        hosts = [m.destination.host for m in route.mirrors]
+        if route.HasField("mirror"):
+            hosts.append(route.mirror.host)
+        if any(resolve(host, namespace) != host for host in hosts):
+            return False
+    return all(g == MESH or "/" in g for match in route.match for g in match.gateways)
 
 
 _INHERITED = (
@@ -391,15 +414,36 @@ def _string_conflict(root: StringMatch, leaf: StringMatch) -> bool:
 # -- translation ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _Context:
-    port: int
-    proxy: Proxy
-    index: ConfigIndex
-    registry: Registry
-    gateway: str
-    hash_policy: _HashPolicyFn | None
-    vs_name: str
+    """What the routes of one VirtualService on one port are translated for; a route's
+    destinations name the same few hosts again and again, so their lookups are made once."""
+
+    __slots__ = (
+        "_ports",
+        "_rules",
+        "gateway",
+        "hash_policy",
+        "index",
+        "port",
+        "proxy",
+        "registry",
+        "vs_name",
+    )
+
+    def __init__(
+        self,
+        port: int,
+        proxy: Proxy,
+        index: ConfigIndex,
+        registry: Registry,
+        gateway: str,
+        hash_policy: _HashPolicyFn | None,
+        vs_name: str,
+    ) -> None:
+        self.port, self.proxy, self.index, self.registry = port, proxy, index, registry
+        self.gateway, self.hash_policy, self.vs_name = gateway, hash_policy, vs_name
+        self._ports: dict[str, int] = {}
+        self._rules: dict[str, MergedRule | None] = {}
 
     def applies(self, match: HTTPMatchRequest | None) -> bool:
         """istiod's port check and `sourceMatchHTTP`: gateways named in the match take
@@ -416,13 +460,24 @@ class _Context:
         return not match.source_namespace or match.source_namespace == self.proxy.namespace
 
     def cluster(self, destination: Destination) -> tuple[str, int]:
-        """istiod's `GetDestinationCluster`: the cluster name and the port it names."""
-        return destination_cluster(destination, self.port, self.registry)
+        """istiod's `GetDestinationCluster`: the cluster name and the port it names (as
+        `destination_cluster`)."""
+        host = destination.host
+        port = destination.port.number
+        if not port:
+            port = self._ports.get(host, 0)
+            if not port:
+                port = self._ports[host] = _service_port(host, self.port, self.registry)
+        return cluster_name(port, host, destination.subset), port
 
     def hashes(self, destination: Destination, port: int) -> list[Any]:
         if self.hash_policy is None:
             return []
-        rule = self.index.destination_rule(destination.host, self.proxy.namespace)
+        host = destination.host
+        if host in self._rules:
+            rule = self._rules[host]
+        else:
+            rule = self._rules[host] = self.index.destination_rule(host, self.proxy.namespace)
         return list(self.hash_policy(rule, port, destination.subset))
 
 
@@ -431,10 +486,11 @@ def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -
     name = spec.name
     if match is not None and match.name:
         name = f"{name}.{match.name}"
-    out = Route(name=name, match=_route_match(match))
+    out = Route(name=name)  # filled in place: a constructor would copy what it is given
+    _fill_match(out.match, match)
     if match is not None and match.stat_prefix:
         out.stat_prefix = match.stat_prefix
-    authority = ""
+    authority = cluster = ""
     if spec.HasField("headers"):
         authority = _apply_headers(out, spec.headers)
     if spec.HasField("redirect"):
@@ -443,8 +499,8 @@ def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -
     elif spec.HasField("direct_response"):
         _apply_direct_response(out, spec.direct_response)
     else:
-        _apply_destinations(out, spec, authority, context)
-    out.decorator.operation = _operation(out, context.vs_name, context.port)
+        cluster = _apply_destinations(out, spec, authority, context)
+    out.decorator.operation = _operation(out.match, cluster, context.vs_name, context.port)
     if spec.HasField("fault") and (fault := _fault(spec.fault)) is not None:
         out.typed_per_filter_config[FAULT_FILTER].CopyFrom(_pack(fault))
     if spec.HasField("cors_policy"):
@@ -455,40 +511,42 @@ def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -
 # -- matches -------------------------------------------------------------------------------------
 
 
-def _route_match(match: HTTPMatchRequest | None) -> RouteMatch:
-    out = RouteMatch(prefix="/")
+def _fill_match(out: RouteMatch, match: HTTPMatchRequest | None) -> None:
+    """Translate `match` into the empty `out` (`prefix: /` when there is none)."""
     if match is None:
-        return out
-    headers = [_header_matcher(k, v) for k, v in match.headers.items()]
-    for key, value in match.without_headers.items():
-        matcher = _header_matcher(key, value)
-        matcher.invert_match = True
-        if not _is_present_match(value):
-            matcher.treat_missing_header_as_empty = True
-        headers.append(matcher)
-    headers.sort(key=lambda h: (h.name, h.invert_match))
-    if match.HasField("uri"):
-        kind = match.uri.WhichOneof("match_type")
-        if kind == "exact":
-            out.path = match.uri.exact
-        elif kind == "prefix":
-            out.prefix = match.uri.prefix
-        elif kind == "regex":
-            out.safe_regex.regex = match.uri.regex
+        out.prefix = "/"
+        return
+    kind = match.uri.WhichOneof("match_type")
+    if kind == "exact":
+        out.path = match.uri.exact
+    elif kind == "prefix":
+        out.prefix = match.uri.prefix
+    elif kind == "regex":
+        out.safe_regex.regex = match.uri.regex
+    else:
+        out.prefix = "/"
+    # Header matchers by (name, inverted), then the pseudo-headers in a fixed order.
+    headers = [(k, False, v) for k, v in match.headers.items()]
+    headers.extend((k, True, v) for k, v in match.without_headers.items())
+    headers.sort(key=_name_inverted)
+    for name, inverted, value in headers:
+        matcher = out.headers.add(name=name)
+        _set_header_match(matcher, value)
+        if inverted:
+            matcher.invert_match = True
+            if not _is_present_match(value):
+                matcher.treat_missing_header_as_empty = True
     out.case_sensitive.value = not match.ignore_uri_case
     for name, field in ((":method", "method"), (":authority", "authority"), (":scheme", "scheme")):
         if match.HasField(field):
-            headers.append(_header_matcher(name, getattr(match, field)))
-    out.headers.extend(headers)
+            _set_header_match(out.headers.add(name=name), getattr(match, field))
     for key in sorted(match.query_params):
         value = match.query_params[key]
-        parameter = QueryParameterMatcher(name=key)
+        parameter = out.query_parameters.add(name=key)
         if _is_present_match(value):
             parameter.present_match = True
         elif (string := _string_matcher(value)) is not None:
             parameter.string_match.CopyFrom(string)
-        out.query_parameters.append(parameter)
-    return out
 
 
 def _is_present_match(match: StringMatch) -> bool:
@@ -508,13 +566,21 @@ def _string_matcher(match: StringMatch) -> StringMatcher | None:
     return None
 
 
-def _header_matcher(name: str, match: StringMatch) -> HeaderMatcher:
-    out = HeaderMatcher(name=name)
+def _name_inverted(header: tuple[str, bool, StringMatch]) -> tuple[str, bool]:
+    return header[0], header[1]
+
+
+def _set_header_match(out: HeaderMatcher, match: StringMatch) -> None:
+    """Fill `out` in place as `match` says (as `_string_matcher` would, without a copy)."""
+    kind = match.WhichOneof("match_type")
     if _is_present_match(match):
         out.present_match = True
-    elif (string := _string_matcher(match)) is not None:
-        out.string_match.CopyFrom(string)
-    return out
+    elif kind == "exact":
+        out.string_match.exact = match.exact
+    elif kind == "prefix":
+        out.string_match.prefix = match.prefix
+    elif kind == "regex":
+        out.string_match.safe_regex.regex = match.regex
 
 
 def _is_catch_all(route: Route) -> bool:
@@ -637,10 +703,13 @@ def _apply_direct_response(out: Route, response: HTTPDirectResponse) -> None:
     out.direct_response.CopyFrom(action)
 
 
-def _apply_destinations(out: Route, spec: HTTPRoute, authority: str, context: _Context) -> None:
-    """istiod's `applyHTTPRouteDestination`."""
+def _apply_destinations(out: Route, spec: HTTPRoute, authority: str, context: _Context) -> str:
+    """istiod's `applyHTTPRouteDestination`; returns the route's cluster ("" when weighted)."""
     action = out.route
-    action.timeout.CopyFrom(spec.timeout if spec.HasField("timeout") else Duration())
+    if spec.HasField("timeout"):
+        action.timeout.CopyFrom(spec.timeout)
+    else:
+        action.timeout.SetInParent()  # 0s: disabled
     if spec.HasField("rewrite"):
         rewrite = spec.rewrite
         if rewrite.HasField("uri_regex_rewrite"):
@@ -656,55 +725,62 @@ def _apply_destinations(out: Route, spec: HTTPRoute, authority: str, context: _C
             authority = rewrite.authority
     if authority:
         action.host_rewrite_literal = authority
-    for destination, fraction in _mirrors(spec):
-        name, _ = context.cluster(destination)
-        action.request_mirror_policies.append(
-            RouteAction.RequestMirrorPolicy(
-                cluster=name, runtime_fraction=fraction, trace_sampled=BoolValue(value=False)
+    if spec.HasField("mirror") or spec.mirrors:
+        for destination, fraction in _mirrors(spec):
+            name, _ = context.cluster(destination)
+            action.request_mirror_policies.append(
+                RouteAction.RequestMirrorPolicy(
+                    cluster=name, runtime_fraction=fraction, trace_sampled=BoolValue(value=False)
+                )
             )
-        )
+    cluster = ""
     hashes: list[Any] = []
     consistent_hash = False
     if len(spec.route) == 1:
-        hashes = _single_destination(out, action, spec.route[0], context)
+        cluster, hashes = _single_destination(out, action, spec.route[0], context)
         consistent_hash = bool(hashes)
     else:
-        weighted = WeightedCluster()
+        weighted = action.weighted_clusters
+        weighted.SetInParent()  # set even if every weight is 0
         for item in spec.route:
             if item.weight == 0:
                 continue  # istiod drops zero weights when there are several destinations
-            weight, item_hashes = _weighted_destination(item, context)
-            weighted.clusters.append(weight)
+            item_hashes = _weighted_destination(weighted.clusters.add(), item, context)
             hashes.extend(h for h in item_hashes if h not in hashes)
-        action.weighted_clusters.CopyFrom(weighted)
-    action.hash_policy.extend(hashes)
+    if hashes:
+        action.hash_policy.extend(hashes)
     policy = _retry_policy(spec.retries if spec.HasField("retries") else None, consistent_hash)
     if policy is not None:
         action.retry_policy.CopyFrom(policy)
+    return cluster
 
 
 def _single_destination(
     out: Route, action: Any, item: HTTPRouteDestination, context: _Context
-) -> list[Any]:
-    name, port = context.cluster(item.destination)
+) -> tuple[str, list[Any]]:
+    """Route to `item` alone: its cluster and hash policies."""
+    destination = item.destination
+    name, port = context.cluster(destination)
     action.cluster = name
     if item.HasField("headers"):
         ops = _header_ops(item.headers)
         _add_header_ops(out, ops)
         if ops.authority and not action.host_rewrite_literal:
             action.host_rewrite_literal = ops.authority
-    return context.hashes(item.destination, port)
+    return name, context.hashes(destination, port)
 
 
-def _weighted_destination(item: HTTPRouteDestination, context: _Context) -> tuple[Any, list[Any]]:
-    name, port = context.cluster(item.destination)
-    weight = WeightedCluster.ClusterWeight(name=name, weight=UInt32Value(value=item.weight))
+def _weighted_destination(out: Any, item: HTTPRouteDestination, context: _Context) -> list[Any]:
+    """Fill the ClusterWeight `out` for `item`; its hash policies."""
+    destination = item.destination
+    out.name, port = context.cluster(destination)
+    out.weight.value = item.weight
     if item.HasField("headers"):
         ops = _header_ops(item.headers)
-        _add_header_ops(weight, ops)
+        _add_header_ops(out, ops)
         if ops.authority:
-            weight.host_rewrite_literal = ops.authority
-    return weight, context.hashes(item.destination, port)
+            out.host_rewrite_literal = ops.authority
+    return context.hashes(destination, port)
 
 
 def _mirrors(spec: HTTPRoute) -> Iterator[tuple[Destination, Any]]:
@@ -743,9 +819,9 @@ def _hundred(value: int) -> Any:
     return FractionalPercent(numerator=value, denominator=FractionalPercent.HUNDRED)
 
 
-def _operation(route: Route, vs_name: str, port: int) -> str:
-    """istiod's `GetRouteOperation`: `host:port/path` for one cluster, else `vs:port/path`."""
-    match = route.match
+def _operation(match: RouteMatch, cluster: str, vs_name: str, port: int) -> str:
+    """istiod's `GetRouteOperation`: `host:port/path` for one `cluster` (the route's, "" when
+    it has none), else `vs:port/path`."""
     kind = match.WhichOneof("path_specifier")
     path = "/*"
     if kind == "prefix":
@@ -754,8 +830,8 @@ def _operation(route: Route, vs_name: str, port: int) -> str:
         path = match.path
     elif kind == "safe_regex":
         path = match.safe_regex.regex
-    if route.WhichOneof("action") == "route" and route.route.cluster.count("|") == 3:
-        _, number, _, host = parse_cluster_name(route.route.cluster)
+    if cluster.count("|") == 3:
+        _, number, _, host = parse_cluster_name(cluster)
         return f"{host}:{number}{path}"
     return f"{vs_name}:{port}{path}"
 
