@@ -58,6 +58,20 @@ class MergedRule:
         return bool(self.traffic_policy.ListFields())
 
     @cached_property
+    def may_hash(self) -> bool:
+        """Whether any of its traffic policies (top level, subsets, port level) names a
+        consistent hash: routes to most hosts have no hash policy, told at a glance."""
+        policies = [self.traffic_policy]
+        policies.extend(s.traffic_policy for s in self.subsets if s.HasField("traffic_policy"))
+        for policy in policies:
+            if policy.load_balancer.HasField("consistent_hash"):
+                return True
+            for port_level in policy.port_level_settings:
+                if port_level.load_balancer.HasField("consistent_hash"):
+                    return True
+        return False
+
+    @cached_property
     def _by_name(self) -> dict[str, Subset]:
         # Made once: each cluster, load assignment and route of a subset asks.
         found: dict[str, Subset] = {}

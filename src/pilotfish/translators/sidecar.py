@@ -29,12 +29,13 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from pilotfish.cache import Assembled, Encoded
+from pilotfish.protos import wire
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
 from pilotfish.registry import Registry, Service, ServicePort
 from pilotfish.translators.authorization import policies_for, rbac_http_filters
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
-from pilotfish.translators.index import MESH, ConfigIndex
+from pilotfish.translators.index import MESH, ConfigIndex, MergedRule
 from pilotfish.translators.listeners import (
     http_connection_manager,
     istio_mutual_downstream,
@@ -53,7 +54,7 @@ from pilotfish.translators.naming import (
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
 from pilotfish.translators.routes import default_route, http_routes, tcp_destinations
-from pilotfish.translators.version import stamp
+from pilotfish.translators.version import stamp, stamp_bytes
 
 __all__ = ["inbound", "outbound_listeners", "outbound_routes"]
 
@@ -95,7 +96,7 @@ def outbound_routes(
     configs: list[RouteConfiguration | Assembled[RouteConfiguration]] = []
     for number, services in _by_port(registry).items():
         hosts = [
-            _virtual_host(service, number, domains, proxy, index, registry)
+            _host_unit(service, number, domains, proxy, index, registry)
             for service, domains in _host_domains(services, number, proxy, index.domain)
         ]
         # Assembled as with a memo, so both give the same version (`Assembled.version`).
@@ -193,9 +194,47 @@ def _host_unit(
     index: ConfigIndex,
     registry: Registry,
 ) -> Encoded[VirtualHost]:
-    # Kept as its bytes: a mesh has a virtual host per service and port.
-    host = _virtual_host(service, number, domains, proxy, index, registry)
-    return Encoded(host, host.name)
+    """The virtual host of `service` on port `number`, kept as its bytes (a mesh has one per
+    service and port). Joined from its routes' bytes, in field number order as deterministic
+    serialization writes them: a `VirtualHost` message would copy every route into itself
+    only to be serialized."""
+    vs = index.for_host(service.hostname, MESH)
+    routes: list[Route]
+    if vs is not None:
+        routes = http_routes(
+            vs,
+            port=number,
+            proxy=proxy,
+            index=index,
+            registry=registry,
+            gateway=MESH,
+            hash_policy=_hash_policy,
+        )
+    else:
+        routes = [
+            default_route(
+                service.hostname,
+                number,
+                index=index,
+                proxy=proxy,
+                hash_policy=_hash_policy,
+            )
+        ]
+    name = virtual_host_name(service.hostname, number)
+    head = VirtualHost(name=name, domains=domains).SerializeToString(deterministic=True)
+    framed = [
+        wire.length_delimited(_ROUTES, r.SerializeToString(deterministic=True)) for r in routes
+    ]
+    sources = (f"VirtualService/{vs.namespace}/{vs.name}",) if vs is not None else ()
+    metadata = wire.length_delimited(_HOST_METADATA, stamp_bytes(sources))
+    return Encoded.of_data(VirtualHost, name, b"".join((head, *framed, metadata)))
+
+
+def _hash_policy(rule: MergedRule | None, port: int, subset: str) -> list[Any]:
+    """`route_hash_policy`, told at a glance for the many hosts that are not hashed."""
+    if rule is None or not rule.may_hash:
+        return []
+    return route_hash_policy(rule, port, subset)
 
 
 def _assemble(
@@ -207,42 +246,9 @@ def _assemble(
 
 
 _VIRTUAL_HOSTS = RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
-
-
-def _virtual_host(
-    service: Service,
-    number: int,
-    domains: Sequence[str],
-    proxy: Proxy,
-    index: ConfigIndex,
-    registry: Registry,
-) -> VirtualHost:
-    vs = index.for_host(service.hostname, MESH)
-    routes: list[Route]
-    if vs is not None:
-        routes = http_routes(
-            vs,
-            port=number,
-            proxy=proxy,
-            index=index,
-            registry=registry,
-            gateway=MESH,
-            hash_policy=route_hash_policy,
-        )
-    else:
-        routes = [
-            default_route(
-                service.hostname,
-                number,
-                index=index,
-                proxy=proxy,
-                hash_policy=route_hash_policy,
-            )
-        ]
-    host = VirtualHost(
-        name=virtual_host_name(service.hostname, number), domains=domains, routes=routes
-    )
-    return stamp(host, [f"VirtualService/{vs.namespace}/{vs.name}"] if vs else [])
+_ROUTES, _HOST_METADATA = (
+    VirtualHost.DESCRIPTOR.fields_by_name[f].number for f in ("routes", "metadata")
+)
 
 
 def _false() -> BoolValue:
