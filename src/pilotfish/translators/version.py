@@ -36,29 +36,26 @@ def stamp_bytes(sources: Iterable[str] = ()) -> bytes:
     given = tuple(sources)
     data = _STAMP_BYTES.get(given)
     if data is None:
-        names = sorted(set(given))
-        fields = []
-        if names:  # Struct fields in key order, as deterministic output writes map entries
-            values = b"".join(_value(_STRING_VALUE, name.encode()) for name in names)
-            fields.append(_struct_field(b"config", _LIST_VALUE, values))
-        fields.append(_struct_field(b"translator", _STRING_VALUE, _VERSION))
-        entry = _field(1, METADATA_KEY.encode()) + _field(2, b"".join(fields))
-        data = _STAMP_BYTES.put(given, _field(1, entry))  # Metadata.filter_metadata
+        # Struct fields in key order ("config", "translator"), as deterministic output
+        # writes map entries; only the list of sources is not the same every time.
+        struct = _TRANSLATOR
+        if given:
+            values = [
+                _field(_VALUES, _field(_STRING_VALUE, n.encode())) for n in sorted(set(given))
+            ]
+            config = _field(2, _field(_LIST_VALUE, b"".join(values)))  # the entry's Value
+            struct = _field(1, _CONFIG_KEY + config) + _TRANSLATOR
+        entry = _METADATA_KEY + _field(2, struct)  # Metadata.filter_metadata["pilotfish"]
+        data = _STAMP_BYTES.put(given, _field(1, entry))
     return data
 
 
-_STRING_VALUE, _LIST_VALUE = 3, 6  # google.protobuf.Value's fields
-_VERSION = TRANSLATOR_VERSION.encode()
-
-
-def _value(kind: int, data: bytes) -> bytes:
-    """A `ListValue.values` item: a Value of one kind."""
-    return _field(1, _field(kind, data))
-
-
-def _struct_field(key: bytes, kind: int, data: bytes) -> bytes:
-    """A `Struct.fields` map entry: the key, and a Value of one kind."""
-    return _field(1, _field(1, key) + _field(2, _field(kind, data)))
+_STRING_VALUE, _LIST_VALUE, _VALUES = 3, 6, 1  # Value.string_value, .list_value; ListValue.values
+_CONFIG_KEY = _field(1, b"config")  # a Struct.fields entry's key
+_TRANSLATOR = _field(
+    1, _field(1, b"translator") + _field(2, _field(_STRING_VALUE, TRANSLATOR_VERSION.encode()))
+)
+_METADATA_KEY = _field(1, METADATA_KEY.encode())
 
 
 def _info(given: tuple[str, ...]) -> Struct:
