@@ -69,3 +69,10 @@ def test_delta_response_body_matches_protobuf(
         item = expected.resources.add(name=n, version=f"v-{n}")
         item.resource.Pack(Cluster(name=n))
     assert parsed == expected
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_length_delimited_of_a_high_field_number_is_protobufs(text: str) -> None:
+    # Cluster.alt_stat_name is field 28: a tag of two bytes, and a length of one or two.
+    expected = Cluster(alt_stat_name=text).SerializeToString()
+    assert wire.length_delimited(28, text.encode()) == expected

@@ -95,7 +95,13 @@ def length_delimited(field_number: int, data: bytes) -> bytes:
     size = len(data)
     if field_number < 16 and size < 0x80:  # most fields of the resources written as bytes
         return bytes(((field_number << 3) | _WIRE_LEN, size)) + data
-    return b"".join((_field_head(field_number, size), data))
+    tag = _TAGS.get(field_number)
+    if tag is None:
+        tag = _TAGS[field_number] = varint((field_number << 3) | _WIRE_LEN)
+    return b"".join((tag, varint(size), data))
+
+
+_TAGS: dict[int, bytes] = {}  # the tag of a length-delimited field, by field number (a few)
 
 
 def _field_head(field_number: int, size: int) -> bytes:

@@ -327,12 +327,13 @@ def _workload_port(port: ServicePort, workload: Workload) -> int:
 def _workload(
     spec: WorkloadEntry, namespace: str, name: str = "", labels: Mapping[str, str] | None = None
 ) -> Workload:
+    own = _plain(spec.labels)
     return Workload(
         address=spec.address,
         name=name,
         namespace=namespace,
-        labels={**(labels or {}), **_plain(spec.labels)},
-        ports=_plain(spec.ports),
+        labels={**labels, **own} if labels else own,
+        ports=_plain(spec.ports) if spec.ports else {},
         locality=spec.locality,
         weight=spec.weight or 1,
         service_account=spec.service_account or "default",
