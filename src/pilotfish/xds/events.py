@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pilotfish.frozen import fast_init
 from pilotfish.protos import Status
 
 __all__ = ["Acked", "Event", "Nacked", "Sent", "Subscribed", "Unsubscribed"]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Subscribed:
     """The client asked for more: new names, or wildcard turned on."""
@@ -22,6 +24,7 @@ class Subscribed:
     wildcard: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Unsubscribed:
     """The client dropped names, or dropped its wildcard subscription (`wildcard` is True)."""
@@ -31,6 +34,7 @@ class Unsubscribed:
     wildcard: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Acked:
     """The client applied the response with this nonce."""
@@ -40,6 +44,7 @@ class Acked:
     nonce: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Nacked:
     """The client rejected `version`; it keeps `kept_version`, its last ACKed one."""
@@ -57,6 +62,7 @@ class Nacked:
         return text
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Sent:
     """A response left for the client."""

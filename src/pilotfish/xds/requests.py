@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from pilotfish.errors import RemoteProtocolError
+from pilotfish.frozen import fast_init
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Status, wire
 from pilotfish.xds.events import Acked, Event, Nacked
 from pilotfish.xds.watch import DeltaWatchRequest, WatchRequest
@@ -18,6 +19,7 @@ __all__ = ["Received", "RecentRequests", "request_span", "request_type_url", "se
 T = TypeVar("T")
 
 
+@fast_init  # one per request
 @dataclass(frozen=True, slots=True)
 class Received:
     """The outcome of one request.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pilotfish.frozen import fast_init
 from pilotfish.protos import Node
 from pilotfish.xds.events import Event
 
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 
+@fast_init  # one per request
 @dataclass(frozen=True, slots=True)
 class WatchRequest:
     """What one stream wants of one type, and what it already holds.
@@ -73,6 +75,7 @@ class PreparedResponse:
     reference_types: frozenset[str] = frozenset()
 
 
+@fast_init  # one per request
 @dataclass(frozen=True, slots=True)
 class DeltaWatchRequest:
     """What one delta stream wants of one type, and the resource versions its client holds.
