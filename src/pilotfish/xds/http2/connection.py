@@ -157,7 +157,8 @@ class ServerConnection:
         self._initial_window = initial_window
         self._connection_window = connection_window
         self._max_message_size = max_message_size
-        self._decoder = hpack.Decoder(_MAX_HEADER_LIST)
+        # Made on first use: a connection whose one block is in _FIRST_BLOCKS never needs it.
+        self._decoder: hpack.Decoder | None = None
         self._decoded_any = False  # whether a header block arrived yet (see _decode)
         self._undecoded: bytes | None = None  # a first block answered from _FIRST_BLOCKS
         self._streams: dict[int, _Stream] = {}
@@ -181,18 +182,6 @@ class ServerConnection:
         # Receiving: ours.
         self._max_recv_frame = f.DEFAULT_MAX_FRAME_SIZE
         self._received = 0  # connection bytes since our last connection WINDOW_UPDATE
-        self._handlers = (
-            self._on_data,
-            self._on_headers,
-            self._on_priority,
-            self._on_rst_stream,
-            self._on_settings,
-            self._on_push_promise,
-            self._on_ping,
-            self._on_goaway,
-            self._on_window_update,
-            self._on_continuation,
-        )
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -426,7 +415,7 @@ class ServerConnection:
                 pos = len(f.PREFACE)
             end = len(data)
             unpack = f.HEAD.unpack_from
-            handlers = self._handlers
+            handlers = _HANDLERS
             while end - pos >= 9:
                 high, low, frame_type, flags, stream_id = unpack(data, pos)
                 length = high << 16 | low
@@ -447,7 +436,7 @@ class ServerConnection:
                         raise Http2Error(f.ErrorCode.PROTOCOL_ERROR, "expected SETTINGS first")
                     self._settings_seen = True
                 if frame_type < 10:
-                    handlers[frame_type](flags, stream_id, data, start, stop)
+                    handlers[frame_type](self, flags, stream_id, data, start, stop)
                 # Unknown frame types are ignored (RFC 9113 4.1).
             if pos < end:
                 self._buffer = data[pos:]
@@ -564,17 +553,23 @@ class ServerConnection:
             if known is not None:
                 self._undecoded = block
                 return known
-            headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
+            headers = [(bytes(n), bytes(v)) for n, v in self._hpack().decode(block, raw=True)]
             # Credentials are not kept beyond their connection.
             if len(_FIRST_BLOCKS) < _FIRST_BLOCKS_KEPT and all(
                 n != b"authorization" for n, _ in headers
             ):
                 _FIRST_BLOCKS[block] = headers
             return headers
+        decoder = self._hpack()
         if self._undecoded is not None:
-            self._decoder.decode(self._undecoded, raw=True)
+            decoder.decode(self._undecoded, raw=True)
             self._undecoded = None
-        return list(self._decoder.decode(block, raw=True))
+        return list(decoder.decode(block, raw=True))
+
+    def _hpack(self) -> hpack.Decoder:
+        if self._decoder is None:
+            self._decoder = hpack.Decoder(_MAX_HEADER_LIST)
+        return self._decoder
 
     def _on_header_block(self, stream_id: int, end_stream: bool, block: bytes) -> None:
         # Always decoded, even for a stream we ignore: HPACK state is per connection.
@@ -717,3 +712,19 @@ class ServerConnection:
             return
         if stream.pending:
             self._flush_stream(stream)
+
+
+# Frame handlers by frame type (DATA 0 .. CONTINUATION 9), called with the connection: one
+# table for all connections, not ten bound methods made per connection.
+_HANDLERS = (
+    ServerConnection._on_data,
+    ServerConnection._on_headers,
+    ServerConnection._on_priority,
+    ServerConnection._on_rst_stream,
+    ServerConnection._on_settings,
+    ServerConnection._on_push_promise,
+    ServerConnection._on_ping,
+    ServerConnection._on_goaway,
+    ServerConnection._on_window_update,
+    ServerConnection._on_continuation,
+)
