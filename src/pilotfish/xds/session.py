@@ -133,11 +133,12 @@ class Session:
     ) -> Received:
         """Apply one request: record events, and replace the type's watch when needed. `raw`:
         the bytes the request was parsed from, when the transport has them (cheaper ACKs)."""
-        received = self.protocol.receive(request, raw)
-        node = self.protocol.node
+        protocol = self.protocol
+        received = protocol.receive(request, raw)
+        node = protocol.node
         assert node is not None  # set by the protocol on the first request
         for event in received.events:
-            self._watcher.on_stream_event(self.stream_id, node, event)
+            self._watcher.on_stream_event(protocol.stream_id, node, event)
         if received.watch is not None and not self._closed:
             self._open(received.type_url, received.watch)
         return received
