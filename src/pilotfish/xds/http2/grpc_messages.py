@@ -68,7 +68,8 @@ class MessageReader:
             flag, length = PREFIX.unpack_from(data, start)
             if flag == 0 and start + 5 + length == stop and length <= self.max_size:
                 return [data[start + 5 : stop]]
-        buffer += data[start:stop]
+        with memoryview(data) as view:  # one copy, into the buffer (a slice would be two)
+            buffer += view[start:stop]
         messages: list[bytes] = []
         offset = 0
         while len(buffer) - offset >= 5:
@@ -86,7 +87,8 @@ class MessageReader:
             end = offset + 5 + length
             if end > len(buffer):
                 break
-            messages.append(bytes(buffer[offset + 5 : end]))
+            with memoryview(buffer) as view:  # released before the buffer is cut below
+                messages.append(bytes(view[offset + 5 : end]))
             offset = end
         if offset:
             del buffer[:offset]
