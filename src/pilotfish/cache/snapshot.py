@@ -258,11 +258,17 @@ class Snapshot:
 
     def version(self, type_url: str) -> str:
         """The version of one type (type URL or short name)."""
-        return self._types[resource_type(type_url).type_url].version
+        entry = self._types.get(type_url)  # a type URL, as every watch answer asks
+        if entry is None:
+            entry = self._types[resource_type(type_url).type_url]
+        return entry.version
 
     def resources(self, type_url: str) -> Mapping[str, CachedResource]:
         """The serialized resources of one type, by name (read-only)."""
-        return self._types[resource_type(type_url).type_url].by_name
+        entry = self._types.get(type_url)
+        if entry is None:
+            entry = self._types[resource_type(type_url).type_url]
+        return entry.by_name
 
     def messages(self, type_url: str) -> dict[str, Message]:
         """Fresh message copies of one type, by name."""
