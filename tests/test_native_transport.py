@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 import hpack
+import hypothesis
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.cache import SnapshotCache
@@ -901,3 +904,40 @@ def test_the_native_transport_runs_without_loading_grpc() -> None:
         [sys.executable, "-c", NATIVE_ONLY], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["True", "{}", "False"]
+
+
+@given(
+    size=st.integers(min_value=0, max_value=200_000),
+    window=st.integers(min_value=1, max_value=120_000),
+    frame=st.integers(min_value=16_384, max_value=70_000),
+    grants=st.lists(st.integers(min_value=1, max_value=90_000), min_size=1, max_size=8),
+)
+@hypothesis.settings(max_examples=60, deadline=None)
+def test_a_body_is_cut_into_frames_within_every_window(
+    size: int, window: int, frame: int, grants: list[int]
+) -> None:
+    """Whatever the windows and the frame size, the frames carry the message exactly, none
+    larger than the peer allows, and never more than the windows granted so far."""
+    client = Client()
+    client.start([(f.Setting.INITIAL_WINDOW_SIZE, window), (f.Setting.MAX_FRAME_SIZE, frame)])
+    client.send(client.headers(1))
+    body = bytes(range(256)) * (size // 256 + 1)
+    client.conn.send_message(1, body[:size])
+    client.conn.end_stream(1)
+    stream_room, connection_room = window, 65_535
+    received, done = b"", False
+    for grant in [*grants, 10**7, 0]:  # the last read follows the last grant
+        for sent in client.written():
+            if sent.type == f.DATA:
+                assert len(sent.payload) <= frame
+                stream_room -= len(sent.payload)
+                connection_room -= len(sent.payload)
+                assert stream_room >= 0 and connection_room >= 0
+                received += sent.payload
+            elif sent.type == f.HEADERS and sent.flags & f.END_STREAM:
+                done = True
+        if done or not grant:
+            break
+        client.send(f.window_update(1, grant), f.window_update(0, grant))
+        stream_room, connection_room = stream_room + grant, connection_room + grant
+    assert done and received == grpc_message(body[:size])

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pilotfish.frozen import fast_init
 from pilotfish.protos import RESOURCE_TYPES, RESOURCE_WRAPPER_TYPE, Message, resource_type, wire
 
 __all__ = ["CachedResource", "Serialized", "WithTtl", "content_version", "to_message"]
@@ -49,16 +50,13 @@ class WithTtl:
     ttl: float
 
 
-@dataclass(slots=True, unsafe_hash=True)
+@fast_init  # a mesh makes one per resource: 80,000 at 10,000 services
+@dataclass(frozen=True, slots=True)
 class CachedResource:
     """One resource: name, deterministic bytes, content version, and the wrappers responses
     carry (`any` for state-of-the-world, `resource` for delta). The wrappers of `data` are
     joined only when first asked for, and responses join `sotw_parts` themselves: a 10 MB
-    route configuration is not copied twice more at every change.
-
-    Immutable, but not a frozen dataclass: every snapshot and stream shares it, so nothing
-    may change it, yet a mesh makes one per resource, and a frozen dataclass's constructor
-    (a `object.__setattr__` call per field) costs six times a plain one's."""
+    route configuration is not copied twice more at every change."""
 
     type_url: str
     name: str
@@ -127,14 +125,16 @@ class CachedResource:
         if len(self.pieces) == 1:
             return self.pieces[0]
         if self._data is None:
-            self._data = b"".join(self.pieces)
+            object.__setattr__(self, "_data", b"".join(self.pieces))
+        assert self._data is not None
         return self._data
 
     @property
     def any(self) -> bytes:
         """The serialized `Any` holding the resource."""
         if self._any is None:
-            self._any = b"".join((self.any_head, *self.pieces))
+            object.__setattr__(self, "_any", b"".join((self.any_head, *self.pieces)))
+        assert self._any is not None
         return self._any
 
     @property
@@ -142,7 +142,10 @@ class CachedResource:
         """The serialized delta `Resource` wrapper (name, version, the `Any`, its TTL)."""
         if self._resource is None:
             parts = (self.any_head, *self.pieces)
-            self._resource = wire.resource_bytes(self.name, self.version, parts)
+            object.__setattr__(
+                self, "_resource", wire.resource_bytes(self.name, self.version, parts)
+            )
+        assert self._resource is not None
         return self._resource
 
     def sotw_parts(self, ttl_aware: bool) -> tuple[bytes, ...]:
