@@ -160,6 +160,7 @@ class CachedResource:
         return RESOURCE_TYPES[self.type_url].message.FromString(self.data)
 
 
+@fast_init  # one per resource of a translation, as `CachedResource`
 @dataclass(frozen=True, slots=True)
 class Serialized:
     """A message and the `CachedResource` already made from it: a `Snapshot` given one takes

@@ -209,8 +209,8 @@ def route_hash_policy(
     (httpHeaderName -> header, httpCookie -> cookie with name/path/ttl, useSourceIp ->
     connection_properties.source_ip, httpQueryParameterName -> query_parameter); empty when not
     consistent hash."""
-    if rule is None or not _may_hash(rule, subset):
-        return []  # the common case, told without merging the policy
+    if rule is None or not rule.may_hash or not _may_hash(rule, subset):
+        return []  # the common case (no consistent hash in the rule at all), told at a glance
     lb = effective_policy(rule, port, subset).load_balancer
     if not lb.HasField("consistent_hash"):
         return []

@@ -35,7 +35,7 @@ from pilotfish.registry import Registry, Service, ServicePort
 from pilotfish.translators.authorization import policies_for, rbac_http_filters
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.endpoints import cluster_load_assignment, socket_address
-from pilotfish.translators.index import MESH, ConfigIndex, MergedRule
+from pilotfish.translators.index import MESH, ConfigIndex
 from pilotfish.translators.listeners import (
     http_connection_manager,
     istio_mutual_downstream,
@@ -208,7 +208,7 @@ def _host_unit(
             index=index,
             registry=registry,
             gateway=MESH,
-            hash_policy=_hash_policy,
+            hash_policy=route_hash_policy,
         )
     else:
         routes = [
@@ -217,7 +217,7 @@ def _host_unit(
                 number,
                 index=index,
                 proxy=proxy,
-                hash_policy=_hash_policy,
+                hash_policy=route_hash_policy,
             )
         ]
     name = virtual_host_name(service.hostname, number)
@@ -228,13 +228,6 @@ def _host_unit(
     sources = (f"VirtualService/{vs.namespace}/{vs.name}",) if vs is not None else ()
     metadata = wire.length_delimited(_HOST_METADATA, stamp_bytes(sources))
     return Encoded.of_data(VirtualHost, name, b"".join((head, *framed, metadata)))
-
-
-def _hash_policy(rule: MergedRule | None, port: int, subset: str) -> list[Any]:
-    """`route_hash_policy`, told at a glance for the many hosts that are not hashed."""
-    if rule is None or not rule.may_hash:
-        return []
-    return route_hash_policy(rule, port, subset)
 
 
 def _assemble(
