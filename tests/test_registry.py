@@ -219,3 +219,12 @@ def test_apply_changes_service_entries_in_place_or_says_it_cannot() -> None:
     (kube,) = [o for o in load_documents(KUBE).objects if o.kind == "Service"]
     assert not registry.apply([], [kube])
     assert not Registry.from_objects([b, clash]).apply([b], [])  # built with a conflict
+
+
+def test_protobuf_maps_become_the_same_dicts() -> None:
+    from pilotfish.protos import as_dict
+    from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
+
+    entry = WorkloadEntry(labels={"app": "a", "version": "v1"}, ports={"http": 8080})
+    assert as_dict(entry.labels) == dict(entry.labels) == {"app": "a", "version": "v1"}
+    assert as_dict(entry.ports) == {"http": 8080} and as_dict(WorkloadEntry().labels) == {}

@@ -6,6 +6,7 @@ Nothing outside `pilotfish.protos` (and the translators, which build Envoy messa
 
 from __future__ import annotations
 
+from pilotfish.protos.maps import as_dict
 from pilotfish.protos.messages import (
     Any,
     Cluster,
@@ -85,6 +86,7 @@ __all__ = [
     "Status",
     "TypedExtensionConfig",
     "VirtualHost",
+    "as_dict",
     "references",
     "resource_name",
     "resource_type",

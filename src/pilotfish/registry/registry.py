@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from pilotfish.protos import as_dict
 from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
 from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
 from pilotfish.protos.k8s import registry_pb2
@@ -42,7 +43,6 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _Labels = tuple[tuple[str, str], ...]
 _GENERATIONS = itertools.count(1)
 T = TypeVar("T")
-V = TypeVar("V")
 
 
 class Registry:
@@ -327,24 +327,18 @@ def _workload_port(port: ServicePort, workload: Workload) -> int:
 def _workload(
     spec: WorkloadEntry, namespace: str, name: str = "", labels: Mapping[str, str] | None = None
 ) -> Workload:
-    own = _plain(spec.labels)
+    own = as_dict(spec.labels)
     return Workload(
         address=spec.address,
         name=name,
         namespace=namespace,
         labels={**labels, **own} if labels else own,
-        ports=_plain(spec.ports) if spec.ports else {},
+        ports=as_dict(spec.ports) if spec.ports else {},
         locality=spec.locality,
         weight=spec.weight or 1,
         service_account=spec.service_account or "default",
         network=spec.network,
     )
-
-
-def _plain(proto_map: Mapping[str, V]) -> dict[str, V]:
-    """A protobuf map as a dict: read by key, twice as fast as `dict(map)` (which goes through
-    the abstract `Mapping`'s Python `keys()`); every workload of a mesh has two."""
-    return {k: proto_map[k] for k in proto_map}
 
 
 def _service_entry(obj: ConfigObject, domain: str) -> list[tuple[Service, list[Workload]]]:

@@ -63,7 +63,7 @@ from google.protobuf.message import Message
 
 from pilotfish.bounded import Bounded
 from pilotfish.cache import Encoded
-from pilotfish.protos import ENDPOINT_TYPE, references, wire
+from pilotfish.protos import ENDPOINT_TYPE, as_dict, references, wire
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     ClientTLSSettings,
     ConnectionPoolSettings,
@@ -810,6 +810,5 @@ def outbound_clusters(
     )
     clusters = [build(service, port, rule, "", None)]
     for subset in rule.subsets if rule else ():
-        labels = subset.labels  # a protobuf map: read by key, twice as fast as dict(map)
-        clusters.append(build(service, port, rule, subset.name, {k: labels[k] for k in labels}))
+        clusters.append(build(service, port, rule, subset.name, as_dict(subset.labels)))
     return clusters
