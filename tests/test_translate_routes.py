@@ -1279,3 +1279,43 @@ spec:
         "outbound|5432||pg.data.svc.cluster.local": 70,
         "outbound|6432||pg.data.svc.cluster.local": 30,
     }
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"route": [{"destination": {"host": "a.ns.svc.cluster.local"}}]},  # already FQDNs
+        {"route": [{"destination": {"host": "a"}}]},  # a short name: resolved
+        {"route": [{"destination": {"host": "a.ns.svc.cluster.local"}}],
+         "mirror": {"host": "m"}},
+        {"route": [{"destination": {"host": "a.ns.svc.cluster.local"}}],
+         "mirrors": [{"destination": {"host": "m"}}]},
+        {"route": [{"destination": {"host": "a.ns.svc.cluster.local"}}],
+         "match": [{"gateways": ["gw"]}]},  # an unqualified gateway
+        {"route": [{"destination": {"host": "a.ns.svc.cluster.local"}}],
+         "match": [{"gateways": ["mesh", "other/gw"]}]},
+    ],
+)  # fmt: skip
+def test_routes_are_normalized_only_where_they_need_it(spec: dict[str, Any]) -> None:
+    """A route that already names FQDNs and qualified gateways is used as it is (not copied);
+    any other is resolved exactly as a copy resolved field by field would be."""
+    from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import HTTPRoute
+    from pilotfish.translators.routes import _normalized
+
+    route = json_format.ParseDict(spec, HTTPRoute())
+    index = ConfigIndex.build([])
+    expected = HTTPRoute()
+    expected.CopyFrom(route)
+    for item in expected.route:
+        item.destination.host = index.resolve(item.destination.host, "ns")
+    if expected.HasField("mirror"):
+        expected.mirror.host = index.resolve(expected.mirror.host, "ns")
+    for mirror in expected.mirrors:
+        mirror.destination.host = index.resolve(mirror.destination.host, "ns")
+    for match in expected.match:
+        names = [g if g == "mesh" or "/" in g else f"ns/{g}" for g in match.gateways]
+        del match.gateways[:]
+        match.gateways.extend(names)
+    normalized = _normalized(route, "ns", index)
+    assert normalized == expected
+    assert (normalized is route) == (expected == route)
