@@ -91,6 +91,7 @@ __all__ = [
     "TLS_MODE_LABEL",
     "distribution",
     "effective_policy",
+    "locality_failover",
     "outbound_clusters",
     "route_hash_policy",
     "upstream_tls",
@@ -158,7 +159,7 @@ def effective_policy(rule: MergedRule | None, port: int, subset: str = "") -> Tr
     The policy returned may be shared (recently made ones are kept: a cluster, its load
     assignment and the routes to it all ask): do not modify it.
     """
-    if rule is None or _plain(rule, subset):
+    if rule is None or _without_policy(rule, subset):
         return _NO_POLICY  # most rules set no policy: nothing to merge, nothing to keep
     key = (id(rule), port, subset)
     found = _POLICIES.get(key)
@@ -171,7 +172,7 @@ def effective_policy(rule: MergedRule | None, port: int, subset: str = "") -> Tr
 _NO_POLICY = TrafficPolicy()
 
 
-def _plain(rule: MergedRule, subset: str) -> bool:
+def _without_policy(rule: MergedRule, subset: str) -> bool:
     """Whether neither the rule nor the subset sets a traffic policy (merging gives none)."""
     if rule.has_policy:
         return False
@@ -209,7 +210,7 @@ def route_hash_policy(
     (httpHeaderName -> header, httpCookie -> cookie with name/path/ttl, useSourceIp ->
     connection_properties.source_ip, httpQueryParameterName -> query_parameter); empty when not
     consistent hash."""
-    if rule is None or not rule.may_hash or not _may_hash(rule, subset):
+    if rule is None or not rule.may_hash:
         return []  # the common case (no consistent hash in the rule at all), told at a glance
     lb = effective_policy(rule, port, subset).load_balancer
     if not lb.HasField("consistent_hash"):
@@ -236,20 +237,6 @@ def route_hash_policy(
     else:
         return []
     return [policy]
-
-
-def _may_hash(rule: MergedRule, subset: str) -> bool:
-    """Whether any policy `effective_policy` merges for `subset` names a consistent hash."""
-    policies = [rule.traffic_policy]
-    chosen = rule.subset(subset) if subset else None
-    if chosen is not None and chosen.HasField("traffic_policy"):
-        policies.append(chosen.traffic_policy)
-    for policy in policies:
-        if policy.load_balancer.HasField("consistent_hash"):
-            return True
-        if any(p.load_balancer.HasField("consistent_hash") for p in policy.port_level_settings):
-            return True
-    return False
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -583,7 +570,7 @@ def distribution(policy: TrafficPolicy, proxy_locality: str) -> Mapping[str, int
     return distribution_for(rules, proxy_locality)
 
 
-def _locality_failover(policy: TrafficPolicy) -> bool:
+def locality_failover(policy: TrafficPolicy) -> bool:
     """Istio's rule: failover priorities only with outlier detection (else Envoy never moves
     traffic to a lower priority), unless locality load balancing is disabled."""
     setting = policy.load_balancer.locality_lb_setting
@@ -705,7 +692,7 @@ def _cluster(
                 name,
                 endpoints[:1] if logical else endpoints,
                 proxy_locality=proxy.locality,
-                failover=_locality_failover(policy),
+                failover=locality_failover(policy),
                 distribute=distribution(policy, proxy.locality),
             )
         )

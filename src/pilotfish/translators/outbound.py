@@ -22,7 +22,12 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from pilotfish.cache import Encoded
 from pilotfish.protos import ENDPOINT_TYPE, as_dict
 from pilotfish.registry import Registry, Service
-from pilotfish.translators.clusters import distribution, effective_policy, outbound_clusters
+from pilotfish.translators.clusters import (
+    distribution,
+    effective_policy,
+    locality_failover,
+    outbound_clusters,
+)
 from pilotfish.translators.endpoints import load_assignment_bytes
 from pilotfish.translators.index import ConfigIndex, MergedRule
 from pilotfish.translators.memo import Site, TranslationMemo
@@ -163,7 +168,8 @@ def _service_outbound(
     for port in service.ports:
         # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
         # says DISABLE for the port would not accept TLS, so they get plain text.
-        endpoints = registry.endpoints(service.hostname, port.number) if auto_mtls else []
+        everything = registry.endpoints(service.hostname, port.number)
+        endpoints = everything if auto_mtls else []
         policies = index.peer_authentications() if endpoints else ()
         accepts_tls = any(
             mtls_mode(policies, e.namespace, dict(e.labels), e.port) != "DISABLE" for e in endpoints
@@ -177,7 +183,6 @@ def _service_outbound(
             domain=index.domain,
             auto_mtls=auto_mtls and accepts_tls,
         )
-        everything = registry.endpoints(service.hostname, port.number)
         for cluster, (subset, labels) in zip(made, subsets, strict=True):
             clusters.append(cluster)
             if ENDPOINT_TYPE not in cluster.refs:  # not EDS: its endpoints are in the cluster
@@ -205,8 +210,4 @@ def _locality_options(
     if not proxy_locality:
         return False, None
     policy = effective_policy(rule, port, subset)
-    locality = policy.load_balancer.locality_lb_setting
-    failover = policy.HasField("outlier_detection") and (
-        not locality.HasField("enabled") or locality.enabled.value
-    )
-    return failover, distribution(policy, proxy_locality)
+    return locality_failover(policy), distribution(policy, proxy_locality)

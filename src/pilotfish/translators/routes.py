@@ -29,6 +29,7 @@ from envoy.config.route.v3.route_components_pb2 import (
     Decorator,
     DirectResponseAction,
     HeaderMatcher,
+    QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
     Route,
@@ -531,7 +532,7 @@ def _fill_match(out: RouteMatch, match: HTTPMatchRequest | None) -> None:
     headers.sort(key=_name_inverted)
     for name, inverted, value in headers:
         matcher = out.headers.add(name=name)
-        _set_header_match(matcher, value)
+        _set_match(matcher, value)
         if inverted:
             matcher.invert_match = True
             if not _is_present_match(value):
@@ -539,14 +540,10 @@ def _fill_match(out: RouteMatch, match: HTTPMatchRequest | None) -> None:
     out.case_sensitive.value = not match.ignore_uri_case
     for name, field in ((":method", "method"), (":authority", "authority"), (":scheme", "scheme")):
         if match.HasField(field):
-            _set_header_match(out.headers.add(name=name), getattr(match, field))
+            _set_match(out.headers.add(name=name), getattr(match, field))
     for key in sorted(match.query_params):
         value = match.query_params[key]
-        parameter = out.query_parameters.add(name=key)
-        if _is_present_match(value):
-            parameter.present_match = True
-        elif (string := _string_matcher(value)) is not None:
-            parameter.string_match.CopyFrom(string)
+        _set_match(out.query_parameters.add(name=key), value)
 
 
 def _is_present_match(match: StringMatch) -> bool:
@@ -556,31 +553,34 @@ def _is_present_match(match: StringMatch) -> bool:
 
 
 def _string_matcher(match: StringMatch) -> StringMatcher | None:
+    if match.WhichOneof("match_type") is None:
+        return None
+    out = StringMatcher()
+    _fill_string(out, match)
+    return out
+
+
+def _fill_string(out: StringMatcher, match: StringMatch) -> None:
+    """`match` into the empty `out`, in place (a route has several: no copies)."""
     kind = match.WhichOneof("match_type")
     if kind == "exact":
-        return StringMatcher(exact=match.exact)
-    if kind == "prefix":
-        return StringMatcher(prefix=match.prefix)
-    if kind == "regex":
-        return StringMatcher(safe_regex=RegexMatcher(regex=match.regex))
-    return None
+        out.exact = match.exact
+    elif kind == "prefix":
+        out.prefix = match.prefix
+    elif kind == "regex":
+        out.safe_regex.regex = match.regex
 
 
 def _name_inverted(header: tuple[str, bool, StringMatch]) -> tuple[str, bool]:
     return header[0], header[1]
 
 
-def _set_header_match(out: HeaderMatcher, match: StringMatch) -> None:
-    """Fill `out` in place as `match` says (as `_string_matcher` would, without a copy)."""
-    kind = match.WhichOneof("match_type")
+def _set_match(out: HeaderMatcher | QueryParameterMatcher, match: StringMatch) -> None:
+    """Fill a header or query parameter matcher in place: present, or its string match."""
     if _is_present_match(match):
         out.present_match = True
-    elif kind == "exact":
-        out.string_match.exact = match.exact
-    elif kind == "prefix":
-        out.string_match.prefix = match.prefix
-    elif kind == "regex":
-        out.string_match.safe_regex.regex = match.regex
+    else:
+        _fill_string(out.string_match, match)
 
 
 def _is_catch_all(route: Route) -> bool:
