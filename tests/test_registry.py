@@ -228,3 +228,26 @@ def test_protobuf_maps_become_the_same_dicts() -> None:
     entry = WorkloadEntry(labels={"app": "a", "version": "v1"}, ports={"http": 8080})
     assert as_dict(entry.labels) == dict(entry.labels) == {"app": "a", "version": "v1"}
     assert as_dict(entry.ports) == {"http": 8080} and as_dict(WorkloadEntry().labels) == {}
+
+
+def test_an_endpoint_made_from_a_workload_is_the_dataclasss_own() -> None:
+    """`Endpoint.of_workload` skips the frozen dataclass's constructor: every field is set
+    as the constructor sets it (a field added later and not set here fails this)."""
+    import dataclasses
+
+    from pilotfish.registry import Endpoint, Workload
+
+    workload = Workload(
+        address="10.0.0.1", name="w", namespace="ns", labels={"b": "2", "a": "1"},
+        locality="r/z", weight=0, service_account="sa",
+    )  # fmt: skip
+    made = Endpoint.of_workload(workload, 8080)
+    expected = Endpoint(
+        address="10.0.0.1", port=8080, locality="r/z", weight=1,
+        labels=(("a", "1"), ("b", "2")), service_account="sa", namespace="ns", workload="w",
+    )  # fmt: skip
+    assert made == expected and hash(made) == hash(expected)
+    assert {f.name: getattr(made, f.name) for f in dataclasses.fields(Endpoint)} == {
+        f.name: getattr(expected, f.name) for f in dataclasses.fields(Endpoint)
+    }
+    assert made.matches({"a": "1"}) and not made.matches({"a": "2"})

@@ -94,8 +94,8 @@ class CachedResource:
         its `version` given), with its wrappers; `version`: its content hash if already known
         (`Assembled.version`)."""
         if ttl is None and version is None and isinstance(data, bytes):  # the most made
-            return cls(type_url, name, (data,), wire.any_head(type_url, len(data)),
-                       content_version(data))  # fmt: skip
+            head = wire.any_head(type_url, len(data))
+            return cls(type_url, name, (data,), head, content_version(data))
         pieces = (data,) if isinstance(data, bytes) else data
         # A TTL is part of what the client is told: changing it is a new version.
         if version is None or ttl is not None:

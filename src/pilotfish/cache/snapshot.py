@@ -258,17 +258,17 @@ class Snapshot:
 
     def version(self, type_url: str) -> str:
         """The version of one type (type URL or short name)."""
-        entry = self._types.get(type_url)  # a type URL, as every watch answer asks
-        if entry is None:
-            entry = self._types[resource_type(type_url).type_url]
-        return entry.version
+        return self._type(type_url).version
 
     def resources(self, type_url: str) -> Mapping[str, CachedResource]:
         """The serialized resources of one type, by name (read-only)."""
-        entry = self._types.get(type_url)
-        if entry is None:
+        return self._type(type_url).by_name
+
+    def _type(self, type_url: str) -> _TypeResources:
+        entry = self._types.get(type_url)  # a type URL, as every watch answer asks
+        if entry is None:  # a short name, or an unknown type (which raises)
             entry = self._types[resource_type(type_url).type_url]
-        return entry.by_name
+        return entry
 
     def messages(self, type_url: str) -> dict[str, Message]:
         """Fresh message copies of one type, by name."""
@@ -276,7 +276,7 @@ class Snapshot:
 
     def references_of(self, type_url: str, name: str) -> Mapping[str, set[str]]:
         """What one resource names in other types (a cluster's EDS name, a listener's RDS)."""
-        return self._types[resource_type(type_url).type_url].refs.get(name, {})
+        return self._type(type_url).refs.get(name, {})
 
     def _references(
         self, type_url: str, chosen: Iterable[CachedResource]
