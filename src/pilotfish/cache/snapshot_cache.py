@@ -295,11 +295,7 @@ class SnapshotCache:
 
     def on_stream_event(self, stream_id: int, node: Node, event: Event) -> None:
         """Fold a stream event into the node's status."""
-        known = self._stream_keys.get(stream_id)  # `_stream_key` inlined: this runs per event
-        if known is not None and known[0] is node:
-            key = known[1]
-        else:
-            key = self._stream_key(node, stream_id)
+        key = self._stream_key(node, stream_id)
         with self._lock:
             self._status.record(key, node, stream_id, event)
 

@@ -84,11 +84,7 @@ class SotwStream:
             self.node = Node()
             self.node.CopyFrom(request.node)
             self.ttl_aware = TTL_CLIENT_FEATURE in self.node.client_features
-        type_url = request.type_url
-        if self.type_url is None and type_url:  # ADS, the common case of request_type_url
-            type_url = sys.intern(type_url)
-        else:
-            type_url = request_type_url(self.type_url, type_url, "ADS")
+        type_url = request_type_url(self.type_url, request.type_url, "ADS")
         state = self.types.get(type_url)
         nonce = request.response_nonce
         if state is not None and state.sent_nonce and nonce != state.sent_nonce:
