@@ -103,15 +103,15 @@ class ServedResources:
                 name = _name(row, message)
                 if name in by_name:
                     raise ValueError(f"two {key} resources named {name!r}")
-                item = lost.get(name)
+                # Taken from `lost` either way: an item added under a name replaces the one
+                # there (`Snapshot.updated`), so the name need not be removed as well.
+                item = lost.pop(name, None)
                 if item is None or not _same(item.message, message):
                     item = _serialized(row.type_url, name, message, refers)
                     serialized += 1
-                given[id(message)] = by_name[name] = item
-                if lost.get(name) is item:
-                    del lost[name]  # the same resource again: nothing changed for the snapshot
-                else:
                     items.append(item)
+                # else the same resource again: nothing changed for the snapshot
+                given[id(message)] = by_name[name] = item
             if lost or items:
                 removed[key], added[key] = list(lost), items
                 if shared:
