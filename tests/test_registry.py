@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pilotfish.registry import Registry, Service, ServicePort, Workload, protocol_of
 from pilotfish.sources import ConfigObject, load_documents, load_path
 
@@ -251,3 +253,30 @@ def test_an_endpoint_made_from_a_workload_is_the_dataclasss_own() -> None:
         f.name: getattr(expected, f.name) for f in dataclasses.fields(Endpoint)
     }
     assert made.matches({"a": "1"}) and not made.matches({"a": "2"})
+
+
+def test_a_workload_read_from_a_workload_entry_is_the_dataclasss_own() -> None:
+    """The registry makes workloads without the frozen dataclass's constructor: every field
+    is set as the constructor sets it, for an entry with every field and an empty one."""
+    import dataclasses
+
+    from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
+    from pilotfish.registry import Workload
+    from pilotfish.registry.registry import _workload
+
+    full = WorkloadEntry(
+        address="10.0.0.1", labels={"b": "2"}, ports={"http": 8080}, locality="r/z",
+        weight=3, service_account="sa", network="n1",
+    )  # fmt: skip
+    cases = [
+        (_workload(full, "ns", "w", {"a": "1", "b": "0"}), Workload(
+            address="10.0.0.1", name="w", namespace="ns", labels={"a": "1", "b": "2"},
+            ports={"http": 8080}, locality="r/z", weight=3, service_account="sa", network="n1",
+        )),
+        (_workload(WorkloadEntry(), "ns"), Workload(address="", namespace="ns")),
+    ]  # fmt: skip
+    for made, expected in cases:
+        assert made == expected and vars(made) == vars(expected)
+        assert [f.name for f in dataclasses.fields(Workload)] == list(vars(made))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.weight = 2  # type: ignore[misc]
