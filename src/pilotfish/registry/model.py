@@ -57,6 +57,10 @@ class ServicePort:
         return self.protocol in HTTP_PROTOCOLS
 
 
+_PORT_VALUES = attrgetter(*(f.name for f in fields(ServicePort)))
+"""A port's fields in order, as `Service.key` writes them."""
+
+
 @dataclass(frozen=True)
 class Service:
     """A host name clients use, its ports, and how its endpoints are found.
@@ -90,7 +94,7 @@ class Service:
         value = (
             self.hostname,
             self.namespace,
-            self.ports,
+            tuple(map(_PORT_VALUES, self.ports)),  # a dataclass's repr is 5 times slower
             self.resolution,
             self.mesh_external,
             self.addresses,
