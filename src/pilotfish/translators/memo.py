@@ -171,7 +171,11 @@ class _TrackedRegistry(Registry):
     """A `Registry` view that records the lookups a unit makes."""
 
     def __init__(self, inner: Registry, unit: _Unit) -> None:
-        super().__init__(inner.domain)
+        # Not `Registry.__init__`: one view per unit (20,000 a full round at 10,000 services)
+        # needs none of a registry's own tables, lock or generation; what a unit may ask is
+        # answered from `inner` below, and the rest of the API fails loudly here.
+        self.domain = inner.domain
+        self.generation = inner.generation
         self._inner = inner
         self._unit = unit
         self.conflicts = inner.conflicts
