@@ -63,7 +63,7 @@ from google.protobuf.message import Message
 
 from pilotfish.bounded import Bounded
 from pilotfish.cache import Encoded
-from pilotfish.protos import ENDPOINT_TYPE, as_dict, references, wire
+from pilotfish.protos import ENDPOINT_TYPE, references, wire
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     ClientTLSSettings,
     ConnectionPoolSettings,
@@ -159,17 +159,25 @@ def effective_policy(rule: MergedRule | None, port: int, subset: str = "") -> Tr
     The policy returned may be shared (recently made ones are kept: a cluster, its load
     assignment and the routes to it all ask): do not modify it.
     """
+    return _effective(rule, port, subset)[0]
+
+
+def _effective(rule: MergedRule | None, port: int, subset: str) -> tuple[TrafficPolicy, bytes]:
+    """`effective_policy` and its deterministic bytes (a cluster's template is found by them:
+    serialized once per policy, not once per cluster)."""
     if rule is None or _without_policy(rule, subset):
-        return _NO_POLICY  # most rules set no policy: nothing to merge, nothing to keep
+        return _NO_POLICY_BYTES  # most rules set no policy: nothing to merge, nothing to keep
     key = (id(rule), port, subset)
     found = _POLICIES.get(key)
     if found is None:
         # The rule is kept with its policy, so its id stays its own while the entry exists.
-        found = _POLICIES.put(key, (rule, _merged_policy(rule, port, subset)))
-    return found[1]
+        policy = _merged_policy(rule, port, subset)
+        found = _POLICIES.put(key, (rule, policy, policy.SerializeToString(deterministic=True)))
+    return found[1], found[2]
 
 
 _NO_POLICY = TrafficPolicy()
+_NO_POLICY_BYTES = (_NO_POLICY, b"")  # an empty message's bytes
 
 
 def _without_policy(rule: MergedRule, subset: str) -> bool:
@@ -180,7 +188,7 @@ def _without_policy(rule: MergedRule, subset: str) -> bool:
     return chosen is None or not chosen.HasField("traffic_policy")
 
 
-_POLICIES: Bounded[tuple[int, int, str], tuple[MergedRule, TrafficPolicy]] = Bounded(4096)
+_POLICIES: Bounded[tuple[int, int, str], tuple[MergedRule, TrafficPolicy, bytes]] = Bounded(4096)
 
 
 def _merged_policy(rule: MergedRule, port: int, subset: str) -> TrafficPolicy:
@@ -651,27 +659,30 @@ def _cluster(
     *,
     registry: Registry,
     proxy: Proxy,
-    identities: Sequence[str],
+    endpoints: Sequence[Endpoint],
+    domain: str,
     sources: Sequence[str],
+    metadata: bytes,
     auto_mtls: bool = False,
 ) -> Encoded[Cluster]:
+    """One cluster; `endpoints` are the port's, `metadata` is `stamp_bytes(sources)`."""
     name = cluster_name(port.number, service.hostname, subset)
-    policy = effective_policy(rule, port.number, subset)
+    policy, policy_bytes = _effective(rule, port.number, subset)
     if auto_mtls and not policy.HasField("tls") and not service.mesh_external:
         # Istio's auto mTLS: in-mesh destinations get ISTIO_MUTUAL unless a rule says otherwise.
         policy = _copy(policy)  # shared
         policy.tls.mode = ClientTLSSettings.ISTIO_MUTUAL
+        policy_bytes = policy.SerializeToString(deterministic=True)
     resolution = service.resolution
     shape: tuple[object, ...] | None = None
     if resolution not in ("DNS", "DNS_ROUND_ROBIN"):
         # Without DNS endpoints or TLS (whose SNI and SANs name the host), a cluster is its
         # name plus what its policy, port protocol and resolution make: the same for every
         # service alike, so it is made once and copied (a mesh has thousands of them).
-        shape = (policy.SerializeToString(deterministic=True), port.protocol, resolution,
-                 service.mesh_external)  # fmt: skip
+        shape = (policy_bytes, port.protocol, resolution, service.mesh_external)
         template = _TEMPLATES.get(shape)
         if template is not None and name:
-            return template.cluster(name, stamp_bytes(sources))
+            return template.cluster(name, metadata)
     cluster = Cluster(name=name)
     cluster.connect_timeout.CopyFrom(CONNECT_TIMEOUT)
     cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
@@ -706,6 +717,12 @@ def _cluster(
     _apply_connection_pool(cluster, policy, port)
     _apply_outlier_detection(cluster, policy)
     _apply_load_balancer(cluster, policy)
+    # The destination's identities: only ISTIO_MUTUAL asks (most clusters come from templates).
+    identities = (
+        _identities(service, endpoints, domain)
+        if policy.tls.mode == ClientTLSSettings.ISTIO_MUTUAL
+        else ()
+    )
     _apply_tls(cluster, policy, service, port, subset, identities)
     stamp(cluster, sources)
     data = cluster.SerializeToString(deterministic=True)
@@ -713,7 +730,7 @@ def _cluster(
         template = _Template.of(cluster)
         # Kept only if it makes these very bytes: the fields around the names are the
         # message's own, so a template right for one name is right for every name.
-        if template.cluster(name, stamp_bytes(sources)).data == data:
+        if template.cluster(name, metadata).data == data:
             _TEMPLATES.put(shape, template)
     return Encoded.of_data(Cluster, name, data, references(cluster))
 
@@ -771,31 +788,41 @@ def outbound_clusters(
     proxy: Proxy,
     domain: str = "cluster.local",
     auto_mtls: bool = False,
+    endpoints: Sequence[Endpoint] | None = None,
 ) -> list[Encoded[Cluster]]:
     """`outbound|<port>||<host>` plus one `outbound|<port>|<subset>|<host>` per subset (in
     subset order). `auto_mtls`: destinations whose endpoints all have a sidecar (label
     `security.istio.io/tlsMode: istio`) and no `tls` setting use ISTIO_MUTUAL (pass it only when
-    workload certificates are served, or Envoy would wait for them forever)."""
+    workload certificates are served, or Envoy would wait for them forever). `endpoints`: the
+    port's, as `registry.endpoints` gives them, if the caller has them already."""
+    if endpoints is None:
+        endpoints = registry.endpoints(service.hostname, port.number)
     sources = [f"{o.kind}/{o.namespace}/{o.name}" for o in rule.sources] if rule else []
-    endpoints = registry.endpoints(service.hostname, port.number)
-    identities = sorted(
-        {spiffe_id(e.namespace, e.service_account, domain) for e in endpoints}
-        | set(service.subject_alt_names)
-    )
     # Auto mTLS only towards workloads that have a sidecar to terminate it: Istio's injector
     # labels them `security.istio.io/tlsMode: istio`.
-    meshed = bool(endpoints) and all(
-        dict(e.labels).get(TLS_MODE_LABEL) == "istio" for e in endpoints
+    meshed = (
+        auto_mtls
+        and bool(endpoints)
+        and all(dict(e.labels).get(TLS_MODE_LABEL) == "istio" for e in endpoints)
     )
-    build = partial(
+    build = partial(  # what every cluster of the port shares, made once for all of them
         _cluster,
         registry=registry,
         proxy=proxy,
-        identities=identities,
+        endpoints=endpoints,
+        domain=domain,
         sources=sources,
-        auto_mtls=auto_mtls and meshed,
+        metadata=stamp_bytes(sources),
+        auto_mtls=meshed,
     )
     clusters = [build(service, port, rule, "", None)]
-    for subset in rule.subsets if rule else ():
-        clusters.append(build(service, port, rule, subset.name, as_dict(subset.labels)))
+    for subset, labels in rule.subset_labels if rule else ():
+        clusters.append(build(service, port, rule, subset, labels))
     return clusters
+
+
+def _identities(service: Service, endpoints: Iterable[Endpoint], domain: str) -> list[str]:
+    """The SANs an ISTIO_MUTUAL cluster accepts: its workloads' SPIFFE identities and the
+    service's own subjectAltNames, sorted."""
+    found = {spiffe_id(e.namespace, e.service_account, domain) for e in endpoints}
+    return sorted(found | set(service.subject_alt_names))

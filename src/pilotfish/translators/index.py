@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pilotfish.protos import as_dict
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     DestinationRule,
     Subset,
@@ -56,6 +57,12 @@ class MergedRule:
     def has_policy(self) -> bool:
         """Whether the rule sets a traffic policy (most do not: their clusters skip merging)."""
         return bool(self.traffic_policy.ListFields())
+
+    @cached_property
+    def subset_labels(self) -> tuple[tuple[str, dict[str, str]], ...]:
+        """Each subset's name and labels, in order (every cluster and load assignment of a
+        subset asks, on every port): made once. Callers do not modify the dicts."""
+        return tuple((s.name, as_dict(s.labels)) for s in self.subsets)
 
     @cached_property
     def may_hash(self) -> bool:

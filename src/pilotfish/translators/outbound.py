@@ -20,7 +20,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from pilotfish.cache import Encoded
-from pilotfish.protos import ENDPOINT_TYPE, as_dict
+from pilotfish.protos import ENDPOINT_TYPE
 from pilotfish.registry import Registry, Service
 from pilotfish.translators.clusters import (
     distribution,
@@ -164,7 +164,7 @@ def _service_outbound(
     # merged rule's subset names are unique).
     subsets: list[tuple[str, dict[str, str] | None]] = [("", None)]
     if rule is not None:
-        subsets.extend((s.name, as_dict(s.labels)) for s in rule.subsets)
+        subsets.extend(rule.subset_labels)
     for port in service.ports:
         # Istio's auto mTLS also asks the destination: workloads whose PeerAuthentication
         # says DISABLE for the port would not accept TLS, so they get plain text.
@@ -182,6 +182,7 @@ def _service_outbound(
             proxy=proxy,
             domain=index.domain,
             auto_mtls=auto_mtls and accepts_tls,
+            endpoints=everything,
         )
         for cluster, (subset, labels) in zip(made, subsets, strict=True):
             clusters.append(cluster)
