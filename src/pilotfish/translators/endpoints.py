@@ -112,19 +112,32 @@ def load_assignment_bytes(
     """`cluster_load_assignment`'s deterministic bytes, written directly: a mesh has one
     assignment per cluster, and no message of them is kept (`Encoded`), so none is made."""
     groups: dict[tuple[int, str], list[Endpoint]] = {}
-    for endpoint in endpoints:
-        priority = locality_priority(endpoint.locality, proxy_locality) if failover else 0
-        groups.setdefault((priority, endpoint.locality), []).append(endpoint)
+    if failover:
+        for endpoint in endpoints:
+            priority = locality_priority(endpoint.locality, proxy_locality)
+            groups.setdefault((priority, endpoint.locality), []).append(endpoint)
+    else:
+        for endpoint in endpoints:
+            groups.setdefault((0, endpoint.locality), []).append(endpoint)
     shares = _distributed({loc for _, loc in groups}, distribute) if distribute else None
     fields = [length_delimited(_CLUSTER_NAME, cluster.encode())] if cluster else []
-    for (priority, locality), members in sorted(groups.items()):
-        weight = shares[locality] if shares is not None else sum(e.weight for e in members)
+    made = _LB_ENDPOINTS_MADE
+    for (priority, locality), members in (
+        sorted(groups.items()) if len(groups) > 1 else groups.items()
+    ):
+        group = [_locality_field(locality)]
+        if len(members) > 1:
+            members.sort(key=ENDPOINT_ORDER)  # as endpoints compare, with no tuples per comparison
+        total = 0
+        for e in members:
+            total += e.weight
+            key = (e.address, e.port, e.weight)
+            found = made.get(key)  # `_lb_endpoint`'s, looked up here: asked for every endpoint
+            group.append(found if found is not None else _lb_endpoint(*key))
+        weight = shares[locality] if shares is not None else total
         if weight == 0:
             continue
-        group = [_locality_field(locality)]
-        members.sort(key=ENDPOINT_ORDER)  # as endpoints compare, with no tuples per comparison
-        group.extend([_lb_endpoint(e.address, e.port, e.weight) for e in members])
-        group.append(_weight_field(_GROUP_WEIGHT, weight))
+        group.append(_group_weight(weight))
         if priority:
             group.append(_PRIORITY_TAG + varint(priority))
         fields.append(length_delimited(_ENDPOINTS, b"".join(group)))
@@ -144,6 +157,12 @@ _VALUE_TAG = varint(1 << 3)  # UInt32Value.value
 def _weight_field(number: int, weight: int) -> bytes:
     """A `UInt32Value` field, present even when 0 (set through `.value`)."""
     return length_delimited(number, _VALUE_TAG + varint(weight) if weight else b"")
+
+
+@functools.lru_cache(maxsize=1024)
+def _group_weight(weight: int) -> bytes:
+    # A few weights (endpoint counts, `distribute` shares) over and over.
+    return _weight_field(_GROUP_WEIGHT, weight)
 
 
 @functools.lru_cache(maxsize=256)

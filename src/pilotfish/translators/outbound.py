@@ -184,6 +184,9 @@ def _service_outbound(
             auto_mtls=auto_mtls and accepts_tls,
             endpoints=everything,
         )
+        # Each endpoint's labels as a set, once for all the port's subsets: a subset's
+        # members are those whose labels include the subset's (`Endpoint.matches`).
+        label_sets = [set(e.labels) for e in everything] if len(subsets) > 1 else []
         for cluster, (subset, labels) in zip(made, subsets, strict=True):
             clusters.append(cluster)
             if ENDPOINT_TYPE not in cluster.refs:  # not EDS: its endpoints are in the cluster
@@ -191,7 +194,12 @@ def _service_outbound(
             failover, distribute = _locality_options(rule, port.number, subset, proxy.locality)
             # A subset's endpoints as the registry filters them, from the port's (one lookup
             # the memo records, not one per subset).
-            members = everything if labels is None else [e for e in everything if e.matches(labels)]
+            members = everything
+            if labels is not None:
+                chosen = labels.items()
+                members = [
+                    e for e, have in zip(everything, label_sets, strict=True) if chosen <= have
+                ]
             data = load_assignment_bytes(
                 cluster.name,
                 members,
