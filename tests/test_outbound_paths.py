@@ -22,7 +22,7 @@ from pilotfish.translators import clusters
 from pilotfish.translators.clusters import TLS_MODE_LABEL, distribution, effective_policy
 from pilotfish.translators.clusters import locality_failover as failover_of
 from pilotfish.translators.endpoints import load_assignment_bytes
-from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.index import ConfigIndex, MergedRule
 from pilotfish.translators.naming import parse_cluster_name
 from pilotfish.translators.outbound import outbound
 from pilotfish.translators.proxy import Proxy
@@ -141,3 +141,19 @@ def test_subset_assignments_are_the_registry_filter(
             distribute=distribution(policy, proxy.locality) if proxy.locality else None,
         )
         assert assignment.data == want, assignment.name
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merged_rules_hold_what_their_properties_make(seed: int) -> None:
+    """`_merge` sets the cached properties of the rules it makes at once: to what they
+    would make."""
+    index, registry = _mesh(random.Random(seed))
+    for service in registry.services():
+        rule = index.destination_rule(service.hostname, "default")
+        if rule is None:
+            continue
+        plain = MergedRule(rule.host, rule.namespace, rule.traffic_policy, rule.subsets,
+                           rule.sources)  # fmt: skip
+        assert rule.has_policy == plain.has_policy
+        assert rule.subset_labels == plain.subset_labels
+        assert rule._by_name == plain._by_name

@@ -375,10 +375,18 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
         if not have_policy and spec.HasField("traffic_policy"):
             policy.CopyFrom(spec.traffic_policy)
             have_policy = True
-    return MergedRule(
+    merged = MergedRule(
         host=host,
         namespace=rules[0].namespace,
         traffic_policy=policy,
         subsets=tuple(subsets.values()),
         sources=tuple(rules),
     )
+    # The cached properties every translation of the host reads, set here where their parts
+    # are at hand: a first read of a cached property costs more than making its value.
+    merged.__dict__.update(
+        has_policy=have_policy and bool(policy.ListFields()),
+        subset_labels=tuple((s.name, as_dict(s.labels)) for s in merged.subsets),
+        _by_name=subsets,
+    )
+    return merged
