@@ -665,7 +665,8 @@ def _cluster(
     metadata: bytes,
     auto_mtls: bool = False,
 ) -> Encoded[Cluster]:
-    """One cluster; `endpoints` are the port's, `metadata` is `stamp_bytes(sources)`."""
+    """One cluster; `endpoints` are the port's, `metadata` the metadata field of `sources`
+    (`_metadata_field`)."""
     name = cluster_name(port.number, service.hostname, subset)
     policy, policy_bytes = _effective(rule, port.number, subset)
     if auto_mtls and not policy.HasField("tls") and not service.mesh_external:
@@ -761,9 +762,10 @@ class _Template:
         return cls(before, eds, middle, after)
 
     def cluster(self, name: str, metadata: bytes) -> Encoded[Cluster]:
+        """The cluster named `name` whose metadata field is `metadata` (`_metadata_field`)."""
         named = name.encode()
         head = wire.length_delimited(_NAME, named)
-        tail = (self.middle, wire.length_delimited(_METADATA, metadata), self.after)
+        tail = (self.middle, metadata, self.after)
         if self.eds is None:
             return Encoded.of_data(Cluster, name, b"".join((head, self.before, *tail)))
         service = wire.length_delimited(_EDS_SERVICE_NAME, named)
@@ -812,13 +814,18 @@ def outbound_clusters(
         endpoints=endpoints,
         domain=domain,
         sources=sources,
-        metadata=stamp_bytes(sources),
+        metadata=_metadata_field(sources),
         auto_mtls=meshed,
     )
     clusters = [build(service, port, rule, "", None)]
     for subset, labels in rule.subset_labels if rule else ():
         clusters.append(build(service, port, rule, subset, labels))
     return clusters
+
+
+def _metadata_field(sources: Sequence[str]) -> bytes:
+    """A cluster's `metadata` field, as `stamp` sets it: made once for a port's clusters."""
+    return wire.length_delimited(_METADATA, stamp_bytes(sources))
 
 
 def _identities(service: Service, endpoints: Iterable[Endpoint], domain: str) -> list[str]:
