@@ -1,10 +1,11 @@
 """The outbound translator's fast paths against the plain ones, over many random meshes.
 
 `outbound` takes shortcuts that must not change a byte: clusters joined from templates (found by
-their policy's bytes), subsets' endpoints filtered by label sets rather than asked of the
-registry one subset at a time, SPIFFE identities made only for the clusters that use them. Each
-test builds random services, workloads and DestinationRules (policies, subsets, port-level
-settings, locality failover and `distribute`), and compares with the plain way.
+their policy's bytes; TLS sockets joined around their SNI), subsets' endpoints filtered by label
+sets rather than asked of the registry one subset at a time, SPIFFE identities made only for the
+clusters that use them. Each test builds random services, workloads and DestinationRules
+(policies, subsets, port-level settings, locality failover and `distribute`), and compares with
+the plain way.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ POLICIES: list[dict[str, Any]] = [
     {"loadBalancer": {"simple": "ROUND_ROBIN"}},
     {"outlierDetection": {"consecutive5xxErrors": 5}},
     {"tls": {"mode": "ISTIO_MUTUAL"}},
+    {"tls": {"mode": "ISTIO_MUTUAL", "sni": "m.example", "subjectAltNames": ["spiffe://x/y"]}},
+    {"tls": {"mode": "ISTIO_MUTUAL"}, "proxyProtocol": {"version": "V2"}},
     {"tls": {"mode": "SIMPLE", "sni": "x.example"}},
     {"connectionPool": {"http": {"http2MaxRequests": 10}}},
     {"loadBalancer": {"localityLbSetting": {"distribute": [
@@ -116,6 +119,33 @@ def test_clusters_from_templates_are_clusters_made_afresh(
     monkeypatch.setattr(clusters, "_TEMPLATES", Bounded(4096))
     assert cds() == fresh  # templates made while translating
     assert cds() == fresh  # templates made by the earlier translation
+
+
+def test_mutual_tls_clusters_come_from_templates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With auto mTLS towards sidecars, a port's clusters after the first are joined from a
+    template and a socket around their SNI, to the bytes made afresh."""
+    registry = Registry()
+    registry.add_service(Service("a.default.svc.cluster.local", ports=(PORTS[0],),
+                                 selector={"app": "a"}))  # fmt: skip
+    for n, version in enumerate(["v1", "v2", "v3"]):
+        labels = {"app": "a", "version": version, TLS_MODE_LABEL: "istio"}
+        registry.add_workload(Workload(f"10.0.0.{n}", f"a-{n}", labels=labels))
+    subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2", "v3")]
+    rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "a", "namespace": "default"},
+            "spec": {"host": "a.default.svc.cluster.local", "subsets": subsets}}  # fmt: skip
+    index = ConfigIndex.build(load_documents(json.dumps(rule)).objects)
+    proxy = Proxy(id="x", namespace="default")
+    monkeypatch.setattr(clusters, "_TEMPLATES", _NeverStores(4096))
+    fresh = [c.data for c in outbound(proxy, index, registry, auto_mtls=True)[0]]
+    templates: Bounded[object, object] = Bounded(4096)
+    sockets: Bounded[object, object] = Bounded(4096)
+    monkeypatch.setattr(clusters, "_TEMPLATES", templates)
+    monkeypatch.setattr(clusters, "_SOCKETS", sockets)
+    assert [c.data for c in outbound(proxy, index, registry, auto_mtls=True)[0]] == fresh
+    assert len(fresh) == 4
+    assert [t.tls for t in templates.values()] == [True]  # type: ignore[attr-defined]
+    assert len(sockets) == 1
 
 
 @pytest.mark.parametrize(("seed", "proxy", "auto_mtls"), _cases())

@@ -677,13 +677,17 @@ def _cluster(
     resolution = service.resolution
     shape: tuple[object, ...] | None = None
     if resolution not in ("DNS", "DNS_ROUND_ROBIN"):
-        # Without DNS endpoints or TLS (whose SNI and SANs name the host), a cluster is its
-        # name plus what its policy, port protocol and resolution make: the same for every
-        # service alike, so it is made once and copied (a mesh has thousands of them).
+        # Without DNS endpoints, a cluster is its name, its transport socket (whose SNI and
+        # SANs name the host) and what its policy, port protocol and resolution make: the
+        # same for every service alike, so it is made once and copied (a mesh has thousands).
         shape = (policy_bytes, port.protocol, resolution, service.mesh_external)
         template = _TEMPLATES.get(shape)
         if template is not None and name:
-            return template.cluster(name, metadata)
+            socket = b""
+            if template.tls:
+                sans = _sans(policy, service, endpoints, domain)
+                socket = _tls_socket(policy, policy_bytes, service, port, subset, sans)
+            return template.cluster(name, metadata, socket)
     cluster = Cluster(name=name)
     cluster.connect_timeout.CopyFrom(CONNECT_TIMEOUT)
     cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
@@ -719,31 +723,30 @@ def _cluster(
     _apply_outlier_detection(cluster, policy)
     _apply_load_balancer(cluster, policy)
     # The destination's identities: only ISTIO_MUTUAL asks (most clusters come from templates).
-    identities = (
-        _identities(service, endpoints, domain)
-        if policy.tls.mode == ClientTLSSettings.ISTIO_MUTUAL
-        else ()
-    )
-    _apply_tls(cluster, policy, service, port, subset, identities)
+    _apply_tls(cluster, policy, service, port, subset, _sans(policy, service, endpoints, domain))
     stamp(cluster, sources)
     data = cluster.SerializeToString(deterministic=True)
-    if shape is not None and not cluster.HasField("transport_socket") and name:
+    if shape is not None and name:
         template = _Template.of(cluster)
-        # Kept only if it makes these very bytes: the fields around the names are the
-        # message's own, so a template right for one name is right for every name.
-        if template.cluster(name, metadata).data == data:
+        # Kept only if it makes these very bytes: the fields around the names and the
+        # socket are the message's own, so a template right for one name is right for all.
+        if template.cluster(name, metadata, _socket_field(cluster)).data == data:
             _TEMPLATES.put(shape, template)
     return Encoded.of_data(Cluster, name, data, references(cluster))
 
 
 class _Template:
-    """A cluster of one shape as the bytes around its name, its EDS service name (the same)
-    and its metadata (the sources): a cluster of that shape is one join, with no message."""
+    """A cluster of one shape as the bytes around its name, its EDS service name (the same),
+    its transport socket (`tls`: whether the shape has one) and its metadata (the sources): a
+    cluster of that shape is one join, with no message but its socket."""
 
-    __slots__ = ("after", "before", "eds", "middle")
+    __slots__ = ("after", "before", "eds", "middle", "tls")
 
-    def __init__(self, before: bytes, eds: bytes | None, middle: bytes, after: bytes) -> None:
+    def __init__(
+        self, before: bytes, eds: bytes | None, middle: bytes, after: bytes, tls: bool
+    ) -> None:
         self.before, self.eds, self.middle, self.after = before, eds, middle, after
+        self.tls = tls
 
     @classmethod
     def of(cls, cluster: Cluster) -> _Template:
@@ -751,6 +754,8 @@ class _Template:
         bare.CopyFrom(cluster)
         bare.ClearField("name")
         bare.ClearField("metadata")
+        tls = bare.HasField("transport_socket")
+        bare.ClearField("transport_socket")  # field 24: written between `middle` and metadata
         eds = None
         if bare.HasField("eds_cluster_config"):
             bare.eds_cluster_config.ClearField("service_name")
@@ -759,13 +764,14 @@ class _Template:
         # Deterministic output writes fields in number order: cut where the others go.
         before, rest = wire.split_at_field(bare.SerializeToString(deterministic=True), _EDS)
         middle, after = wire.split_at_field(rest, _METADATA)
-        return cls(before, eds, middle, after)
+        return cls(before, eds, middle, after, tls)
 
-    def cluster(self, name: str, metadata: bytes) -> Encoded[Cluster]:
-        """The cluster named `name` whose metadata field is `metadata` (`_metadata_field`)."""
+    def cluster(self, name: str, metadata: bytes, socket: bytes = b"") -> Encoded[Cluster]:
+        """The cluster named `name` whose metadata field is `metadata` (`_metadata_field`) and
+        transport socket field `socket` (`_socket_field`)."""
         named = name.encode()
         head = wire.length_delimited(_NAME, named)
-        tail = (self.middle, metadata, self.after)
+        tail = (self.middle, socket, metadata, self.after)
         if self.eds is None:
             return Encoded.of_data(Cluster, name, b"".join((head, self.before, *tail)))
         service = wire.length_delimited(_EDS_SERVICE_NAME, named)
@@ -775,10 +781,20 @@ class _Template:
 
 
 _FIELDS = Cluster.DESCRIPTOR.fields_by_name
-_NAME, _EDS, _METADATA = (_FIELDS[f].number for f in ("name", "eds_cluster_config", "metadata"))
+_NAME, _EDS, _SOCKET, _METADATA = (
+    _FIELDS[f].number for f in ("name", "eds_cluster_config", "transport_socket", "metadata")
+)
 _EDS_SERVICE_NAME = Cluster.EdsClusterConfig.DESCRIPTOR.fields_by_name["service_name"].number
 _TEMPLATES: Bounded[tuple[object, ...], _Template] = Bounded(4096)
-"""Clusters without TLS by (policy, port protocol, resolution, mesh_external): `_cluster`."""
+"""Clusters by (policy, port protocol, resolution, mesh_external): `_cluster`."""
+
+
+def _socket_field(cluster: Cluster) -> bytes:
+    """The cluster's transport_socket field as its message writes it (b"" when unset)."""
+    if not cluster.HasField("transport_socket"):
+        return b""
+    data = cluster.transport_socket.SerializeToString(deterministic=True)
+    return wire.length_delimited(_SOCKET, data)
 
 
 def outbound_clusters(
@@ -828,8 +844,77 @@ def _metadata_field(sources: Sequence[str]) -> bytes:
     return wire.length_delimited(_METADATA, stamp_bytes(sources))
 
 
-def _identities(service: Service, endpoints: Iterable[Endpoint], domain: str) -> list[str]:
+def _tls_socket(
+    policy: TrafficPolicy,
+    policy_bytes: bytes,
+    service: Service,
+    port: ServicePort,
+    subset: str,
+    sans: Sequence[str],
+) -> bytes:
+    """The transport_socket field `_apply_tls` gives a cluster. ISTIO_MUTUAL sockets of one
+    policy, port protocol and SANs differ only by their SNI (the port, host and subset are in
+    nothing else): kept as the bytes around it (`_AroundSni`)."""
+    mutual = policy.tls.mode == ClientTLSSettings.ISTIO_MUTUAL
+    sni = policy.tls.sni or tls_sni(port.number, service.hostname, subset)
+    key = (policy_bytes, port.protocol, tuple(sans))
+    around = _SOCKETS.get(key) if mutual else None
+    if around is not None:
+        return around.field(sni)
+    holder = Cluster()  # made as the full path makes it, on a cluster of its own
+    _apply_tls(holder, policy, service, port, subset, sans)
+    field = _socket_field(holder)
+    if mutual:
+        around = _AroundSni.of(holder.transport_socket)
+        # Kept only if it makes these very bytes (a proxy protocol wrapper, say, is not cut).
+        if around is not None and around.field(sni) == field:
+            _SOCKETS.put(key, around)
+    return field
+
+
+class _AroundSni:
+    """A TLS transport socket as the bytes around its UpstreamTlsContext's SNI."""
+
+    __slots__ = ("after", "before", "name", "url")
+
+    def __init__(self, name: bytes, url: bytes, before: bytes, after: bytes) -> None:
+        self.name, self.url, self.before, self.after = name, url, before, after
+
+    @classmethod
+    def of(cls, socket: TransportSocket) -> _AroundSni | None:
+        config = socket.typed_config
+        if socket.name != TLS_TRANSPORT_SOCKET or not config.Is(UpstreamTlsContext.DESCRIPTOR):
+            return None
+        context = UpstreamTlsContext()
+        config.Unpack(context)
+        context.ClearField("sni")
+        before, after = wire.split_at_field(context.SerializeToString(deterministic=True), _SNI)
+        name = wire.length_delimited(_SOCKET_NAME, socket.name.encode())
+        return cls(name, wire.length_delimited(_ANY_URL, config.type_url.encode()), before, after)
+
+    def field(self, sni: str) -> bytes:
+        """The cluster's transport_socket field for `sni`."""
+        context = b"".join((self.before, wire.length_delimited(_SNI, sni.encode()), self.after))
+        config = self.url + wire.length_delimited(_ANY_VALUE, context)
+        return wire.length_delimited(_SOCKET, self.name + wire.length_delimited(_CONFIG, config))
+
+
+_SNI = UpstreamTlsContext.DESCRIPTOR.fields_by_name["sni"].number
+_SOCKET_NAME, _CONFIG = (
+    TransportSocket.DESCRIPTOR.fields_by_name[f].number for f in ("name", "typed_config")
+)
+_ANY_URL, _ANY_VALUE = (AnyProto.DESCRIPTOR.fields_by_name[f].number for f in ("type_url", "value"))
+_SOCKETS: Bounded[tuple[bytes, str, tuple[str, ...]], _AroundSni] = Bounded(4096)
+"""ISTIO_MUTUAL sockets by (policy, port protocol, SANs): `_tls_socket`."""
+
+
+def _sans(
+    policy: TrafficPolicy, service: Service, endpoints: Iterable[Endpoint], domain: str
+) -> Sequence[str]:
     """The SANs an ISTIO_MUTUAL cluster accepts: its workloads' SPIFFE identities and the
-    service's own subjectAltNames, sorted."""
+    service's own subjectAltNames, sorted (made only when the policy says ISTIO_MUTUAL, the
+    only reader)."""
+    if policy.tls.mode != ClientTLSSettings.ISTIO_MUTUAL:
+        return ()
     found = {spiffe_id(e.namespace, e.service_account, domain) for e in endpoints}
     return sorted(found | set(service.subject_alt_names))
