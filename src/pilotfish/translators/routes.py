@@ -17,7 +17,7 @@ import functools
 import http
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from envoy.config.core.v3.base_pb2 import (
     DataSource,
@@ -35,6 +35,7 @@ from envoy.config.route.v3.route_components_pb2 import (
     Route,
     RouteAction,
     RouteMatch,
+    WeightedCluster,
 )
 from envoy.extensions.filters.common.fault.v3.fault_pb2 import FaultDelay
 from envoy.extensions.filters.http.cors.v3.cors_pb2 import CorsPolicy as EnvoyCorsPolicy
@@ -53,6 +54,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
+from pilotfish.bounded import Bounded
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import (
     CorsPolicy,
     Destination,
@@ -69,18 +71,21 @@ from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import (
     StringMatch,
     VirtualService,
 )
+from pilotfish.protos.wire import length_delimited as _field
+from pilotfish.protos.wire import varint
 from pilotfish.registry import Registry
 from pilotfish.sources import ConfigObject
 from pilotfish.translators.index import MESH, ConfigIndex, MergedRule
 from pilotfish.translators.naming import cluster_name, parse_cluster_name
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.version import stamp
+from pilotfish.translators.version import stamp, stamp_bytes
 
 __all__ = [
     "CORS_FILTER",
     "FAULT_FILTER",
     "default_route",
     "destination_cluster",
+    "http_route_data",
     "http_routes",
     "tcp_destinations",
 ]
@@ -166,21 +171,51 @@ def http_routes(
     """The Envoy routes of a VirtualService for traffic arriving on `port` (a sidecar's outbound
     service port or a gateway server port), for this proxy, bound through `gateway` ("mesh" or
     "ns/name")."""
+    context = _Context(port, proxy, index, registry, gateway, hash_policy, vs.name)
+    return _each_route(vs, context, _route_message)
+
+
+def http_route_data(
+    vs: ConfigObject,
+    *,
+    port: int,
+    proxy: Proxy,
+    index: ConfigIndex,
+    registry: Registry,
+    gateway: str = MESH,
+    hash_policy: _HashPolicyFn | None = None,
+) -> list[bytes]:
+    """`http_routes` as each route's deterministic serialization, for a virtual host made as
+    bytes. A route that only sends to destinations (most do) is written from pieces, with no
+    `Route` message made; the others are serialized from their message."""
+    context = _Context(port, proxy, index, registry, gateway, hash_policy, vs.name)
+    return _each_route(vs, context, _route_data)
+
+
+_T = TypeVar("_T")
+
+
+def _each_route(
+    vs: ConfigObject,
+    context: _Context,
+    translate: Callable[[_Rule, HTTPMatchRequest | None, _Context], tuple[_T, bool] | None],
+) -> list[_T]:
+    """The routes `translate` makes of each rule and match that applies, up to the first
+    catch-all (`translate` says whether its route is one)."""
     spec = vs.spec
     assert isinstance(spec, VirtualService)
-    context = _Context(port, proxy, index, registry, gateway, hash_policy, vs.name)
-    root_source = _source(vs)
-    out: list[Route] = []
-    for rule in _merged_rules(spec, vs.namespace, root_source, index):
+    out: list[_T] = []
+    for rule in _merged_rules(spec, vs.namespace, _source(vs), context.index):
         catchall = not rule.route.match
         for match in rule.route.match or [None]:
             if not context.applies(match):
                 continue
-            route = _translate(rule, match, context)
-            if route is None:
+            made = translate(rule, match, context)
+            if made is None:
                 continue
+            route, catches_all = made
             out.append(route)
-            if match is None or _is_catch_all(route):  # no match: prefix "/" alone
+            if match is None or catches_all:  # no match: prefix "/" alone
                 catchall = True
                 break
         if catchall:
@@ -481,6 +516,10 @@ class _Context:
             rule = self._rules[host] = self.index.destination_rule(host, self.proxy.namespace)
         return list(self.hash_policy(rule, port, destination.subset))
 
+    def hash_data(self, destination: Destination, port: int) -> list[bytes]:
+        """`hashes` as each policy's bytes."""
+        return [h.SerializeToString(deterministic=True) for h in self.hashes(destination, port)]
+
 
 def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -> Route | None:
     spec = rule.route
@@ -501,12 +540,152 @@ def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -
         _apply_direct_response(out, spec.direct_response)
     else:
         cluster = _apply_destinations(out, spec, authority, context)
-    out.decorator.operation = _operation(out.match, cluster, context.vs_name, context.port)
+    path = _operation_path(out.match)
+    out.decorator.operation = _operation(path, cluster, context.vs_name, context.port)
     if spec.HasField("fault") and (fault := _fault(spec.fault)) is not None:
         out.typed_per_filter_config[FAULT_FILTER].CopyFrom(_pack(fault))
     if spec.HasField("cors_policy"):
         out.typed_per_filter_config[CORS_FILTER].CopyFrom(_pack(_cors(spec.cors_policy)))
     return stamp(out, rule.sources)
+
+
+def _route_message(
+    rule: _Rule, match: HTTPMatchRequest | None, context: _Context
+) -> tuple[Route, bool] | None:
+    route = _translate(rule, match, context)
+    return None if route is None else (route, _is_catch_all(route.match))
+
+
+# -- routes as bytes -----------------------------------------------------------------------------
+
+
+def _route_data(
+    rule: _Rule, match: HTTPMatchRequest | None, context: _Context
+) -> tuple[bytes, bool] | None:
+    """`_route_message`'s route as its deterministic bytes. A plain route (`_is_plain`) is
+    joined from its fields in field number order, as deterministic output writes them: the
+    match (shared by every route with an equal one), the action, the metadata, the decorator,
+    the name and the stat prefix, which are all such a route has."""
+    spec = rule.route
+    if not _is_plain(spec):
+        made = _route_message(rule, match, context)
+        return None if made is None else (made[0].SerializeToString(deterministic=True), made[1])
+    matched = _match_data(match)
+    cluster, action = _action_data(spec, context)
+    operation = _operation(matched.path, cluster, context.vs_name, context.port)
+    parts = [
+        matched.data,
+        _field(_ROUTE_ACTION, action),
+        _field(_ROUTE_METADATA, stamp_bytes(rule.sources)),
+        _field(_ROUTE_DECORATOR, _field(_OPERATION, operation.encode())),
+    ]
+    name = spec.name
+    if match is not None and match.name:
+        name = f"{name}.{match.name}"
+    if name:
+        parts.append(_field(_ROUTE_NAME, name.encode()))
+    if match is not None and match.stat_prefix:
+        parts.append(_field(_ROUTE_STAT_PREFIX, match.stat_prefix.encode()))
+    return b"".join(parts), matched.catch_all
+
+
+_NOT_PLAIN = ("headers", "redirect", "direct_response", "rewrite", "mirror", "fault", "cors_policy")
+"""HTTPRoute fields that `_translate` reads besides the match, destinations, timeout and
+retries: a route with any of them set is translated as a message."""
+
+
+def _is_plain(spec: HTTPRoute) -> bool:
+    has = spec.HasField
+    return not (
+        any(map(has, _NOT_PLAIN))
+        or spec.mirrors
+        or any(item.HasField("headers") for item in spec.route)
+    )
+
+
+class _MatchData(NamedTuple):
+    """What a route's match gives it: its `match` field (framed), the path of its decorator
+    operation, and whether it matches every request."""
+
+    data: bytes
+    path: str
+    catch_all: bool
+
+
+def _match_data(match: HTTPMatchRequest | None) -> _MatchData:
+    """The translation of `match`, which reads nothing else: made once for every equal match
+    (the routes of a mesh repeat a few)."""
+    key = None if match is None else match.SerializeToString(deterministic=True)
+    found = _MATCHES.get(key)
+    if found is None:
+        out = RouteMatch()
+        _fill_match(out, match)
+        data = _field(_ROUTE_MATCH, out.SerializeToString(deterministic=True))
+        found = _MATCHES.put(key, _MatchData(data, _operation_path(out), _is_catch_all(out)))
+    return found
+
+
+_MATCHES: Bounded[bytes | None, _MatchData] = Bounded(4096)
+
+
+def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes]:
+    """`_apply_destinations` for a plain route, as its RouteAction's bytes: its cluster ("" when
+    weighted) and the bytes."""
+    parts: list[bytes] = []
+    hashes: list[bytes] = []
+    cluster = ""
+    consistent_hash = False
+    if len(spec.route) == 1:
+        destination = spec.route[0].destination
+        cluster, port = context.cluster(destination)
+        parts.append(_field(_ACTION_CLUSTER, cluster.encode()))
+        hashes = context.hash_data(destination, port)
+        consistent_hash = bool(hashes)
+    else:
+        weights = []
+        for item in spec.route:
+            if item.weight == 0:
+                continue  # as `_apply_destinations`
+            name, port = context.cluster(item.destination)
+            weight = _field(_WEIGHT, _VALUE_TAG + varint(item.weight))
+            weights.append(_field(_CLUSTERS, _field(_WEIGHT_NAME, name.encode()) + weight))
+            hashes.extend(h for h in context.hash_data(item.destination, port) if h not in hashes)
+        parts.append(_field(_ACTION_WEIGHTED, b"".join(weights)))
+    if spec.HasField("timeout"):
+        parts.append(_field(_ACTION_TIMEOUT, spec.timeout.SerializeToString(deterministic=True)))
+    else:
+        parts.append(_NO_TIMEOUT)
+    if spec.HasField("retries"):
+        policy = _retry_policy(spec.retries, consistent_hash)
+        if policy is not None:
+            parts.append(_field(_ACTION_RETRY, policy.SerializeToString(deterministic=True)))
+    else:
+        parts.append(_default_retry_data(consistent_hash))
+    parts.extend(_field(_ACTION_HASH, h) for h in hashes)
+    return cluster, b"".join(parts)
+
+
+@functools.cache
+def _default_retry_data(consistent_hash: bool) -> bytes:
+    data = _default_retry_policy(consistent_hash).SerializeToString(deterministic=True)
+    return _field(_ACTION_RETRY, data)
+
+
+def _numbers(message: Any, *names: str) -> list[int]:
+    return [message.DESCRIPTOR.fields_by_name[name].number for name in names]
+
+
+_ROUTE_MATCH, _ROUTE_ACTION, _ROUTE_METADATA, _ROUTE_DECORATOR, _ROUTE_NAME, _ROUTE_STAT_PREFIX = (
+    _numbers(Route, "match", "route", "metadata", "decorator", "name", "stat_prefix")
+)
+_ACTION_CLUSTER, _ACTION_WEIGHTED, _ACTION_TIMEOUT, _ACTION_RETRY, _ACTION_HASH = _numbers(
+    RouteAction, "cluster", "weighted_clusters", "timeout", "retry_policy", "hash_policy"
+)
+(_CLUSTERS,) = _numbers(WeightedCluster, "clusters")
+_WEIGHT_NAME, _WEIGHT = _numbers(WeightedCluster.ClusterWeight, "name", "weight")
+(_OPERATION,) = _numbers(Decorator, "operation")
+_VALUE_TAG = b"\x08"  # UInt32Value.value, a varint
+_NO_TIMEOUT = _field(_ACTION_TIMEOUT, b"")  # 0s: disabled
 
 
 # -- matches -------------------------------------------------------------------------------------
@@ -583,8 +762,7 @@ def _set_match(out: HeaderMatcher | QueryParameterMatcher, match: StringMatch) -
         _fill_string(out.string_match, match)
 
 
-def _is_catch_all(route: Route) -> bool:
-    match = route.match
+def _is_catch_all(match: RouteMatch) -> bool:
     kind = match.WhichOneof("path_specifier")
     catchall = (
         (kind == "prefix" and match.prefix == "/")
@@ -819,17 +997,22 @@ def _hundred(value: int) -> Any:
     return FractionalPercent(numerator=value, denominator=FractionalPercent.HUNDRED)
 
 
-def _operation(match: RouteMatch, cluster: str, vs_name: str, port: int) -> str:
-    """istiod's `GetRouteOperation`: `host:port/path` for one `cluster` (the route's, "" when
-    it has none), else `vs:port/path`."""
+def _operation_path(match: RouteMatch) -> str:
+    """The path of a route's decorator operation (`_operation`)."""
     kind = match.WhichOneof("path_specifier")
-    path = "/*"
+    path: str = "/*"
     if kind == "prefix":
         path = match.prefix + "*"
     elif kind == "path":
         path = match.path
     elif kind == "safe_regex":
         path = match.safe_regex.regex
+    return path
+
+
+def _operation(path: str, cluster: str, vs_name: str, port: int) -> str:
+    """istiod's `GetRouteOperation`: `host:port/path` for one `cluster` (the route's, "" when
+    it has none), else `vs:port/path`."""
     if cluster.count("|") == 3:
         _, number, _, host = parse_cluster_name(cluster)
         return f"{host}:{number}{path}"

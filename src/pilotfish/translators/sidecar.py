@@ -53,7 +53,7 @@ from pilotfish.translators.naming import (
 )
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.routes import default_route, http_routes, tcp_destinations
+from pilotfish.translators.routes import default_route, http_route_data, tcp_destinations
 from pilotfish.translators.version import stamp, stamp_bytes
 
 __all__ = ["inbound", "outbound_listeners", "outbound_routes"]
@@ -199,9 +199,9 @@ def _host_unit(
     serialization writes them: a `VirtualHost` message would copy every route into itself
     only to be serialized."""
     vs = index.for_host(service.hostname, MESH)
-    routes: list[Route]
+    routes: list[bytes]
     if vs is not None:
-        routes = http_routes(
+        routes = http_route_data(
             vs,
             port=number,
             proxy=proxy,
@@ -211,20 +211,13 @@ def _host_unit(
             hash_policy=route_hash_policy,
         )
     else:
-        routes = [
-            default_route(
-                service.hostname,
-                number,
-                index=index,
-                proxy=proxy,
-                hash_policy=route_hash_policy,
-            )
-        ]
+        route = default_route(
+            service.hostname, number, index=index, proxy=proxy, hash_policy=route_hash_policy
+        )
+        routes = [route.SerializeToString(deterministic=True)]
     name = virtual_host_name(service.hostname, number)
     head = VirtualHost(name=name, domains=domains).SerializeToString(deterministic=True)
-    framed = [
-        wire.length_delimited(_ROUTES, r.SerializeToString(deterministic=True)) for r in routes
-    ]
+    framed = [wire.length_delimited(_ROUTES, r) for r in routes]
     sources = (f"VirtualService/{vs.namespace}/{vs.name}",) if vs is not None else ()
     metadata = wire.length_delimited(_HOST_METADATA, stamp_bytes(sources))
     return Encoded.of_data(VirtualHost, name, b"".join((head, *framed, metadata)))
