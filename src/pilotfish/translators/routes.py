@@ -495,30 +495,32 @@ class _Context:
             return False
         return not match.source_namespace or match.source_namespace == self.proxy.namespace
 
-    def cluster(self, destination: Destination) -> tuple[str, int]:
-        """istiod's `GetDestinationCluster`: the cluster name and the port it names (as
-        `destination_cluster`)."""
+    def cluster(self, destination: Destination) -> str:
+        """istiod's `GetDestinationCluster` (as `destination_cluster`)."""
         host = destination.host
-        port = destination.port.number
-        if not port:
-            port = self._ports.get(host, 0)
-            if not port:
-                port = self._ports[host] = _service_port(host, self.port, self.registry)
-        return cluster_name(port, host, destination.subset), port
+        return cluster_name(self._port(host, destination), host, destination.subset)
 
-    def hashes(self, destination: Destination, port: int) -> list[Any]:
+    def target(self, destination: Destination) -> tuple[str, list[Any]]:
+        """The cluster a route sends `destination`'s share to and its hash policies."""
+        host, subset = destination.host, destination.subset
+        port = self._port(host, destination)
+        name = cluster_name(port, host, subset)
         if self.hash_policy is None:
-            return []
-        host = destination.host
+            return name, []
         if host in self._rules:
             rule = self._rules[host]
         else:
             rule = self._rules[host] = self.index.destination_rule(host, self.proxy.namespace)
-        return list(self.hash_policy(rule, port, destination.subset))
+        return name, list(self.hash_policy(rule, port, subset))
 
-    def hash_data(self, destination: Destination, port: int) -> list[bytes]:
-        """`hashes` as each policy's bytes."""
-        return [h.SerializeToString(deterministic=True) for h in self.hashes(destination, port)]
+    def _port(self, host: str, destination: Destination) -> int:
+        """The port `destination` names (as `destination_cluster`)."""
+        port: int = destination.port.number
+        if not port:
+            port = self._ports.get(host, 0)
+            if not port:
+                port = self._ports[host] = _service_port(host, self.port, self.registry)
+        return port
 
 
 def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -> Route | None:
@@ -631,26 +633,30 @@ _MATCHES: Bounded[bytes | None, _MatchData] = Bounded(4096)
 def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes]:
     """`_apply_destinations` for a plain route, as its RouteAction's bytes: its cluster ("" when
     weighted) and the bytes."""
-    parts: list[bytes] = []
+    destinations = spec.route
     hashes: list[bytes] = []
-    cluster = ""
     consistent_hash = False
-    if len(spec.route) == 1:
-        destination = spec.route[0].destination
-        cluster, port = context.cluster(destination)
-        parts.append(_field(_ACTION_CLUSTER, cluster.encode()))
-        hashes = context.hash_data(destination, port)
-        consistent_hash = bool(hashes)
+    if len(destinations) == 1:
+        cluster, policies = context.target(destinations[0].destination)
+        head = _field(_ACTION_CLUSTER, cluster.encode())
+        if policies:
+            hashes = [h.SerializeToString(deterministic=True) for h in policies]
+            consistent_hash = True
     else:
+        cluster = ""
         weights = []
-        for item in spec.route:
-            if item.weight == 0:
+        for item in destinations:
+            weight = item.weight
+            if weight == 0:
                 continue  # as `_apply_destinations`
-            name, port = context.cluster(item.destination)
-            weight = _field(_WEIGHT, _VALUE_TAG + varint(item.weight))
-            weights.append(_field(_CLUSTERS, _field(_WEIGHT_NAME, name.encode()) + weight))
-            hashes.extend(h for h in context.hash_data(item.destination, port) if h not in hashes)
-        parts.append(_field(_ACTION_WEIGHTED, b"".join(weights)))
+            name, policies = context.target(item.destination)
+            weights.append(_field(_CLUSTERS, _field(_WEIGHT_NAME, name.encode()) + _weight(weight)))
+            for policy in policies:
+                data = policy.SerializeToString(deterministic=True)
+                if data not in hashes:
+                    hashes.append(data)
+        head = _field(_ACTION_WEIGHTED, b"".join(weights))
+    parts = [head]
     if spec.HasField("timeout"):
         parts.append(_field(_ACTION_TIMEOUT, spec.timeout.SerializeToString(deterministic=True)))
     else:
@@ -669,6 +675,12 @@ def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes]:
 def _default_retry_data(consistent_hash: bool) -> bytes:
     data = _default_retry_policy(consistent_hash).SerializeToString(deterministic=True)
     return _field(_ACTION_RETRY, data)
+
+
+@functools.lru_cache(maxsize=1024)
+def _weight(weight: int) -> bytes:
+    """A ClusterWeight's `weight` field (a mesh's routes use a few weights)."""
+    return _field(_WEIGHT, _VALUE_TAG + varint(weight))
 
 
 def _numbers(message: Any, *names: str) -> list[int]:
@@ -905,7 +917,7 @@ def _apply_destinations(out: Route, spec: HTTPRoute, authority: str, context: _C
         action.host_rewrite_literal = authority
     if spec.HasField("mirror") or spec.mirrors:
         for destination, fraction in _mirrors(spec):
-            name, _ = context.cluster(destination)
+            name = context.cluster(destination)
             action.request_mirror_policies.append(
                 RouteAction.RequestMirrorPolicy(
                     cluster=name, runtime_fraction=fraction, trace_sampled=BoolValue(value=False)
@@ -937,28 +949,26 @@ def _single_destination(
     out: Route, action: Any, item: HTTPRouteDestination, context: _Context
 ) -> tuple[str, list[Any]]:
     """Route to `item` alone: its cluster and hash policies."""
-    destination = item.destination
-    name, port = context.cluster(destination)
+    name, hashes = context.target(item.destination)
     action.cluster = name
     if item.HasField("headers"):
         ops = _header_ops(item.headers)
         _add_header_ops(out, ops)
         if ops.authority and not action.host_rewrite_literal:
             action.host_rewrite_literal = ops.authority
-    return name, context.hashes(destination, port)
+    return name, hashes
 
 
 def _weighted_destination(out: Any, item: HTTPRouteDestination, context: _Context) -> list[Any]:
     """Fill the ClusterWeight `out` for `item`; its hash policies."""
-    destination = item.destination
-    out.name, port = context.cluster(destination)
+    out.name, hashes = context.target(item.destination)
     out.weight.value = item.weight
     if item.HasField("headers"):
         ops = _header_ops(item.headers)
         _add_header_ops(out, ops)
         if ops.authority:
             out.host_rewrite_literal = ops.authority
-    return context.hashes(destination, port)
+    return hashes
 
 
 def _mirrors(spec: HTTPRoute) -> Iterator[tuple[Destination, Any]]:
