@@ -21,6 +21,15 @@ def test_length_delimited_parses_as_protobuf_bytes(data: bytes) -> None:
     assert BytesValue.FromString(wire.length_delimited(1, data)).value == data
 
 
+@pytest.mark.parametrize("field_number", [1, 2, 7, 15, 16, 28])
+def test_length_delimited_heads_around_the_one_byte_limits(field_number: int) -> None:
+    tag = wire.varint(field_number << 3 | 2)
+    for size in (0, 1, 126, 127, 128, 129, 300):
+        data = (bytes(range(256)) * 2)[:size]
+        expected = tag + wire.varint(size) + data
+        assert wire.length_delimited(field_number, data) == expected
+
+
 def test_varint_rejects_negative() -> None:
     with pytest.raises(ValueError, match="negative"):
         wire.varint(-1)

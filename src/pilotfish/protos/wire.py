@@ -94,7 +94,7 @@ def length_delimited(field_number: int, data: bytes) -> bytes:
     """One length-delimited field (string, bytes or sub-message)."""
     size = len(data)
     if field_number < 16 and size < 0x80:  # most fields of the resources written as bytes
-        return bytes(((field_number << 3) | _WIRE_LEN, size)) + data
+        return _SHORT_HEADS[field_number << 7 | size] + data
     tag = _TAGS.get(field_number)
     if tag is None:
         tag = _TAGS[field_number] = varint((field_number << 3) | _WIRE_LEN)
@@ -102,6 +102,9 @@ def length_delimited(field_number: int, data: bytes) -> bytes:
 
 
 _TAGS: dict[int, bytes] = {}  # the tag of a length-delimited field, by field number (a few)
+_SHORT_HEADS = tuple(bytes(((n >> 7 << 3) | _WIRE_LEN, n & 0x7F)) for n in range(16 << 7))
+"""Tag and length of each field numbered below 16 with fewer than 128 bytes, at `number << 7 |
+size`: taken, not made (virtual hosts and clusters written as bytes have dozens each)."""
 
 
 def _field_head(field_number: int, size: int) -> bytes:
