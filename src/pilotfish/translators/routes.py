@@ -206,8 +206,9 @@ def _each_route(
     assert isinstance(spec, VirtualService)
     out: list[_T] = []
     for rule in _merged_rules(spec, vs.namespace, _source(vs), context.index):
-        catchall = not rule.route.match
-        for match in rule.route.match or [None]:
+        matches = rule.route.match
+        catchall = not matches
+        for match in matches or [None]:
             if not context.applies(match):
                 continue
             made = translate(rule, match, context)
@@ -569,11 +570,12 @@ def _route_data(
     match (shared by every route with an equal one), the action, the metadata, the decorator,
     the name and the stat prefix, which are all such a route has."""
     spec = rule.route
-    if not _is_plain(spec):
+    plain = _action_data(spec, context) if _is_plain(spec) else None
+    if plain is None:
         made = _route_message(rule, match, context)
         return None if made is None else (made[0].SerializeToString(deterministic=True), made[1])
+    cluster, action = plain
     matched = _match_data(match)
-    cluster, action = _action_data(spec, context)
     operation = _operation(matched.path, cluster, context.vs_name, context.port)
     parts = [
         matched.data,
@@ -593,16 +595,13 @@ def _route_data(
 
 _NOT_PLAIN = ("headers", "redirect", "direct_response", "rewrite", "mirror", "fault", "cors_policy")
 """HTTPRoute fields that `_translate` reads besides the match, destinations, timeout and
-retries: a route with any of them set is translated as a message."""
+retries: a route with any of them set (or `mirrors`, or a destination with headers) is
+translated as a message."""
 
 
 def _is_plain(spec: HTTPRoute) -> bool:
-    has = spec.HasField
-    return not (
-        any(map(has, _NOT_PLAIN))
-        or spec.mirrors
-        or any(item.HasField("headers") for item in spec.route)
-    )
+    """Whether `spec` sets none of `_NOT_PLAIN` (its destinations are `_action_data`'s)."""
+    return not (any(map(spec.HasField, _NOT_PLAIN)) or spec.mirrors)
 
 
 class _MatchData(NamedTuple):
@@ -630,14 +629,17 @@ def _match_data(match: HTTPMatchRequest | None) -> _MatchData:
 _MATCHES: Bounded[bytes | None, _MatchData] = Bounded(4096)
 
 
-def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes]:
-    """`_apply_destinations` for a plain route, as its RouteAction's bytes: its cluster ("" when
-    weighted) and the bytes."""
+def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes] | None:
+    """`_apply_destinations` for a route that `_is_plain`, as its RouteAction's bytes: its
+    cluster ("" when weighted) and the bytes; None when a destination sets headers."""
     destinations = spec.route
     hashes: list[bytes] = []
     consistent_hash = False
     if len(destinations) == 1:
-        cluster, policies = context.target(destinations[0].destination)
+        item = destinations[0]
+        if item.HasField("headers"):
+            return None
+        cluster, policies = context.target(item.destination)
         head = _field(_ACTION_CLUSTER, cluster.encode())
         if policies:
             hashes = [h.SerializeToString(deterministic=True) for h in policies]
@@ -646,6 +648,8 @@ def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes]:
         cluster = ""
         weights = []
         for item in destinations:
+            if item.HasField("headers"):
+                return None
             weight = item.weight
             if weight == 0:
                 continue  # as `_apply_destinations`

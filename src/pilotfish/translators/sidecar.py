@@ -216,11 +216,12 @@ def _host_unit(
         )
         routes = [route.SerializeToString(deterministic=True)]
     name = virtual_host_name(service.hostname, number)
-    head = VirtualHost(name=name, domains=domains).SerializeToString(deterministic=True)
+    head = [wire.length_delimited(_HOST_NAME, name.encode())]
+    head += [wire.length_delimited(_DOMAINS, d.encode()) for d in domains]
     framed = [wire.length_delimited(_ROUTES, r) for r in routes]
     sources = (f"VirtualService/{vs.namespace}/{vs.name}",) if vs is not None else ()
     metadata = wire.length_delimited(_HOST_METADATA, stamp_bytes(sources))
-    return Encoded.of_data(VirtualHost, name, b"".join((head, *framed, metadata)))
+    return Encoded.of_data(VirtualHost, name, b"".join((*head, *framed, metadata)))
 
 
 def _assemble(
@@ -232,8 +233,9 @@ def _assemble(
 
 
 _VIRTUAL_HOSTS = RouteConfiguration.DESCRIPTOR.fields_by_name["virtual_hosts"].number
-_ROUTES, _HOST_METADATA = (
-    VirtualHost.DESCRIPTOR.fields_by_name[f].number for f in ("routes", "metadata")
+_HOST_NAME, _DOMAINS, _ROUTES, _HOST_METADATA = (
+    VirtualHost.DESCRIPTOR.fields_by_name[f].number
+    for f in ("name", "domains", "routes", "metadata")
 )
 
 
