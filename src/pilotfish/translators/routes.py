@@ -270,10 +270,11 @@ def _source(vs: ConfigObject) -> str:
 def _merged_rules(
     spec: VirtualService, namespace: str, source: str, index: ConfigIndex
 ) -> Iterator[_Rule]:
+    own = (source,)  # one tuple for all: routes' metadata is looked up by it
     for route in spec.http:
         resolved = _normalized(route, namespace, index)
         if not route.HasField("delegate"):
-            yield _Rule(resolved, (source,))
+            yield _Rule(resolved, own)
             continue
         delegate = index.delegate(route.delegate.name, route.delegate.namespace or namespace)
         if delegate is None:
@@ -322,7 +323,11 @@ def _is_normal(route: HTTPRoute, namespace: str, index: ConfigIndex) -> bool:
             hosts.append(route.mirror.host)
         if any(resolve(host, namespace) != host for host in hosts):
             return False
-    return all(g == MESH or "/" in g for match in route.match for g in match.gateways)
+    for match in route.match:  # loops, not a generator: asked of every route
+        for gateway in match.gateways:
+            if gateway != MESH and "/" not in gateway:
+                return False
+    return True
 
 
 _INHERITED = (
@@ -491,9 +496,11 @@ class _Context:
             return False
         if match.gateways:
             return self.gateway in match.gateways
-        labels = self.proxy.labels
-        if any(labels.get(k) != v for k, v in match.source_labels.items()):
-            return False
+        wanted = match.source_labels
+        if wanted:  # most matches name none: no generator for them
+            labels = self.proxy.labels
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                return False
         return not match.source_namespace or match.source_namespace == self.proxy.namespace
 
     def cluster(self, destination: Destination) -> str:
