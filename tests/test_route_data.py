@@ -1,5 +1,6 @@
-"""Routes written as bytes (`http_route_data`, for sidecar virtual hosts) are the bytes of the
-routes `http_routes` makes as messages.
+"""Routes written as bytes (`http_route_data`, `default_route_data`: for sidecar virtual hosts)
+are the bytes of the routes `http_routes` makes as messages, and of a default route built as
+one.
 
 Plain routes (destinations, timeout and retries only: most of a mesh's) are joined from pieces
 with no `Route` made, and equal matches share one translation; the rest go through the message.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.route.v3.route_components_pb2 import Decorator, Route, RouteAction, RouteMatch
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +26,13 @@ from pilotfish.sources import ConfigObject
 from pilotfish.translators.clusters import route_hash_policy
 from pilotfish.translators.index import ConfigIndex
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.routes import http_route_data, http_routes
+from pilotfish.translators.routes import (
+    _retry_policy,
+    default_route_data,
+    http_route_data,
+    http_routes,
+)
+from pilotfish.translators.version import stamp
 
 HOSTS = [
     "a",  # a short name: resolved in the VirtualService's namespace
@@ -162,3 +171,41 @@ def test_route_bytes_are_the_serialized_routes(
     assert http_route_data(vs, **context) == expected
     # Again, with the matches' translations now shared: the same bytes.
     assert http_route_data(vs, **context) == expected
+
+
+def _default_route_message(
+    host: str, port: int, index: ConfigIndex, proxy: Proxy, hash_policy: Any
+) -> bytes:
+    """The default route as a message, made the plain way."""
+    action = RouteAction(
+        cluster=f"outbound|{port}||{host}",
+        timeout=Duration(),
+        retry_policy=_retry_policy(None, consistent_hash=False),
+    )
+    if hash_policy is not None:
+        action.hash_policy.extend(
+            hash_policy(index.destination_rule(host, proxy.namespace), port, "")
+        )
+    route = Route(
+        name="default",
+        match=RouteMatch(prefix="/"),
+        route=action,
+        decorator=Decorator(operation=f"{host}:{port}/*"),
+    )
+    return bytes(stamp(route).SerializeToString(deterministic=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(HOSTS[1:]),
+    st.sampled_from([80, 9080, 65535]),
+    proxies,
+    st.sampled_from([None, route_hash_policy]),
+)
+def test_default_route_bytes_are_the_message(
+    host: str, port: int, proxy: Proxy, hash_policy: Any
+) -> None:
+    index = ConfigIndex.build(_rules())
+    expected = _default_route_message(host, port, index, proxy, hash_policy)
+    made = default_route_data(host, port, index=index, proxy=proxy, hash_policy=hash_policy)
+    assert made == expected

@@ -50,7 +50,6 @@ from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatche
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from envoy.type.v3.percent_pb2 import FractionalPercent
 from google.protobuf.any_pb2 import Any as AnyProto
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
@@ -84,6 +83,7 @@ __all__ = [
     "CORS_FILTER",
     "FAULT_FILTER",
     "default_route",
+    "default_route_data",
     "destination_cluster",
     "http_route_data",
     "http_routes",
@@ -234,21 +234,39 @@ def default_route(
 ) -> Route:
     """The route for a service without a VirtualService: prefix "/" to outbound|port||host, with
     Istio's defaults (timeout 0s = disabled, default retry policy)."""
-    action = RouteAction(
-        cluster=cluster_name(port, host),
-        timeout=Duration(),
-        retry_policy=_retry_policy(None, consistent_hash=False),
-    )
+    data = default_route_data(host, port, index=index, proxy=proxy, hash_policy=hash_policy)
+    return Route.FromString(data)
+
+
+def default_route_data(
+    host: str,
+    port: int,
+    *,
+    index: ConfigIndex,
+    proxy: Proxy,
+    hash_policy: _HashPolicyFn | None = None,
+) -> bytes:
+    """`default_route` as its deterministic bytes, written from its fields (most services of a
+    mesh have no VirtualService: a virtual host each, made as bytes)."""
+    policies: list[Any] = []
     if hash_policy is not None:
-        rule = index.destination_rule(host, proxy.namespace)
-        action.hash_policy.extend(hash_policy(rule, port, ""))
-    route = Route(
-        name=_DEFAULT_ROUTE_NAME,
-        match=RouteMatch(prefix="/"),
-        route=action,
-        decorator=Decorator(operation=f"{host}:{port}/*"),
+        policies = hash_policy(index.destination_rule(host, proxy.namespace), port, "")
+    action = [
+        _field(_ACTION_CLUSTER, cluster_name(port, host).encode()),
+        _NO_TIMEOUT,
+        _default_retry_data(False),  # as istiod: retries move on even with consistent hashing
+    ]
+    action += [_field(_ACTION_HASH, h.SerializeToString(deterministic=True)) for h in policies]
+    operation = f"{host}:{port}/*"
+    return b"".join(
+        (
+            _match_data(None).data,
+            _field(_ROUTE_ACTION, b"".join(action)),
+            _field(_ROUTE_METADATA, stamp_bytes()),
+            _field(_ROUTE_DECORATOR, _field(_OPERATION, operation.encode())),
+            _field(_ROUTE_NAME, _DEFAULT_ROUTE_NAME.encode()),
+        )
     )
-    return stamp(route)
 
 
 # -- delegation ----------------------------------------------------------------------------------

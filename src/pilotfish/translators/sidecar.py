@@ -53,7 +53,7 @@ from pilotfish.translators.naming import (
 )
 from pilotfish.translators.peer_authentication import mtls_mode
 from pilotfish.translators.proxy import Proxy
-from pilotfish.translators.routes import default_route, http_route_data, tcp_destinations
+from pilotfish.translators.routes import default_route_data, http_route_data, tcp_destinations
 from pilotfish.translators.version import stamp, stamp_bytes
 
 __all__ = ["inbound", "outbound_listeners", "outbound_routes"]
@@ -211,10 +211,11 @@ def _host_unit(
             hash_policy=route_hash_policy,
         )
     else:
-        route = default_route(
-            service.hostname, number, index=index, proxy=proxy, hash_policy=route_hash_policy
-        )
-        routes = [route.SerializeToString(deterministic=True)]
+        routes = [
+            default_route_data(
+                service.hostname, number, index=index, proxy=proxy, hash_policy=route_hash_policy
+            )
+        ]
     name = virtual_host_name(service.hostname, number)
     head = [wire.length_delimited(_HOST_NAME, name.encode())]
     head += [wire.length_delimited(_DOMAINS, d.encode()) for d in domains]
