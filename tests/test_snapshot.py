@@ -118,6 +118,29 @@ def test_an_updated_snapshot_equals_one_built_afresh() -> None:
         Snapshot({}, version="v1").updated({}, {"cds": [a]})
 
 
+def test_an_empty_type_updated_equals_one_built_afresh() -> None:
+    """A type's first update (made in bulk, not change by change) gives what the constructor
+    gives: versions, bytes, order, references, what was serialized; and rejects the same."""
+    clusters = [build.eds_cluster(n, service_name=f"{n}-svc") for n in "bca"]
+    loads = [build.load_assignment(f"{n}-svc", []) for n in "bca"]
+    empty = Snapshot({}, version_prefix="t/")
+    after = empty.updated({"cds": ["gone"]}, {"cds": clusters, "eds": loads})
+    fresh = Snapshot({"cds": clusters, "eds": loads}, version_prefix="t/")
+    for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE):
+        assert after.version(type_url) == fresh.version(type_url)
+        assert [(n, r.data) for n, r in after.resources(type_url).items()] == [
+            (n, r.data) for n, r in fresh.resources(type_url).items()
+        ]
+    assert list(after.resources("cds")) == ["b", "c", "a"]
+    assert after.references_of("cds", "c") == {ENDPOINT_TYPE: {"c-svc"}}
+    assert after.references_of("eds", "c-svc") == {}
+    assert after.stats.resources_serialized == fresh.stats.resources_serialized == 6
+    with pytest.raises(ValueError, match="two cds resources named 'c'"):
+        empty.updated({}, {"cds": [*clusters, build.eds_cluster("c")]})
+    with pytest.raises(ValueError, match="resources named 'a'"):  # the type under two keys
+        Snapshot({"cds": clusters, CLUSTER_TYPE: [build.eds_cluster("a")]})
+
+
 class _DataclassLike:
     """Stands in for an envoy-data-plane message: anything that serializes via bytes()."""
 

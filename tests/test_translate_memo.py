@@ -332,6 +332,35 @@ def test_a_round_that_keeps_the_services_visits_only_what_the_change_touched() -
 
 
 @pytest.mark.parametrize("encoded", [False, True], ids=["messages", "encoded"])
+def test_served_resources_first_round_equals_a_snapshot_built_afresh(encoded: bool) -> None:
+    """A type's first round (every resource new, made in bulk) serves what `Snapshot` makes of
+    the same messages, in their order, and rejects two of one name."""
+    from pilotfish.cache import Encoded, Messages, Snapshot
+    from pilotfish.protos import ENDPOINT_TYPE
+    from pilotfish.translators import build
+    from pilotfish.translators.served import ServedResources
+
+    clusters = [build.eds_cluster(n, service_name=f"{n}-svc") for n in "bca"]
+
+    def given(messages: list[Any]) -> Any:
+        if not encoded:
+            return messages
+        refs = [{ENDPOINT_TYPE: {f"{m.name}-svc"}} for m in messages]
+        return Messages(tuple(map(Encoded, messages, [m.name for m in messages], refs)))
+
+    snapshot, serialized, total = ServedResources().snapshot({"cds": given(clusters)}, "v/")
+    fresh = Snapshot({"cds": clusters}, version_prefix="v/")
+    assert (serialized, total) == (3, 3)
+    assert snapshot.version("cds") == fresh.version("cds")
+    assert [(n, r.data) for n, r in snapshot.resources("cds").items()] == [
+        (n, r.data) for n, r in fresh.resources("cds").items()
+    ]
+    assert snapshot.references_of("cds", "c") == {ENDPOINT_TYPE: {"c-svc"}}
+    with pytest.raises(ValueError, match="two cds resources named 'c'"):
+        ServedResources().snapshot({"cds": given([*clusters, build.eds_cluster("c")])}, "v/")
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["messages", "encoded"])
 def test_served_resources_take_an_equal_list_of_new_objects_as_no_change(encoded: bool) -> None:
     """A unit redone to equal messages (new objects) changes nothing; later rounds that drop
     or change those objects still give what a fresh `ServedResources` gives. The same for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -145,15 +146,12 @@ class Snapshot:
         }
         for key, items in resources.items():
             type_url = resource_type(key).type_url
-            table = by_type[type_url]
-            type_refs = refs_by_type[type_url]
-            for item in items.items if isinstance(items, Messages) else items:
-                cached, refs = self._prepare(type_url, item)
-                if cached.name in table:
-                    raise ValueError(f"two {key} resources named {cached.name!r}")
-                table[cached.name] = cached
-                if refs:
-                    type_refs[cached.name] = refs
+            table, refs = self._tables(key, type_url, items)
+            have = by_type[type_url]
+            if have and (twice := have.keys() & table.keys()):  # the type named twice
+                raise ValueError(f"two {key} resources named {min(twice)!r}")
+            have.update(table)
+            refs_by_type[type_url].update(refs)
         self._types: dict[str, _TypeResources] = {}
         for type_url, table in by_type.items():
             fixed = given_versions.get(type_url) or version
@@ -165,11 +163,29 @@ class Snapshot:
                 refs_by_type[type_url],
             )
 
+    def _tables(
+        self, key: str, type_url: str, items: Iterable[Message | object]
+    ) -> tuple[dict[str, CachedResource], dict[str, Mapping[str, set[str]]]]:
+        """All of one type's `items` (named by `key`) as its tables: resources and references
+        by name, in the order given."""
+        prepared = [
+            self._prepare(type_url, item)
+            for item in (items.items if isinstance(items, Messages) else items)
+        ]
+        table = {cached.name: cached for cached, _ in prepared}
+        if len(table) < len(prepared):
+            counted = Counter(cached.name for cached, _ in prepared)
+            name = next(name for name, count in counted.items() if count > 1)
+            raise ValueError(f"two {key} resources named {name!r}")
+        return table, {cached.name: refs for cached, refs in prepared if refs}
+
     def _prepare(
         self, type_url: str, item: Message | object
     ) -> tuple[CachedResource, Mapping[str, set[str]]]:
         """An item as given (message, `WithTtl`, `Serialized`, `Assembled` or `Encoded`): its
         bytes and references."""
+        if type(item) is Serialized and item.refs is not None:  # the most given (memo rounds)
+            return item.cached, item.refs
         if isinstance(item, Assembled):
             head = item.head
             name = resource_type(type_url).name_of(head)
@@ -225,36 +241,55 @@ class Snapshot:
                 if (known := _UPDATES.get(done)) is not None:
                     new._types[type_url] = known[2]
                     continue
-            table = entry.table.copy()
-            refs_table = entry.refs.copy()
-            digest = entry.digest
-            for name in removed.get(key, ()):
-                old = table.pop(name, None)
-                if old is not None:
-                    digest -= _resource_digest(name, old.version)
-                    refs_table.pop(name, None)
-            fresh: set[str] = set()
-            for item in added.get(key, ()):
-                cached, refs = new._prepare(type_url, item)
-                name = cached.name
-                if name in fresh:
-                    raise ValueError(f"two {key} resources named {name!r}")
-                fresh.add(name)
-                old = table.get(name)
-                if old is not None:
-                    digest -= _resource_digest(name, old.version)
-                table[name] = cached
-                digest += _resource_digest(name, cached.version)
-                if refs:
-                    refs_table[name] = refs
-                else:
-                    refs_table.pop(name, None)
-            digest &= _MASK
+            if not entry.table:
+                # The type's first round (a shape's first snapshot): all new, made in bulk.
+                table, refs_table = new._tables(key, type_url, added.get(key, ()))
+                digest = _digest(table)
+            else:
+                gone, items = removed.get(key, ()), added.get(key, ())
+                table, refs_table, digest = new._changed(key, type_url, entry, gone, items)
             made = _TypeResources(_version(self._prefix, digest), table, digest, refs_table)
             new._types[type_url] = made
             if done is not None:  # kept with what its key names, so the ids stay theirs
                 _UPDATES.put(done, (named, entry, made))
         return new
+
+    def _changed(
+        self,
+        key: str,
+        type_url: str,
+        entry: _TypeResources,
+        gone: Iterable[str],
+        items: Iterable[Message | object],
+    ) -> tuple[dict[str, CachedResource], dict[str, Mapping[str, set[str]]], int]:
+        """`entry`'s tables and digest without the `gone` names and with `items` (one type,
+        named by `key`; see `updated`), each change costing its own term of the digest."""
+        table = entry.table.copy()
+        refs_table = entry.refs.copy()
+        digest = entry.digest
+        assert digest is not None
+        for name in gone:
+            old = table.pop(name, None)
+            if old is not None:
+                digest -= _resource_digest(name, old.version)
+                refs_table.pop(name, None)
+        fresh: set[str] = set()
+        for item in items:
+            cached, refs = self._prepare(type_url, item)
+            name = cached.name
+            if name in fresh:
+                raise ValueError(f"two {key} resources named {name!r}")
+            fresh.add(name)
+            old = table.get(name)
+            if old is not None:
+                digest -= _resource_digest(name, old.version)
+            table[name] = cached
+            digest += _resource_digest(name, cached.version)
+            if refs:
+                refs_table[name] = refs
+            else:
+                refs_table.pop(name, None)
+        return table, refs_table, digest & _MASK
 
     def version(self, type_url: str) -> str:
         """The version of one type (type URL or short name)."""

@@ -99,6 +99,15 @@ class ServedResources:
                 lost[old.cached.name] = old
                 del by_name[old.cached.name]
             items: list[Message | object] = []
+            if not by_name and not lost:
+                # Nothing served of this type, nor just dropped (its first round): every
+                # resource is new, so none is looked up to keep its bytes.
+                made = _all_serialized(row, fresh, refers)
+                by_name.update((item.cached.name, item) for item in made)
+                given.update(zip(map(id, fresh), made, strict=True))
+                items.extend(made)
+                serialized += len(made)
+                fresh = []
             for message in fresh:
                 name = _name(row, message)
                 if name in by_name:
@@ -125,6 +134,19 @@ def _name(row: ResourceType, message: Any) -> str:
     if isinstance(message, Encoded):
         return message.name
     return row.name_of(message.head if isinstance(message, Assembled) else message)
+
+
+def _all_serialized(row: ResourceType, messages: Sequence[Any], refers: bool) -> list[Serialized]:
+    """`messages`, all new, each with its resource (two of one name: the snapshot made from
+    them, a type's first, raises)."""
+    type_url = row.type_url
+    return [
+        # Most are `Encoded` (a mesh's clusters and load assignments): taken without dispatch.
+        Serialized(m, m.cached(type_url), m.refs)
+        if type(m) is Encoded
+        else _serialized(type_url, _name(row, m), m, refers)
+        for m in messages
+    ]
 
 
 def _same(old: Any, new: Any) -> bool:
@@ -179,6 +201,8 @@ def _moved(
         if shared:
             _MOVES.put((id(before), id(after)), (before, after, *moved))
         return moved
+    if not given:  # nothing served yet: all new, no ids to hash
+        return set(), list(after)
     ids = set(map(id, after))
     fresh = ids - given.keys()
     return given.keys() - ids, list(compress(after, map(fresh.__contains__, map(id, after))))
