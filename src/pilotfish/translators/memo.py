@@ -21,6 +21,7 @@ round are dropped at its end.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -76,7 +77,7 @@ class _Unit:
 
 def _objects_token(objects: Sequence[ConfigObject], keep: list[object]) -> Hashable:
     keep.extend(objects)
-    return tuple(id(o) for o in objects)
+    return tuple(map(id, objects))
 
 
 def _rule_token(rule: MergedRule | None, keep: list[object]) -> Hashable:
@@ -227,8 +228,9 @@ class TranslationMemo:
         self._assembled: dict[Hashable, tuple[list[Any], Any]] = {}
         self._next_assembled: dict[Hashable, tuple[list[Any], Any]] = {}
         self._dirty: set[Hashable] | None = None
-        self._readers: dict[tuple[str, Any], set[Hashable]] = {}
-        self._kind_readers: dict[str, set[Hashable]] = {}
+        # defaultdicts: an entry's set is made only when missing (two per read of a unit)
+        self._readers: defaultdict[tuple[str, Any], set[Hashable]] = defaultdict(set)
+        self._kind_readers: defaultdict[str, set[Hashable]] = defaultdict(set)
         self._stale = 0
 
     def begin(self, changes: Changes | None = None) -> None:
@@ -253,9 +255,10 @@ class TranslationMemo:
     def _note_reads(self, key: Hashable, unit: _Unit) -> None:
         """Index a new unit by what it read (entries of units since redone or dropped stay
         until the index is rebuilt: a unit found by a stale entry is only checked)."""
+        readers, kind_readers = self._readers, self._kind_readers
         for kind, args, _ in unit.reads:
-            self._readers.setdefault((kind, args[0] if args else None), set()).add(key)
-            self._kind_readers.setdefault(kind, set()).add(key)
+            readers[kind, args[0] if args else None].add(key)
+            kind_readers[kind].add(key)
         self._stale += 1
 
     def end(self) -> None:
@@ -271,7 +274,7 @@ class TranslationMemo:
             self._units = self._next_units
         self._next_units, self._patched, self._recorded = {}, [], False
         if self._stale > 2 * len(self._units) + 64:
-            self._readers, self._kind_readers, self._stale = {}, {}, 0
+            self._readers, self._kind_readers = defaultdict(set), defaultdict(set)
             for key, unit in self._units.items():
                 self._note_reads(key, unit)
             self._stale = 0
