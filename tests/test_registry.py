@@ -280,3 +280,82 @@ def test_a_workload_read_from_a_workload_entry_is_the_dataclasss_own() -> None:
         assert [f.name for f in dataclasses.fields(Workload)] == list(vars(made))
         with pytest.raises(dataclasses.FrozenInstanceError):
             made.weight = 2  # type: ignore[misc]
+
+
+def test_services_and_ports_read_from_objects_are_the_dataclasses_own() -> None:
+    """The registry makes services and ports without the frozen dataclasses' constructors
+    (and shares one tuple of ports between services declaring the same): every field is set
+    as the constructors set it, for a ServiceEntry with every field and a Kubernetes Service."""
+    import dataclasses
+
+    loaded = load_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: data}
+spec:
+  hosts: [a.example.com, b]
+  addresses: [240.0.0.1]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  subjectAltNames: [spiffe://x]
+  workloadSelector: {labels: {app: vm}}
+  ports:
+  - {number: 443, name: https, protocol: TLS, targetPort: 8443}
+  - {number: 80, name: http-web, protocol: HTTP}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: same-ports, namespace: data}
+spec:
+  hosts: [c.example.com]
+  ports:
+  - {number: 443, name: https, protocol: TLS, targetPort: 8443}
+  - {number: 80, name: http-web, protocol: HTTP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: grpc-api, port: 7070, targetPort: grpc}]
+"""
+    )
+    assert loaded.errors == []
+    registry = Registry.from_objects(loaded.objects)
+    ports = (
+        ServicePort(name="https", number=443, protocol="TLS", target_port=8443),
+        ServicePort(name="http-web", number=80, protocol="HTTP", target_port=None),
+    )
+    expected = [
+        Service(
+            hostname="a.example.com", namespace="data", ports=ports, resolution="DNS",
+            mesh_external=True, addresses=("240.0.0.1",), selector={"app": "vm"},
+            subject_alt_names=("spiffe://x",),
+        ),
+        Service(
+            hostname="b.data.svc.cluster.local", namespace="data", ports=ports,
+            resolution="DNS", mesh_external=True, addresses=("240.0.0.1",),
+            selector={"app": "vm"}, subject_alt_names=("spiffe://x",),
+        ),
+        Service(
+            hostname="c.example.com", namespace="data", ports=ports, resolution="NONE",
+            mesh_external=True,  # the default location
+        ),
+        Service(
+            hostname="web.shop.svc.cluster.local", namespace="shop", selector={"app": "web"},
+            ports=(ServicePort(name="grpc-api", number=7070, protocol="GRPC", target_port="grpc"),),
+        ),
+    ]  # fmt: skip
+    made = registry.services()
+    assert made == expected
+    for service, want in zip(made, expected, strict=True):
+        assert vars(service) == vars(want) and service.key == want.key
+        assert [f.name for f in dataclasses.fields(Service)] == list(vars(service))[:8]
+        for port in service.ports:
+            assert [f.name for f in dataclasses.fields(ServicePort)] == list(vars(port))
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                port.number = 1  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            service.namespace = "x"  # type: ignore[misc]
+    assert made[0].ports is made[1].ports is made[2].ports

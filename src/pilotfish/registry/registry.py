@@ -202,37 +202,45 @@ class Registry:
     ) -> Registry:
         """A registry of every ServiceEntry, WorkloadEntry, Service, EndpointSlice and Pod."""
         registry = cls(domain)
-        ordered = sorted(objects, key=lambda o: (o.namespace, o.name, o.kind, o.file, o.index))
-        pods = {(o.namespace, o.name): o for o in ordered if o.kind == "Pod"}
+        by_kind: dict[str, list[ConfigObject]] = {}
+        for obj in sorted(objects, key=lambda o: (o.namespace, o.name, o.kind, o.file, o.index)):
+            by_kind.setdefault(obj.kind, []).append(obj)
+        pods = {(o.namespace, o.name): o for o in by_kind.get("Pod", ())}
         slices: dict[tuple[str, str], list[ConfigObject]] = {}
-        for obj in ordered:
-            if obj.kind == "EndpointSlice" and SERVICE_NAME_LABEL in obj.labels:
+        for obj in by_kind.get("EndpointSlice", ()):
+            if SERVICE_NAME_LABEL in obj.labels:
                 slices.setdefault((obj.namespace, obj.labels[SERVICE_NAME_LABEL]), []).append(obj)
-        for obj in ordered:
-            if obj.kind == "WorkloadEntry":
-                registry.add_workload(_of_entry(obj))
+        # No other thread sees the registry yet: its dictionaries are filled without the lock
+        # and without `add_service`'s bookkeeping per service (the registry is new: no
+        # answers to forget, its own generation).
+        for obj in by_kind.get("WorkloadEntry", ()):
+            workload = _of_entry(obj)
+            registry._workloads[workload.namespace, workload.name, workload.address] = workload
+        ports: _PortsMade = {}
         # Kubernetes first (Istio's aggregate registry asks it first), then ServiceEntries.
-        for obj in ordered:
-            if obj.kind == "Service":
-                service, endpoints = _kubernetes_service(obj, domain)
-                for slice_ in slices.get((obj.namespace, obj.name), []):
-                    endpoints.extend(_slice_workloads(slice_, pods))
+        for obj in by_kind.get("Service", ()):
+            service, endpoints = _kubernetes_service(obj, domain, ports)
+            for slice_ in slices.get((obj.namespace, obj.name), []):
+                endpoints.extend(_slice_workloads(slice_, pods))
+            registry._add_once(service, endpoints, obj)
+        for obj in by_kind.get("ServiceEntry", ()):
+            for service, endpoints in _service_entry(obj, domain, ports):
                 registry._add_once(service, endpoints, obj)
-        for obj in ordered:
-            if obj.kind == "ServiceEntry":
-                for service, endpoints in _service_entry(obj, domain):
-                    registry._add_once(service, endpoints, obj)
         return registry
 
     def _add_once(self, service: Service, endpoints: list[Workload], obj: ConfigObject) -> None:
-        if self.service(service.hostname) is not None:
+        """Add a service while `from_objects` builds the registry: the first definition of a
+        host wins, a later one is recorded in `conflicts`."""
+        hostname = service.hostname
+        if hostname in self._services:
             self.conflicts.append(
                 f"{obj.file}[{obj.index}] {obj.kind} {obj.namespace}/{obj.name}: host "
-                f"{service.hostname} is already defined; this definition is ignored"
+                f"{hostname} is already defined; this definition is ignored"
             )
             return
-        self.add_service(service, endpoints)
-        self._owners[service.hostname] = obj
+        self._services[hostname] = service
+        self._explicit[hostname] = tuple(endpoints)
+        self._owners[hostname] = obj
 
     def apply(self, removed: Iterable[ConfigObject], added: Iterable[ConfigObject]) -> bool:
         """Change a registry made by `from_objects` by the objects that changed since, where
@@ -245,8 +253,13 @@ class Registry:
         ):
             return False
         # Each ServiceEntry's services, made once: (object, [(service, endpoints), ...]).
-        old = [(o, _service_entry(o, self.domain)) for o in removed if o.kind == "ServiceEntry"]
-        new = [(o, _service_entry(o, self.domain)) for o in added if o.kind == "ServiceEntry"]
+        ports: _PortsMade = {}
+        old = [
+            (o, _service_entry(o, self.domain, ports)) for o in removed if o.kind == "ServiceEntry"
+        ]
+        new = [
+            (o, _service_entry(o, self.domain, ports)) for o in added if o.kind == "ServiceEntry"
+        ]
         gone = {id(o) for o in removed}
         with self._lock:
             if any(self._owners.get(s.hostname) is not o for o, made in old for s, _ in made):
@@ -324,68 +337,118 @@ def _workload_port(port: ServicePort, workload: Workload) -> int:
     return port.number
 
 
+def _frozen(cls: type[T], **fields: Any) -> T:
+    """An instance of the frozen dataclass `cls` with `fields` (every one of them: each
+    caller's test compares with the constructor), without the per-field `__setattr__` that
+    makes the constructor several times slower. A mesh has a workload per address, a service
+    per host: 30,000 and 10,000 at 10,000 services."""
+    made = object.__new__(cls)
+    made.__dict__.update(fields)
+    return made
+
+
 def _workload(
     spec: WorkloadEntry, namespace: str, name: str = "", labels: Mapping[str, str] | None = None
 ) -> Workload:
     own = as_dict(spec.labels)
-    # Without the frozen dataclass's per-field `__setattr__` (a mesh has a workload per
-    # address: 30,000 at 10,000 services); every field is set, as the constructor would.
-    workload = object.__new__(Workload)
-    workload.__dict__.update(
+    ports = spec.ports
+    return _frozen(
+        Workload,
         address=spec.address,
         name=name,
         namespace=namespace,
         labels={**labels, **own} if labels else own,
-        ports=as_dict(spec.ports) if spec.ports else {},
+        ports=as_dict(ports) if ports else {},
         locality=spec.locality,
         weight=spec.weight or 1,
         service_account=spec.service_account or "default",
         network=spec.network,
     )
-    return workload
 
 
-def _service_entry(obj: ConfigObject, domain: str) -> list[tuple[Service, list[Workload]]]:
+_PortSpec = tuple[str, int, str, int | str | None]  # name, number, declared protocol, target
+_PortsMade = dict[tuple[_PortSpec, ...], tuple[ServicePort, ...]]
+
+
+def _ports(specs: tuple[_PortSpec, ...], made: _PortsMade) -> tuple[ServicePort, ...]:
+    """The ports of these specs, made once for every service with the same ones (most
+    services of a mesh declare the same few ports)."""
+    found = made.get(specs)
+    if found is None:
+        found = made[specs] = tuple(
+            [
+                _frozen(
+                    ServicePort,
+                    name=name,
+                    number=number,
+                    protocol=protocol_of(name, declared),
+                    target_port=target,
+                )
+                for name, number, declared, target in specs
+            ]
+        )
+    return found
+
+
+def _service_entry(
+    obj: ConfigObject, domain: str, ports_made: _PortsMade
+) -> list[tuple[Service, list[Workload]]]:
     spec = obj.spec
     assert isinstance(spec, ServiceEntry)
-    ports = tuple(
-        ServicePort(
-            name=p.name,
-            number=p.number,
-            protocol=protocol_of(p.name, p.protocol),
-            target_port=p.target_port or None,
-        )
-        for p in spec.ports
+    namespace = obj.namespace
+    ports = _ports(
+        tuple([(p.name, p.number, p.protocol, p.target_port or None) for p in spec.ports]),
+        ports_made,
     )
     selector = dict(spec.workload_selector.labels) if spec.HasField("workload_selector") else None
-    endpoints = [_workload(e, obj.namespace, obj.name) for e in spec.endpoints]
-    out = []
-    for host in spec.hosts:
-        service = Service(
-            hostname=resolve_host(host, obj.namespace, domain),
-            namespace=obj.namespace,
-            ports=ports,
-            resolution=_RESOLUTIONS[spec.resolution],
-            mesh_external=spec.location == ServiceEntry.MESH_EXTERNAL,
-            addresses=tuple(spec.addresses),
-            selector=selector,
-            subject_alt_names=tuple(spec.subject_alt_names),
+    endpoints = [_workload(e, namespace, obj.name) for e in spec.endpoints]
+    resolution = _RESOLUTIONS[spec.resolution]
+    mesh_external = spec.location == ServiceEntry.MESH_EXTERNAL
+    addresses = _strings(spec.addresses)
+    subject_alt_names = _strings(spec.subject_alt_names)
+    return [
+        (
+            _frozen(
+                Service,
+                hostname=resolve_host(host, namespace, domain),
+                namespace=namespace,
+                ports=ports,
+                resolution=resolution,
+                mesh_external=mesh_external,
+                addresses=addresses,
+                selector=selector,
+                subject_alt_names=subject_alt_names,
+            ),
+            list(endpoints),
         )
-        out.append((service, list(endpoints)))
-    return out
+        for host in spec.hosts
+    ]
 
 
-def _kubernetes_service(obj: ConfigObject, domain: str) -> tuple[Service, list[Workload]]:
+def _strings(field: Iterable[str]) -> tuple[str, ...]:
+    """A repeated string field as a tuple: most are empty, and `tuple()` of an empty
+    repeated field costs twice the test for it."""
+    return tuple(field) if field else ()
+
+
+def _kubernetes_service(
+    obj: ConfigObject, domain: str, ports_made: _PortsMade
+) -> tuple[Service, list[Workload]]:
     spec = obj.spec
     assert isinstance(spec, registry_pb2.ServiceSpec)
-    ports = tuple(
-        ServicePort(
-            name=p.name,
-            number=p.port,
-            protocol=protocol_of(p.name, p.app_protocol),
-            target_port=_int_or_string(p.target_port) if p.HasField("target_port") else None,
-        )
-        for p in spec.ports
+    ports = _ports(
+        tuple(
+            [
+                (
+                    p.name,
+                    p.port,
+                    p.app_protocol,
+                    _int_or_string(p.target_port) if p.HasField("target_port") else None,
+                )
+                for p in spec.ports
+            ]
+        ),
+        ports_made,
     )
     addresses = tuple(a for a in (*spec.cluster_ips, spec.cluster_ip) if a and a != "None")
     hostname = f"{obj.name}.{obj.namespace}.svc.{domain}"
