@@ -10,6 +10,7 @@ the plain way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from typing import Any
@@ -175,8 +176,8 @@ def test_subset_assignments_are_the_registry_filter(
 
 @pytest.mark.parametrize("seed", range(20))
 def test_merged_rules_hold_what_their_properties_make(seed: int) -> None:
-    """`_merge` sets the cached properties of the rules it makes at once: to what they
-    would make."""
+    """`_merge` makes its rules without the frozen dataclass's constructor, setting every
+    field, and sets the cached properties at once: to what they would make."""
     index, registry = _mesh(random.Random(seed))
     for service in registry.services():
         rule = index.destination_rule(service.hostname, "default")
@@ -184,6 +185,8 @@ def test_merged_rules_hold_what_their_properties_make(seed: int) -> None:
             continue
         plain = MergedRule(rule.host, rule.namespace, rule.traffic_policy, rule.subsets,
                            rule.sources)  # fmt: skip
+        assert rule == plain
+        assert list(vars(rule))[:5] == [f.name for f in dataclasses.fields(MergedRule)]
         assert rule.has_policy == plain.has_policy
         assert rule.subset_labels == plain.subset_labels
         assert rule._by_name == plain._by_name

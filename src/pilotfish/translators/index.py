@@ -254,7 +254,11 @@ class ConfigIndex:
 def _by_source_labels(vs: ConfigObject) -> bool:
     spec = vs.spec
     assert isinstance(spec, VirtualService)
-    return any(match.source_labels for route in spec.http for match in route.match)
+    for route in spec.http:  # loops, not a generator: asked of every VirtualService
+        for match in route.match:
+            if match.source_labels:
+                return True
+    return False
 
 
 class _Lookups:
@@ -276,11 +280,11 @@ class _Lookups:
         self.kinds: dict[str, tuple[ConfigObject, ...]] = {}  # of `others`, by kind
         self.by_source: set[int] = set()  # ids of the VirtualServices matching source labels
         for vs in index.virtual_services:  # in index order: appending keeps lists sorted
-            self._vs(vs, lambda items, item: items.append(item))
+            self._vs(vs, list.append)
             if _by_source_labels(vs):
                 self.by_source.add(id(vs))
         for obj in index.destination_rules:
-            self._dr(obj, lambda items, item: items.append(item))
+            self._dr(obj, list.append)
 
     def add(self, obj: ConfigObject) -> None:
         self.kinds.pop(obj.kind, None)
@@ -330,7 +334,7 @@ class _Lookups:
         if hosts is None:
             spec = vs.spec
             assert isinstance(spec, VirtualService)
-            hosts = tuple(resolve_host(h, vs.namespace, self.domain) for h in spec.hosts)
+            hosts = tuple([resolve_host(h, vs.namespace, self.domain) for h in spec.hosts])
             self.hosts[id(vs)] = hosts
         return hosts
 
@@ -339,9 +343,12 @@ class _Lookups:
         if names is None:
             spec = vs.spec
             assert isinstance(spec, VirtualService)
-            names = tuple(
-                n if n == MESH or "/" in n else f"{vs.namespace}/{n}"
-                for n in (list(spec.gateways) or [MESH])
+            gateways = spec.gateways
+            # Most VirtualServices name none (`mesh`): tested before it is copied.
+            names = (
+                tuple([n if n == MESH or "/" in n else f"{vs.namespace}/{n}" for n in gateways])
+                if gateways
+                else (MESH,)
             )
             self.gateway_names[id(vs)] = names
         return names
@@ -364,29 +371,33 @@ def _remove_item(items: list[Any], item: Any) -> None:
 
 
 def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
+    # Once per host of the mesh: each subset's name and labels are read once (reading a
+    # protobuf field costs more than the rest of the merge), and the rule is made without the
+    # frozen dataclass's per-field `__setattr__`, with every field and the cached properties
+    # every translation of the host reads (a test compares it with the constructor's).
     subsets: dict[str, Subset] = {}
-    policy = TrafficPolicy()
-    have_policy = False
+    labels: list[tuple[str, dict[str, str]]] = []
+    policy: TrafficPolicy | None = None
     for obj in rules:
         spec = obj.spec
         assert isinstance(spec, DestinationRule)
         for subset in spec.subsets:
-            subsets.setdefault(subset.name, subset)
-        if not have_policy and spec.HasField("traffic_policy"):
+            name = subset.name
+            if name not in subsets:
+                subsets[name] = subset
+                labels.append((name, as_dict(subset.labels)))
+        if policy is None and spec.HasField("traffic_policy"):
+            policy = TrafficPolicy()
             policy.CopyFrom(spec.traffic_policy)
-            have_policy = True
-    merged = MergedRule(
+    merged = object.__new__(MergedRule)
+    merged.__dict__.update(
         host=host,
         namespace=rules[0].namespace,
-        traffic_policy=policy,
+        traffic_policy=TrafficPolicy() if policy is None else policy,
         subsets=tuple(subsets.values()),
         sources=tuple(rules),
-    )
-    # The cached properties every translation of the host reads, set here where their parts
-    # are at hand: a first read of a cached property costs more than making its value.
-    merged.__dict__.update(
-        has_policy=have_policy and bool(policy.ListFields()),
-        subset_labels=tuple((s.name, as_dict(s.labels)) for s in merged.subsets),
+        has_policy=policy is not None and bool(policy.ListFields()),
+        subset_labels=tuple(labels),
         _by_name=subsets,
     )
     return merged
