@@ -164,11 +164,13 @@ class Registry:
         service_port = service.port(port) if service else None
         if service_port is None:
             return []
-        found = {
-            Endpoint.of_workload(w, _workload_port(service_port, w))
-            for w in self.instances(hostname)
-        }
-        return sorted(found, key=ENDPOINT_ORDER)
+        # Equal endpoints are one: keyed by their fields in order (what equality and sorting
+        # compare), each key is made once and hashed in C, not by the dataclass's `__hash__`.
+        found = {}
+        for w in self.instances(hostname):
+            endpoint = Endpoint.of_workload(w, _workload_port(service_port, w))
+            found[ENDPOINT_ORDER(endpoint)] = endpoint
+        return [found[key] for key in sorted(found)]
 
     def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:
         """Services whose selector picks a workload with these labels in `namespace` (the
