@@ -205,27 +205,35 @@ class Registry:
         """A registry of every ServiceEntry, WorkloadEntry, Service, EndpointSlice and Pod."""
         registry = cls(domain)
         by_kind: dict[str, list[ConfigObject]] = {}
-        for obj in sorted(objects, key=lambda o: (o.namespace, o.name, o.kind, o.file, o.index)):
+        for obj in objects:
             by_kind.setdefault(obj.kind, []).append(obj)
-        pods = {(o.namespace, o.name): o for o in by_kind.get("Pod", ())}
+
+        def of_kind(kind: str) -> list[ConfigObject]:
+            # Sorted kind by kind: the kinds the registry does not read (a mesh's routing
+            # config, most of its objects) are not sorted at all.
+            return sorted(
+                by_kind.get(kind, ()), key=lambda o: (o.namespace, o.name, o.file, o.index)
+            )
+
+        pods = {(o.namespace, o.name): o for o in of_kind("Pod")}
         slices: dict[tuple[str, str], list[ConfigObject]] = {}
-        for obj in by_kind.get("EndpointSlice", ()):
+        for obj in of_kind("EndpointSlice"):
             if SERVICE_NAME_LABEL in obj.labels:
                 slices.setdefault((obj.namespace, obj.labels[SERVICE_NAME_LABEL]), []).append(obj)
         # No other thread sees the registry yet: its dictionaries are filled without the lock
         # and without `add_service`'s bookkeeping per service (the registry is new: no
         # answers to forget, its own generation).
-        for obj in by_kind.get("WorkloadEntry", ()):
+        for obj in of_kind("WorkloadEntry"):
             workload = _of_entry(obj)
             registry._workloads[workload.namespace, workload.name, workload.address] = workload
         ports: _PortsMade = {}
         # Kubernetes first (Istio's aggregate registry asks it first), then ServiceEntries.
-        for obj in by_kind.get("Service", ()):
+        for obj in of_kind("Service"):
             service, endpoints = _kubernetes_service(obj, domain, ports)
             for slice_ in slices.get((obj.namespace, obj.name), []):
                 endpoints.extend(_slice_workloads(slice_, pods))
             registry._add_once(service, endpoints, obj)
-        for obj in by_kind.get("ServiceEntry", ()):
+        for obj in of_kind("ServiceEntry"):
             for service, endpoints in _service_entry(obj, domain, ports):
                 registry._add_once(service, endpoints, obj)
         return registry
