@@ -75,3 +75,24 @@ def test_only_frozen_slotted_dataclasses_without_factories() -> None:
     for cls in (Mutable, NoSlots, Factory, PostInit):
         with pytest.raises(TypeError):
             fast_init(cls)
+
+
+def test_construct_makes_the_constructors_instance_without_its_init() -> None:
+    """`construct` gives the instance the constructor would for the same fields, still
+    frozen, and never runs `__init__`."""
+    import dataclasses
+
+    from pilotfish.frozen import construct
+
+    @dataclasses.dataclass(frozen=True)
+    class Point:
+        x: int
+        y: int = 0
+
+        def __post_init__(self) -> None:
+            raise AssertionError("construct must not run __init__")
+
+    made = construct(Point, x=1, y=2)
+    assert type(made) is Point and vars(made) == {"x": 1, "y": 2}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.x = 3  # type: ignore[misc]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-__all__ = ["fast_init"]
+__all__ = ["construct", "fast_init"]
 
 _T = TypeVar("_T", bound=type[Any])
+_C = TypeVar("_C")
 
 
 def fast_init(cls: _T) -> _T:
@@ -47,3 +48,14 @@ def fast_init(cls: _T) -> _T:
     init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init
     return cls
+
+
+def construct(cls: type[_C], **fields: Any) -> _C:
+    """An instance of `cls`, a frozen dataclass with an instance `__dict__` (no slots), holding
+    `fields` as given: no `__init__`, so none of its per-field `__setattr__` (several times the
+    cost, for objects a mesh has one of per address, host or rule). The caller passes every
+    field (and may fill cached properties); each caller has a test comparing with the
+    constructor's instance."""
+    made = object.__new__(cls)
+    made.__dict__.update(fields)
+    return made

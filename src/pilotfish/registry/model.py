@@ -14,6 +14,8 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Literal
 
+from pilotfish.frozen import construct
+
 __all__ = [
     "HTTP_PROTOCOLS",
     "Endpoint",
@@ -156,8 +158,8 @@ class Endpoint:
         """The workload's endpoint on `port`. Made for every workload of every service port
         of a mesh, so without the frozen dataclass's per-field `__setattr__` (a third of the
         cost); the fields are exactly the constructor's."""
-        endpoint = object.__new__(cls)
-        endpoint.__dict__.update(
+        return construct(
+            cls,
             address=workload.address,
             port=port,
             locality=workload.locality,
@@ -168,7 +170,6 @@ class Endpoint:
             workload=workload.name,
             _label_map=dict(workload.labels),  # the cached property, made here at once
         )
-        return endpoint
 
 
 ENDPOINT_ORDER = attrgetter(*(f.name for f in fields(Endpoint)))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pilotfish.frozen import construct
 from pilotfish.protos import as_dict
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     DestinationRule,
@@ -389,8 +390,8 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
         if policy is None and spec.HasField("traffic_policy"):
             policy = TrafficPolicy()
             policy.CopyFrom(spec.traffic_policy)
-    merged = object.__new__(MergedRule)
-    merged.__dict__.update(
+    return construct(
+        MergedRule,
         host=host,
         namespace=rules[0].namespace,
         traffic_policy=TrafficPolicy() if policy is None else policy,
@@ -400,4 +401,3 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
         subset_labels=tuple(labels),
         _by_name=subsets,
     )
-    return merged
