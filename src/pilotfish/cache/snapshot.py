@@ -418,15 +418,26 @@ _UPDATES: Bounded[tuple[object, ...], tuple[object, _TypeResources, _TypeResourc
 round asks for one per changed type and view; few, as each keeps two tables alive)."""
 
 
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
+"""Copied for each term: cheaper than a new hash told its parameters (0.53 -> 0.37 us)."""
+
+
 def _resource_digest(name: str, version: str) -> int:
-    digest = hashlib.blake2b(f"{name}\0{version}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    term = _BLAKE2B_8.copy()
+    term.update(f"{name}\0{version}".encode())
+    return int.from_bytes(term.digest(), "big")
 
 
 def _digest(table: Mapping[str, CachedResource]) -> int:
     """A type's content hash: the sum of its resources' hashes (of name and version), so one
     resource changed changes it by one term (`Snapshot.updated`) and order does not matter."""
-    return sum(_resource_digest(name, r.version) for name, r in table.items()) & _MASK
+    new, from_bytes = _BLAKE2B_8.copy, int.from_bytes
+    total = 0
+    for name, resource in table.items():  # `_resource_digest`, inlined: one per resource
+        term = new()
+        term.update(f"{name}\0{resource.version}".encode())
+        total += from_bytes(term.digest(), "big")
+    return total & _MASK
 
 
 def _version(prefix: str, digest: int) -> str:
