@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from pilotfish.cache import CachedResource, Snapshot
-from pilotfish.protos import CLUSTER_TYPE, Cluster, ClusterLoadAssignment
+from pilotfish.cache import CachedResource, Encoded, Serialized, Snapshot
+from pilotfish.protos import CLUSTER_TYPE, ENDPOINT_TYPE, Cluster, ClusterLoadAssignment
 
 
 def _slots(resource: CachedResource) -> list[object]:
@@ -58,3 +58,27 @@ def test_versions_are_pinned() -> None:
     )
     with_ttl = CachedResource.of_data(CLUSTER_TYPE, "x", (b"ab", b"cd"), 5.0)
     assert with_ttl.version == "033bf1aa3fa6dcc6"
+
+
+def test_serialized_items_make_what_messages_make() -> None:
+    """A snapshot given `Serialized` items (taken as they are), `Encoded` ones or messages
+    serves the same resources, versions and references."""
+    clusters = [
+        Cluster(name=n, type=Cluster.EDS, eds_cluster_config={"service_name": f"{n}-svc"})
+        for n in "ab"
+    ]
+    refs = [{ENDPOINT_TYPE: {f"{n}-svc"}} for n in "ab"]
+    encoded = [Encoded(c, c.name, r) for c, r in zip(clusters, refs, strict=True)]
+    serialized = [e.serialized(CLUSTER_TYPE) for e in encoded]
+    assert [s.message for s in serialized] == encoded
+    assert [s.cached for s in serialized] == [e.cached(CLUSTER_TYPE) for e in encoded]
+    assert serialized[0].cached is encoded[0].cached(CLUSTER_TYPE)  # hashed once
+    unknown = [Serialized(c, s.cached) for c, s in zip(clusters, serialized, strict=True)]
+    snapshots = [Snapshot({"cds": given}) for given in (clusters, encoded, serialized, unknown)]
+    for snapshot in snapshots:
+        assert snapshot.version("cds") == snapshots[0].version("cds")
+        assert snapshot.resources("cds") == snapshots[0].resources("cds")
+        assert snapshot.references_of("cds", "b") == {ENDPOINT_TYPE: {"b-svc"}}
+    assert [s.stats.resources_serialized for s in snapshots] == [2, 2, 0, 0]
+    with pytest.raises(ValueError, match="two cds resources named 'a'"):
+        Snapshot({"cds": [*serialized, serialized[0]]})

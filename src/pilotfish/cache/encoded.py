@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Generic, TypeVar
 
-from pilotfish.protos import Message
+from pilotfish.protos import Message, wire
 
-from .resource import CachedResource
+from .resource import CachedResource, Serialized, content_version, plain_resource
 
 __all__ = ["Encoded"]
 
@@ -51,9 +51,18 @@ class Encoded(Generic[M]):
     def cached(self, type_url: str) -> CachedResource:
         """The resource served from these bytes (hashed once, however many proxy shapes
         are served this object)."""
-        if self._cached is None:
-            self._cached = CachedResource.of_data(type_url, self.name, self.data)
-        return self._cached
+        cached = self._cached
+        if cached is None:
+            data = self.data
+            head = wire.any_head(type_url, len(data))
+            cached = plain_resource(type_url, self.name, (data,), head, content_version(data))
+            self._cached = cached
+        return cached
+
+    def serialized(self, type_url: str) -> Serialized:
+        """This message with its resource and references, as a `Snapshot` takes it as it is
+        (made per call, not kept: it would hold this object, a cycle for the collector)."""
+        return Serialized(self, self._cached or self.cached(type_url), self.refs)
 
     def message(self) -> M:
         """The message, parsed from the bytes (a new one each time: changing it changes

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pilotfish.frozen import fast_init
 from pilotfish.protos import RESOURCE_TYPES, RESOURCE_WRAPPER_TYPE, Message, resource_type, wire
 
-__all__ = ["CachedResource", "Serialized", "WithTtl", "content_version", "to_message"]
+__all__ = [
+    "CachedResource",
+    "Serialized",
+    "WithTtl",
+    "content_version",
+    "plain_resource",
+    "to_message",
+]
 
 
 def content_version(data: bytes) -> str:
@@ -95,7 +102,7 @@ class CachedResource:
         (`Assembled.version`)."""
         if ttl is None and version is None and isinstance(data, bytes):  # the most made
             head = wire.any_head(type_url, len(data))
-            return _without_ttl(type_url, name, (data,), head, content_version(data))
+            return plain_resource(type_url, name, (data,), head, content_version(data))
         pieces = (data,) if isinstance(data, bytes) else data
         # A TTL is part of what the client is told: changing it is a new version.
         if version is None or ttl is not None:
@@ -103,7 +110,7 @@ class CachedResource:
             version = content_version(joined if ttl is None else joined + f"\0ttl={ttl!r}".encode())
         head = wire.any_head(type_url, sum(map(len, pieces)))
         if ttl is None:
-            return _without_ttl(type_url, name, pieces, head, version)
+            return plain_resource(type_url, name, pieces, head, version)
         resource = wire.resource_bytes(name, version, (head, *pieces), ttl)
         heartbeat = wire.resource_bytes(name, version, None, ttl)
         return cls(
@@ -180,10 +187,11 @@ class _Unfrozen:
     _data: bytes | None
 
 
-def _without_ttl(
+def plain_resource(
     type_url: str, name: str, pieces: tuple[bytes, ...], any_head: bytes, version: str
 ) -> CachedResource:
-    """`CachedResource(type_url, name, pieces, any_head, version)`, made as `_Unfrozen`."""
+    """`CachedResource(type_url, name, pieces, any_head, version)` (no TTL), made as
+    `_Unfrozen`: for callers that know the head and version already (`of_data`, `Encoded`)."""
     made = _Unfrozen()
     made.type_url, made.name, made.pieces = type_url, name, pieces
     made.any_head, made.version, made.ttl = any_head, version, None

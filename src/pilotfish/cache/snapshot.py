@@ -167,46 +167,52 @@ class Snapshot:
         self, key: str, type_url: str, items: Iterable[Message | object]
     ) -> tuple[dict[str, CachedResource], dict[str, Mapping[str, set[str]]]]:
         """All of one type's `items` (named by `key`) as its tables: resources and references
-        by name, in the order given."""
+        by name, in the order given. `Serialized` items with their references (all of a
+        memo round's) are taken as they are, with no wrapper made per item."""
+        given = items.items if isinstance(items, Messages) else items
         prepared = [
-            self._prepare(type_url, item)
-            for item in (items.items if isinstance(items, Messages) else items)
+            item
+            if type(item) is Serialized and item.refs is not None
+            else self._prepare(type_url, item)
+            for item in given
         ]
-        table = {cached.name: cached for cached, _ in prepared}
-        if len(table) < len(prepared):
-            counted = Counter(cached.name for cached, _ in prepared)
+        resources = [item.cached for item in prepared]
+        table = {cached.name: cached for cached in resources}
+        if len(table) < len(resources):
+            counted = Counter(cached.name for cached in resources)
             name = next(name for name, count in counted.items() if count > 1)
             raise ValueError(f"two {key} resources named {name!r}")
-        return table, {cached.name: refs for cached, refs in prepared if refs}
+        refs = {
+            cached.name: item.refs
+            for cached, item in zip(resources, prepared, strict=True)
+            if item.refs
+        }
+        return table, refs
 
-    def _prepare(
-        self, type_url: str, item: Message | object
-    ) -> tuple[CachedResource, Mapping[str, set[str]]]:
+    def _prepare(self, type_url: str, item: Message | object) -> Serialized:
         """An item as given (message, `WithTtl`, `Serialized`, `Assembled` or `Encoded`): its
         bytes and references."""
         if type(item) is Serialized and item.refs is not None:  # the most given (memo rounds)
-            return item.cached, item.refs
+            return item
         if isinstance(item, Assembled):
             head = item.head
             name = resource_type(type_url).name_of(head)
             cached = CachedResource.of_data(type_url, name, item.pieces, version=item.version)
             self.stats.resources_serialized += 1
-            return cached, references(head)
+            return Serialized(item, cached, references(head))
         if isinstance(item, Encoded):
             self.stats.resources_serialized += 1  # its bytes: made once, hashed here
-            return item.cached(type_url), item.refs
+            return item.serialized(type_url)
         if isinstance(item, Serialized):
-            cached, refs = item.cached, item.refs
-            if refs is None:
+            if item.refs is None:
                 refs = references(to_message(type_url, item.message))
-        else:
-            ttl = item.ttl if isinstance(item, WithTtl) else None
-            resource = item.resource if isinstance(item, WithTtl) else item
-            message = to_message(type_url, resource)
-            cached = CachedResource.of(type_url, message, ttl)
-            refs = references(message)
-            self.stats.resources_serialized += 1
-        return cached, refs
+                return Serialized(item.message, item.cached, refs)
+            return item
+        ttl = item.ttl if isinstance(item, WithTtl) else None
+        resource = item.resource if isinstance(item, WithTtl) else item
+        message = to_message(type_url, resource)
+        self.stats.resources_serialized += 1
+        return Serialized(message, CachedResource.of(type_url, message, ttl), references(message))
 
     def updated(
         self,
@@ -275,7 +281,8 @@ class Snapshot:
                 refs_table.pop(name, None)
         fresh: set[str] = set()
         for item in items:
-            cached, refs = self._prepare(type_url, item)
+            prepared = self._prepare(type_url, item)
+            cached, refs = prepared.cached, prepared.refs
             name = cached.name
             if name in fresh:
                 raise ValueError(f"two {key} resources named {name!r}")

@@ -142,7 +142,7 @@ def _all_serialized(row: ResourceType, messages: Sequence[Any], refers: bool) ->
     type_url = row.type_url
     return [
         # Most are `Encoded` (a mesh's clusters and load assignments): taken without dispatch.
-        Serialized(m, m.cached(type_url), m.refs)
+        m.serialized(type_url)
         if type(m) is Encoded
         else _serialized(type_url, _name(row, m), m, refers)
         for m in messages
@@ -162,7 +162,7 @@ def _same(old: Any, new: Any) -> bool:
 def _serialized(type_url: str, name: str, message: Any, refers: bool) -> Serialized:
     """`message` with its resource (`refers`: the type names resources of others)."""
     if isinstance(message, Encoded):
-        return Serialized(message, message.cached(type_url), message.refs)
+        return message.serialized(type_url)
     if isinstance(message, Assembled):
         cached = CachedResource.of_data(type_url, name, message.pieces, version=message.version)
         return Serialized(message, cached, references(message.head) if refers else {})
