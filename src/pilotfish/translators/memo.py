@@ -228,9 +228,9 @@ class TranslationMemo:
         self._assembled: dict[Hashable, tuple[list[Any], Any]] = {}
         self._next_assembled: dict[Hashable, tuple[list[Any], Any]] = {}
         self._dirty: set[Hashable] | None = None
-        # defaultdicts: an entry's set is made only when missing (two per read of a unit)
+        # A defaultdict: an entry's set is made only when missing. Units by (kind, first
+        # argument) only: a kind changed whatever the arguments (rare) scans the keys.
         self._readers: defaultdict[tuple[str, Any], set[Hashable]] = defaultdict(set)
-        self._kind_readers: defaultdict[str, set[Hashable]] = defaultdict(set)
         self._stale = 0
 
     def begin(self, changes: Changes | None = None) -> None:
@@ -245,20 +245,21 @@ class TranslationMemo:
             # The units that made a lookup the change may answer differently: found by what
             # they read, so the others are reused without even looking at their reads.
             keys, kinds = touched
-            readers, kind_readers = self._readers, self._kind_readers
+            readers = self._readers
             self._dirty = set()
             for read in keys:
                 self._dirty.update(readers.get(read, ()))
-            for kind in kinds:
-                self._dirty.update(kind_readers.get(kind, ()))
+            if kinds:
+                for (kind, _), keys_read in readers.items():
+                    if kind in kinds:
+                        self._dirty.update(keys_read)
 
     def _note_reads(self, key: Hashable, unit: _Unit) -> None:
         """Index a new unit by what it read (entries of units since redone or dropped stay
         until the index is rebuilt: a unit found by a stale entry is only checked)."""
-        readers, kind_readers = self._readers, self._kind_readers
+        readers = self._readers
         for kind, args, _ in unit.reads:
             readers[kind, args[0] if args else None].add(key)
-            kind_readers[kind].add(key)
         self._stale += 1
 
     def end(self) -> None:
@@ -274,7 +275,7 @@ class TranslationMemo:
             self._units = self._next_units
         self._next_units, self._patched, self._recorded = {}, [], False
         if self._stale > 2 * len(self._units) + 64:
-            self._readers, self._kind_readers = defaultdict(set), defaultdict(set)
+            self._readers = defaultdict(set)
             for key, unit in self._units.items():
                 self._note_reads(key, unit)
             self._stale = 0
