@@ -198,7 +198,9 @@ _T = TypeVar("_T")
 def _each_route(
     vs: ConfigObject,
     context: _Context,
-    translate: Callable[[_Rule, HTTPMatchRequest | None, _Context], tuple[_T, bool] | None],
+    translate: Callable[
+        [_Rule, HTTPMatchRequest | None, _MatchData, _Context], tuple[_T, bool] | None
+    ],
 ) -> list[_T]:
     """The routes `translate` makes of each rule and match that applies, up to the first
     catch-all (`translate` says whether its route is one)."""
@@ -206,18 +208,23 @@ def _each_route(
     assert isinstance(spec, VirtualService)
     out: list[_T] = []
     for rule in _merged_rules(spec, vs.namespace, _source(vs), context.index):
-        matches = rule.route.match
-        catchall = not matches
-        for match in matches or [None]:
-            if not context.applies(match):
+        matches = rule.fields.get("match")
+        if not matches:  # no match: prefix "/" alone, which catches all
+            made = translate(rule, None, _match_data(None), context)
+            if made is not None:
+                out.append(made[0])
+            break
+        catchall = False
+        for match in matches:
+            matched = _match_data(match)
+            if matched.scoped and not context.applies(match):
                 continue
-            made = translate(rule, match, context)
+            made = translate(rule, match, matched, context)
             if made is None:
                 continue
-            route, catches_all = made
+            route, catchall = made
             out.append(route)
-            if match is None or catches_all:  # no match: prefix "/" alone
-                catchall = True
+            if catchall:
                 break
         if catchall:
             break
@@ -274,45 +281,67 @@ def default_route_data(
 
 class _Rule(NamedTuple):
     """An HTTPRoute with host names resolved and match gateways qualified, after merging with its
-    root when it came from a delegate; `sources` names the VirtualServices it came from. (A
-    tuple: made for every HTTP route, and a frozen dataclass is slower to make.)"""
+    root when it came from a delegate; `sources` names the VirtualServices it came from. Made
+    once per rule, for all its matches: `fields`, the route's set fields by name (`_fields`:
+    one read instead of a dozen), and `metadata`, its routes' framed metadata field (`sources`
+    stamped). (A tuple: made for every HTTP route, and a frozen dataclass is slower to make.)"""
 
     route: HTTPRoute
     sources: tuple[str, ...]
+    fields: dict[str, Any]
+    metadata: bytes
 
 
 def _source(vs: ConfigObject) -> str:
     return f"VirtualService/{vs.namespace}/{vs.name}"
 
 
+def _fields(route: HTTPRoute) -> dict[str, Any]:
+    """`route`'s set fields (non-empty repeated ones, non-default scalars) by name: one
+    `ListFields` reads them all, where each `HasField` or attribute read is a call of its own."""
+    return {field.name: value for field, value in route.ListFields()}
+
+
 def _merged_rules(
     spec: VirtualService, namespace: str, source: str, index: ConfigIndex
 ) -> Iterator[_Rule]:
     own = (source,)  # one tuple for all: routes' metadata is looked up by it
+    metadata = _field(_ROUTE_METADATA, stamp_bytes(own))  # one per VirtualService, not route
     for route in spec.http:
-        resolved = _normalized(route, namespace, index)
-        if not route.HasField("delegate"):
-            yield _Rule(resolved, own)
+        fields = _fields(route)
+        resolved = route
+        if not _is_normal_fields(fields, namespace, index):
+            resolved = _normal_copy(route, namespace, index)
+            fields = _fields(resolved)
+        if "delegate" not in fields:
+            yield _Rule(resolved, own, fields, metadata)
             continue
         delegate = index.delegate(route.delegate.name, route.delegate.namespace or namespace)
         if delegate is None:
             continue  # as istiod: a missing delegate drops only this HTTP route
         delegate_spec = delegate.spec
         assert isinstance(delegate_spec, VirtualService)
+        sources = (source, _source(delegate))
+        merged_metadata = _field(_ROUTE_METADATA, stamp_bytes(sources))
         for sub in delegate_spec.http:
             if sub.HasField("delegate"):
                 continue  # delegation is one level deep
             merged = _merge_route(resolved, _normalized(sub, delegate.namespace, index))
             if merged is not None:
-                yield _Rule(merged, (source, _source(delegate)))
+                yield _Rule(merged, sources, _fields(merged), merged_metadata)
 
 
 def _normalized(route: HTTPRoute, namespace: str, index: ConfigIndex) -> HTTPRoute:
     """`route` with destination hosts as FQDNs and match gateways as `ns/name`, as istiod
     resolves them when it reads the object (so a merged route needs no namespace): a copy,
     or `route` itself when it names them so already (translation only reads it)."""
-    if _is_normal(route, namespace, index):
+    if _is_normal_fields(_fields(route), namespace, index):
         return route
+    return _normal_copy(route, namespace, index)
+
+
+def _normal_copy(route: HTTPRoute, namespace: str, index: ConfigIndex) -> HTTPRoute:
+    """`_normalized` of a route that is not normal: the resolved copy."""
     out = HTTPRoute()
     out.CopyFrom(route)
     for item in out.route:
@@ -328,20 +357,22 @@ def _normalized(route: HTTPRoute, namespace: str, index: ConfigIndex) -> HTTPRou
     return out
 
 
-def _is_normal(route: HTTPRoute, namespace: str, index: ConfigIndex) -> bool:
-    """Whether `_normalized` would change nothing in `route` (most routes name FQDNs)."""
+def _is_normal_fields(fields: dict[str, Any], namespace: str, index: ConfigIndex) -> bool:
+    """Whether `_normalized` would change nothing in the route whose set fields are `fields`
+    (`_fields`; most routes name FQDNs). A host with a dot is an FQDN already (Istio's
+    short-name rule, `resolve_host`): only the others are resolved to tell."""
     resolve = index.resolve
-    for item in route.route:
+    for item in fields.get("route", ()):
         host = item.destination.host
-        if resolve(host, namespace) != host:
+        if "." not in host and resolve(host, namespace) != host:
             return False
-    if route.HasField("mirror") or route.mirrors:
-        hosts = [m.destination.host for m in route.mirrors]
-        if route.HasField("mirror"):
-            hosts.append(route.mirror.host)
+    if "mirror" in fields or "mirrors" in fields:
+        hosts = [m.destination.host for m in fields.get("mirrors", ())]
+        if "mirror" in fields:
+            hosts.append(fields["mirror"].host)
         if any(resolve(host, namespace) != host for host in hosts):
             return False
-    for match in route.match:  # loops, not a generator: asked of every route
+    for match in fields.get("match", ()):  # loops, not a generator: asked of every route
         for gateway in match.gateways:
             if gateway != MESH and "/" not in gateway:
                 return False
@@ -578,7 +609,7 @@ def _translate(rule: _Rule, match: HTTPMatchRequest | None, context: _Context) -
 
 
 def _route_message(
-    rule: _Rule, match: HTTPMatchRequest | None, context: _Context
+    rule: _Rule, match: HTTPMatchRequest | None, matched: _MatchData, context: _Context
 ) -> tuple[Route, bool] | None:
     route = _translate(rule, match, context)
     return None if route is None else (route, _is_catch_all(route.match))
@@ -588,27 +619,26 @@ def _route_message(
 
 
 def _route_data(
-    rule: _Rule, match: HTTPMatchRequest | None, context: _Context
+    rule: _Rule, match: HTTPMatchRequest | None, matched: _MatchData, context: _Context
 ) -> tuple[bytes, bool] | None:
-    """`_route_message`'s route as its deterministic bytes. A plain route (`_is_plain`) is
+    """`_route_message`'s route as its deterministic bytes. A plain route (none of `_NOT_PLAIN`) is
     joined from its fields in field number order, as deterministic output writes them: the
-    match (shared by every route with an equal one), the action, the metadata, the decorator,
-    the name and the stat prefix, which are all such a route has."""
-    spec = rule.route
-    plain = _action_data(spec, context) if _is_plain(spec) else None
+    match (`matched`, shared by every route with an equal one), the action, the metadata, the
+    decorator, the name and the stat prefix, which are all such a route has."""
+    fields = rule.fields
+    plain = _action_data(fields, context) if _NOT_PLAIN.isdisjoint(fields) else None
     if plain is None:
-        made = _route_message(rule, match, context)
+        made = _route_message(rule, match, matched, context)
         return None if made is None else (made[0].SerializeToString(deterministic=True), made[1])
     cluster, action = plain
-    matched = _match_data(match)
     operation = _operation(matched.path, cluster, context.vs_name, context.port)
     parts = [
         matched.data,
         _field(_ROUTE_ACTION, action),
-        _field(_ROUTE_METADATA, stamp_bytes(rule.sources)),
+        rule.metadata,
         _field(_ROUTE_DECORATOR, _field(_OPERATION, operation.encode())),
     ]
-    name = spec.name
+    name: str = fields.get("name", "")
     if match is not None and match.name:
         name = f"{name}.{match.name}"
     if name:
@@ -618,24 +648,25 @@ def _route_data(
     return b"".join(parts), matched.catch_all
 
 
-_NOT_PLAIN = ("headers", "redirect", "direct_response", "rewrite", "mirror", "fault", "cors_policy")
+_NOT_PLAIN = frozenset(
+    ("headers", "redirect", "direct_response", "rewrite", "mirror", "mirrors", "fault",
+     "cors_policy")
+)  # fmt: skip
 """HTTPRoute fields that `_translate` reads besides the match, destinations, timeout and
-retries: a route with any of them set (or `mirrors`, or a destination with headers) is
-translated as a message."""
-
-
-def _is_plain(spec: HTTPRoute) -> bool:
-    """Whether `spec` sets none of `_NOT_PLAIN` (its destinations are `_action_data`'s)."""
-    return not (any(map(spec.HasField, _NOT_PLAIN)) or spec.mirrors)
+retries: a route with any of them set (or a destination with headers) is translated as a
+message; the others are plain, their destinations `_action_data`'s."""
 
 
 class _MatchData(NamedTuple):
     """What a route's match gives it: its `match` field (framed), the path of its decorator
-    operation, and whether it matches every request."""
+    operation, whether it matches every request, and whether it is `scoped`: names a port,
+    gateways, source labels or a source namespace (most name none, and apply everywhere with
+    no `_Context.applies` to ask)."""
 
     data: bytes
     path: str
     catch_all: bool
+    scoped: bool
 
 
 def _match_data(match: HTTPMatchRequest | None) -> _MatchData:
@@ -647,17 +678,23 @@ def _match_data(match: HTTPMatchRequest | None) -> _MatchData:
         out = RouteMatch()
         _fill_match(out, match)
         data = _field(_ROUTE_MATCH, out.SerializeToString(deterministic=True))
-        found = _MATCHES.put(key, _MatchData(data, _operation_path(out), _is_catch_all(out)))
+        scoped = match is not None and bool(
+            match.port or match.gateways or match.source_labels or match.source_namespace
+        )
+        found = _MATCHES.put(
+            key, _MatchData(data, _operation_path(out), _is_catch_all(out), scoped)
+        )
     return found
 
 
 _MATCHES: Bounded[bytes | None, _MatchData] = Bounded(4096)
 
 
-def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes] | None:
-    """`_apply_destinations` for a route that `_is_plain`, as its RouteAction's bytes: its
-    cluster ("" when weighted) and the bytes; None when a destination sets headers."""
-    destinations = spec.route
+def _action_data(fields: dict[str, Any], context: _Context) -> tuple[str, bytes] | None:
+    """`_apply_destinations` for a plain route (set fields `fields`, none of `_NOT_PLAIN`),
+    as its RouteAction's bytes: its cluster ("" when weighted) and the bytes; None when a
+    destination sets headers."""
+    destinations = fields.get("route", ())
     hashes: list[bytes] = []
     consistent_hash = False
     if len(destinations) == 1:
@@ -686,12 +723,14 @@ def _action_data(spec: HTTPRoute, context: _Context) -> tuple[str, bytes] | None
                     hashes.append(data)
         head = _field(_ACTION_WEIGHTED, b"".join(weights))
     parts = [head]
-    if spec.HasField("timeout"):
-        parts.append(_field(_ACTION_TIMEOUT, spec.timeout.SerializeToString(deterministic=True)))
+    timeout = fields.get("timeout")
+    if timeout is not None:
+        parts.append(_field(_ACTION_TIMEOUT, timeout.SerializeToString(deterministic=True)))
     else:
         parts.append(_NO_TIMEOUT)
-    if spec.HasField("retries"):
-        policy = _retry_policy(spec.retries, consistent_hash)
+    retries = fields.get("retries")
+    if retries is not None:
+        policy = _retry_policy(retries, consistent_hash)
         if policy is not None:
             parts.append(_field(_ACTION_RETRY, policy.SerializeToString(deterministic=True)))
     else:
