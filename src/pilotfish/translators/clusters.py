@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers
@@ -823,20 +822,45 @@ def outbound_clusters(
         and bool(endpoints)
         and all(dict(e.labels).get(TLS_MODE_LABEL) == "istio" for e in endpoints)
     )
-    build = partial(  # what every cluster of the port shares, made once for all of them
-        _cluster,
-        registry=registry,
-        proxy=proxy,
-        endpoints=endpoints,
-        domain=domain,
-        sources=sources,
-        metadata=_metadata_field(sources),
-        auto_mtls=meshed,
-    )
-    clusters = [build(service, port, rule, "", None)]
-    for subset, labels in rule.subset_labels if rule else ():
-        clusters.append(build(service, port, rule, subset, labels))
+    metadata = _metadata_field(sources)
+    subsets: Iterable[tuple[str, dict[str, str] | None]] = _NO_SUBSETS
+    if rule is not None:
+        subsets = (("", None), *rule.subset_labels)
+    # Most clusters are a template's join (`_cluster`): made here, in the one pass over the
+    # subsets, with what `_cluster` would read; any other (auto mTLS, DNS, a socket, a shape
+    # not seen yet) is `_cluster`'s.
+    templated = not meshed and service.resolution not in ("DNS", "DNS_ROUND_ROBIN")
+    number, host = port.number, service.hostname
+    shape_rest = (port.protocol, service.resolution, service.mesh_external)
+    clusters: list[Encoded[Cluster]] = []
+    for subset, labels in subsets:
+        if templated:
+            policy_bytes = _effective(rule, number, subset)[1]
+            template = _TEMPLATES.get((policy_bytes, *shape_rest))
+            if template is not None and not template.tls:
+                clusters.append(template.cluster(cluster_name(number, host, subset), metadata))
+                continue
+        clusters.append(
+            _cluster(
+                service,
+                port,
+                rule,
+                subset,
+                labels,
+                registry=registry,
+                proxy=proxy,
+                endpoints=endpoints,
+                domain=domain,
+                sources=sources,
+                metadata=metadata,
+                auto_mtls=meshed,
+            )
+        )
     return clusters
+
+
+_NO_SUBSETS: tuple[tuple[str, dict[str, str] | None], ...] = (("", None),)
+"""A port's clusters without a DestinationRule: the port's own alone."""
 
 
 def _metadata_field(sources: Sequence[str]) -> bytes:
