@@ -117,6 +117,9 @@ def test_failover_priorities_and_weights_are_written() -> None:
         ("b", "a", "b"),
         ("VirtualService/ns/" + "x" * 200,) * 3,
         ("ü", ""),
+        # One source of each length where a length around it takes a second byte.
+        *[("n" * size,) for size in range(100, 140)],
+        ("n" * 16_400,),  # and a third
     ],
 )
 def test_stamp_bytes_are_the_stamped_metadata(sources: tuple[str, ...]) -> None:

@@ -36,18 +36,36 @@ def stamp_bytes(sources: Iterable[str] = ()) -> bytes:
     given = tuple(sources)
     data = _STAMP_BYTES.get(given)
     if data is None:
-        # Struct fields in key order ("config", "translator"), as deterministic output
-        # writes map entries; only the list of sources is not the same every time.
-        struct = _TRANSLATOR
-        if given:
-            values = [
-                _field(_VALUES, _field(_STRING_VALUE, n.encode())) for n in sorted(set(given))
-            ]
-            config = _field(2, _field(_LIST_VALUE, b"".join(values)))  # the entry's Value
-            struct = _field(1, _CONFIG_KEY + config) + _TRANSLATOR
-        entry = _METADATA_KEY + _field(2, struct)  # Metadata.filter_metadata["pilotfish"]
-        data = _STAMP_BYTES.put(given, _field(1, entry))
+        if not given:
+            return _NO_SOURCES
+        if len(given) == 1:  # most: one object's
+            values = _field(_VALUES, _field(_STRING_VALUE, given[0].encode()))
+        else:
+            values = b"".join(
+                [_field(_VALUES, _field(_STRING_VALUE, n.encode())) for n in sorted(set(given))]
+            )
+        data = _STAMP_BYTES.put(given, b"".join((_before_values(len(values)), values, _TRANSLATOR)))
     return data
+
+
+def _stamp_data(values: bytes) -> bytes:
+    """The metadata bytes around a ListValue's `values` (b"": no sources). Struct fields are in
+    key order ("config", "translator"), as deterministic output writes map entries."""
+    struct = _TRANSLATOR
+    if values:
+        config = _field(2, _field(_LIST_VALUE, values))  # the entry's Value
+        struct = _field(1, _CONFIG_KEY + config) + _TRANSLATOR
+    entry = _METADATA_KEY + _field(2, struct)  # Metadata.filter_metadata["pilotfish"]
+    return _field(1, entry)
+
+
+@functools.lru_cache(maxsize=1024)
+def _before_values(size: int) -> bytes:
+    """What `_stamp_data` writes before values of `size` bytes: only lengths, which depend on
+    nothing else (the values are followed by the constant `_TRANSLATOR` alone), so kept by size
+    and a stamp is one join instead of five nested copies."""
+    data = _stamp_data(bytes(size))
+    return data[: len(data) - size - len(_TRANSLATOR)]
 
 
 _STRING_VALUE, _LIST_VALUE, _VALUES = 3, 6, 1  # Value.string_value, .list_value; ListValue.values
@@ -56,6 +74,7 @@ _TRANSLATOR = _field(
     1, _field(1, b"translator") + _field(2, _field(_STRING_VALUE, TRANSLATOR_VERSION.encode()))
 )
 _METADATA_KEY = _field(1, METADATA_KEY.encode())
+_NO_SOURCES = _stamp_data(b"")
 
 
 def _info(given: tuple[str, ...]) -> Struct:
