@@ -187,11 +187,13 @@ def _service_outbound(
         # Each endpoint's labels as a set, once for all the port's subsets: a subset's
         # members are those whose labels include the subset's (`Endpoint.matches`).
         label_sets = [set(e.labels) for e in everything] if len(subsets) > 1 else []
+        clusters.extend(made)
+        failover, distribute = False, None  # `_locality_options` without a proxy locality
         for cluster, (subset, labels) in zip(made, subsets, strict=True):
-            clusters.append(cluster)
             if ENDPOINT_TYPE not in cluster.refs:  # not EDS: its endpoints are in the cluster
                 continue
-            failover, distribute = _locality_options(rule, port.number, subset, proxy.locality)
+            if proxy.locality:
+                failover, distribute = _locality_options(rule, port.number, subset, proxy.locality)
             # A subset's endpoints as the registry filters them, from the port's (one lookup
             # the memo records, not one per subset).
             members = everything

@@ -735,7 +735,8 @@ def _action_data(fields: dict[str, Any], context: _Context) -> tuple[str, bytes]
             parts.append(_field(_ACTION_RETRY, policy.SerializeToString(deterministic=True)))
     else:
         parts.append(_default_retry_data(consistent_hash))
-    parts.extend(_field(_ACTION_HASH, h) for h in hashes)
+    if hashes:  # most routes have none: no generator for them
+        parts.extend(_field(_ACTION_HASH, h) for h in hashes)
     return cluster, b"".join(parts)
 
 
