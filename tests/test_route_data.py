@@ -209,3 +209,28 @@ def test_default_route_bytes_are_the_message(
     expected = _default_route_message(host, port, index, proxy, hash_policy)
     made = default_route_data(host, port, index=index, proxy=proxy, hash_policy=hash_policy)
     assert made == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(matches, st.builds(lambda m, g: {**m, "gateways": g}, matches,
+                                 st.sampled_from([["mesh"], ["ns/gw"]]))),
+    proxies,
+    st.sampled_from([9080, 9090]),
+    st.sampled_from(["mesh", "ns/gw"]),
+)  # fmt: skip
+def test_unscoped_matches_apply_everywhere(
+    match: dict[str, Any], proxy: Proxy, port: int, gateway: str
+) -> None:
+    """A match that names no port, gateways or sources applies to every proxy, port and
+    gateway (translation asks `_Context.applies` of scoped matches only); its translation
+    is the same whoever asks."""
+    from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import HTTPMatchRequest
+    from pilotfish.translators.routes import _Context, _match_data
+
+    message = json_format.ParseDict(match, HTTPMatchRequest())
+    context = _Context(port, proxy, ConfigIndex.build([]), _registry(), gateway, None, "vs")
+    scoped = bool({"port", "gateways", "sourceLabels", "sourceNamespace"} & match.keys())
+    assert _match_data(message).scoped == scoped
+    if not scoped:
+        assert context.applies(message)
