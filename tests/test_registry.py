@@ -3,11 +3,19 @@ WorkloadEntries, and the plain Python API."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pilotfish.registry import Registry, Service, ServicePort, Workload, protocol_of
+from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
+from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import (
+    ServicePort as PortSpec,
+)
+from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
+from pilotfish.registry import Endpoint, Registry, Service, ServicePort, Workload, protocol_of
 from pilotfish.sources import ConfigObject, load_documents, load_path
 
 BOOKINFO = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "istio-bookinfo"
@@ -359,3 +367,195 @@ spec:
         with pytest.raises(dataclasses.FrozenInstanceError):
             service.namespace = "x"  # type: ignore[misc]
     assert made[0].ports is made[1].ports is made[2].ports
+
+
+# -- the registry read from objects equals one made by the dataclasses' constructors ------------
+
+_NAMES = st.sampled_from(["a", "b", "c"])
+_LABELS = st.dictionaries(st.sampled_from(["app", "version", "tier"]), _NAMES, max_size=3)
+_WORKLOAD_ENTRIES = st.builds(
+    WorkloadEntry,
+    address=st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+    labels=_LABELS,
+    ports=st.dictionaries(st.sampled_from(["http", "tcp", "web"]), st.integers(1, 9), max_size=2),
+    locality=st.sampled_from(["", "r/z"]),
+    weight=st.integers(0, 3),
+    service_account=st.sampled_from(["", "sa"]),
+    network=st.sampled_from(["", "n1"]),
+)
+_SERVICE_PORTS = st.builds(
+    PortSpec,
+    number=st.sampled_from([80, 443]),
+    name=st.sampled_from(["http", "tcp", "web", "grpc-x"]),
+    protocol=st.sampled_from(["", "HTTP", "TCP"]),
+    target_port=st.sampled_from([0, 8080]),
+)
+_SERVICE_ENTRIES = st.builds(
+    ServiceEntry,
+    hosts=st.lists(st.sampled_from(["a.example.com", "b", "*.wild.com", "c.example.com"]),
+                   min_size=1, max_size=3),
+    ports=st.lists(_SERVICE_PORTS, max_size=3),
+    endpoints=st.lists(_WORKLOAD_ENTRIES, max_size=3),
+    resolution=st.sampled_from(list(ServiceEntry.Resolution.values())),
+    location=st.sampled_from(list(ServiceEntry.Location.values())),
+    addresses=st.lists(st.sampled_from(["240.0.0.1", "240.0.0.2"]), max_size=2),
+    subject_alt_names=st.lists(st.sampled_from(["spiffe://x"]), max_size=1),
+)  # fmt: skip
+
+
+@st.composite
+def _objects(draw: st.DrawFn) -> list[ConfigObject]:
+    found: list[tuple[str, ServiceEntry | WorkloadEntry]] = []
+    for _ in range(draw(st.integers(0, 4))):
+        spec = draw(_SERVICE_ENTRIES)
+        if draw(st.booleans()):
+            spec.workload_selector.labels.update(draw(_LABELS))
+        found.append(("ServiceEntry", spec))
+    found.extend(("WorkloadEntry", e) for e in draw(st.lists(_WORKLOAD_ENTRIES, max_size=3)))
+    return [
+        ConfigObject(
+            "networking.istio.io/v1", kind, draw(_NAMES), f"{kind.lower()}-{i}", spec,
+            labels=draw(_LABELS), file=f"f{draw(st.integers(0, 2))}.yaml", index=i,
+        )
+        for i, (kind, spec) in enumerate(draw(st.permutations(found)))
+    ]  # fmt: skip
+
+
+def _reference_workload(
+    spec: WorkloadEntry, namespace: str, name: str, labels: dict[str, str] | None = None
+) -> Workload:
+    return Workload(
+        address=spec.address, name=name, namespace=namespace,
+        labels={**(labels or {}), **dict(spec.labels)}, ports=dict(spec.ports),
+        locality=spec.locality, weight=spec.weight or 1,
+        service_account=spec.service_account or "default", network=spec.network,
+    )  # fmt: skip
+
+
+def _reference(objects: list[ConfigObject]) -> Registry:
+    """The registry `from_objects` makes, by the Python API and the constructors."""
+    registry = Registry()
+    ordered = sorted(objects, key=lambda o: (o.namespace, o.name, o.file, o.index))
+    for obj in ordered:
+        if obj.kind == "WorkloadEntry":
+            assert isinstance(obj.spec, WorkloadEntry)
+            registry.add_workload(
+                _reference_workload(obj.spec, obj.namespace, obj.name, dict(obj.labels))
+            )
+    for obj in ordered:
+        spec = obj.spec
+        if not isinstance(spec, ServiceEntry):
+            continue
+        ports = tuple(
+            ServicePort(p.name, p.number, protocol_of(p.name, p.protocol), p.target_port or None)
+            for p in spec.ports
+        )
+        for host in spec.hosts:
+            service = Service(
+                hostname=host if "." in host or host.startswith("*") else
+                f"{host}.{obj.namespace}.svc.cluster.local",
+                namespace=obj.namespace, ports=ports,
+                resolution=("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN")[spec.resolution],
+                mesh_external=spec.location == ServiceEntry.MESH_EXTERNAL,
+                addresses=tuple(spec.addresses),
+                selector=dict(spec.workload_selector.labels)
+                if spec.HasField("workload_selector") else None,
+                subject_alt_names=tuple(spec.subject_alt_names),
+            )  # fmt: skip
+            if registry.service(service.hostname) is None:
+                workloads = [
+                    _reference_workload(e, obj.namespace, obj.name) for e in spec.endpoints
+                ]
+                registry.add_service(service, workloads)
+    return registry
+
+
+def _reference_endpoints(registry: Registry, service: Service, port: ServicePort) -> list[Endpoint]:
+    found = set()
+    for w in registry.instances(service.hostname):
+        if port.name in w.ports:
+            number = w.ports[port.name]
+        elif isinstance(port.target_port, str) and port.target_port in w.ports:
+            number = w.ports[port.target_port]
+        else:
+            number = (
+                port.target_port
+                if isinstance(port.target_port, int) and port.target_port
+                else port.number
+            )
+        found.add(Endpoint(
+            address=w.address, port=number, locality=w.locality, weight=w.weight or 1,
+            labels=tuple(sorted(w.labels.items())), service_account=w.service_account,
+            namespace=w.namespace, workload=w.name,
+        ))  # fmt: skip
+    return sorted(found)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_objects())
+def test_a_registry_read_from_objects_is_the_one_its_api_makes(objects: list[ConfigObject]) -> None:
+    """`from_objects` makes services, workloads and endpoints in place, without the frozen
+    dataclasses' constructors: each equals the constructor's, field by field (and in order)."""
+    made, expected = Registry.from_objects(objects), _reference(objects)
+    assert made.services() == expected.services()
+    for service, want in zip(made.services(), expected.services(), strict=True):
+        assert vars(service) == vars(want) and service.key == want.key
+        assert list(vars(service))[:8] == [f.name for f in dataclasses.fields(Service)]
+        workloads = made.instances(service.hostname)
+        assert workloads == expected.instances(service.hostname)
+        for workload in workloads:
+            assert list(vars(workload)) == [f.name for f in dataclasses.fields(Workload)]
+        for port in service.ports:
+            endpoints = made.endpoints(service.hostname, port.number)
+            first = want.port(port.number)  # two ports may share a number: the first answers
+            assert first is not None
+            assert endpoints == _reference_endpoints(expected, want, first)
+            for endpoint in endpoints:
+                fields = [f.name for f in dataclasses.fields(Endpoint)]
+                assert list(vars(endpoint)) == [*fields, "_label_map"]
+                assert endpoint._label_map == dict(endpoint.labels)
+            subset = {"version": "a"}
+            assert made.endpoints(service.hostname, port.number, subset) == [
+                e for e in endpoints if all(dict(e.labels).get(k) == v for k, v in subset.items())
+            ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            ServicePort,
+            name=st.sampled_from(["http", "tcp", "web"]),
+            number=st.sampled_from([80, 443, 8000]),
+            target_port=st.sampled_from([None, 0, 8080, "web", "grpc"]),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.lists(
+        st.builds(
+            Workload,
+            address=st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+            name=_NAMES,
+            labels=_LABELS,
+            ports=st.dictionaries(st.sampled_from(["http", "web", "grpc"]), st.integers(1, 9)),
+            locality=st.sampled_from(["", "r/z"]),
+            weight=st.integers(0, 2),
+        ),
+        max_size=4,
+    ),
+)
+def test_endpoints_pick_each_workloads_port_as_the_constructors_would(
+    ports: list[ServicePort], workloads: list[Workload]
+) -> None:
+    """A port's endpoints (made in place) equal the constructor's, for every way a workload's
+    port is chosen: by the port's name, by a named target port, a numbered one, or the port."""
+    registry = Registry()
+    service = Service("s.example.com", ports=tuple(ports))
+    registry.add_service(service, workloads)
+    for port in ports:
+        first = service.port(port.number)
+        assert first is not None
+        assert registry.endpoints(service.hostname, port.number) == _reference_endpoints(
+            registry, service, first
+        )

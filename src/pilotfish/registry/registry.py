@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from pilotfish.frozen import construct
@@ -25,7 +26,6 @@ from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import Service
 from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
 from pilotfish.protos.k8s import registry_pb2
 from pilotfish.registry.model import (
-    ENDPOINT_ORDER,
     Endpoint,
     Resolution,
     Service,
@@ -39,11 +39,17 @@ __all__ = ["Registry"]
 
 _RESOLUTIONS: tuple[Resolution, ...] = ("NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_KINDS = ("Pod", "EndpointSlice", "WorkloadEntry", "Service", "ServiceEntry")
+"""The kinds `from_objects` reads."""
+_OBJECT_ORDER = attrgetter("namespace", "name", "file", "index")
+"""The order objects of one kind are read in (the first definition of a host wins)."""
+_MESH_EXTERNAL = ServiceEntry.MESH_EXTERNAL
 
 
 _Labels = tuple[tuple[str, str], ...]
 _GENERATIONS = itertools.count(1)
 T = TypeVar("T")
+_new = object.__new__
 
 
 class Registry:
@@ -130,16 +136,18 @@ class Registry:
         """The workloads behind a service: explicit ones, then those its selector picks."""
         with self._lock:
             service = self._services.get(hostname)
-            if service is None:
-                return []
-            found = list(self._explicit.get(hostname, ()))
-            if service.selector is not None:
-                found.extend(
-                    w
-                    for key, w in sorted(self._workloads.items())
-                    if w.namespace == service.namespace and w.matches(service.selector)
-                )
-            return found
+            return [] if service is None else self._instances(service)
+
+    def _instances(self, service: Service) -> list[Workload]:
+        """`instances` of a service of the registry (lock held)."""
+        found = list(self._explicit.get(service.hostname, ()))
+        if service.selector is not None:
+            found.extend(
+                w
+                for key, w in sorted(self._workloads.items())
+                if w.namespace == service.namespace and w.matches(service.selector)
+            )
+        return found
 
     def endpoints(
         self, hostname: str, port: int, subset: Mapping[str, str] | None = None
@@ -148,7 +156,8 @@ class Registry:
         sorted, so equal registries give equal load assignments."""
         key = (port, tuple(sorted(subset.items())) if subset is not None else None)
         with self._lock:
-            known = self._answers.get(hostname, {}).get(key)
+            answers = self._answers.get(hostname)
+            known = answers.get(key) if answers is not None else None
         if known is not None:
             return list(known)
         if subset is None:
@@ -162,15 +171,54 @@ class Registry:
     def _endpoints(self, hostname: str, port: int) -> list[Endpoint]:
         with self._lock:
             service = self._services.get(hostname)
-        service_port = service.port(port) if service else None
-        if service_port is None:
-            return []
-        # Equal endpoints are one: keyed by their fields in order (what equality and sorting
-        # compare), each key is made once and hashed in C, not by the dataclass's `__hash__`.
-        found = {}
-        for w in self.instances(hostname):
-            endpoint = Endpoint.of_workload(w, _workload_port(service_port, w))
-            found[ENDPOINT_ORDER(endpoint)] = endpoint
+            service_port = service.port(port) if service is not None else None
+            if service is None or service_port is None:
+                return []
+            workloads = self._instances(service)
+        # Made for every port of every service of a mesh: each workload's port is chosen and
+        # its endpoint made (as `Endpoint.of_workload` does) in place, without a call per
+        # workload. Equal endpoints are one: keyed by their fields in order (what equality and
+        # sorting compare), each key is made once and hashed in C, not by the dataclass's
+        # `__hash__`.
+        name = service_port.name
+        target = service_port.target_port
+        named = target if isinstance(target, str) else None
+        fallback = target if isinstance(target, int) and target else service_port.number
+        found: dict[tuple[Any, ...], Endpoint] = {}
+        for w in workloads:
+            ports = w.ports
+            if name in ports:
+                number = ports[name]
+            elif named is not None and named in ports:
+                number = ports[named]
+            else:
+                number = fallback
+            labels = w.labels
+            address = w.address
+            locality = w.locality
+            weight = w.weight or 1
+            sorted_labels = tuple(sorted(labels.items()))
+            account = w.service_account
+            namespace = w.namespace
+            workload = w.name
+            endpoint = _new(Endpoint)
+            endpoint.__dict__.update(
+                {
+                    "address": address,
+                    "port": number,
+                    "locality": locality,
+                    "weight": weight,
+                    "labels": sorted_labels,
+                    "service_account": account,
+                    "namespace": namespace,
+                    "workload": workload,
+                    "_label_map": dict(labels),  # the cached property, made at once
+                }
+            )
+            values = (
+                address, number, locality, weight, sorted_labels, account, namespace, workload
+            )  # fmt: skip
+            found[values] = endpoint
         return [found[key] for key in sorted(found)]
 
     def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:
@@ -205,41 +253,44 @@ class Registry:
     ) -> Registry:
         """A registry of every ServiceEntry, WorkloadEntry, Service, EndpointSlice and Pod."""
         registry = cls(domain)
-        by_kind: dict[str, list[ConfigObject]] = {}
+        # Grouped in one pass, only the kinds the registry reads (a mesh's routing config, most
+        # of its objects, is neither kept nor sorted), then each kind sorted.
+        by_kind: dict[str, list[ConfigObject]] = {kind: [] for kind in _KINDS}
         for obj in objects:
-            by_kind.setdefault(obj.kind, []).append(obj)
+            found = by_kind.get(obj.kind)
+            if found is not None:
+                found.append(obj)
+        for found in by_kind.values():
+            found.sort(key=_OBJECT_ORDER)
 
-        def of_kind(kind: str) -> list[ConfigObject]:
-            # Sorted kind by kind: the kinds the registry does not read (a mesh's routing
-            # config, most of its objects) are not sorted at all.
-            return sorted(
-                by_kind.get(kind, ()), key=lambda o: (o.namespace, o.name, o.file, o.index)
-            )
-
-        pods = {(o.namespace, o.name): o for o in of_kind("Pod")}
+        pods = {(o.namespace, o.name): o for o in by_kind["Pod"]}
         slices: dict[tuple[str, str], list[ConfigObject]] = {}
-        for obj in of_kind("EndpointSlice"):
+        for obj in by_kind["EndpointSlice"]:
             if SERVICE_NAME_LABEL in obj.labels:
                 slices.setdefault((obj.namespace, obj.labels[SERVICE_NAME_LABEL]), []).append(obj)
         # No other thread sees the registry yet: its dictionaries are filled without the lock
         # and without `add_service`'s bookkeeping per service (the registry is new: no
         # answers to forget, its own generation).
-        for obj in of_kind("WorkloadEntry"):
+        workloads = registry._workloads
+        for obj in by_kind["WorkloadEntry"]:
             workload = _of_entry(obj)
-            registry._workloads[workload.namespace, workload.name, workload.address] = workload
+            workloads[workload.namespace, workload.name, workload.address] = workload
         ports: _PortsMade = {}
         # Kubernetes first (Istio's aggregate registry asks it first), then ServiceEntries.
-        for obj in of_kind("Service"):
+        for obj in by_kind["Service"]:
             service, endpoints = _kubernetes_service(obj, domain, ports)
             for slice_ in slices.get((obj.namespace, obj.name), []):
                 endpoints.extend(_slice_workloads(slice_, pods))
-            registry._add_once(service, endpoints, obj)
-        for obj in of_kind("ServiceEntry"):
-            for service, endpoints in _service_entry(obj, domain, ports):
-                registry._add_once(service, endpoints, obj)
+            registry._add_once(service, tuple(endpoints), obj)
+        add_once = registry._add_once
+        for obj in by_kind["ServiceEntry"]:
+            for service, made in _service_entry(obj, domain, ports):
+                add_once(service, made, obj)
         return registry
 
-    def _add_once(self, service: Service, endpoints: list[Workload], obj: ConfigObject) -> None:
+    def _add_once(
+        self, service: Service, endpoints: tuple[Workload, ...], obj: ConfigObject
+    ) -> None:
         """Add a service while `from_objects` builds the registry: the first definition of a
         host wins, a later one is recorded in `conflicts`."""
         hostname = service.hostname
@@ -250,7 +301,7 @@ class Registry:
             )
             return
         self._services[hostname] = service
-        self._explicit[hostname] = tuple(endpoints)
+        self._explicit[hostname] = endpoints
         self._owners[hostname] = obj
 
     def apply(self, removed: Iterable[ConfigObject], added: Iterable[ConfigObject]) -> bool:
@@ -338,16 +389,6 @@ def _of_entry(obj: ConfigObject) -> Workload:
     return _workload(obj.spec, obj.namespace, obj.name, obj.labels)
 
 
-def _workload_port(port: ServicePort, workload: Workload) -> int:
-    if port.name in workload.ports:
-        return workload.ports[port.name]
-    if isinstance(port.target_port, str) and port.target_port in workload.ports:
-        return workload.ports[port.target_port]
-    if isinstance(port.target_port, int) and port.target_port:
-        return port.target_port
-    return port.number
-
-
 def _workload(
     spec: WorkloadEntry, namespace: str, name: str = "", labels: Mapping[str, str] | None = None
 ) -> Workload:
@@ -393,37 +434,62 @@ def _ports(specs: tuple[_PortSpec, ...], made: _PortsMade) -> tuple[ServicePort,
 
 def _service_entry(
     obj: ConfigObject, domain: str, ports_made: _PortsMade
-) -> list[tuple[Service, list[Workload]]]:
+) -> list[tuple[Service, tuple[Workload, ...]]]:
+    """A ServiceEntry's services, one per host, sharing its endpoints. Made for every
+    ServiceEntry of a mesh: its workloads and services are made in place, without a call per
+    item or the frozen dataclasses' constructors (a test compares them with theirs)."""
     spec = obj.spec
     assert isinstance(spec, ServiceEntry)
     namespace = obj.namespace
-    ports = _ports(
-        tuple([(p.name, p.number, p.protocol, p.target_port or None) for p in spec.ports]),
-        ports_made,
+    name = obj.name
+    specs = tuple([(p.name, p.number, p.protocol, p.target_port or None) for p in spec.ports])
+    ports = ports_made.get(specs)
+    if ports is None:
+        ports = _ports(specs, ports_made)
+    selector = (
+        as_dict(spec.workload_selector.labels) if spec.HasField("workload_selector") else None
     )
-    selector = dict(spec.workload_selector.labels) if spec.HasField("workload_selector") else None
-    endpoints = [_workload(e, namespace, obj.name) for e in spec.endpoints]
+    made: list[Workload] = []
+    for entry in spec.endpoints:
+        labels = entry.labels
+        entry_ports = entry.ports
+        workload = _new(Workload)
+        workload.__dict__.update(
+            {
+                "address": entry.address,
+                "name": name,
+                "namespace": namespace,
+                "labels": {k: labels[k] for k in labels},
+                "ports": {k: entry_ports[k] for k in entry_ports} if entry_ports else {},
+                "locality": entry.locality,
+                "weight": entry.weight or 1,
+                "service_account": entry.service_account or "default",
+                "network": entry.network,
+            }
+        )
+        made.append(workload)
+    endpoints = tuple(made)
     resolution = _RESOLUTIONS[spec.resolution]
-    mesh_external = spec.location == ServiceEntry.MESH_EXTERNAL
+    mesh_external = spec.location == _MESH_EXTERNAL
     addresses = _strings(spec.addresses)
     subject_alt_names = _strings(spec.subject_alt_names)
-    return [
-        (
-            construct(
-                Service,
-                hostname=resolve_host(host, namespace, domain),
-                namespace=namespace,
-                ports=ports,
-                resolution=resolution,
-                mesh_external=mesh_external,
-                addresses=addresses,
-                selector=selector,
-                subject_alt_names=subject_alt_names,
-            ),
-            list(endpoints),
+    found = []
+    for host in spec.hosts:
+        service = _new(Service)
+        service.__dict__.update(
+            {
+                "hostname": resolve_host(host, namespace, domain),
+                "namespace": namespace,
+                "ports": ports,
+                "resolution": resolution,
+                "mesh_external": mesh_external,
+                "addresses": addresses,
+                "selector": selector,
+                "subject_alt_names": subject_alt_names,
+            }
         )
-        for host in spec.hosts
-    ]
+        found.append((service, endpoints))
+    return found
 
 
 def _strings(field: Iterable[str]) -> tuple[str, ...]:
