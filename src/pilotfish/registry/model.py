@@ -127,7 +127,12 @@ class Workload:
 
     def matches(self, selector: Mapping[str, str]) -> bool:
         """Whether every label of `selector` is on this workload."""
-        return all(self.labels.get(k) == v for k, v in selector.items())
+        labels = self.labels
+        # A loop, not all() over a generator: asked of every workload for every selector.
+        for key, value in selector.items():  # noqa: SIM110
+            if labels.get(key) != value:
+                return False
+        return True
 
 
 @dataclass(frozen=True, order=True)
@@ -146,7 +151,11 @@ class Endpoint:
     def matches(self, selector: Mapping[str, str]) -> bool:
         """Whether every label of `selector` is on this endpoint (subset filtering)."""
         labels = self._label_map
-        return all(labels.get(k) == v for k, v in selector.items())
+        # A loop, not all() over a generator: asked of every endpoint for every subset.
+        for key, value in selector.items():  # noqa: SIM110
+            if labels.get(key) != value:
+                return False
+        return True
 
     @cached_property
     def _label_map(self) -> dict[str, str]:
