@@ -13,7 +13,7 @@ from pilotfish.protos.istio.networking.v1alpha3.gateway_pb2 import Gateway
 from pilotfish.protos.istio.networking.v1alpha3.virtual_service_pb2 import VirtualService
 from pilotfish.protos.istio.security.v1beta1.peer_authentication_pb2 import PeerAuthentication
 from pilotfish.sources import ConfigObject, load_documents
-from pilotfish.translators.index import ConfigIndex
+from pilotfish.translators.index import ConfigIndex, MergedRule
 
 _SPECS = {
     "VirtualService": VirtualService,
@@ -232,3 +232,56 @@ def test_virtual_services_by_host_gateway_and_name() -> None:
     assert not index.routes_read_labels()
     after = index.for_host("reviews.shop.svc.cluster.local")
     assert after is not None and after.name == "b-exact"
+
+
+HASHES = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: plain, namespace: shop}
+spec:
+  host: plain.example.com
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: subset, namespace: shop}
+spec:
+  host: subset.example.com
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: subset-no-hash, namespace: shop}
+spec:
+  host: other.example.com
+  subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: port-level, namespace: shop}
+spec:
+  host: port.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      loadBalancer: {consistentHash: {useSourceIp: true}}
+"""
+
+
+def test_whether_a_merged_rule_may_hash_is_what_its_property_finds() -> None:
+    """`_merge` answers `may_hash` at once for rules with no policy anywhere; the others
+    are left to the property, which reads every policy."""
+    index = _rules(HASHES)
+    found = {}
+    for host in ("plain", "subset", "other", "port"):
+        rule = index.destination_rule(f"{host}.example.com")
+        assert rule is not None
+        plain = MergedRule(rule.host, rule.namespace, rule.traffic_policy, rule.subsets,
+                           rule.sources)  # fmt: skip
+        assert rule.may_hash == plain.may_hash
+        found[host] = rule.may_hash
+    assert found == {"plain": False, "subset": True, "other": False, "port": True}

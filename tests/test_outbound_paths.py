@@ -190,3 +190,4 @@ def test_merged_rules_hold_what_their_properties_make(seed: int) -> None:
         assert rule.has_policy == plain.has_policy
         assert rule.subset_labels == plain.subset_labels
         assert rule._by_name == plain._by_name
+        assert rule.may_hash == plain.may_hash

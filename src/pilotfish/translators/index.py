@@ -405,6 +405,7 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
     subsets: dict[str, Subset] = {}
     labels: list[tuple[str, dict[str, str]]] = []
     policy: TrafficPolicy | None = None
+    subset_policy = False
     for obj in rules:
         spec = obj.spec
         assert isinstance(spec, DestinationRule)
@@ -414,6 +415,7 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
                 subsets[name] = subset
                 found = subset.labels
                 labels.append((name, {k: found[k] for k in found}))  # `as_dict`, in place
+                subset_policy = subset_policy or subset.HasField("traffic_policy")
         if policy is None and spec.HasField("traffic_policy"):
             policy = TrafficPolicy()
             policy.CopyFrom(spec.traffic_policy)
@@ -430,4 +432,6 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
             "_by_name": subsets,
         }
     )
+    if policy is None and not subset_policy:  # most rules: no policy that could hash
+        rule.__dict__["may_hash"] = False
     return rule
