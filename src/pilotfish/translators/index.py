@@ -337,10 +337,14 @@ class _Lookups:
         if not hosts:
             change(self.delegates.setdefault((vs.namespace, vs.name), []), vs)
             return
-        wild = tuple(h for h in hosts if h.startswith("*"))
-        for gateway in dict.fromkeys(self.vs_gateways(vs)):
+        # Once per VirtualService of a mesh, most with one host and one gateway: nothing to
+        # deduplicate then.
+        wild = tuple([h for h in hosts if h.startswith("*")])
+        unique = hosts if len(hosts) == 1 else tuple(dict.fromkeys(hosts))
+        gateways = self.vs_gateways(vs)
+        for gateway in gateways if len(gateways) == 1 else dict.fromkeys(gateways):
             change(self.bound.setdefault(gateway, []), vs)
-            for host in dict.fromkeys(hosts):
+            for host in unique:
                 change(self.exact_vs.setdefault((gateway, host), []), vs)
             if wild:
                 change(self.wild_vs.setdefault(gateway, []), (vs, wild))
