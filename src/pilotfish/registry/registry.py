@@ -49,7 +49,6 @@ _MESH_EXTERNAL = ServiceEntry.MESH_EXTERNAL
 _Labels = tuple[tuple[str, str], ...]
 _GENERATIONS = itertools.count(1)
 T = TypeVar("T")
-_new = object.__new__
 
 
 class Registry:
@@ -201,19 +200,17 @@ class Registry:
             account = w.service_account
             namespace = w.namespace
             workload = w.name
-            endpoint = _new(Endpoint)
-            endpoint.__dict__.update(
-                {
-                    "address": address,
-                    "port": number,
-                    "locality": locality,
-                    "weight": weight,
-                    "labels": sorted_labels,
-                    "service_account": account,
-                    "namespace": namespace,
-                    "workload": workload,
-                    "_label_map": dict(labels),  # the cached property, made at once
-                }
+            endpoint = construct(
+                Endpoint,
+                address=address,
+                port=number,
+                locality=locality,
+                weight=weight,
+                labels=sorted_labels,
+                service_account=account,
+                namespace=namespace,
+                workload=workload,
+                _label_map=dict(labels),  # the cached property, made at once
             )
             values = (
                 address, number, locality, weight, sorted_labels, account, namespace, workload
@@ -455,19 +452,17 @@ def _service_entry(
     for entry in spec.endpoints[:]:
         labels = entry.labels
         entry_ports = entry.ports
-        workload = _new(Workload)
-        workload.__dict__.update(
-            {
-                "address": entry.address,
-                "name": name,
-                "namespace": namespace,
-                "labels": {k: labels[k] for k in labels},
-                "ports": {k: entry_ports[k] for k in entry_ports} if entry_ports else {},
-                "locality": entry.locality,
-                "weight": entry.weight or 1,
-                "service_account": entry.service_account or "default",
-                "network": entry.network,
-            }
+        workload = construct(
+            Workload,
+            address=entry.address,
+            name=name,
+            namespace=namespace,
+            labels={k: labels[k] for k in labels},
+            ports={k: entry_ports[k] for k in entry_ports} if entry_ports else {},
+            locality=entry.locality,
+            weight=entry.weight or 1,
+            service_account=entry.service_account or "default",
+            network=entry.network,
         )
         made.append(workload)
     endpoints = tuple(made)
@@ -477,18 +472,16 @@ def _service_entry(
     subject_alt_names = _strings(spec.subject_alt_names)
     found = []
     for host in spec.hosts[:]:
-        service = _new(Service)
-        service.__dict__.update(
-            {
-                "hostname": resolve_host(host, namespace, domain),
-                "namespace": namespace,
-                "ports": ports,
-                "resolution": resolution,
-                "mesh_external": mesh_external,
-                "addresses": addresses,
-                "selector": selector,
-                "subject_alt_names": subject_alt_names,
-            }
+        service = construct(
+            Service,
+            hostname=resolve_host(host, namespace, domain),
+            namespace=namespace,
+            ports=ports,
+            resolution=resolution,
+            mesh_external=mesh_external,
+            addresses=addresses,
+            selector=selector,
+            subject_alt_names=subject_alt_names,
         )
         found.append((service, endpoints))
     return found

@@ -14,6 +14,7 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
+from pilotfish.frozen import construct
 from pilotfish.protos import as_dict
 from pilotfish.protos.istio.networking.v1alpha3.destination_rule_pb2 import (
     DestinationRule,
@@ -28,8 +29,6 @@ __all__ = ["MESH", "ConfigIndex", "MergedRule", "host_matches"]
 
 MESH = "mesh"
 """The gateway name that means "every sidecar"."""
-
-_new = object.__new__
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -423,18 +422,16 @@ def _merge(host: str, rules: Sequence[ConfigObject]) -> MergedRule:
         if policy is None and spec.HasField("traffic_policy"):
             policy = TrafficPolicy()
             policy.CopyFrom(spec.traffic_policy)
-    rule = _new(MergedRule)
-    rule.__dict__.update(
-        {
-            "host": host,
-            "namespace": rules[0].namespace,
-            "traffic_policy": TrafficPolicy() if policy is None else policy,
-            "subsets": tuple(subsets.values()),
-            "sources": tuple(rules),
-            "has_policy": policy is not None and bool(policy.ListFields()),
-            "subset_labels": tuple(labels),
-            "_by_name": subsets,
-        }
+    rule = construct(
+        MergedRule,
+        host=host,
+        namespace=rules[0].namespace,
+        traffic_policy=TrafficPolicy() if policy is None else policy,
+        subsets=tuple(subsets.values()),
+        sources=tuple(rules),
+        has_policy=policy is not None and bool(policy.ListFields()),
+        subset_labels=tuple(labels),
+        _by_name=subsets,
     )
     if policy is None and not subset_policy:  # most rules: no policy that could hash
         rule.__dict__["may_hash"] = False
