@@ -39,7 +39,10 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if "model name" in ln), "")
     return {
         "pilotfish_commit": _git("rev-parse", "HEAD"),
-        "pilotfish_tree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # Results written by earlier benchmarks of the same run are not the code measured.
+        "pilotfish_tree_dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/bench/results")
+        ),
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
         "python": sys.version.split()[0],
