@@ -56,7 +56,7 @@ from pilotfish.protos import (
     wire,
 )
 from pilotfish.translators import build
-from pilotfish.xds.server import Transport, XdsServer
+from pilotfish.xds.server import XdsServer
 
 if not __package__:  # run as a script (bench/ is sys.path[0]): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,6 +64,8 @@ from bench import h2client, machine
 
 if TYPE_CHECKING:  # the grpc client is imported when used: server workers run without grpc
     import grpc.aio
+
+    from bench.floor import FloorServer
 
 __all__ = [
     "build_snapshot",
@@ -86,7 +88,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", -1),
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
-TRANSPORTS: tuple[Transport, ...] = ("grpc", "native")
+Transport = Literal["grpc", "native", "floor"]
+"""The server: pilotfish's `XdsServer` over grpc.aio or its native HTTP/2, or `bench.floor`
+(the issue's serialize-once baseline, for calibration: SotW and one worker only)."""
+TRANSPORTS: tuple[Transport, ...] = ("grpc", "native", "floor")
 ClientImpl = Literal["grpc", "h2"]
 CLIENT_IMPLS: tuple[ClientImpl, ...] = ("h2", "grpc")
 XdsProtocol = Literal["sotw", "delta"]
@@ -253,6 +258,19 @@ def server_process(
     )
 
 
+def _served_counts(server: XdsServer | FloorServer, snapshot: Snapshot) -> tuple[int, int]:
+    """Resources serialized and responses built for what is served now. Pilotfish: the
+    snapshot's own counts (responses: one per type and subscription for SotW, one per client
+    state with something to send for delta, `Snapshot.delta_response`). The floor: what it
+    packed and serialized since the last report (a push's, after one)."""
+    if isinstance(server, XdsServer):
+        stats = snapshot.stats
+        return stats.resources_serialized, stats.responses_built + stats.delta_responses_built
+    counts = server.resources_packed, server.responses_serialized
+    server.resources_packed = server.responses_serialized = 0
+    return counts
+
+
 def _cpu() -> tuple[float, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread: grpc's pollers too
     return usage.ru_utime, usage.ru_stime
@@ -291,7 +309,13 @@ async def _serve(
     snapshot = build_snapshot(clusters, endpoints, 0)
     cache = SnapshotCache(node_hash=by_cluster)
     cache.set_snapshot(NODE_CLUSTER, snapshot)
-    server = XdsServer(cache, transport=transport)
+    server: XdsServer | FloorServer
+    if transport == "floor":
+        from bench.floor import FloorServer  # here: only the floor's workers import grpc
+
+        server = FloorServer(snapshot)
+    else:
+        server = XdsServer(cache, transport=transport)
     port = await server.start(f"127.0.0.1:{port}")
     inbox = _Inbox(conn)
     conn.send(("ready", port, _versions(snapshot), _resource_versions(snapshot)))
@@ -326,11 +350,15 @@ async def _serve(
                 snapshot = prepared
                 mark = _cpu()
                 set_at = time.monotonic()
-                cache.set_snapshot(NODE_CLUSTER, snapshot)
+                if isinstance(server, XdsServer):
+                    cache.set_snapshot(NODE_CLUSTER, snapshot)
+                else:
+                    server.set(snapshot)
                 conn.send(("set", set_at))
             elif kind == "report":
                 idle_at = await _settle()
                 user, system = _cpu()
+                serialized, built = _served_counts(server, snapshot)
                 conn.send(
                     (
                         "report",
@@ -341,11 +369,8 @@ async def _serve(
                             "hwm_mb": _proc_status_kb("VmHWM") / 1024,
                             "threads": _proc_status_kb("Threads"),
                             "streams": server.stream_count,
-                            "resources_serialized": snapshot.stats.resources_serialized,
-                            # SotW: one per type and subscription; delta: one per client
-                            # state with something to send (`Snapshot.delta_response`).
-                            "responses_built": snapshot.stats.responses_built
-                            + snapshot.stats.delta_responses_built,
+                            "resources_serialized": serialized,
+                            "responses_built": built,
                             "idle_at": idle_at,
                         },
                     )
@@ -1527,13 +1552,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every N in turn, each with fresh processes; writes the JSON and returns it."""
     _raise_nofile()
-    results = [
-        run_one(n, args, transport, impl, workers, protocol)
+    settings = [
+        (n, transport, impl, workers, protocol)
         for n in args.clients
         for transport in args.transport
         for impl in args.client_impl
         for workers in args.workers
         for protocol in args.protocol
+    ]
+    if any(t == "floor" and (p != "sotw" or w != 1) for _, t, _, w, p in settings):
+        print("floor: state of the world with one worker only; its other rows are skipped")
+    results = [
+        run_one(n, args, transport, impl, workers, protocol)
+        for n, transport, impl, workers, protocol in settings
+        if transport != "floor" or (protocol == "sotw" and workers == 1)
     ]
     document = {
         "benchmark": "ads_push",
