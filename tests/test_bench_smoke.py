@@ -71,6 +71,40 @@ def test_h2_clients_converge_on_two_native_workers(tmp_path: Path) -> None:
     assert per_n == [[(2 * 3 + 2, 4)]] * 2
 
 
+def test_floor_server_converges_next_to_native_and_serializes_once(tmp_path: Path) -> None:
+    """The issue's serialize-once baseline (`bench.floor`) beside the native transport: every
+    proxy holds every push, the floor packs each resource and builds each type's response once
+    per version whatever N, and its delta rows are skipped (it speaks SotW only)."""
+    out = tmp_path / "ads_push.json"
+    argv = ["--clients", "4", "12", "--clusters", "3", "--repeat", "2", "--timeout", "30"]
+    argv += ["--transport", "floor", "native", "--protocol", "sotw", "delta"]
+    assert main([*argv, "--json", str(out)]) == 0
+
+    results = json.loads(out.read_text(encoding="utf-8"))["results"]
+    assert [(r["clients"], r["transport"], r["protocol"]) for r in results] == [
+        (4, "floor", "sotw"),
+        (4, "native", "sotw"),
+        (4, "native", "delta"),
+        (12, "floor", "sotw"),
+        (12, "native", "sotw"),
+        (12, "native", "delta"),
+    ]
+    floors = [r for r in results if r["transport"] == "floor"]
+    for result in floors:
+        assert result["converged_clients"] == result["server_streams"] == result["clients"]
+        for push in result["pushes"]:
+            assert push["converged_clients"] == result["clients"]
+            # Every type changed: all resources packed once, one response per type.
+            assert (push["resources_serialized"], push["responses_built"]) == (2 * 3 + 2, 4)
+        # Initial convergence: each type's response made once, for every proxy.
+        initial = result["initial_snapshot"]
+        assert (initial["resources_serialized"], initial["responses_built"]) == (2 * 3 + 2, 4)
+    # The same bytes per proxy as pilotfish's, give or take the nonces and version strings.
+    floor_bytes = floors[0]["pushes"][0]["bytes_per_client"]
+    native_bytes = results[1]["pushes"][0]["bytes_per_client"]
+    assert abs(floor_bytes - native_bytes) < 0.1 * native_bytes
+
+
 def test_translate_benchmark_shares_translations_by_proxy_shape(tmp_path: Path) -> None:
     from bench.translate import main as translate_main
 
