@@ -14,9 +14,10 @@ RSS, and the snapshot's serialization counters, which must not grow with N (seri
     .venv/bin/python bench/ads_push.py --clients 100 1000 --clusters 100 --endpoints 1
 
 `--transport grpc native` measures both server transports (grpc.aio, and pilotfish's own HTTP/2),
-one row each per N. `--client-impl` picks the proxies' client: `h2` (`bench.h2client`, raw
-asyncio HTTP/2, the default: several times cheaper, so the generator is not what gets measured)
-or `grpc` (grpc.aio). `--protocol sotw delta` runs the proxies over state-of-the-world ADS
+one row each per N; `floor` is the issue's serialize-once baseline (`bench.floor`), a
+calibration. `--client-impl` picks the proxies' client: `h2` (`bench.h2client`, raw asyncio
+HTTP/2, the default: several times cheaper, so the generator is not what gets measured) or
+`grpc` (grpc.aio). `--protocol sotw delta` runs the proxies over state-of-the-world ADS
 (`StreamAggregatedResources`, the default) and/or incremental ADS (`DeltaAggregatedResources`),
 one row each.
 """
