@@ -26,6 +26,7 @@ from pilotfish.protos.istio.networking.v1alpha3.service_entry_pb2 import Service
 from pilotfish.protos.istio.networking.v1alpha3.workload_entry_pb2 import WorkloadEntry
 from pilotfish.protos.k8s import registry_pb2
 from pilotfish.registry.model import (
+    ENDPOINT_ORDER,
     Endpoint,
     Resolution,
     Service,
@@ -174,48 +175,12 @@ class Registry:
             if service is None or service_port is None:
                 return []
             workloads = self._instances(service)
-        # Made for every port of every service of a mesh: each workload's port is chosen and
-        # its endpoint made (as `Endpoint.of_workload` does) in place, without a call per
-        # workload. Equal endpoints are one: keyed by their fields in order (what equality and
-        # sorting compare), each key is made once and hashed in C, not by the dataclass's
-        # `__hash__`.
-        name = service_port.name
-        target = service_port.target_port
-        named = target if isinstance(target, str) else None
-        fallback = target if isinstance(target, int) and target else service_port.number
-        found: dict[tuple[Any, ...], Endpoint] = {}
+        # Equal endpoints are one: keyed by their fields in order (what equality and sorting
+        # compare), each key is made once and hashed in C, not by the dataclass's `__hash__`.
+        found = {}
         for w in workloads:
-            ports = w.ports
-            if name in ports:
-                number = ports[name]
-            elif named is not None and named in ports:
-                number = ports[named]
-            else:
-                number = fallback
-            labels = w.labels
-            address = w.address
-            locality = w.locality
-            weight = w.weight or 1
-            sorted_labels = tuple(sorted(labels.items()))
-            account = w.service_account
-            namespace = w.namespace
-            workload = w.name
-            endpoint = construct(
-                Endpoint,
-                address=address,
-                port=number,
-                locality=locality,
-                weight=weight,
-                labels=sorted_labels,
-                service_account=account,
-                namespace=namespace,
-                workload=workload,
-                _label_map=dict(labels),  # the cached property, made at once
-            )
-            values = (
-                address, number, locality, weight, sorted_labels, account, namespace, workload
-            )  # fmt: skip
-            found[values] = endpoint
+            endpoint = Endpoint.of_workload(w, _workload_port(service_port, w))
+            found[ENDPOINT_ORDER(endpoint)] = endpoint
         return [found[key] for key in sorted(found)]
 
     def services_of(self, namespace: str, labels: Mapping[str, str]) -> list[Service]:
@@ -386,6 +351,16 @@ def _of_entry(obj: ConfigObject) -> Workload:
     return _workload(obj.spec, obj.namespace, obj.name, obj.labels)
 
 
+def _workload_port(port: ServicePort, workload: Workload) -> int:
+    if port.name in workload.ports:
+        return workload.ports[port.name]
+    if isinstance(port.target_port, str) and port.target_port in workload.ports:
+        return workload.ports[port.target_port]
+    if isinstance(port.target_port, int) and port.target_port:
+        return port.target_port
+    return port.number
+
+
 def _workload(
     spec: WorkloadEntry, namespace: str, name: str = "", labels: Mapping[str, str] | None = None
 ) -> Workload:
@@ -448,24 +423,7 @@ def _service_entry(
     selector = (
         as_dict(spec.workload_selector.labels) if spec.HasField("workload_selector") else None
     )
-    made: list[Workload] = []
-    for entry in spec.endpoints[:]:
-        labels = entry.labels
-        entry_ports = entry.ports
-        workload = construct(
-            Workload,
-            address=entry.address,
-            name=name,
-            namespace=namespace,
-            labels={k: labels[k] for k in labels},
-            ports={k: entry_ports[k] for k in entry_ports} if entry_ports else {},
-            locality=entry.locality,
-            weight=entry.weight or 1,
-            service_account=entry.service_account or "default",
-            network=entry.network,
-        )
-        made.append(workload)
-    endpoints = tuple(made)
+    endpoints = tuple([_workload(e, namespace, name) for e in spec.endpoints[:]])
     resolution = _RESOLUTIONS[spec.resolution]
     mesh_external = spec.location == _MESH_EXTERNAL
     addresses = _strings(spec.addresses)
