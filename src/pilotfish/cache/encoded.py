@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Generic, TypeVar
 
-from pilotfish.protos import Message, wire
+from pilotfish.protos import Message
 
-from .resource import CachedResource, Serialized, content_version, plain_resource
+from .resource import CachedResource, Serialized
 
 __all__ = ["Encoded"]
 
@@ -53,10 +53,7 @@ class Encoded(Generic[M]):
         are served this object)."""
         cached = self._cached
         if cached is None:
-            data = self.data
-            head = wire.any_head(type_url, len(data))
-            cached = plain_resource(type_url, self.name, (data,), head, content_version(data))
-            self._cached = cached
+            cached = self._cached = CachedResource.of_data(type_url, self.name, self.data)
         return cached
 
     def serialized(self, type_url: str) -> Serialized:

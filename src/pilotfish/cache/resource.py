@@ -5,18 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pilotfish.frozen import fast_init
 from pilotfish.protos import RESOURCE_TYPES, RESOURCE_WRAPPER_TYPE, Message, resource_type, wire
 
-__all__ = [
-    "CachedResource",
-    "Serialized",
-    "WithTtl",
-    "content_version",
-    "plain_resource",
-    "to_message",
-]
+__all__ = ["CachedResource", "Serialized", "WithTtl", "content_version", "to_message"]
 
 
 def content_version(data: bytes) -> str:
@@ -107,7 +101,7 @@ class CachedResource:
         (`Assembled.version`)."""
         if ttl is None and version is None and isinstance(data, bytes):  # the most made
             head = wire.any_head(type_url, len(data))
-            return plain_resource(type_url, name, (data,), head, content_version(data))
+            return _plain_resource(type_url, name, (data,), head, content_version(data))
         pieces = (data,) if isinstance(data, bytes) else data
         # A TTL is part of what the client is told: changing it is a new version.
         if version is None or ttl is not None:
@@ -115,7 +109,7 @@ class CachedResource:
             version = content_version(joined if ttl is None else joined + f"\0ttl={ttl!r}".encode())
         head = wire.any_head(type_url, sum(map(len, pieces)))
         if ttl is None:
-            return plain_resource(type_url, name, pieces, head, version)
+            return _plain_resource(type_url, name, pieces, head, version)
         resource = wire.resource_bytes(name, version, (head, *pieces), ttl)
         heartbeat = wire.resource_bytes(name, version, None, ttl)
         return cls(
@@ -178,32 +172,22 @@ class _Unfrozen:
     translation makes one per resource, 80,000 at 10,000 services)."""
 
     __slots__ = CachedResource.__slots__
-    type_url: str
-    name: str
-    pieces: tuple[bytes, ...]
-    any_head: bytes
-    version: str
-    ttl: float | None
-    ttl_any: bytes
-    heartbeat_any: bytes
-    heartbeat_resource: bytes
-    _any: bytes | None
-    _resource: bytes | None
-    _data: bytes | None
 
 
-def plain_resource(
+def _plain_resource(
     type_url: str, name: str, pieces: tuple[bytes, ...], any_head: bytes, version: str
 ) -> CachedResource:
     """`CachedResource(type_url, name, pieces, any_head, version)` (no TTL), made as
-    `_Unfrozen`: for callers that know the head and version already (`of_data`, `Encoded`)."""
-    made = _Unfrozen()
+    `_Unfrozen` (`of_data`, which knows the head and version by then). Every slot is set here:
+    `tests/test_cached_resource.py` compares them with the constructor's."""
+    made: Any = _Unfrozen()
     made.type_url, made.name, made.pieces = type_url, name, pieces
     made.any_head, made.version, made.ttl = any_head, version, None
     made.ttl_any = made.heartbeat_any = made.heartbeat_resource = b""
     made._any = made._resource = made._data = None
-    made.__class__ = CachedResource  # type: ignore[assignment]
-    return made  # type: ignore[return-value]
+    made.__class__ = CachedResource
+    result: CachedResource = made
+    return result
 
 
 @fast_init  # one per resource of a translation, as `CachedResource`
