@@ -679,7 +679,7 @@ def _cluster(
         # Without DNS endpoints, a cluster is its name, its transport socket (whose SNI and
         # SANs name the host) and what its policy, port protocol and resolution make: the
         # same for every service alike, so it is made once and copied (a mesh has thousands).
-        shape = (policy_bytes, port.protocol, resolution, service.mesh_external)
+        shape = (policy_bytes, *_shape_rest(service, port))
         template = _TEMPLATES.get(shape)
         if template is not None and name:
             socket = b""
@@ -831,7 +831,7 @@ def outbound_clusters(
     # not seen yet) is `_cluster`'s.
     templated = not meshed and service.resolution not in ("DNS", "DNS_ROUND_ROBIN")
     number, host = port.number, service.hostname
-    shape_rest = (port.protocol, service.resolution, service.mesh_external)
+    shape_rest = _shape_rest(service, port)
     clusters: list[Encoded[Cluster]] = []
     for subset, labels in subsets:
         if templated:
@@ -857,6 +857,12 @@ def outbound_clusters(
             )
         )
     return clusters
+
+
+def _shape_rest(service: Service, port: ServicePort) -> tuple[str, str, bool]:
+    """A template's key after the policy bytes: what else of the service and port a cluster
+    made from a template depends on (one definition for `_cluster` and `outbound_clusters`)."""
+    return port.protocol, service.resolution, service.mesh_external
 
 
 _NO_SUBSETS: tuple[tuple[str, dict[str, str] | None], ...] = (("", None),)
