@@ -89,13 +89,9 @@ class MergedRule:
         return found
 
 
-def _order(obj: ConfigObject) -> tuple[str, str, str, str, int]:
-    """The order objects are indexed in: by namespace/name, not by the order files were read."""
-    return obj.namespace, obj.name, obj.kind, obj.file, obj.index
-
-
-_ORDER = attrgetter("namespace", "name", "kind", "file", "index")
-"""`_order`, made in C: the key that sorts a list of objects."""
+_order = attrgetter("namespace", "name", "kind", "file", "index")
+"""The order objects are indexed in: by namespace/name, not by the order files were read (a
+key made in C: no Python call per object)."""
 _KIND_ORDER = attrgetter("namespace", "name", "file", "index")
 """`_order` among objects of one kind."""
 
@@ -142,27 +138,25 @@ class ConfigIndex:
         index = cls(domain)
         # Grouped by kind in one pass, then each list sorted: the same order as sorting every
         # object by `_order` first, with a key made in C (no call per object).
-        lists = {
-            "VirtualService": index.virtual_services,
-            "DestinationRule": index.destination_rules,
-            "Gateway": index.gateways,
-        }
+        lists = index._kind_lists()
         others = index.others
         for obj in objects:
             lists.get(obj.kind, others).append(obj)
         for found in lists.values():
             found.sort(key=_KIND_ORDER)
-        others.sort(key=_ORDER)
+        others.sort(key=_order)
         return index
 
+    def _kind_lists(self) -> dict[str, list[ConfigObject]]:
+        """The lists of the kinds indexed apart; every other kind is in `others`."""
+        return {
+            "VirtualService": self.virtual_services,
+            "DestinationRule": self.destination_rules,
+            "Gateway": self.gateways,
+        }
+
     def _list(self, obj: ConfigObject) -> list[ConfigObject]:
-        if obj.kind == "VirtualService":
-            return self.virtual_services
-        if obj.kind == "DestinationRule":
-            return self.destination_rules
-        if obj.kind == "Gateway":
-            return self.gateways
-        return self.others
+        return self._kind_lists().get(obj.kind, self.others)
 
     def apply(self, removed: Iterable[ConfigObject], added: Iterable[ConfigObject]) -> None:
         """Stop indexing `removed` and index `added` (a replaced object is in both)."""
