@@ -396,7 +396,7 @@ _VERSION_TAG, _RESOURCES_TAG, _TYPE_URL_TAG, _NONCE_TAG = 0x0A, 0x12, 0x22, 0x2A
 _runs: dict[tuple[str, int], tuple[int, bytes, str, str]] = {}
 
 
-def response_fields(message: bytes) -> tuple[str, str, bytes, bytes]:
+def response_fields(message: bytes | bytearray) -> tuple[str, str, bytes, bytes]:
     """version_info and type_url of a serialized DiscoveryResponse, and its raw version_info and
     nonce fields, which an ACK repeats as they are (DiscoveryRequest uses the same numbers).
 
@@ -414,7 +414,7 @@ def response_fields(message: bytes) -> tuple[str, str, bytes, bytes]:
             after = known[0] + len(known[1])  # the nonce field, which must end the message
             size = end - after - 2
             if 0 <= size < 0x80 and message[after] == _NONCE_TAG and message[after + 1] == size:
-                return known[3], known[2], message[:pos], message[after:]
+                return known[3], known[2], bytes(message[:pos]), bytes(message[after:])
     version = type_url = ""
     version_field = nonce_field = b""
     pos = 0
@@ -438,18 +438,18 @@ def response_fields(message: bytes) -> tuple[str, str, bytes, bytes]:
                 size, after = wire.read_varint(message, pos + 1)
                 after += size
                 run_type = message[after - size : after].decode()
-                _runs[key] = (pos, message[pos:after], run_type, version)
+                _runs[key] = (pos, bytes(message[pos:after]), run_type, version)
             continue
         kind = tag & 7
         if kind == 2:
             size, pos = wire.read_varint(message, pos)
             if tag == _VERSION_TAG:
                 version = message[pos : pos + size].decode()
-                version_field = message[start : pos + size]
+                version_field = bytes(message[start : pos + size])
             elif tag == _TYPE_URL_TAG:
                 type_url = message[pos : pos + size].decode()
             elif tag == _NONCE_TAG:
-                nonce_field = message[start : pos + size]
+                nonce_field = bytes(message[start : pos + size])
             pos += size
         elif kind == 0:
             _, pos = wire.read_varint(message, pos)
@@ -476,7 +476,7 @@ def _route_names(listener_bytes: bytes) -> tuple[str, ...]:
 _name_cache: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
-def _names_to_follow(type_url: str, version: str, message: bytes) -> tuple[str, ...]:
+def _names_to_follow(type_url: str, version: str, message: bytes | bytearray) -> tuple[str, ...]:
     """Names a CDS (EDS names) or LDS (RDS names) response makes Envoy subscribe to.
 
     Decoded once per (type, version) per process: every proxy gets the same bytes, and the load
@@ -564,7 +564,7 @@ class _Proxy:
         """The stream's first request: CDS wildcard, with the node."""
         raise NotImplementedError
 
-    def on_response(self, message: bytes) -> list[bytes]:
+    def on_response(self, message: bytes | bytearray) -> list[bytes]:
         """The requests Envoy sends on this response: its ACK, then any new subscription."""
         raise NotImplementedError
 
@@ -577,7 +577,7 @@ class _Proxy:
         of the others (it counts down its own `pending` from there)."""
         raise NotImplementedError
 
-    def _respond(self, message: bytes) -> list[bytes]:
+    def _respond(self, message: bytes | bytearray) -> list[bytes]:
         tracker = self.tracker
         tracker.received += len(message)
         tracker.responses += 1
@@ -617,7 +617,7 @@ class _Proxy:
         served), so a burst of thousands of connects does not overflow the listen backlog.
         """
 
-        def on_message(message: bytes) -> None:
+        def on_message(message: bytes | bytearray) -> None:
             assert self.stream is not None
             for request in self._respond(message):
                 self.stream.send_message(request)
@@ -656,7 +656,7 @@ class _SotwProxy(_Proxy):
         view.subscribed = True
         return view.request(node)
 
-    def on_response(self, message: bytes) -> list[bytes]:
+    def on_response(self, message: bytes | bytearray) -> list[bytes]:
         """The requests Envoy sends on this response: its ACK, then any new subscription.
 
         CDS: EDS for every cluster; the first EDS: LDS wildcard (Envoy asks for listeners once
@@ -744,7 +744,7 @@ _delta_bodies: dict[bytes, list[_DeltaBody]] = {}
 _DELTA_BODIES_PER_VERSION = 8
 
 
-def delta_response_fields(message: bytes) -> tuple[_DeltaBody, bytes]:
+def delta_response_fields(message: bytes | bytearray) -> tuple[_DeltaBody, bytes]:
     """A serialized DeltaDiscoveryResponse's contents, and its raw nonce field.
 
     pilotfish writes the nonce last, after a body that is the same for every stream holding the
@@ -755,7 +755,7 @@ def delta_response_fields(message: bytes) -> tuple[_DeltaBody, bytes]:
     key = b""
     end = len(message)
     if end > 2 and message[0] == _VERSION_TAG and message[1] < 0x80:
-        key = message[: 2 + message[1]]
+        key = bytes(message[: 2 + message[1]])
         for known in _delta_bodies.get(key, ()):
             size = len(known.body)
             rest = end - size - 2  # the nonce's length, if the nonce follows the body
@@ -765,12 +765,12 @@ def delta_response_fields(message: bytes) -> tuple[_DeltaBody, bytes]:
                 and message[size + 1] == rest
                 and message.startswith(known.body)
             ):
-                return known, message[size:]
+                return known, bytes(message[size:])
     response = DeltaDiscoveryResponse.FromString(message)
     entry = _DeltaBody(response)
     nonce_field = wire.nonce_field(response.nonce)
     if key and response.nonce and message.endswith(nonce_field):
-        entry.body = message[: end - len(nonce_field)]
+        entry.body = bytes(message[: end - len(nonce_field)])
         bodies = _delta_bodies.setdefault(key, [])
         bodies.append(entry)
         del bodies[:-_DELTA_BODIES_PER_VERSION]
@@ -846,7 +846,7 @@ class _DeltaProxy(_Proxy):
         self.views[CLUSTER_TYPE].started = True
         return wire.length_delimited(1, node) + _type_field(CLUSTER_TYPE)
 
-    def on_response(self, message: bytes) -> list[bytes]:
+    def on_response(self, message: bytes | bytearray) -> list[bytes]:
         entry, nonce_field = delta_response_fields(message)
         type_url = entry.type_url
         view = self.views[type_url]

@@ -79,15 +79,52 @@ def request_headers(authority: str, path: str) -> bytes:
     )
 
 
+_FIRST_BLOCKS: dict[bytes, dict[bytes, bytes]] = {}
+"""A connection's first header block (the response headers), decoded, by its bytes."""
+
 _RECV = bytearray(1 << 20)
 """Every connection's reads land here (one per process): frames are handled before the next read,
 and a fresh 256 KB bytes object per read (asyncio.Protocol's way) costs more than the copy."""
 
 
+_NO_BODY = bytearray()
+
+
+class _SpareBuffers:
+    """Buffers of messages that spanned frames, by size, for the next message of that size:
+    the same responses (one body per version, nonces of one length) go to every proxy. A new
+    buffer starts empty and grows as frames come (``bytearray(size)`` would first zero hundreds
+    of KB)."""
+
+    def __init__(self, limit: int = 256 << 20) -> None:
+        self._by_size: dict[int, list[bytearray]] = {}
+        self._kept = 0
+        self._limit = limit
+
+    def take(self, size: int) -> bytearray:
+        """A spare buffer of this size (to overwrite), else an empty one (to grow)."""
+        spare = self._by_size.get(size)
+        if spare:
+            self._kept -= size
+            return spare.pop()
+        return bytearray()
+
+    def give(self, buffer: bytearray) -> None:
+        """`buffer` is free again (kept while under the limit)."""
+        size = len(buffer)
+        if self._kept + size <= self._limit:
+            self._kept += size
+            self._by_size.setdefault(size, []).append(buffer)
+
+
+_SPARE = _SpareBuffers()
+
+
 class GrpcStream(asyncio.BufferedProtocol):
     """One connection carrying one gRPC bidi stream (stream 1), opened when connected.
 
-    `on_message` gets each response message (bytes, without the gRPC prefix); what it sends with
+    `on_message` gets each response message without the gRPC prefix: bytes, or a bytearray
+    reused once the call returns (it copies what it keeps). What it sends with
     `send_message` meanwhile goes out with the rest of that read's frames. `on_close` is called
     once, with the reason, when the stream or connection ends (not after `close`). `on_ready` is
     called once: at the server's first SETTINGS, or at the end if none came (to pace connects).
@@ -96,6 +133,7 @@ class GrpcStream(asyncio.BufferedProtocol):
     __slots__ = (
         "_body",
         "_decoder",
+        "_first_block",
         "_head",
         "_header_block",
         "_header_flags",
@@ -113,6 +151,7 @@ class GrpcStream(asyncio.BufferedProtocol):
         "_received",
         "_send_connection",
         "_send_stream",
+        "_size",
         "_transport",
         "_window",
         "closed",
@@ -121,7 +160,7 @@ class GrpcStream(asyncio.BufferedProtocol):
     def __init__(
         self,
         header_block: bytes,
-        on_message: Callable[[bytes], None],
+        on_message: Callable[[bytes | bytearray], None],
         on_close: Callable[[BaseException], None],
         on_ready: Callable[[], None] | None = None,
         window: int = DEFAULT_WINDOW,
@@ -134,8 +173,9 @@ class GrpcStream(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._inbuf = b""  # an incomplete frame from the last read
         self._head = b""  # the start of a gRPC message prefix split over frames
-        self._body = bytearray()  # a message split over frames, as far as it came
+        self._body = _NO_BODY  # a message split over frames, as far as it came
         self._need = 0  # bytes of it still to come
+        self._size = 0  # its whole size
         self._out: list[bytes] = []  # frames to write at the end of this read (or call)
         self._reading = False
         self._pending = bytearray()  # prefixed messages waiting for send window
@@ -147,6 +187,7 @@ class GrpcStream(asyncio.BufferedProtocol):
         self._headers_in: bytearray | None = None  # a header block awaiting CONTINUATION
         self._header_flags = 0
         self._decoder: hpack.Decoder | None = None
+        self._first_block: bytes | None = None  # the first header block, until a second one
         self.closed = False
 
     # -- asyncio.BufferedProtocol -------------------------------------------------------------
@@ -272,7 +313,19 @@ class GrpcStream(asyncio.BufferedProtocol):
                 break
             start, pos = pos + 9, end
             stream_id &= 0x7FFFFFFF
-            if frame_type == _DATA:
+            length = end - start
+            if (
+                frame_type == _DATA
+                and not flags
+                and stream_id == _STREAM
+                and length < self._need
+                and self._received + length < self._window >> 1
+            ):
+                # The middle of a message spanning frames (most frames of a large response):
+                # its bytes are added to the message, nothing else happens.
+                self._received += length
+                self._fill(buf, start, end)
+            elif frame_type == _DATA:
                 self._on_data(buf, start, end, flags, stream_id)
             elif frame_type == _HEADERS:
                 if flags & _PADDED:
@@ -342,13 +395,14 @@ class GrpcStream(asyncio.BufferedProtocol):
             need = self._need
             if need:  # inside a message that started in an earlier frame
                 take = min(need, end - start)
-                filled = len(self._body) - need
-                self._body[filled : filled + take] = buf[start : start + take]
+                self._fill(buf, start, start + take)
                 start += take
-                self._need = need - take
                 if not self._need:
-                    message, self._body = bytes(self._body), bytearray()
-                    self._on_message(message)
+                    body, self._body = self._body, _NO_BODY
+                    try:
+                        self._on_message(body)
+                    finally:
+                        _SPARE.give(body)
                 continue
             if self._head or end - start < 5:  # a prefix split over frames
                 missing = 5 - len(self._head)
@@ -367,12 +421,37 @@ class GrpcStream(asyncio.BufferedProtocol):
                 self._on_message(bytes(buf[start : start + length]))
                 start += length
             else:
-                self._body, self._need = bytearray(length), length
+                self._body, self._need = _SPARE.take(length), length
+                self._size = length
+
+    def _fill(self, buf: memoryview, start: int, stop: int) -> None:
+        # More of the message in progress (`stop - start` is at most what it still needs).
+        body = self._body
+        filled = self._size - self._need
+        if len(body) == filled:  # a new buffer grows (realloc, not zeroed first)
+            body += buf[start:stop]
+        else:  # a spare one of the right size is overwritten
+            body[filled : filled + stop - start] = buf[start:stop]
+        self._need -= stop - start
 
     def _on_headers(self, block: bytes, flags: int, stream_id: int) -> None:
-        if self._decoder is None:  # once per connection: response headers, maybe trailers
-            self._decoder = hpack.Decoder()
-        headers = dict(self._decoder.decode(block, raw=True))  # keeps the HPACK table in step
+        decoder = self._decoder
+        if decoder is None and self._first_block is None:
+            # A connection's first block decodes alike on every connection (the table starts
+            # empty): decoded once per process. The decoder is made, and the first block fed
+            # to it, only if another block comes (trailers).
+            self._first_block = block
+            headers = _FIRST_BLOCKS.get(block)
+            if headers is None:
+                headers = dict(hpack.Decoder().decode(block, raw=True))
+                if len(_FIRST_BLOCKS) < 64:
+                    _FIRST_BLOCKS[block] = headers
+        else:
+            if decoder is None:
+                decoder = self._decoder = hpack.Decoder()
+                assert self._first_block is not None
+                decoder.decode(self._first_block, raw=True)  # the HPACK table as it must be
+            headers = dict(decoder.decode(block, raw=True))
         if stream_id != _STREAM:
             return
         if flags & _END_STREAM:
@@ -399,7 +478,7 @@ async def open_stream(
     host: str,
     port: int,
     header_block: bytes,
-    on_message: Callable[[bytes], None],
+    on_message: Callable[[bytes | bytearray], None],
     on_close: Callable[[BaseException], None],
     on_ready: Callable[[], None] | None = None,
     window: int = DEFAULT_WINDOW,

@@ -65,7 +65,7 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
     """Decode the varint at `data[pos]`; returns it and the position after it."""
     if data[pos] < 0x80:
         return data[pos], pos + 1
