@@ -907,24 +907,31 @@ def test_the_native_transport_runs_without_loading_grpc() -> None:
 
 
 @given(
-    size=st.integers(min_value=0, max_value=200_000),
-    window=st.integers(min_value=1, max_value=120_000),
+    size=st.integers(min_value=0, max_value=300_000),
+    window=st.integers(min_value=1, max_value=320_000),
     frame=st.integers(min_value=16_384, max_value=70_000),
     grants=st.lists(st.integers(min_value=1, max_value=90_000), min_size=1, max_size=8),
+    opened=st.integers(min_value=0, max_value=300_000),
+    tail=st.sampled_from([b"", wire.nonce_field("7"), wire.nonce_field("123456")]),
 )
-@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.example(300_000, 320_000, 16_384, [1], 300_000, wire.nonce_field("7"))
+@hypothesis.example(262_139, 262_144, 20_000, [5], 200_000, wire.nonce_field("123456"))
+@hypothesis.settings(max_examples=100, deadline=None)
 def test_a_body_is_cut_into_frames_within_every_window(
-    size: int, window: int, frame: int, grants: list[int]
+    size: int, window: int, frame: int, grants: list[int], opened: int, tail: bytes
 ) -> None:
     """Whatever the windows and the frame size, the frames carry the message exactly, none
-    larger than the peer allows, and never more than the windows granted so far."""
+    larger than the peer allows, and never more than the windows granted so far. (With room
+    in both windows, a large body's first frames are the ones framed once for all streams.)"""
     client = Client()
     client.start([(f.Setting.INITIAL_WINDOW_SIZE, window), (f.Setting.MAX_FRAME_SIZE, frame)])
     client.send(client.headers(1))
+    if opened:
+        client.send(f.window_update(0, opened))
     body = bytes(range(256)) * (size // 256 + 1)
-    client.conn.send_message(1, body[:size])
+    client.conn.send_message(1, body[:size], tail)
     client.conn.end_stream(1)
-    stream_room, connection_room = window, 65_535
+    stream_room, connection_room = window, 65_535 + opened
     received, done = b"", False
     for grant in [*grants, 10**7, 0]:  # the last read follows the last grant
         for sent in client.written():
@@ -940,4 +947,31 @@ def test_a_body_is_cut_into_frames_within_every_window(
             break
         client.send(f.window_update(1, grant), f.window_update(0, grant))
         stream_room, connection_room = stream_room + grant, connection_room + grant
-    assert done and received == grpc_message(body[:size])
+    assert done and received == grpc_message(body[:size] + tail)
+
+
+def test_a_large_body_is_framed_once_for_every_stream() -> None:
+    """Streams with room for a whole large response get its first frames as one shared bytes
+    object, cut exactly where frame-by-frame sending cuts (every full frame, then the rest with
+    the stream's nonce); each message length (nonce length) has its own prefix."""
+    body = bytes(range(256)) * 800  # 204,800 bytes: 12 full frames and a rest
+
+    def sent(tail: bytes) -> tuple[list[Frame], list[bytes | memoryview]]:
+        client = Client()
+        client.start([(f.Setting.INITIAL_WINDOW_SIZE, 1 << 20)])
+        client.send(client.headers(1), f.window_update(0, 1 << 20))
+        client.written()
+        assert client.conn.send_message(1, body, tail)
+        queued = list(client.conn._out)
+        return client.written(), queued
+
+    for tail in (wire.nonce_field("7"), wire.nonce_field("123456")):
+        (_headers, *frames), queued = sent(tail)
+        message = grpc_message(body + tail)
+        cuts = range(0, len(message), 16_384)
+        assert [(frame.type, frame.payload) for frame in frames] == [
+            (f.DATA, message[start : start + 16_384]) for start in cuts
+        ]
+        _, again = sent(tail)
+        shared = [chunk for chunk in queued if len(chunk) > 100_000]
+        assert len(shared) == 1 and any(chunk is shared[0] for chunk in again)

@@ -29,6 +29,7 @@ from collections import deque
 
 import hpack
 
+from pilotfish.bounded import Bounded
 from pilotfish.errors import PilotfishError
 from pilotfish.xds.http2 import frames as f
 from pilotfish.xds.http2.events import (
@@ -86,6 +87,31 @@ _RESPONSE_HEADERS = _block([(":status", "200"), ("content-type", "application/gr
 _OK_TRAILERS = _block([("grpc-status", "0")])
 _SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
 _NO_EVENTS: list[Event] = []
+
+
+_FRAMED: Bounded[tuple[bytes, int, int, int], tuple[bytes, int]] = Bounded(8)
+_FRAMED_FROM = 4
+"""Bodies of at least this many frames are framed once (`_framed`), not once per stream."""
+
+
+def _framed(payload: bytes, stream_id: int, frame_size: int, length: int) -> tuple[bytes, int]:
+    """The whole DATA frames a gRPC message of `length` bytes starting with `payload` (a
+    shared response body; the stream's nonce follows) begins with, and how much of `payload`
+    they carry. The same bytes for every stream with the same id, frame size and message
+    length, which is most of a fleet: a body of hundreds of KB is framed once, not cut into
+    slices and headers per stream. Exactly what `_flush_stream` would write."""
+    key = (payload, stream_id, frame_size, length)
+    found = _FRAMED.get(key)
+    if found is None:
+        count = (PREFIX.size + len(payload)) // frame_size  # frames of prefix and payload only
+        header = f.HEAD.pack(frame_size >> 16, frame_size & 0xFFFF, f.DATA, 0, stream_id)
+        with memoryview(PREFIX.pack(0, length) + payload) as wire:
+            parts: list[bytes | memoryview] = []
+            for start in range(0, count * frame_size, frame_size):
+                parts.append(header)
+                parts.append(wire[start : start + frame_size])
+            found = _FRAMED.put(key, (b"".join(parts), count * frame_size - PREFIX.size))
+    return found
 
 
 def _table_size_update(size: int) -> bytes:
@@ -264,8 +290,22 @@ class ServerConnection:
             self._send_window -= size
             return True
         pending = stream.pending
-        pending.append(PREFIX.pack(0, size - 5))
-        pending.append(payload)
+        if (
+            not pending
+            and size <= stream.window
+            and size <= self._send_window
+            and len(payload) >= _FRAMED_FROM * self._max_send_frame
+        ):
+            # Both windows take the whole message: its first frames are the fleet's.
+            frames, used = _framed(payload, stream_id, self._max_send_frame, size - 5)
+            out.append(frames)
+            stream.window -= used + 5
+            self._send_window -= used + 5
+            if used < len(payload):
+                pending.append(memoryview(payload)[used:])
+        else:
+            pending.append(PREFIX.pack(0, size - 5))
+            pending.append(payload)
         if tail:
             pending.append(tail)
         self._flush_stream(stream)
