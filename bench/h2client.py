@@ -88,43 +88,19 @@ and a fresh 256 KB bytes object per read (asyncio.Protocol's way) costs more tha
 
 
 _NO_BODY = bytearray()
-
-
-class _SpareBuffers:
-    """Buffers of messages that spanned frames, by size, for the next message of that size:
-    the same responses (one body per version, nonces of one length) go to every proxy. A new
-    buffer starts empty and grows as frames come (``bytearray(size)`` would first zero hundreds
-    of KB)."""
-
-    def __init__(self, limit: int = 256 << 20) -> None:
-        self._by_size: dict[int, list[bytearray]] = {}
-        self._kept = 0
-        self._limit = limit
-
-    def take(self, size: int) -> bytearray:
-        """A spare buffer of this size (to overwrite), else an empty one (to grow)."""
-        spare = self._by_size.get(size)
-        if spare:
-            self._kept -= size
-            return spare.pop()
-        return bytearray()
-
-    def give(self, buffer: bytearray) -> None:
-        """`buffer` is free again (kept while under the limit)."""
-        size = len(buffer)
-        if self._kept + size <= self._limit:
-            self._kept += size
-            self._by_size.setdefault(size, []).append(buffer)
-
-
-_SPARE = _SpareBuffers()
+_SAME: dict[int, bytearray] = {}
+"""The last message of each length that spanned frames, to compare the next one with: every
+proxy gets the same responses (one body per version; nonces, per-stream counters, run alike),
+so a message is checked byte for byte against the one before and, if equal throughout, handed
+on as that same object, not copied. Never changed once here (so never reused as a buffer)."""
+_SAME_KEPT = 64
 
 
 class GrpcStream(asyncio.BufferedProtocol):
     """One connection carrying one gRPC bidi stream (stream 1), opened when connected.
 
     `on_message` gets each response message without the gRPC prefix: bytes, or a bytearray
-    reused once the call returns (it copies what it keeps). What it sends with
+    that is also the message of other calls (it must not change it). What it sends with
     `send_message` meanwhile goes out with the rest of that read's frames. `on_close` is called
     once, with the reason, when the stream or connection ends (not after `close`). `on_ready` is
     called once: at the server's first SETTINGS, or at the end if none came (to pace connects).
@@ -149,6 +125,7 @@ class GrpcStream(asyncio.BufferedProtocol):
         "_pending",
         "_reading",
         "_received",
+        "_same",
         "_send_connection",
         "_send_stream",
         "_size",
@@ -176,6 +153,7 @@ class GrpcStream(asyncio.BufferedProtocol):
         self._body = _NO_BODY  # a message split over frames, as far as it came
         self._need = 0  # bytes of it still to come
         self._size = 0  # its whole size
+        self._same: bytearray | None = None  # the earlier message it equals so far
         self._out: list[bytes] = []  # frames to write at the end of this read (or call)
         self._reading = False
         self._pending = bytearray()  # prefixed messages waiting for send window
@@ -398,11 +376,7 @@ class GrpcStream(asyncio.BufferedProtocol):
                 self._fill(buf, start, start + take)
                 start += take
                 if not self._need:
-                    body, self._body = self._body, _NO_BODY
-                    try:
-                        self._on_message(body)
-                    finally:
-                        _SPARE.give(body)
+                    self._complete()
                 continue
             if self._head or end - start < 5:  # a prefix split over frames
                 missing = 5 - len(self._head)
@@ -421,18 +395,31 @@ class GrpcStream(asyncio.BufferedProtocol):
                 self._on_message(bytes(buf[start : start + length]))
                 start += length
             else:
-                self._body, self._need = _SPARE.take(length), length
-                self._size = length
+                self._need = self._size = length
+                self._same = _SAME.get(length)  # compared with, while equal; else copied
+                self._body = _NO_BODY if self._same is not None else bytearray()
 
     def _fill(self, buf: memoryview, start: int, stop: int) -> None:
         # More of the message in progress (`stop - start` is at most what it still needs).
-        body = self._body
         filled = self._size - self._need
-        if len(body) == filled:  # a new buffer grows (realloc, not zeroed first)
-            body += buf[start:stop]
-        else:  # a spare one of the right size is overwritten
-            body[filled : filled + stop - start] = buf[start:stop]
         self._need -= stop - start
+        same = self._same
+        if same is not None:
+            if same.startswith(buf[start:stop], filled):
+                return
+            self._same = None  # it differs from here: a copy of its own, up to here
+            self._body = same[:filled]
+        self._body += buf[start:stop]  # grows (realloc), not zeroed first
+
+    def _complete(self) -> None:
+        # The message in progress is whole: the earlier one it equals, or its own copy (kept
+        # to compare the next one of its length with).
+        message, self._same, self._body = self._same or self._body, None, _NO_BODY
+        if _SAME.get(len(message)) is not message:
+            if len(_SAME) >= _SAME_KEPT:
+                _SAME.clear()
+            _SAME[len(message)] = message
+        self._on_message(message)
 
     def _on_headers(self, block: bytes, flags: int, stream_id: int) -> None:
         decoder = self._decoder

@@ -65,19 +65,26 @@ def _connect() -> tuple[h2client.GrpcStream, list[bytes], list[BaseException]]:
 
 
 @pytest.mark.parametrize("chunk", [7, 16_393, 1 << 20])
-def test_messages_spanning_frames_arrive_whole_in_reused_buffers(chunk: int) -> None:
+def test_messages_spanning_frames_arrive_whole_and_equal_ones_are_shared(chunk: int) -> None:
     first = bytes(range(256)) * 160  # 40,960 bytes: three frames
-    second = bytes(reversed(first))  # the same size: the first one's buffer again
+    tail = first[:-3] + b"end"  # the same length, different in its last frame (a nonce)
+    head = b"x" + first[1:]  # different in its first byte
     small = b"tiny"
-    stream, messages, closed = _connect()
-    encoder = hpack.Encoder()
+    order = [first, first, tail, small, first, head, head]
+    stream, _, closed = _connect()
+    got: list[bytes | bytearray] = []
+    stream._on_message = got.append  # the objects themselves
     wire = _frame(_SETTINGS, 0, 0, b"")
-    wire += _frame(_HEADERS, _END_HEADERS, 1, encoder.encode([(":status", "200")]))
-    for message in (first, second, small, first):
+    wire += _frame(_HEADERS, _END_HEADERS, 1, hpack.Encoder().encode([(":status", "200")]))
+    for message in order:
         wire += b"".join(_data_frames(message))
     _feed(stream, wire, chunk)
     assert not closed
-    assert messages == [first, second, small, first]
+    assert [bytes(message) for message in got] == order
+    # Each message equal to the one of its length before is that same object.
+    assert got[1] is got[0]
+    assert got[6] is got[5]
+    assert len({id(message) for message in got}) == 5
 
 
 def test_trailers_decode_against_the_table_of_a_cached_first_block() -> None:
