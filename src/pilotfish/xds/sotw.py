@@ -232,7 +232,12 @@ class SotwStream:
         else:
             names = _EMPTY
             wildcard = legacy = first or state.legacy_wildcard
-        added, removed = names - state.names, state.names - names
+        if not state.names:  # the first subscription: no copy of a thousand names
+            added, removed = names, _EMPTY
+        elif not names:
+            added, removed = _EMPTY, state.names
+        else:
+            added, removed = names - state.names, state.names - names
         wildcard_on = wildcard and not state.wildcard
         wildcard_off = state.wildcard and not wildcard
         state.names, state.wildcard, state.legacy_wildcard = names, wildcard, legacy
