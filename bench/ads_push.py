@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pilotfish.cache import Snapshot, SnapshotCache, by_cluster
+from pilotfish.gcpause import tune_for_serving
 from pilotfish.protos import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -321,6 +322,8 @@ async def _serve(
     inbox = _Inbox(conn)
     conn.send(("ready", port, _versions(snapshot), _resource_versions(snapshot)))
     prepared = snapshot
+    if transport != "floor":
+        tune_for_serving()  # as `pilotfish serve` does (the floor is the issue's, untuned)
     mark = _cpu()
     try:
         while True:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pilotfish.gcpause import gc_paused
+from pilotfish.gcpause import SERVING_THRESHOLD, gc_paused, tune_for_serving
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +128,30 @@ def test_a_controller_round_leaves_no_garbage_cycles() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_tuned_for_serving_collects_the_young_less_often_and_ages_what_exists() -> None:
+    before = gc.get_threshold()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    try:
+        made = [[n] for n in range(5_000)]  # tracked, in a young generation
+        assert not any(item is made[0] for item in gc.get_objects(generation=2))
+        tune_for_serving()
+        assert gc.get_threshold() == (SERVING_THRESHOLD, *before[1:])
+        assert any(item is made[0] for item in gc.get_objects(generation=2))
+        assert gc.get_freeze_count() == 0  # not frozen: a later gc_paused still ages its own
+        gc.callbacks.append(count)
+        more = [[n] for n in range(2_000)]  # > 700: the default would have collected by now
+        assert collections == []
+        with gc_paused():
+            more.append([0])
+        assert any(item is more[0] for item in gc.get_objects(generation=2))
+    finally:
+        if count in gc.callbacks:
+            gc.callbacks.remove(count)
+        gc.set_threshold(*before)

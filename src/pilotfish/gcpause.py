@@ -22,7 +22,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["gc_paused"]
+__all__ = ["SERVING_THRESHOLD", "gc_paused", "tune_for_serving"]
+
+SERVING_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation in a server (Python: 700)."""
 
 
 class _Pauses:
@@ -51,3 +54,23 @@ def gc_paused() -> Iterator[None]:
                     gc.freeze()  # every tracked object to the permanent generation,
                     gc.unfreeze()  # and from there to the oldest
                 gc.enable()
+
+
+def tune_for_serving(threshold: int = SERVING_THRESHOLD) -> None:
+    """Set the cycle collector up for a long-running server process (`pilotfish serve` calls
+    it at start; a program embedding the xDS server may too).
+
+    Why: each proxy that connects leaves a few dozen long-lived objects (its connection,
+    stream, session, watches), so a fleet connecting drives the youngest generation's
+    collection every 700 allocations, and the older ones' after it, each walking objects that
+    live as long as their proxy: about a tenth of the server's time while 1,000 proxies
+    connected at once. Collected every `threshold` allocations instead, that is about gone,
+    and garbage cycles (rare here: reference counting frees the rest) wait a little longer.
+    What exists already (modules, loaded config) goes to the oldest generation, as after a
+    `gc_paused` block."""
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(threshold, middle, old)
+    with _Pauses.lock:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()

@@ -29,6 +29,7 @@ from pilotfish.cache import SnapshotCache
 from pilotfish.commands import CommandError, address, host_port
 from pilotfish.commands.workers import supervise
 from pilotfish.controller import Controller
+from pilotfish.gcpause import tune_for_serving
 from pilotfish.metrics import Metrics
 from pilotfish.security import CertificateAuthority, WorkloadSecrets
 from pilotfish.sources import ConfigStore
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
             # Made once here, so K workers starting at once do not each create a root.
             _load_ca(settings.ca_dir)
         return supervise(settings, settings.workers)
+    tune_for_serving()
     return asyncio.run(serve(settings))
 
 
