@@ -186,3 +186,102 @@ def test_a_long_name_list_is_parsed_once_for_every_stream_that_sends_it() -> Non
     # Proxies with their own node but the same list share one parsed set (found by bytes).
     assert states[0].names is states[1].names is states[3].names
     assert states[2].names is not states[0].names
+
+
+mostly = st.sampled_from((True, True, True, False))
+acks = st.lists(
+    st.tuples(
+        st.sampled_from(TYPES[:2]),
+        # "a" and "b": lists of one length, told apart by their bytes only
+        st.sampled_from((("a",), ("b",), ("a", "b"), tuple(f"c{i}" for i in range(12)), ())),
+        st.sampled_from(("ack", "ack", "ack", "stale", "empty")),  # the nonce it carries
+        st.booleans(),  # a NACK (error_detail)
+        mostly,  # a version field
+        mostly.map(lambda envoy: not envoy),  # the node again (Envoy sends it once)
+        mostly,  # fields in field order (Envoy's), or the nonce first
+        mostly,  # whether a response goes out after it
+    ),
+    min_size=1,
+    max_size=16,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(acks)
+def test_an_ack_taken_from_its_bytes_does_what_the_parsed_request_does(
+    script: list[tuple[str, tuple[str, ...], str, bool, bool, bool, bool, bool]],
+) -> None:
+    """`SotwStream.ack` either declines or does exactly what `receive` does with the parsed
+    request: the same outcome, the same state of every type."""
+    reference, fast = SotwStream(1), SotwStream(1)
+    for step, (type_url, names, which, nack, versioned, node, ordered, respond) in enumerate(
+        script
+    ):
+        state = reference.types.get(type_url)
+        nonce = {"ack": state.sent_nonce if state else "", "stale": "0", "empty": ""}[which]
+        fields = [
+            wire.length_delimited(1, f"v{step}".encode()) if versioned else b"",
+            wire.length_delimited(2, Node(id="n").SerializeToString()) if node or not step else b"",
+            b"".join(wire.length_delimited(3, n.encode()) for n in names),
+            wire.length_delimited(4, type_url.encode()),
+            wire.length_delimited(5, nonce.encode()) if nonce else b"",
+            wire.length_delimited(6, b"\x10\x03") if nack else b"",  # Status(code=3)
+        ]
+        raw = b"".join(fields if ordered else [fields[4], *fields[:4], fields[5]])
+        request = DiscoveryRequest.FromString(raw)
+        expected = reference.receive(request, raw)
+        got = fast.ack(raw)
+        if got is None:
+            got = fast.receive(request, raw)
+        else:
+            assert not nack and nonce  # only a plain ACK of the response in flight
+        assert got == expected
+        assert fast.types == reference.types
+        if respond and not expected.stale:
+            state = reference.types[type_url]
+            prepared = PreparedResponse(
+                type_url, f"r{step}", state.names, b"", resource_versions={}
+            )
+            for stream in (reference, fast):
+                stream.send(prepared)
+
+
+def test_an_envoy_ack_is_taken_from_its_bytes() -> None:
+    stream, names = SotwStream(1), tuple(f"cluster-{i}" for i in range(20))
+    first = DiscoveryRequest(node=Node(id="n"), type_url=ENDPOINT_TYPE, resource_names=names)
+    stream.receive(first, first.SerializeToString())
+    stream.send(PreparedResponse(ENDPOINT_TYPE, "v1", frozenset(names), b"", resource_versions={}))
+    ack = DiscoveryRequest(
+        version_info="v1", type_url=ENDPOINT_TYPE, resource_names=names, response_nonce="1"
+    )
+    received = stream.ack(ack.SerializeToString())
+    assert received is not None
+    assert [type(event).__name__ for event in received.events] == ["Acked"]
+    assert stream.types[ENDPOINT_TYPE].acked_version == "v1"
+    assert stream.ack(ack.SerializeToString()) is None  # settled: a second one is no ACK
+
+
+def test_a_request_like_an_ack_but_for_other_names_or_a_nack_is_parsed() -> None:
+    stream = SotwStream(1)
+
+    def request(names: tuple[str, ...], nonce: str, nack: bool = False) -> bytes:
+        # Written with the nonce last (after error_detail), as a client may.
+        message = DiscoveryRequest(version_info="v", type_url=CLUSTER_TYPE, resource_names=names)
+        if nack:
+            message.error_detail.code = 3
+        return bytes(message.SerializeToString()) + wire.length_delimited(5, nonce.encode())
+
+    first = DiscoveryRequest(node=Node(id="n"), type_url=CLUSTER_TYPE, resource_names=["a"])
+    stream.receive(first, first.SerializeToString())
+    stream.send(PreparedResponse(CLUSTER_TYPE, "v1", frozenset("a"), b"", resource_versions={}))
+    assert stream.ack(request(("b",), "1")) is None  # as long as an ACK, but other names
+    nack = request(("a",), "1", nack=True)
+    assert stream.ack(nack) is None
+    stream.receive(DiscoveryRequest.FromString(nack), nack)
+    stream.send(PreparedResponse(CLUSTER_TYPE, "v2", frozenset("a"), b"", resource_versions={}))
+    assert stream.ack(request(("a",), "2", nack=True)) is None  # the same NACK again
+    ack = request(("a",), "2")
+    assert stream.ack(ack) is None  # after a NACK, parsed once more
+    stream.receive(DiscoveryRequest.FromString(ack), ack)
+    stream.send(PreparedResponse(CLUSTER_TYPE, "v3", frozenset("a"), b"", resource_versions={}))
+    assert stream.ack(request(("a",), "3")) is not None

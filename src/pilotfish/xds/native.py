@@ -359,6 +359,8 @@ class _Connection(asyncio.BufferedProtocol):
         handler = stream.handler
         try:
             data = event.data
+            if handler.receive_ack(data):
+                return
             results = handler.receive(stream.decode(data), data)
             if results is not None:
                 for result in results:

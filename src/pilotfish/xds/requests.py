@@ -14,7 +14,14 @@ from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Status, wi
 from pilotfish.xds.events import Acked, Event, Nacked
 from pilotfish.xds.watch import DeltaWatchRequest, WatchRequest
 
-__all__ = ["Received", "RecentRequests", "request_span", "request_type_url", "settle"]
+__all__ = [
+    "Received",
+    "RecentRequests",
+    "acknowledge",
+    "request_span",
+    "request_type_url",
+    "settle",
+]
 
 T = TypeVar("T")
 
@@ -67,8 +74,14 @@ def settle(
         nack = Nacked(state.type_url, state.sent_version, nonce, state.acked_version, detail)
         state.last_nack = nack
         return nack
+    return acknowledge(state)
+
+
+def acknowledge(state: _Settleable) -> Acked:
+    """Record that the client ACKed the response in flight (see `settle`)."""
+    state.awaiting_ack = False
     state.acked_version = state.sent_version
-    return Acked(state.type_url, state.sent_version, nonce)
+    return Acked(state.type_url, state.sent_version, state.sent_nonce)
 
 
 def request_span(data: bytes, leading: tuple[int, ...], nonce: bytes) -> tuple[int, int]:

@@ -133,15 +133,30 @@ class Session:
     ) -> Received:
         """Apply one request: record events, and replace the type's watch when needed. `raw`:
         the bytes the request was parsed from, when the transport has them (cheaper ACKs)."""
+        received = self.protocol.receive(request, raw)
+        self._apply(received)
+        return received
+
+    def receive_ack(self, raw: bytes) -> Received | None:
+        """`receive` for a plain state-of-the-world ACK, taken from its wire bytes
+        (`SotwStream.ack`); None if `raw` is something else, which then goes to `receive`."""
         protocol = self.protocol
-        received = protocol.receive(request, raw)
+        if isinstance(protocol, DeltaStream):
+            return None
+        received = protocol.ack(raw)
+        if received is not None:
+            self._apply(received)
+        return received
+
+    def _apply(self, received: Received) -> None:
+        # What a request did: its events to the watcher, and the type's watch replaced.
+        protocol = self.protocol
         node = protocol.node
         assert node is not None  # set by the protocol on the first request
         for event in received.events:
             self._watcher.on_stream_event(protocol.stream_id, node, event)
         if received.watch is not None and not self._closed:
             self._open(received.type_url, received.watch)
-        return received
 
     def next_response(self) -> tuple[bytes, Sent] | None:
         """The next response to write (nonce assigned), or None when nothing is pending."""

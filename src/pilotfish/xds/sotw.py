@@ -30,7 +30,14 @@ from pilotfish.bounded import Bounded
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.requests import Received, RecentRequests, request_span, request_type_url, settle
+from pilotfish.xds.requests import (
+    Received,
+    RecentRequests,
+    acknowledge,
+    request_span,
+    request_type_url,
+    settle,
+)
 from pilotfish.xds.watch import PreparedResponse, WatchRequest
 
 __all__ = ["SotwStream", "TypeState"]
@@ -62,6 +69,11 @@ class TypeState:
     acked_version: str = ""
     last_nack: Nacked | None = None
     responses_sent: int = 0
+    ack_span: bytes | None = None
+    """What an ACK repeats between its version and its nonce: the last request's bytes there
+    (`_span`), if the transport gave them and the request was no NACK."""
+    ack_nonce: bytes = b""
+    """The serialized nonce field of the response in flight, which ends its ACK."""
 
 
 @dataclass(slots=True)
@@ -95,6 +107,14 @@ class SotwStream:
             state = self.types[type_url] = TypeState(type_url)
         events: list[Event] = []
         changed = self._update_subscription(state, request, first, events, raw)
+        if raw is not None:
+            if request.HasField("error_detail"):
+                state.ack_span = None
+            elif len(request.resource_names) > _KEYED:
+                state.ack_span = state.request_key  # the span of this request (shared bytes)
+            else:
+                start, stop = _span(raw, request)
+                state.ack_span = raw[start:stop]
 
         settled = settle(state, nonce, request)
         answered = settled is not None
@@ -116,6 +136,32 @@ class SotwStream:
             # it waits until it gets them, unchanged or not (xDS protocol, "Resource warming").
             watch = self.watch_request(type_url, "", _EMPTY, None)
         return Received(type_url, tuple(events), watch)
+
+    def ack(self, raw: bytes) -> Received | None:
+        """`receive` for a request that is a plain ACK, recognised by its wire bytes without
+        parsing them: a version field (any), then exactly what the type's last request held
+        after its version (`TypeState.ack_span`: the same names, so no subscription change),
+        then the nonce of the response in flight. None for anything else, which `receive`
+        then takes parsed. Half of all requests are ACKs; this is what they cost."""
+        if self.node is None:
+            return None
+        start = 0
+        if raw[:1] == b"\x0a":  # version_info (field 1, length-delimited)
+            length, start = wire.read_varint(raw, 1)
+            start += length
+        for state in self.types.values():
+            span = state.ack_span
+            if (
+                state.awaiting_ack
+                and span is not None
+                and len(raw) == start + len(span) + len(state.ack_nonce)
+                and raw.endswith(state.ack_nonce)
+                and raw.startswith(span, start)
+            ):
+                return Received(
+                    state.type_url, (acknowledge(state),), self.watch_request(state.type_url)
+                )
+        return None
 
     def send(self, response: PreparedResponse) -> tuple[bytes, Sent]:
         """Give `response` this stream's next nonce; returns the wire bytes and the event."""
@@ -150,15 +196,17 @@ class SotwStream:
                     break
         self._nonce += 1
         nonce = str(self._nonce)
+        nonce_field = wire.nonce_field(nonce)
         state.sent_version = response.version
         state.sent_nonce = nonce
+        state.ack_nonce = nonce_field
         state.sent_names = response.names
         state.sent_resources = response.resource_versions
         state.awaiting_ack = True
         state.responses_sent += 1
         return (
             response.body,
-            wire.nonce_field(nonce),
+            nonce_field,
             Sent(response.type_url, response.version, nonce, response.names),
         )
 

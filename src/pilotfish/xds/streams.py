@@ -150,6 +150,17 @@ class StreamHandler:
             return None
         return self._receive_with_hooks(request, raw)
 
+    def receive_ack(self, raw: bytes) -> bool:
+        """Take `raw` as a plain ACK without parsing it (`Session.receive_ack`), if it is one
+        and nothing needs the parsed request (no callbacks; the stream admitted). False: parse
+        it and `receive` it."""
+        if self._streams.callbacks is not None or (
+            self.identity is not None and not self._admitted
+        ):
+            return False
+        assert self.session is not None
+        return self.session.receive_ack(raw) is not None
+
     def _admit(self, request: Request) -> bool:
         # The first request carries the node; later nodes are ignored by the protocol core.
         assert self.identity is not None
