@@ -53,6 +53,7 @@ from pilotfish.xds.http2 import (
     connection,
 )
 from pilotfish.xds.http2 import frames as f
+from pilotfish.xds.http2.connection import MAX_FRAME
 from pilotfish.xds.http2.grpc_messages import percent_encode
 from pilotfish.xds.native import parse_address
 from pilotfish.xds.server import Transport, XdsServer, native_tls
@@ -150,6 +151,7 @@ def test_preface_settings_and_window() -> None:
     settings, window = client.greeting
     assert (settings.type, window.type) == (f.SETTINGS, f.WINDOW_UPDATE)
     assert (f.Setting.INITIAL_WINDOW_SIZE, 4 * 1024 * 1024) in f.parse_settings(settings.payload)
+    assert (f.Setting.MAX_FRAME_SIZE, MAX_FRAME) in f.parse_settings(settings.payload)
     assert struct.unpack(">L", window.payload)[0] == 16 * 1024 * 1024 - 65_535
     (ack,) = client.start()
     assert (ack.type, ack.flags, ack.payload) == (f.SETTINGS, f.ACK, b"")
@@ -440,7 +442,7 @@ def test_grpc_framing_errors_end_only_that_stream() -> None:
     ("frame", "code"),
     [
         (data_frame(9, grpc_message(b"x")), ErrorCode.PROTOCOL_ERROR),  # an idle stream
-        (f.frame(f.DATA, 0, 1, b"x" * 16_385), ErrorCode.FRAME_SIZE_ERROR),
+        (f.frame(f.DATA, 0, 1, b"x" * (MAX_FRAME + 1)), ErrorCode.FRAME_SIZE_ERROR),
         (f.frame(f.PING, 0, 0, b"short"), ErrorCode.FRAME_SIZE_ERROR),
         (f.frame(f.SETTINGS, 0, 0, b"\x00\x04\xff\xff\xff\xff"), ErrorCode.FLOW_CONTROL_ERROR),
         (f.frame(f.PUSH_PROMISE, f.END_HEADERS, 1, b"\x00\x00\x00\x02"), ErrorCode.PROTOCOL_ERROR),

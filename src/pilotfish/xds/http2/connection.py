@@ -52,6 +52,7 @@ from pilotfish.xds.http2.grpc_messages import (
 __all__ = [
     "CONNECTION_WINDOW",
     "INITIAL_WINDOW",
+    "MAX_FRAME",
     "MAX_HEADER_BLOCK",
     "Http2Error",
     "ServerConnection",
@@ -61,6 +62,9 @@ INITIAL_WINDOW = 4 * 1024 * 1024
 """The receive window per stream we advertise (SETTINGS_INITIAL_WINDOW_SIZE)."""
 CONNECTION_WINDOW = 16 * 1024 * 1024
 """The connection's receive window we open with a WINDOW_UPDATE right after our SETTINGS."""
+MAX_FRAME = 1024 * 1024
+"""The largest frame we take (SETTINGS_MAX_FRAME_SIZE): a request listing a thousand names
+(every EDS ACK) arrives in one frame, and is handed on without being gathered."""
 MAX_HEADER_BLOCK = 256 * 1024
 """Largest compressed header block (HEADERS + CONTINUATION) accepted."""
 _MAX_HEADER_LIST = 64 * 1024
@@ -179,6 +183,7 @@ class ServerConnection:
         initial_window: int = INITIAL_WINDOW,
         connection_window: int = CONNECTION_WINDOW,
         max_message_size: int = MAX_MESSAGE_SIZE,
+        max_frame_size: int = MAX_FRAME,
     ) -> None:
         self._initial_window = initial_window
         self._connection_window = connection_window
@@ -206,7 +211,9 @@ class ServerConnection:
         self._table_size = _DEFAULT_TABLE_SIZE
         self._size_update = b""
         # Receiving: ours.
-        self._max_recv_frame = f.DEFAULT_MAX_FRAME_SIZE
+        if not f.DEFAULT_MAX_FRAME_SIZE <= max_frame_size <= 2**24 - 1:
+            raise ValueError(f"max_frame_size {max_frame_size} is outside 16384..16777215")
+        self._max_recv_frame = max_frame_size
         self._received = 0  # connection bytes since our last connection WINDOW_UPDATE
 
     # -- state ---------------------------------------------------------------------------------
@@ -245,6 +252,7 @@ class ServerConnection:
                 [
                     (f.Setting.INITIAL_WINDOW_SIZE, self._initial_window),
                     (f.Setting.MAX_HEADER_LIST_SIZE, _MAX_HEADER_LIST),
+                    (f.Setting.MAX_FRAME_SIZE, self._max_recv_frame),
                 ]
             )
         )
