@@ -172,6 +172,19 @@ class _Connection(asyncio.BufferedProtocol):
     read here, more than handling the ACK in it.
     """
 
+    __slots__ = (
+        "dirty",
+        "h2",
+        "listener",
+        "lost",
+        "paused",
+        "scheduled",
+        "stopping",
+        "streams",
+        "timer",
+        "transport",
+    )
+
     def __init__(self, listener: NativeListener) -> None:
         self.listener = listener
         self.h2 = ServerConnection()

@@ -25,7 +25,6 @@ INTERNAL instead of reporting the server's status.
 from __future__ import annotations
 
 import struct
-from collections import deque
 
 import hpack
 
@@ -160,7 +159,9 @@ class _Stream:
         self.ended = False  # the server ended it: trailers queued or sent
         self.remote_closed = False
         self.reader = MessageReader(max_message_size)
-        self.pending: deque[bytes | memoryview] = deque()  # DATA waiting for window
+        # DATA waiting for window: a few chunks at most (prefix, body, nonce); a list, as a
+        # deque would take ~600 bytes per stream up front.
+        self.pending: list[bytes | memoryview] = []
         self.trailers: bytes | None = None  # header block to send once `pending` is out
 
 
@@ -176,6 +177,33 @@ class _Continuation:
 
 class ServerConnection:
     """One HTTP/2 connection, server side, for gRPC streams (see the module docstring)."""
+
+    __slots__ = (
+        "_blocked",
+        "_buffer",
+        "_connection_window",
+        "_continuation",
+        "_decoded_any",
+        "_decoder",
+        "_events",
+        "_goaway_sent",
+        "_initial_window",
+        "_last_stream",
+        "_max_message_size",
+        "_max_recv_frame",
+        "_max_send_frame",
+        "_out",
+        "_peer_initial_window",
+        "_preface",
+        "_received",
+        "_send_window",
+        "_settings_seen",
+        "_size_update",
+        "_streams",
+        "_table_size",
+        "_undecoded",
+        "closed",
+    )
 
     def __init__(
         self,
@@ -426,7 +454,7 @@ class ServerConnection:
                 if size + length <= budget:
                     parts.append(chunk)
                     size += length
-                    pending.popleft()
+                    del pending[0]
                 else:
                     take = budget - size
                     view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
