@@ -639,12 +639,17 @@ class _Proxy:
         await gate.acquire()
         try:
             self.stream = await h2client.open_stream(
-                "127.0.0.1", port, header_block, on_message, on_close, gate.release
+                "127.0.0.1",
+                port,
+                header_block,
+                on_message,
+                on_close,
+                gate.release,
+                first=self.first_request(),
             )
         except BaseException:
             gate.release()
             raise
-        self.stream.send_message(self.first_request())
 
 
 class _SotwProxy(_Proxy):

@@ -469,10 +469,18 @@ async def open_stream(
     on_close: Callable[[BaseException], None],
     on_ready: Callable[[], None] | None = None,
     window: int = DEFAULT_WINDOW,
+    first: bytes | None = None,
 ) -> GrpcStream:
-    """Connect and open the call (`GrpcStream` says what the callbacks get)."""
+    """Connect and open the call (`GrpcStream` says what the callbacks get); `first`, a
+    message to send at once, leaves in the connection's first write, with the preface and the
+    request headers (as Envoy's first request does)."""
+
+    def made() -> GrpcStream:
+        stream = GrpcStream(header_block, on_message, on_close, on_ready, window)
+        if first is not None:
+            stream.send_message(first)  # queued: written after the preface
+        return stream
+
     loop = asyncio.get_running_loop()
-    _, stream = await loop.create_connection(
-        lambda: GrpcStream(header_block, on_message, on_close, on_ready, window), host, port
-    )
+    _, stream = await loop.create_connection(made, host, port)
     return stream
