@@ -259,6 +259,8 @@ def test_an_envoy_ack_is_taken_from_its_bytes() -> None:
     assert [type(event).__name__ for event in received.events] == ["Acked"]
     assert stream.types[ENDPOINT_TYPE].acked_version == "v1"
     assert stream.ack(ack.SerializeToString()) is None  # settled: a second one is no ACK
+    for garbage in (b"\x0a", b"\x0a\xff", b"\x0a\xff" * 11, b""):
+        assert stream.ack(garbage) is None  # left to the parser, which reports it
 
 
 def test_a_request_like_an_ack_but_for_other_names_or_a_nack_is_parsed() -> None:

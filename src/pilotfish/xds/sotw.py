@@ -147,7 +147,10 @@ class SotwStream:
             return None
         start = 0
         if raw[:1] == b"\x0a":  # version_info (field 1, length-delimited)
-            length, start = wire.read_varint(raw, 1)
+            try:
+                length, start = wire.read_varint(raw, 1)
+            except (IndexError, ValueError):
+                return None  # not even a field: parsing it reports the error
             start += length
         for state in self.types.values():
             span = state.ack_span
