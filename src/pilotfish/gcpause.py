@@ -50,10 +50,16 @@ def gc_paused() -> Iterator[None]:
         with _Pauses.lock:
             _Pauses.depth -= 1
             if _Pauses.depth == 0 and _Pauses.was_enabled:
-                if gc.get_freeze_count() == 0:
-                    gc.freeze()  # every tracked object to the permanent generation,
-                    gc.unfreeze()  # and from there to the oldest
+                _to_oldest()
                 gc.enable()
+
+
+def _to_oldest() -> None:
+    # Lock held. Every tracked object to the permanent generation, and from there to the
+    # oldest; skipped when something else froze objects, which the unfreeze would thaw.
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()
 
 
 def tune_for_serving(threshold: int = SERVING_THRESHOLD) -> None:
@@ -71,6 +77,4 @@ def tune_for_serving(threshold: int = SERVING_THRESHOLD) -> None:
     _young, middle, old = gc.get_threshold()
     gc.set_threshold(threshold, middle, old)
     with _Pauses.lock:
-        if gc.get_freeze_count() == 0:
-            gc.freeze()
-            gc.unfreeze()
+        _to_oldest()
