@@ -107,14 +107,22 @@ def _framed(payload: bytes, stream_id: int, frame_size: int, length: int) -> tup
     found = _FRAMED.get(key)
     if found is None:
         count = (PREFIX.size + len(payload)) // frame_size  # frames of prefix and payload only
-        header = f.HEAD.pack(frame_size >> 16, frame_size & 0xFFFF, f.DATA, 0, stream_id)
         with memoryview(PREFIX.pack(0, length) + payload) as wire:
             parts: list[bytes | memoryview] = []
-            for start in range(0, count * frame_size, frame_size):
-                parts.append(header)
-                parts.append(wire[start : start + frame_size])
+            _full_frames(parts, wire, stream_id, frame_size, count)
             found = _FRAMED.put(key, (b"".join(parts), count * frame_size - PREFIX.size))
     return found
+
+
+def _full_frames(
+    out: list[bytes | memoryview], view: memoryview, stream_id: int, size: int, count: int
+) -> None:
+    # `count` DATA frames of `size` bytes, cut from the start of `view`: one header (the same
+    # bytes) for them all, and no window arithmetic per frame.
+    header = f.HEAD.pack(size >> 16, size & 0xFFFF, f.DATA, 0, stream_id)
+    for start in range(0, count * size, size):
+        out.append(header)
+        out.append(view[start : start + size])
 
 
 def _table_size_update(size: int) -> bytes:
@@ -425,14 +433,10 @@ class ServerConnection:
                 view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
                 pos, end = 0, len(view)
                 if budget == max_frame:
-                    # While both windows have room, every frame is a full one: one header
-                    # for them all (the same bytes), and no window arithmetic per frame.
+                    # While both windows have room, every frame is a full one.
                     room = min(stream.window, self._send_window)
                     count = min((end - 1) // budget, room // budget)
-                    header = head(budget >> 16, budget & 0xFFFF, f.DATA, 0, stream.id)
-                    for start in range(0, count * budget, budget):
-                        out.append(header)
-                        out.append(view[start : start + budget])
+                    _full_frames(out, view, stream.id, budget, count)
                     pos = count * budget
                     stream.window -= pos
                     self._send_window -= pos
