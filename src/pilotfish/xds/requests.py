@@ -67,8 +67,8 @@ def settle(
     """If the request answers the response in flight, record and return the ACK or NACK."""
     if not (state.awaiting_ack and nonce == state.sent_nonce):
         return None
-    state.awaiting_ack = False
     if request.HasField("error_detail"):
+        state.awaiting_ack = False
         detail = Status()
         detail.CopyFrom(request.error_detail)
         nack = Nacked(state.type_url, state.sent_version, nonce, state.acked_version, detail)
