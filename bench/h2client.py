@@ -80,7 +80,9 @@ def request_headers(authority: str, path: str) -> bytes:
 
 
 _FIRST_BLOCKS: dict[bytes, dict[bytes, bytes]] = {}
-"""A connection's first header block (the response headers), decoded, by its bytes."""
+"""A connection's first header block (the response headers), decoded, by its bytes; the idea
+of `pilotfish.xds.http2.connection.ServerConnection._decode`, from the client's side."""
+_FIRST_BLOCKS_KEPT = 64
 
 _RECV = bytearray(1 << 20)
 """Every connection's reads land here (one per process): frames are handled before the next read,
@@ -431,7 +433,7 @@ class GrpcStream(asyncio.BufferedProtocol):
             headers = _FIRST_BLOCKS.get(block)
             if headers is None:
                 headers = dict(hpack.Decoder().decode(block, raw=True))
-                if len(_FIRST_BLOCKS) < 64:
+                if len(_FIRST_BLOCKS) < _FIRST_BLOCKS_KEPT:
                     _FIRST_BLOCKS[block] = headers
         else:
             if decoder is None:
