@@ -56,7 +56,9 @@ from pilotfish.xds.http2 import frames as f
 from pilotfish.xds.http2.connection import MAX_FRAME
 from pilotfish.xds.http2.grpc_messages import percent_encode
 from pilotfish.xds.native import parse_address
+from pilotfish.xds.requests import Received
 from pilotfish.xds.server import Transport, XdsServer, native_tls
+from pilotfish.xds.sotw import SotwStream
 from tests.certs import Pki
 from tests.helpers import mesh
 from tests.test_server import Recorder  # sync and async hooks
@@ -794,8 +796,20 @@ def upstreams() -> Iterator[dict[str, list[tuple[str, int]]]]:
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_envoy_takes_config_and_traffic_over_native(
-    delta: bool, upstreams: dict[str, list[tuple[str, int]]]
+    delta: bool, upstreams: dict[str, list[tuple[str, int]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Envoy's state-of-the-world ACKs are taken from their bytes (`SotwStream.ack`, with no
+    # callbacks), and must still be recorded as ACKs of what was sent.
+    taken: list[str] = []
+    ack = SotwStream.ack
+
+    def counted(self: SotwStream, raw: bytes) -> Received | None:
+        received = ack(self, raw)
+        if received is not None:
+            taken.append(received.type_url)
+        return received
+
+    monkeypatch.setattr(SotwStream, "ack", counted)
     cache, port = SnapshotCache(), free_port()
     cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
     with native_thread(cache) as thread:
@@ -818,6 +832,16 @@ def test_envoy_takes_config_and_traffic_over_native(
             updates = envoy.stat("http.ingress_http.rds.local_route.update_success")
             assert updates >= 2
             assert isinstance(thread.server, XdsServer) and thread.server.stream_count == 1
+            if not delta:
+                assert ROUTE_TYPE in taken and CLUSTER_TYPE in taken
+                status = cache.status("sidecar")
+                assert status is not None
+                wait_until(
+                    lambda: status.types[ROUTE_TYPE].acked_version == green.version(ROUTE_TYPE),
+                    message="Envoy's ACK of the new routes recorded",
+                )
+            else:
+                assert taken == []
 
 
 def test_envoy_reconnects_after_a_graceful_stop(
