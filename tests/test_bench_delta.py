@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import ads_push
+from bench import ads_common, ads_proxies, ads_push
 
 from pilotfish.protos import (
     CLUSTER_TYPE,
@@ -98,14 +98,14 @@ def _response(type_url: str, resources: list[bytes], removed: list[str], nonce: 
 
 def _proxy(theirs: Connection) -> Any:
     """A delta proxy reporting to a tracker over `theirs`."""
-    tracker = ads_push._Tracker(theirs)
-    proxy = ads_push._DeltaProxy("sidecar-0", tracker)
+    tracker = ads_proxies._Tracker(theirs)
+    proxy = ads_proxies._DeltaProxy("sidecar-0", tracker)
     tracker.proxies = [proxy]
     return proxy
 
 
 def _cds(clusters: int, generation: int = 0) -> list[bytes]:
-    snapshot = ads_push.build_snapshot(clusters, 1, generation)
+    snapshot = ads_common.build_snapshot(clusters, 1, generation)
     return [r.resource for r in snapshot.resources(CLUSTER_TYPE).values()]
 
 
@@ -118,7 +118,7 @@ def test_delta_proxy_follows_additions_and_removals(
     assert (first.type_url, first.node.id) == (CLUSTER_TYPE, "sidecar-0")
     assert not first.resource_names_subscribe  # wildcard
 
-    snapshot = ads_push.build_snapshot(3, 1, 0)
+    snapshot = ads_common.build_snapshot(3, 1, 0)
     names = sorted(snapshot.resources(CLUSTER_TYPE))
     ack, subscribe = map(
         DeltaDiscoveryRequest.FromString,
@@ -160,7 +160,8 @@ def test_delta_proxy_follows_additions_and_removals(
         DeltaDiscoveryRequest.FromString,
         proxy.on_response(_response(LISTENER_TYPE, lds_resources, [], "5")),
     )
-    assert (rds.type_url, list(rds.resource_names_subscribe)) == (ROUTE_TYPE, [ads_push.ROUTE_NAME])
+    subscribed = (rds.type_url, list(rds.resource_names_subscribe))
+    assert subscribed == (ROUTE_TYPE, [ads_common.ROUTE_NAME])
 
 
 def test_delta_proxy_holds_the_target_when_its_resources_match(
@@ -169,11 +170,11 @@ def test_delta_proxy_holds_the_target_when_its_resources_match(
     ours, theirs = pipe
     proxy = _proxy(theirs)
     tracker = proxy.tracker
-    snapshot = ads_push.build_snapshot(2, 1, 0)
-    resources = ads_push._resource_versions(snapshot)
-    tracker.arm(7, ads_push._versions(snapshot), resources)
+    snapshot = ads_common.build_snapshot(2, 1, 0)
+    resources = ads_common._resource_versions(snapshot)
+    tracker.arm(7, ads_common._versions(snapshot), resources)
     assert proxy.pending == 4
-    for nonce, type_url in enumerate(ads_push.TYPES, 1):
+    for nonce, type_url in enumerate(ads_common.TYPES, 1):
         items = [r.resource for r in snapshot.resources(type_url).values()]
         proxy.on_response(_response(type_url, items, [], str(nonce)))
         proxy.sent()

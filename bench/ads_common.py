@@ -1,0 +1,182 @@
+"""What every process of the ADS push benchmark shares: its constants, the snapshot it serves,
+and a child process's command inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Literal
+
+from pilotfish.cache import Snapshot
+from pilotfish.protos import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+)
+from pilotfish.translators import build
+
+__all__ = ["TYPES", "BenchError", "build_snapshot", "next_snapshot"]
+
+ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+NODE_CLUSTER = "bench"  # every proxy's node.cluster: by_cluster gives them one shared snapshot
+ROUTE_NAME = "bench_route"
+TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+SHORT = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", LISTENER_TYPE: "lds", ROUTE_TYPE: "rds"}
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Without this, channels to one address share one TCP connection; proxies do not.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_receive_message_length", -1),
+)
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
+Transport = Literal["grpc", "native", "floor"]
+"""The server: pilotfish's `XdsServer` over grpc.aio or its native HTTP/2, or `bench.floor`
+(the issue's serialize-once baseline, for calibration: SotW and one worker only)."""
+TRANSPORTS: tuple[Transport, ...] = ("grpc", "native", "floor")
+ClientImpl = Literal["grpc", "h2"]
+CLIENT_IMPLS: tuple[ClientImpl, ...] = ("h2", "grpc")
+XdsProtocol = Literal["sotw", "delta"]
+PROTOCOLS: tuple[XdsProtocol, ...] = ("sotw", "delta")
+METHODS: dict[XdsProtocol, str] = {"sotw": ADS_METHOD, "delta": DELTA_METHOD}
+H2_CONNECTS_IN_FLIGHT = 256  # per client process; the server's listen backlog is 4096
+
+Message = tuple[Any, ...]
+ResourceVersions = dict[str, dict[str, str]]
+"""Per type, every resource's name and version: what a delta proxy holds when converged."""
+
+
+class BenchError(RuntimeError):
+    """A child process failed, died, or did not answer in time."""
+
+
+# -- shared by every process ------------------------------------------------------------------
+
+
+Change = Literal["all", "one"]
+
+
+def build_snapshot(
+    clusters: int, endpoints: int, generation: int, change: Change = "all"
+) -> Snapshot:
+    """C EDS clusters with E endpoints each, one listener, one weighted route over all clusters.
+
+    `change="all"`: every generation changes the content of all four types (cluster timeouts,
+    endpoint ports, listener port, route weights), so a push gives each type a new content
+    version. `"one"`: only the first cluster's endpoints change (an endpoints-only push).
+    """
+    names = [f"outbound|80||svc-{i:05d}.bench.svc.cluster.local" for i in range(clusters)]
+    every = generation if change == "all" else 0
+    timeout = 1.0 + (every % 1000) / 1000
+
+    def port(i: int) -> int:
+        return 8000 + (generation if change == "all" or i == 0 else 0) % 50_000
+
+    return Snapshot(
+        {
+            "cds": [build.eds_cluster(n, connect_timeout=timeout) for n in names],
+            "eds": [_assignment(i, n, endpoints, port(i)) for i, n in enumerate(names)],
+            "lds": [build.http_listener("listener_0", 10_000 + every % 50_000, ROUTE_NAME)],
+            "rds": [
+                build.route_config(
+                    ROUTE_NAME, {n: 1 + (i + every) % 10 for i, n in enumerate(names)}
+                )
+            ],
+        }
+    )
+
+
+def _assignment(i: int, name: str, endpoints: int, port: int) -> Any:
+    return build.load_assignment(
+        name, [(f"10.{i >> 8 & 255}.{i & 255}.{j + 1}", port) for j in range(endpoints)]
+    )
+
+
+def next_snapshot(
+    previous: Snapshot, clusters: int, endpoints: int, generation: int, change: Change = "all"
+) -> Snapshot:
+    """`build_snapshot`'s snapshot for `generation`, made the way pilotfish's controller makes
+    the next one: with `change="one"`, `previous` updated by the one changed assignment
+    (`Snapshot.updated`: the other resources are not serialized again, and the untouched types
+    keep their built responses); with `"all"`, built afresh (everything changed anyway)."""
+    if change == "all":
+        return build_snapshot(clusters, endpoints, generation, change)
+    name = f"outbound|80||svc-{0:05d}.bench.svc.cluster.local"
+    changed = _assignment(0, name, endpoints, 8000 + generation % 50_000)
+    return previous.updated({}, {"eds": [changed]})
+
+
+def _versions(snapshot: Snapshot) -> dict[str, str]:
+    return {t: snapshot.version(t) for t in TYPES}
+
+
+def _resource_versions(snapshot: Snapshot) -> ResourceVersions:
+    return {t: {n: r.version for n, r in snapshot.resources(t).items()} for t in TYPES}
+
+
+def _raise_nofile() -> None:
+    """1000 proxies are 1000+ sockets in the server and in the client processes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class _Inbox:
+    """Commands from the coordinator, read on the event loop without blocking it.
+
+    A closed pipe (the coordinator died) reads as a stop command, so children never linger.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(conn.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn.poll():
+                self._queue.put_nowait(self._conn.recv())
+        except (EOFError, OSError):
+            self._loop.remove_reader(self._conn.fileno())
+            self._queue.put_nowait(("stop",))
+
+    async def get(self, timeout: float) -> Message:
+        """The next command; a coordinator silent for `timeout` seconds means stop."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return ("stop",)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._conn.fileno())
+
+
+def _child(conn: Connection, body: Callable[[], None], cpus: list[int] | None = None) -> None:
+    """Run a child's body (on `cpus` if given); any failure goes to the coordinator as
+    ("error", traceback)."""
+    _raise_nofile()
+    if cpus is not None:  # before any thread starts: threads inherit it (grpc's pollers too)
+        os.sched_setaffinity(0, cpus)
+    try:
+        body()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        raise
