@@ -85,3 +85,19 @@ def test_length_delimited_of_a_high_field_number_is_protobufs(text: str) -> None
     # Cluster.alt_stat_name is field 28: a tag of two bytes, and a length of one or two.
     expected = Cluster(alt_stat_name=text).SerializeToString()
     assert wire.length_delimited(28, text.encode()) == expected
+
+
+@pytest.mark.parametrize("number", [1, 9, 10, 1023, 1024, 123_456])
+def test_numbered_nonce_is_the_number_and_its_field(number: int) -> None:
+    nonce, field = wire.numbered_nonce(number)
+    assert nonce == str(number)
+    assert field == wire.nonce_field(nonce)
+    assert DiscoveryResponse.FromString(field).nonce == nonce
+
+
+def test_numbered_nonces_of_a_fleet_are_shared_then_made_per_stream() -> None:
+    # Every stream counts from 1: what each keeps for its ACKs is one object for all of them.
+    first, again = wire.numbered_nonce(7), wire.numbered_nonce(7)
+    assert first[0] is again[0] and first[1] is again[1]
+    late, later = wire.numbered_nonce(5_000_000), wire.numbered_nonce(5_000_000)
+    assert late == later and late[1] is not later[1]  # past the shared ones: not kept

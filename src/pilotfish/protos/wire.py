@@ -17,6 +17,7 @@ __all__ = [
     "duration",
     "length_delimited",
     "nonce_field",
+    "numbered_nonce",
     "read_varint",
     "resource_bytes",
     "split_at_field",
@@ -195,6 +196,26 @@ def nonce_field(nonce: str) -> bytes:
     if len(data) < 0x80:  # always, for pilotfish's nonces: one per response and stream
         return _NONCE_HEADS[len(data)] + data
     return _head(_NONCE_TAG, len(data)) + data
+
+
+_SHARED_NONCES = 1024
+_NUMBERED: dict[int, tuple[str, bytes]] = {}
+
+
+def numbered_nonce(number: int) -> tuple[str, bytes]:
+    """A stream's `number`-th nonce, `str(number)`, and its field (`nonce_field`).
+
+    Every stream counts its responses from 1, so a fleet's streams hold the same few nonces:
+    below `_SHARED_NONCES` they are made once and shared (the last nonce of each type is kept
+    per stream for its ACK: 344 B a proxy when each was its own)."""
+    found = _NUMBERED.get(number)
+    if found is not None:
+        return found
+    nonce = str(number)
+    pair = (nonce, nonce_field(nonce))
+    if number < _SHARED_NONCES:
+        return _NUMBERED.setdefault(number, pair)  # atomic: threads racing keep one
+    return pair
 
 
 def duration(seconds: float) -> bytes:

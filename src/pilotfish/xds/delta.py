@@ -156,7 +156,7 @@ class DeltaStream:
         if state is None:
             raise LocalProtocolError(f"response for {response.type_url} that was never requested")
         self._nonce += 1
-        nonce = str(self._nonce)
+        nonce, nonce_field = wire.numbered_nonce(self._nonce)
         after = response.after
         if after is not None and after[0] is state.versions and after[1] is state.names:
             state.versions = after[2]  # made once for every stream in this state
@@ -182,7 +182,7 @@ class DeltaStream:
             names = frozenset(response.versions) | response.removed
         return (
             response.body,
-            wire.nonce_field(nonce),
+            nonce_field,
             Sent(response.type_url, response.system_version, nonce, names),
         )
 

@@ -198,8 +198,7 @@ class SotwStream:
                     self.rewarm = frozenset(t for t in types if self._forget_all(t))
                     break
         self._nonce += 1
-        nonce = str(self._nonce)
-        nonce_field = wire.nonce_field(nonce)
+        nonce, nonce_field = wire.numbered_nonce(self._nonce)
         state.sent_version = response.version
         state.sent_nonce = nonce
         state.ack_nonce = nonce_field
