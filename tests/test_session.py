@@ -13,6 +13,7 @@ from pilotfish.protos import (
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    Cluster,
     ClusterLoadAssignment,
     DiscoveryRequest,
     DiscoveryResponse,
@@ -22,6 +23,7 @@ from pilotfish.protos import (
 from pilotfish.testing.client import InMemoryAdsClient
 from pilotfish.translators import build
 from pilotfish.xds import Acked, Nacked, Subscribed, Unsubscribed
+from pilotfish.xds.sotw import SotwStream
 from tests.helpers import mesh
 
 NODE = Node(id="n1", cluster="c1")
@@ -435,17 +437,17 @@ def test_an_ack_of_what_the_watch_answered_computes_no_answer(
     ads = client(cache)
     ads.subscribe(CLUSTER_TYPE)
     (cds,) = ads.poll()
-    handle = ads.session._cancels
+    handle = ads.session._armed
     assert answered == [CLUSTER_TYPE] and handle == {}
     ads.ack(cds)
-    (watch,) = handle.values()
+    (watch,) = (responder.cancel for responder in handle.values())
     assert answered == [CLUSTER_TYPE]  # re-armed without an answer: nothing can be new
     assert ads.poll() == []
     cache.set_snapshot("n1", mesh(AB, "a"))
     (again,) = ads.poll()
     ads.ack(again)
     assert answered == [CLUSTER_TYPE, CLUSTER_TYPE]
-    assert list(handle.values()) == [watch]  # the same watch, re-armed on every ACK
+    assert [r.cancel for r in handle.values()] == [watch]  # the same watch, re-armed every ACK
     ads.subscribe(CLUSTER_TYPE)  # asked again (a cluster warms): answered, unchanged or not
     (resent,) = ads.poll()
     assert resent.version_info == again.version_info
@@ -469,3 +471,46 @@ def test_next_parts_writes_the_shared_body_and_the_nonce_apart() -> None:
     written = two.session.next_response()
     assert written is not None and written[0].startswith(body)
     assert one.session.next_parts() is None
+
+
+def test_streams_keep_one_shared_nonce_object_per_response_number() -> None:
+    # A fleet's streams keep their last nonce per type for the ACK: the same objects for all.
+    first, second = SotwStream(1), SotwStream(2)
+    for stream in (first, second):
+        stream.receive(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+    snapshot = Snapshot({"cds": [Cluster(name="c")]})
+    response = snapshot.response(CLUSTER_TYPE, None)
+    sent = [stream.send_parts(response) for stream in (first, second)]
+    assert sent[0][1] is sent[1][1]
+    assert first.types[CLUSTER_TYPE].sent_nonce is second.types[CLUSTER_TYPE].sent_nonce
+    assert first.types[CLUSTER_TYPE].ack_nonce is second.types[CLUSTER_TYPE].ack_nonce
+
+
+def test_a_watch_replaced_while_it_is_made_is_cancelled_not_left_armed() -> None:
+    # A wakeup that writes at once: the first answer, delivered inside create_watch, is written
+    # (and the watch cancelled) before create_watch returns the watch's canceller.
+    from pilotfish.xds.session import Session
+
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(A, "a"))
+    written: list[bytes] = []
+
+    def write_now() -> None:
+        while (parts := session.next_parts()) is not None:
+            written.append(parts[0] + parts[1])
+
+    session = Session(cache, 1, wakeup=write_now)
+    session.receive(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n1")))
+    assert len(written) == 1
+    assert cache.watch_count() == 0  # not left armed with nobody to cancel it
+    response = DiscoveryResponse.FromString(written[0])
+    session.receive(
+        DiscoveryRequest(
+            type_url=CLUSTER_TYPE,
+            version_info=response.version_info,
+            response_nonce=response.nonce,
+        )
+    )
+    assert cache.watch_count() == 1  # the ACK's watch, and only it
+    session.close()
+    assert cache.watch_count() == 0

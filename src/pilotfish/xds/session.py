@@ -61,15 +61,17 @@ def _call_now(fn: Callable[[], None]) -> None:
 
 
 class _Responder:
-    """How one watch answers its session. Made per watch: `Session._deliver` drops answers of
-    a watch that is no longer the type's current one (they may still be travelling between
-    threads when it is replaced), and one small object is all a watch costs the session."""
+    """How one watch answers its session, and its canceller. Made per watch: `Session._deliver`
+    drops answers of a watch that is no longer the type's current one (they may still be
+    travelling between threads when it is replaced), and one small object is all a watch costs
+    the session."""
 
-    __slots__ = ("session", "type_url")
+    __slots__ = ("cancel", "session", "type_url")
 
     def __init__(self, session: Session, type_url: str) -> None:
         self.session = session
         self.type_url = type_url
+        self.cancel: Cancel | None = None  # set once the watcher made the watch
 
     def __call__(self, response: _Prepared) -> None:
         session = self.session
@@ -81,7 +83,6 @@ class Session:
 
     __slots__ = (
         "_armed",
-        "_cancels",
         "_closed",
         "_delta_ttl",
         "_dispatch",
@@ -113,14 +114,14 @@ class Session:
         self._watcher = watcher
         self._ordered = ordered
         self._dispatch = dispatch
-        self._cancels: dict[str, Cancel] = {}
         self._armed: dict[str, _Responder] = {}  # the responder of each open watch
         # Cancelled state-of-the-world watches the watcher may re-arm (`Rearm`), by type.
         self._rearm = None if delta else cast(Rearm | None, getattr(watcher, "rearm_watch", None))
         self._parked: dict[str, Cancel] = {}
         self._pending: dict[str, _Prepared] = {}
-        self._heartbeats: dict[str, PreparedResponse] = {}
-        self._delta_ttl: dict[str, dict[str, bytes]] = {}
+        # Made on a first TTL'd answer: most streams never get one (64 B a stream each).
+        self._heartbeats: dict[str, PreparedResponse] | None = None
+        self._delta_ttl: dict[str, dict[str, bytes]] | None = None
         self._closed = False
 
     @property
@@ -178,19 +179,23 @@ class Session:
         else:
             type_url = _first_in_order(pending)
         response = pending.pop(type_url)
+        if not pending:
+            pending.clear()  # empty between pushes: no table (120 B a stream) meanwhile
         self._cancel(type_url)  # written: now the client's ACK or NACK opens the next watch
         protocol = self.protocol
         if isinstance(protocol, DeltaStream):
             assert isinstance(response, DeltaPreparedResponse)
             body, nonce, sent = protocol.send_parts(response)
-            ttl = self._delta_ttl.get(type_url)
+            ttl = None if self._delta_ttl is None else self._delta_ttl.get(type_url)
             if ttl:  # only TTL'd resources are looked up: most streams have none
                 for name in [n for n in ttl if n in response.versions or n in response.removed]:
                     del ttl[name]
             if response.heartbeats:
+                if self._delta_ttl is None:
+                    self._delta_ttl = {}
                 self._delta_ttl.setdefault(type_url, {}).update(response.heartbeats)
             for ref_type in response.refresh:
-                if ref_type in self._cancels:  # an idle watch: re-open it on the new versions
+                if ref_type in self._armed:  # an idle watch: re-open it on the new versions
                     self._open(ref_type, protocol.watch_request(ref_type))
         else:
             assert isinstance(response, PreparedResponse)
@@ -198,12 +203,14 @@ class Session:
             for ref_type in protocol.rewarm:
                 # An idle watch: answer the forgotten names now. (A pending answer was made for
                 # the whole subscription at the new version: it carries them already.)
-                if ref_type in self._cancels and ref_type not in pending:
+                if ref_type in self._armed and ref_type not in pending:
                     self._open(ref_type, protocol.watch_request(ref_type))
             if response.heartbeat is None:
                 if self._heartbeats:
                     self._heartbeats.pop(type_url, None)
             else:
+                if self._heartbeats is None:
+                    self._heartbeats = {}
                 self._heartbeats[type_url] = dataclasses.replace(response, body=response.heartbeat)
         node = protocol.node
         assert node is not None
@@ -218,7 +225,7 @@ class Session:
         queued = False
         protocol = self.protocol
         if isinstance(protocol, DeltaStream):
-            for type_url, beats in self._delta_ttl.items():
+            for type_url, beats in (self._delta_ttl or {}).items():
                 delta_state = protocol.types.get(type_url)
                 if not beats or delta_state is None or delta_state.awaiting_ack:
                     continue
@@ -230,7 +237,7 @@ class Session:
                     )
                     queued = True
         else:
-            for type_url, beat in self._heartbeats.items():
+            for type_url, beat in (self._heartbeats or {}).items():
                 state = protocol.types.get(type_url)
                 if state is None or state.awaiting_ack or type_url in self._pending:
                     continue
@@ -252,7 +259,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        for type_url in list(self._cancels):
+        for type_url in list(self._armed):
             self._cancel(type_url)
         self._parked.clear()
         self._pending.clear()
@@ -265,18 +272,24 @@ class Session:
         self._pending.pop(type_url, None)
         responder = self._armed[type_url] = _Responder(self, type_url)
         if isinstance(watch, DeltaWatchRequest):
-            self._cancels[type_url] = self._watcher.create_delta_watch(watch, responder)
-            return
-        parked = self._parked.pop(type_url, None)
-        if parked is not None and self._rearm is not None:
-            self._cancels[type_url] = self._rearm(parked, watch, responder)
+            cancel = self._watcher.create_delta_watch(watch, responder)
         else:
-            self._cancels[type_url] = self._watcher.create_watch(watch, responder)
+            parked = self._parked.pop(type_url, None) if self._parked else None
+            if parked is not None and self._rearm is not None:
+                if not self._parked:
+                    self._parked.clear()  # empty between pushes: no table (120 B) meanwhile
+                cancel = self._rearm(parked, watch, responder)
+            else:
+                cancel = self._watcher.create_watch(watch, responder)
+        if self._armed.get(type_url) is responder:
+            responder.cancel = cancel
+        else:
+            cancel()  # replaced while it was made (by a write its first answer woke)
 
     def _cancel(self, type_url: str) -> None:
         # Answers still travelling from the old watch are void from now on (`_deliver`).
-        self._armed.pop(type_url, None)
-        cancel = self._cancels.pop(type_url, None)
+        responder = self._armed.pop(type_url, None)
+        cancel = None if responder is None else responder.cancel
         if cancel is not None:
             cancel()
             if self._rearm is not None:
