@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from pilotfish.protos import Node
@@ -18,6 +19,7 @@ def by_id(node: Node) -> str:
 
 
 def by_cluster(node: Node) -> str:
-    """One snapshot per service cluster (`node.cluster`): proxies of a group share responses."""
-    cluster: str = node.cluster
-    return cluster
+    """One snapshot per service cluster (`node.cluster`): proxies of a group share responses.
+
+    Interned: each stream keeps its key, and a group's streams then keep one str."""
+    return sys.intern(node.cluster)
