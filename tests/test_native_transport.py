@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from pilotfish.bootstrap import envoy_bootstrap
 from pilotfish.cache import SnapshotCache
+from pilotfish.metrics import Metrics
 from pilotfish.protos import (
     ADS_SERVICE,
     CLUSTER_TYPE,
@@ -39,6 +40,7 @@ from pilotfish.protos import (
     wire,
 )
 from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
+from pilotfish.testing.server import RecordingCallbacks
 from pilotfish.xds.auth import Peer, SpiffeAuthenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.http2 import (
@@ -61,6 +63,7 @@ from pilotfish.xds.server import Transport, XdsServer, native_tls
 from pilotfish.xds.sotw import SotwStream
 from tests.certs import Pki
 from tests.helpers import mesh
+from tests.test_admin import value as metrics_value
 from tests.test_server import Recorder  # sync and async hooks
 from tests.test_xds_auth import REVIEWS
 
@@ -842,6 +845,54 @@ def test_envoy_takes_config_and_traffic_over_native(
                 )
             else:
                 assert taken == []
+
+
+@pytest.mark.parametrize("hooks", ["metrics", "recording"])
+def test_callbacks_see_envoys_acks_whether_parsed_or_not(
+    hooks: str, upstreams: dict[str, list[tuple[str, int]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pilotfish serve`'s callbacks (Metrics) leave plain ACKs out of on_stream_request: those
+    # are taken from their bytes and reach on_stream_ack. Callbacks that want every request
+    # (the default) get them parsed, and on_stream_ack as well.
+    taken: list[str] = []
+    ack = SotwStream.ack
+
+    def counted(self: SotwStream, raw: bytes) -> Received | None:
+        received = ack(self, raw)
+        if received is not None:
+            taken.append(received.type_url)
+        return received
+
+    monkeypatch.setattr(SotwStream, "ack", counted)
+    metrics, recording = Metrics(), RecordingCallbacks()
+    callbacks = metrics if hooks == "metrics" else recording
+    cache, port = SnapshotCache(), free_port()
+    cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
+    with native_thread(cache, callbacks=callbacks) as thread:
+        bootstrap = envoy_bootstrap(node_id="sidecar", cluster="test", xds_address=thread.address)
+        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
+            envoy.wait_ready()
+            green = mesh(upstreams, "green", listener_port=port)
+            cache.set_snapshot("sidecar", green)
+            wait_until(lambda: envoy.request(port, "/").body == "green", message="route moved")
+            status = cache.status("sidecar")
+            assert status is not None
+            wait_until(
+                lambda: status.types[ROUTE_TYPE].acked_version == green.version(ROUTE_TYPE),
+                message="Envoy's ACK of the new routes recorded",
+            )
+    if hooks == "metrics":
+        assert ROUTE_TYPE in taken and CLUSTER_TYPE in taken
+        for label in ("cds", "eds", "lds"):
+            assert metrics_value(metrics, "pilotfish_xds_acks_total", type=label) >= 1
+        # The first routes and the pushed ones (the push changed only the routes).
+        assert metrics_value(metrics, "pilotfish_xds_acks_total", type="rds") >= 2
+        assert metrics_value(metrics, "pilotfish_xds_connected_proxies") == 0  # gone
+    else:
+        assert taken == []
+        acked = [a.type_url for _, a in recording.acks]
+        assert acked.count(ROUTE_TYPE) >= 2 and acked.count(CLUSTER_TYPE) >= 1
+        assert recording.requests >= 4 + len(acked)  # four subscriptions, and every ACK
 
 
 def test_envoy_reconnects_after_a_graceful_stop(

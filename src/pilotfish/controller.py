@@ -317,6 +317,11 @@ class Controller(Callbacks):
         """The objects being served."""
         return self.store.objects()
 
+    @property
+    def plain_acks_in_requests(self) -> bool:
+        # Only a request carrying a node is looked at, and a plain ACK carries none.
+        return False
+
     def on_stream_request(
         self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
     ) -> None:

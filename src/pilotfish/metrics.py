@@ -25,7 +25,7 @@ from pilotfish.errors import UnknownTypeError
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node, resource_type
 from pilotfish.sources import KINDS
 from pilotfish.xds.callbacks import Callbacks, HookResult
-from pilotfish.xds.events import Nacked, Sent
+from pilotfish.xds.events import Acked, Nacked, Sent
 
 __all__ = ["Metrics"]
 
@@ -203,38 +203,52 @@ class Metrics(Callbacks):
         self._proxies.set(proxies)
         return self.inner.on_stream_close(stream_id, node) if self.inner else None
 
+    @property
+    def plain_acks_in_requests(self) -> bool:
+        # ACKs are counted in `on_stream_ack`: only an inner hook may want them as requests.
+        return self.inner is not None and self.inner.plain_acks_in_requests
+
     def on_stream_request(
         self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
     ) -> HookResult:
-        answered: tuple[str, float, str] | None = None
-        converged: float | None = None
-        now = self._clock()
         with self._lock:
             if stream_id not in self._stream_nodes and request.node.id:
                 node_id = request.node.id
                 self._stream_nodes[stream_id] = node_id
                 self._node_streams[node_id] = self._node_streams.get(node_id, 0) + 1
                 self._proxies.set(len(self._node_streams))
-            type_url = request.type_url or self._stream_urls.get(stream_id) or ""
-            pending = self._pending.get(stream_id)
-            if pending is not None and request.response_nonce:
-                last = pending.get(type_url)
-                if last is not None and last[0] == request.response_nonce:
-                    del pending[type_url]  # answered: a repeat of the nonce is no second ACK
-                    answered = last
-            if answered is not None and self._round and not request.HasField("error_detail"):
-                key = (self._stream_nodes.get(stream_id, ""), type_url)
+        return self.inner.on_stream_request(stream_id, request) if self.inner else None
+
+    def on_stream_ack(self, stream_id: int, node: Node, ack: Acked) -> HookResult:
+        converged: float | None = None
+        now = self._clock()
+        with self._lock:
+            answered = self._answered(stream_id, ack.type_url, ack.nonce)
+            if answered is not None and self._round:
+                key = (node.id, ack.type_url)
                 if self._round.get(key) == answered[2]:
                     del self._round[key]
                     if not self._round and self._round_started is not None:
                         converged, self._round_started = now - self._round_started, None
         if converged is not None:
             self._convergence.observe(max(0.0, converged))
-        if answered is not None and not request.HasField("error_detail"):
-            label = _type_label(type_url)
+        if answered is not None:
+            label = _type_label(ack.type_url)
             self._acks.labels(label).inc()
             self._push_ack.labels(label).observe(max(0.0, now - answered[1]))
-        return self.inner.on_stream_request(stream_id, request) if self.inner else None
+        return self.inner.on_stream_ack(stream_id, node, ack) if self.inner else None
+
+    def _answered(self, stream_id: int, type_url: str, nonce: str) -> tuple[str, float, str] | None:
+        """Lock held. The pending response a client's ACK or NACK of `nonce` answers, taken
+        off the table (a repeat of the nonce answers nothing more)."""
+        pending = self._pending.get(stream_id)
+        if pending is None:
+            return None
+        last = pending.get(type_url)
+        if last is None or last[0] != nonce:
+            return None
+        del pending[type_url]
+        return last
 
     def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> HookResult:
         now = self._clock()
@@ -253,5 +267,7 @@ class Metrics(Callbacks):
         return self.inner.on_stream_refused(stream_id, reason, code) if self.inner else None
 
     def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> HookResult:
+        with self._lock:
+            self._answered(stream_id, nack.type_url, nack.nonce)
         self._nacks.labels(_type_label(nack.type_url)).inc()
         return self.inner.on_nack(stream_id, node, nack) if self.inner else None

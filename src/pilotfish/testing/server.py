@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node
-from pilotfish.xds import ConfigWatcher, Nacked, Sent
+from pilotfish.xds import Acked, ConfigWatcher, Nacked, Sent
 from pilotfish.xds.auth import Authenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.rest import RestServer
@@ -45,6 +45,7 @@ class RecordingCallbacks(Callbacks):
         self._lock = threading.Lock()
         self.responses: list[_Response] = []
         self.nacks: list[tuple[str, Nacked]] = []
+        self.acks: list[tuple[str, Acked]] = []
         self.requests = 0
         self.opened = 0
         self.closed = 0
@@ -66,6 +67,10 @@ class RecordingCallbacks(Callbacks):
     def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> None:
         with self._lock:
             self.responses.append(_Response(stream_id, node.id, sent))
+
+    def on_stream_ack(self, stream_id: int, node: Node, ack: Acked) -> None:
+        with self._lock:
+            self.acks.append((node.id, ack))
 
     def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest, Node
-from pilotfish.xds.events import Nacked, Sent
+from pilotfish.xds.events import Acked, Nacked, Sent
 
 __all__ = ["Callbacks", "HookResult"]
 
@@ -18,6 +18,15 @@ HookResult = Awaitable[None] | None
 
 class Callbacks:
     """No-op base: every hook does nothing unless overridden."""
+
+    @property
+    def plain_acks_in_requests(self) -> bool:
+        """Whether `on_stream_request` must see plain ACKs (requests that only ACK the response
+        in flight, the same subscription as before): True here, as it is documented to see
+        every request. Callbacks that answer False let the native transport take those from
+        their bytes without parsing them, about half of all requests; `on_stream_ack` sees
+        every ACK either way."""
+        return True
 
     def on_stream_open(self, stream_id: int, type_url: str | None) -> HookResult:
         """A stream opened; `type_url` is None for ADS."""
@@ -35,6 +44,10 @@ class Callbacks:
 
     def on_stream_response(self, stream_id: int, node: Node, sent: Sent) -> HookResult:
         """A response is about to be written."""
+        return None
+
+    def on_stream_ack(self, stream_id: int, node: Node, ack: Acked) -> HookResult:
+        """A client accepted a response (`ack.nonce`; its version is applied)."""
         return None
 
     def on_nack(self, stream_id: int, node: Node, nack: Nacked) -> HookResult:

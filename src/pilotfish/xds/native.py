@@ -372,7 +372,11 @@ class _Connection(asyncio.BufferedProtocol):
         handler = stream.handler
         try:
             data = event.data
-            if handler.receive_ack(data):
+            acked = handler.receive_ack(data)
+            if acked is not None:
+                for result in acked:
+                    if result is not None:
+                        self.listener.spawn(result)
                 return
             results = handler.receive(stream.decode(data), data)
             if results is not None:

@@ -21,7 +21,7 @@ from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest
 from pilotfish.xds.auth import AuthenticationError, Authenticator, Identity, NodeOwners, Peer
 from pilotfish.xds.auth import authorize as _authorize
 from pilotfish.xds.callbacks import Callbacks, HookResult
-from pilotfish.xds.events import Nacked
+from pilotfish.xds.events import Acked, Nacked
 from pilotfish.xds.http2 import GrpcStatus
 from pilotfish.xds.session import Dispatch, Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
@@ -150,16 +150,30 @@ class StreamHandler:
             return None
         return self._receive_with_hooks(request, raw)
 
-    def receive_ack(self, raw: bytes) -> bool:
+    def receive_ack(self, raw: bytes) -> tuple[HookResult, ...] | None:
         """Take `raw` as a plain ACK without parsing it (`Session.receive_ack`), if it is one
-        and nothing needs the parsed request (no callbacks; the stream admitted). False: parse
-        it and `receive` it."""
-        if self._streams.callbacks is not None or (
+        and nothing needs the parsed request (the stream admitted; no callbacks, or callbacks
+        that leave plain ACKs out of `on_stream_request`). Returns the results of
+        `on_stream_ack`, run at once; None: parse it and `receive` it."""
+        callbacks = self._streams.callbacks
+        if (callbacks is not None and callbacks.plain_acks_in_requests) or (
             self.identity is not None and not self._admitted
         ):
-            return False
-        assert self.session is not None
-        return self.session.receive_ack(raw) is not None
+            return None
+        session = self.session
+        assert session is not None
+        received = session.receive_ack(raw)
+        if received is None:
+            return None
+        if callbacks is None:
+            return ()
+        node = session.protocol.node
+        assert node is not None
+        return tuple(
+            callbacks.on_stream_ack(self.stream_id, node, event)
+            for event in received.events
+            if isinstance(event, Acked)
+        )
 
     def _admit(self, request: Request) -> bool:
         # The first request carries the node; later nodes are ignored by the protocol core.
@@ -181,7 +195,11 @@ class StreamHandler:
         yield callbacks.on_stream_request(self.stream_id, request)
         received = session.receive(request, raw)
         for event in received.events:
-            if isinstance(event, Nacked):
+            if isinstance(event, Acked):
+                node = session.protocol.node
+                assert node is not None
+                yield callbacks.on_stream_ack(self.stream_id, node, event)
+            elif isinstance(event, Nacked):
                 node = session.protocol.node
                 assert node is not None
                 yield callbacks.on_nack(self.stream_id, node, event)
