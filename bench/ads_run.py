@@ -269,6 +269,9 @@ def run_one(
             "initial_server_cpu_ms_per_client": 1000 * initial["cpu_s"] / clients,
             "initial_client_cpu_ms_per_client": 1000 * client_cpu / clients,
             "initial_server_busy": initial["cpu_s"] / ((last - started) * workers),
+            "initial_server_sys_share": initial["cpu_sys_s"] / initial["cpu_s"]
+            if initial["cpu_s"]
+            else 0.0,
             "initial_client_busy": client_cpu / ((last - started) * gen_cores),
             "initial_bytes_per_client": initial_counts["bytes_per_client"],
             "initial_responses_per_client": initial_counts["responses_per_client"],
