@@ -329,6 +329,26 @@ async def _flip(
     return result
 
 
+def _why_not(fleet: _Fleet, lagging: list[int]) -> str:
+    """What the Envoys that do not route say of their listener (the first few)."""
+    by_name = {envoy.name: envoy for envoy in fleet.envoys}
+    said = []
+    for index in lagging[:5]:
+        envoy = by_name.get(f"bench-envoy-{index}")
+        port = fleet.listener_ports[index]
+        if envoy is None:
+            said.append(f"bench-envoy-{index} (port {port}) never started")
+            continue
+        try:
+            stats = envoy.stats(filter="listener_manager")
+        except OSError as error:
+            said.append(f"{envoy.name} (port {port}): admin unreachable ({error})")
+            continue
+        failed = {k: v for k, v in stats.items() if v and ("fail" in k or "reject" in k)}
+        said.append(f"{envoy.name} (port {port}): {failed or 'no listener failure counted'}")
+    return f"{len(lagging)} of them; " + "; ".join(said)
+
+
 async def _measure(fleet: _Fleet, config: Path, args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     upstreams = {
@@ -347,7 +367,11 @@ async def _measure(fleet: _Fleet, config: Path, args: argparse.Namespace) -> dic
         pollers = [_Poller(port) for port in fleet.listener_ports]
         took = await _converge(pollers, COLOURS[0], started, args.timeout, 0.01)
         if any(math.isnan(t) for t in took):
-            raise BenchError(f"not every Envoy routes to {COLOURS[0]} after {args.timeout:g}s")
+            lagging = [i for i, t in enumerate(took) if math.isnan(t)]
+            raise BenchError(
+                f"not every Envoy routes to {COLOURS[0]} after {args.timeout:g}s: "
+                + await asyncio.to_thread(_why_not, fleet, lagging)
+            )
         startup_s = time.monotonic() - started
         flips = []
         for n in range(args.repeat):

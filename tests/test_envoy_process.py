@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from pilotfish.bootstrap import XDS_CLUSTER, config_source, envoy_bootstrap
+from pilotfish.testing import envoy as envoy_module
 from pilotfish.testing.envoy import (
     EnvoyNotFound,
     EnvoyProcess,
@@ -407,3 +409,25 @@ def test_ads_envoy_reconnects_fast_to_missing_control_plane() -> None:
         # Without a control plane the server never gets LIVE; the error says where it is stuck.
         with pytest.raises(TimeoutError, match="INITIALIZING"):
             fast_envoy.wait_ready(timeout=0.2)
+
+
+def test_free_ports_are_bindable_distinct_and_below_the_ephemeral_range() -> None:
+    # Outgoing connections take source ports from the ephemeral range: a port chosen there
+    # could be taken before the server it was chosen for binds it.
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)  # never the same one twice in a process
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10_000 <= port < low for port in ports)
+    for port in ports[:20]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_free_port_lets_the_kernel_pick_without_an_ephemeral_range(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(envoy_module, "_PORT_RANGE", tmp_path / "absent")
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+    assert port not in {free_port() for _ in range(20)}

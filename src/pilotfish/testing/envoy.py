@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -73,12 +74,57 @@ def find_envoy() -> str:
     )
 
 
+_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000  # below: the usual ports of local services
+_given: set[int] = set()
+_choose = random.Random()  # its own: a test seeding `random` does not pick our ports
+_given_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it; small race accepted)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port free now, for a server to bind a little later; never the same one twice in
+    a process.
+
+    Chosen below the kernel's ephemeral range where it has one (Linux): outgoing connections
+    take their source ports from that range, so a port the kernel picked there could be taken
+    by one before the server binds it. That happened: 50 Envoys started one after another,
+    each connecting to the control plane and polled on its admin port, and one Envoy's
+    listener port was in use by then. Elsewhere the kernel picks (the race accepted)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = _ephemeral_low()
+    if low is not None and low - _LOWEST_PORT >= 1024:
+        for _ in range(64):
+            port = _choose.randrange(max(_LOWEST_PORT, low - 16_384), low)
+            with _given_lock:
+                if port in _given:
+                    continue
+                if _bindable(family, host, port):
+                    _given.add(port)
+                    return port
+    while True:
+        with socket.socket(family) as sock:
+            sock.bind((host, 0))
+            picked: int = sock.getsockname()[1]
+        with _given_lock:
+            if picked not in _given:
+                _given.add(picked)
+                return picked
+
+
+def _ephemeral_low() -> int | None:
+    try:
+        return int(_PORT_RANGE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _bindable(family: socket.AddressFamily, host: str, port: int) -> bool:
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_until(
