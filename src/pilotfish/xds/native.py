@@ -15,8 +15,10 @@ has it scheduled as a task, so its body runs after the step it reports (an async
 `on_stream_response` after the response was queued). Only `on_stream_close` keeps its place:
 the node id is released once its awaitable finished.
 
-TLS: pass an `ssl.SSLContext` (`native_tls`); client certificates reach authenticators through
-`Peer.from_tls`. Keepalive is the client's: PINGs are answered, none are sent.
+Plain TCP connections are accepted and carried by `pilotfish.xds.tcp` (no asyncio task or
+general-purpose transport per connection); TLS ones by asyncio's. TLS: pass an `ssl.SSLContext`
+(`native_tls`); client certificates reach authenticators through `Peer.from_tls`. Keepalive is
+the client's: PINGs are answered, none are sent.
 
 Maximum connection age (as grpc's ``grpc.max_connection_age_ms``): a connection older than the
 age (give or take 10%, so a fleet that connected together does not reconnect together) gets a
@@ -57,6 +59,7 @@ from pilotfish.xds.http2 import (
     StreamEnded,
 )
 from pilotfish.xds.streams import Request, ServerStreams, StreamHandler
+from pilotfish.xds.tcp import PlainListener
 
 __all__ = ["NativeListener", "native_tls", "parse_address"]
 
@@ -453,7 +456,7 @@ class NativeListener:
         self.read_buffer = memoryview(bytearray(_READ_SIZE))
         self.connections: set[_Connection] = set()
         self._tls = tls
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | PlainListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[_Connection] = []
         self._flush_scheduled = False
@@ -483,8 +486,12 @@ class NativeListener:
         bound: int = server.sockets[0].getsockname()[1]
         return bound
 
-    async def _listen(self, host: str | None, port: int) -> asyncio.Server:
+    async def _listen(self, host: str | None, port: int) -> asyncio.Server | PlainListener:
         assert self._loop is not None
+        if self._tls is None and os.name == "posix":  # plain TCP: pilotfish's lean transport
+            return PlainListener(
+                self._loop, lambda: _Connection(self), host, port, reuse_port=True, backlog=4096
+            )
         return await self._loop.create_server(
             lambda: _Connection(self),
             host,
