@@ -19,10 +19,15 @@ stream with an error. Not: TLS, compression, more than one stream per connection
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import socket
 import struct
 from collections.abc import Callable
 
 import hpack
+
+from pilotfish.xds.tcp import PlainTransport
 
 __all__ = ["DEFAULT_WINDOW", "GrpcStream", "StreamError", "open_stream", "request_headers"]
 
@@ -484,5 +489,37 @@ async def open_stream(
         return stream
 
     loop = asyncio.get_running_loop()
-    _, stream = await loop.create_connection(made, host, port)
+    sock = await _connect(loop, host, port)
+    stream = made()
+    PlainTransport(loop, sock, stream)  # pilotfish's lean one: cheaper than create_connection
     return stream
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to `host` (an IP address), without asyncio's
+    resolution, task and transport machinery (15% of the generator's CPU while 1,000 proxies
+    connected)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        error = sock.connect_ex((host, port))
+        if error in (errno.EINPROGRESS, errno.EAGAIN):
+            writable = loop.create_future()
+            loop.add_writer(sock.fileno(), _settle, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, f"connect to {host}:{port}: {os.strerror(error)}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the writer may fire again before the waiter runs
+        future.set_result(None)
