@@ -56,7 +56,7 @@ from pilotfish.xds.http2 import (
 )
 from pilotfish.xds.http2 import frames as f
 from pilotfish.xds.http2.connection import MAX_FRAME
-from pilotfish.xds.http2.grpc_messages import percent_encode
+from pilotfish.xds.http2.grpc_messages import MessageReader, percent_encode
 from pilotfish.xds.native import parse_address
 from pilotfish.xds.requests import Received
 from pilotfish.xds.server import Transport, XdsServer, native_tls
@@ -222,12 +222,15 @@ def test_first_header_blocks_are_decoded_once_per_kind_of_client() -> None:
     two = second.headers(1, "/svc/A")
     assert one == two
     assert paths(first, one) == paths(second, two) == ["/svc/A"]
-    assert connection._FIRST_BLOCKS[one[9:]] == [
+    kept, headers = connection._FIRST_BLOCKS[one[9:]]
+    assert headers == [
         (n.encode(), v.encode())
         for n, v in [(":method", "POST"), (":scheme", "http"), (":path", "/svc/A"),
                      (":authority", "xds"), ("content-type", "application/grpc"),
                      ("te", "trailers")]
     ]  # fmt: skip
+    # The second connection keeps the first's bytes (to catch its decoder up), not its own.
+    assert second.conn._undecoded is kept
     # A second stream on that connection refers to the HPACK table the first block filled:
     # the decoder catches up first, so it decodes right.
     again = second.headers(3, "/svc/A")
@@ -426,6 +429,16 @@ def test_goaway_both_ways() -> None:
     (theirs,) = client.send(f.goaway(0, ErrorCode.NO_ERROR, b"bye"))
     assert isinstance(theirs, ConnectionTerminated) and theirs.remote
     assert (theirs.error_code, theirs.reason) == (0, "bye")
+
+
+def test_a_message_split_over_frames_is_buffered_until_whole_and_then_let_go() -> None:
+    reader = MessageReader()
+    message = struct.pack(">BI", 0, 10) + b"0123456789"
+    assert reader.feed(message, 0, 7) == [] and reader.partial == 7
+    two = message[7:] + message  # the rest, then a whole one
+    assert reader.feed(two, 0, len(two)) == [b"0123456789", b"0123456789"]
+    assert reader.partial == 0 and reader._buffer is None  # an idle stream holds no buffer
+    assert reader.feed(message, 0, len(message)) == [b"0123456789"]  # the one-slice case
 
 
 def test_grpc_framing_errors_end_only_that_stream() -> None:

@@ -78,7 +78,7 @@ _TWO_U32 = struct.Struct(">LL")
 # stateless: computed once, valid on every connection, in any order.
 _ENCODER = hpack.Encoder()
 # The first header block of a connection, decoded, by its bytes (see ServerConnection._decode).
-_FIRST_BLOCKS: dict[bytes, list[tuple[bytes, bytes]]] = {}
+_FIRST_BLOCKS: dict[bytes, tuple[bytes, list[tuple[bytes, bytes]]]] = {}
 _FIRST_BLOCKS_KEPT = 64  # distinct client kinds; blocks carrying unique tokens are not kept
 
 
@@ -644,14 +644,15 @@ class ServerConnection:
             self._decoded_any = True
             known = _FIRST_BLOCKS.get(block)
             if known is not None:
-                self._undecoded = block
-                return known
+                # Kept as the one object every such connection keeps, not its own copy.
+                self._undecoded, headers = known
+                return headers
             headers = [(bytes(n), bytes(v)) for n, v in self._hpack().decode(block, raw=True)]
             # Credentials are not kept beyond their connection.
             if len(_FIRST_BLOCKS) < _FIRST_BLOCKS_KEPT and all(
                 n != b"authorization" for n, _ in headers
             ):
-                _FIRST_BLOCKS[block] = headers
+                _FIRST_BLOCKS[block] = (block, headers)
             return headers
         decoder = self._hpack()
         if self._undecoded is not None:

@@ -52,22 +52,26 @@ class MessageError(Exception):
 class MessageReader:
     """Reassembles one stream's messages from its DATA payloads.
 
-    The common case, one whole message in one DATA frame, takes one slice and no buffering.
+    The common case, one whole message in one DATA frame, takes one slice and no buffering;
+    the buffer of a message split over frames is let go once it is complete (an idle stream
+    holds none).
     """
 
     __slots__ = ("_buffer", "max_size")
 
     def __init__(self, max_size: int = MAX_MESSAGE_SIZE) -> None:
         self.max_size = max_size
-        self._buffer = bytearray()
+        self._buffer: bytearray | None = None
 
     def feed(self, data: bytes, start: int, stop: int) -> list[bytes]:
         """The messages completed by ``data[start:stop]``; raises `MessageError`."""
         buffer = self._buffer
-        if not buffer and stop - start >= 5:
-            flag, length = PREFIX.unpack_from(data, start)
-            if flag == 0 and start + 5 + length == stop and length <= self.max_size:
-                return [data[start + 5 : stop]]
+        if buffer is None:
+            if stop - start >= 5:
+                flag, length = PREFIX.unpack_from(data, start)
+                if flag == 0 and start + 5 + length == stop and length <= self.max_size:
+                    return [data[start + 5 : stop]]
+            buffer = self._buffer = bytearray()
         with memoryview(data) as view:  # one copy, into the buffer (a slice would be two)
             buffer += view[start:stop]
         messages: list[bytes] = []
@@ -90,14 +94,16 @@ class MessageReader:
             with memoryview(buffer) as view:  # released before the buffer is cut below
                 messages.append(bytes(view[offset + 5 : end]))
             offset = end
-        if offset:
+        if offset == len(buffer):
+            self._buffer = None
+        elif offset:
             del buffer[:offset]
         return messages
 
     @property
     def partial(self) -> int:
         """Bytes of an incomplete message held back."""
-        return len(self._buffer)
+        return 0 if self._buffer is None else len(self._buffer)
 
 
 _UNRESERVED = frozenset(range(0x20, 0x7F)) - {ord("%")}
