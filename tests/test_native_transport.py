@@ -810,22 +810,28 @@ def upstreams() -> Iterator[dict[str, list[tuple[str, int]]]]:
             upstream.stop()
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-def test_envoy_takes_config_and_traffic_over_native(
-    delta: bool, upstreams: dict[str, list[tuple[str, int]]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Envoy's state-of-the-world ACKs are taken from their bytes (`SotwStream.ack`, with no
-    # callbacks), and must still be recorded as ACKs of what was sent.
-    taken: list[str] = []
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The type of each request taken as a plain ACK from its bytes (`SotwStream.ack`)."""
+    types: list[str] = []
     ack = SotwStream.ack
 
     def counted(self: SotwStream, raw: bytes) -> Received | None:
         received = ack(self, raw)
         if received is not None:
-            taken.append(received.type_url)
+            types.append(received.type_url)
         return received
 
     monkeypatch.setattr(SotwStream, "ack", counted)
+    return types
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_envoy_takes_config_and_traffic_over_native(
+    delta: bool, upstreams: dict[str, list[tuple[str, int]]], taken: list[str]
+) -> None:
+    # Envoy's state-of-the-world ACKs are taken from their bytes (`SotwStream.ack`, with no
+    # callbacks), and must still be recorded as ACKs of what was sent.
     cache, port = SnapshotCache(), free_port()
     cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
     with native_thread(cache) as thread:
@@ -862,21 +868,11 @@ def test_envoy_takes_config_and_traffic_over_native(
 
 @pytest.mark.parametrize("hooks", ["metrics", "recording"])
 def test_callbacks_see_envoys_acks_whether_parsed_or_not(
-    hooks: str, upstreams: dict[str, list[tuple[str, int]]], monkeypatch: pytest.MonkeyPatch
+    hooks: str, upstreams: dict[str, list[tuple[str, int]]], taken: list[str]
 ) -> None:
     # `pilotfish serve`'s callbacks (Metrics) leave plain ACKs out of on_stream_request: those
     # are taken from their bytes and reach on_stream_ack. Callbacks that want every request
     # (the default) get them parsed, and on_stream_ack as well.
-    taken: list[str] = []
-    ack = SotwStream.ack
-
-    def counted(self: SotwStream, raw: bytes) -> Received | None:
-        received = ack(self, raw)
-        if received is not None:
-            taken.append(received.type_url)
-        return received
-
-    monkeypatch.setattr(SotwStream, "ack", counted)
     metrics, recording = Metrics(), RecordingCallbacks()
     callbacks = metrics if hooks == "metrics" else recording
     cache, port = SnapshotCache(), free_port()
