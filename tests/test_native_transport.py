@@ -11,6 +11,7 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -43,6 +44,7 @@ from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_por
 from pilotfish.testing.server import RecordingCallbacks
 from pilotfish.xds.auth import Peer, SpiffeAuthenticator
 from pilotfish.xds.callbacks import Callbacks
+from pilotfish.xds.delta import DeltaStream
 from pilotfish.xds.http2 import (
     ConnectionTerminated,
     ErrorCode,
@@ -812,17 +814,23 @@ def upstreams() -> Iterator[dict[str, list[tuple[str, int]]]]:
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The type of each request taken as a plain ACK from its bytes (`SotwStream.ack`)."""
+    """The type of each request taken as a plain ACK from its bytes (`SotwStream.ack`,
+    `DeltaStream.ack`)."""
     types: list[str] = []
-    ack = SotwStream.ack
+    for protocol in (SotwStream, DeltaStream):
+        ack = protocol.ack
 
-    def counted(self: SotwStream, raw: bytes) -> Received | None:
-        received = ack(self, raw)
-        if received is not None:
-            types.append(received.type_url)
-        return received
+        def counted(
+            self: SotwStream | DeltaStream,
+            raw: bytes,
+            ack: Callable[[Any, bytes], Received | None] = ack,
+        ) -> Received | None:
+            received = ack(self, raw)
+            if received is not None:
+                types.append(received.type_url)
+            return received
 
-    monkeypatch.setattr(SotwStream, "ack", counted)
+        monkeypatch.setattr(protocol, "ack", counted)
     return types
 
 
@@ -830,7 +838,7 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_envoy_takes_config_and_traffic_over_native(
     delta: bool, upstreams: dict[str, list[tuple[str, int]]], taken: list[str]
 ) -> None:
-    # Envoy's state-of-the-world ACKs are taken from their bytes (`SotwStream.ack`, with no
+    # Envoy's ACKs are taken from their bytes (`SotwStream.ack`, `DeltaStream.ack`, with no
     # callbacks), and must still be recorded as ACKs of what was sent.
     cache, port = SnapshotCache(), free_port()
     cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
@@ -854,16 +862,13 @@ def test_envoy_takes_config_and_traffic_over_native(
             updates = envoy.stat("http.ingress_http.rds.local_route.update_success")
             assert updates >= 2
             assert isinstance(thread.server, XdsServer) and thread.server.stream_count == 1
-            if not delta:
-                assert ROUTE_TYPE in taken and CLUSTER_TYPE in taken
-                status = cache.status("sidecar")
-                assert status is not None
-                wait_until(
-                    lambda: status.types[ROUTE_TYPE].acked_version == green.version(ROUTE_TYPE),
-                    message="Envoy's ACK of the new routes recorded",
-                )
-            else:
-                assert taken == []
+            assert ROUTE_TYPE in taken and CLUSTER_TYPE in taken
+            status = cache.status("sidecar")
+            assert status is not None
+            wait_until(
+                lambda: status.types[ROUTE_TYPE].acked_version == green.version(ROUTE_TYPE),
+                message="Envoy's ACK of the new routes recorded",
+            )
 
 
 @pytest.mark.parametrize("hooks", ["metrics", "recording"])

@@ -43,7 +43,14 @@ from pilotfish.bounded import Bounded
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, Node, wire
 from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
-from pilotfish.xds.requests import Received, RecentRequests, request_span, request_type_url, settle
+from pilotfish.xds.requests import (
+    Received,
+    RecentRequests,
+    acknowledge,
+    request_span,
+    request_type_url,
+    settle,
+)
 from pilotfish.xds.watch import DeltaPreparedResponse, DeltaWatchRequest, held_after
 
 __all__ = ["DeltaStream", "DeltaTypeState"]
@@ -75,6 +82,9 @@ class DeltaTypeState:
     acked_version: str = ""
     last_nack: Nacked | None = None
     responses_sent: int = 0
+    ack_nonce: bytes = b""
+    """The response in flight's nonce as the response_nonce field of a request, which ends
+    its ACK (`DeltaStream.ack`)."""
 
 
 @dataclass(slots=True)
@@ -129,6 +139,29 @@ class DeltaStream:
             return Received(type_url, tuple(events), stale=stale)
         return Received(type_url, tuple(events), self.watch_request(type_url), stale=stale)
 
+    def ack(self, raw: bytes) -> Received | None:
+        """`receive` for a request that is a plain ACK, recognised by its wire bytes without
+        parsing them: the type_url field of a type awaiting an ACK (on a per-type stream it may
+        be left out), then the nonce of its response in flight, and nothing else (as Envoy
+        writes an ACK). None for anything else, which `receive` then takes parsed. Half of all
+        requests are ACKs; this is what they cost."""
+        if self.node is None:
+            return None
+        for state in self.types.values():
+            nonce = state.ack_nonce
+            if not (state.awaiting_ack and nonce and raw.endswith(nonce)):
+                continue
+            head = len(raw) - len(nonce)
+            if head == 0 and self.type_url is not None:
+                return self._acked(state)
+            field = _type_field(state.type_url)
+            if head == len(field) and raw.startswith(field):
+                return self._acked(state)
+        return None
+
+    def _acked(self, state: DeltaTypeState) -> Received:
+        return Received(state.type_url, (acknowledge(state),), self.watch_request(state.type_url))
+
     def watch_request(self, type_url: str) -> DeltaWatchRequest:
         """The watch that fits the type's current subscription and held versions (the
         stream's own names and versions, not copies: they are never changed in place)."""
@@ -175,6 +208,7 @@ class DeltaStream:
             dependent.versions = _forget(dependent.versions, ref_names, absent=False)
         state.sent_version = response.system_version
         state.sent_nonce = nonce
+        state.ack_nonce = _ack_nonce(nonce)
         state.awaiting_ack = True
         state.responses_sent += 1
         names = response.names
@@ -404,3 +438,27 @@ def _forget(
             del held[name]
         after = held
     return _FORGOTTEN.put(key, (versions, names, after))[2]
+
+
+_REQUEST_TYPE_URL = 2  # DeltaDiscoveryRequest.type_url
+_REQUEST_NONCE = 6  # DeltaDiscoveryRequest.response_nonce
+_TYPE_FIELDS: Bounded[str, bytes] = Bounded(64)
+_ACK_NONCES: Bounded[str, bytes] = Bounded(1024)
+
+
+def _type_field(type_url: str) -> bytes:
+    """A request's type_url field (kept per type: a fleet asks for a few types)."""
+    found = _TYPE_FIELDS.get(type_url)
+    if found is None:
+        field = wire.length_delimited(_REQUEST_TYPE_URL, type_url.encode())
+        found = _TYPE_FIELDS.put(type_url, field)
+    return found
+
+
+def _ack_nonce(nonce: str) -> bytes:
+    """`nonce` as a request's response_nonce field; made once for the numbered nonces every
+    stream uses (`wire.numbered_nonce`), so streams share them."""
+    found = _ACK_NONCES.get(nonce)
+    if found is None:
+        found = _ACK_NONCES.put(nonce, wire.length_delimited(_REQUEST_NONCE, nonce.encode()))
+    return found

@@ -139,12 +139,9 @@ class Session:
         return received
 
     def receive_ack(self, raw: bytes) -> Received | None:
-        """`receive` for a plain state-of-the-world ACK, taken from its wire bytes
-        (`SotwStream.ack`); None if `raw` is something else, which then goes to `receive`."""
-        protocol = self.protocol
-        if isinstance(protocol, DeltaStream):
-            return None
-        received = protocol.ack(raw)
+        """`receive` for a plain ACK, taken from its wire bytes (`SotwStream.ack`,
+        `DeltaStream.ack`); None if `raw` is something else, which then goes to `receive`."""
+        received = self.protocol.ack(raw)
         if received is not None:
             self._apply(received)
         return received
