@@ -7,6 +7,9 @@ the ACK of an answer costs no answer at all, as in state-of-the-world.
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -307,3 +310,36 @@ def test_a_linear_cache_answers_each_delta_state_once() -> None:
         assert all(c.held[ENDPOINT_TYPE] == now for c in clients)
         counts.append(linear.delta_answers - answered)
     assert counts[0] == counts[1] == 1  # the update, once; the ACKs cost none
+
+
+def test_what_pushes_make_of_held_versions_goes_with_their_snapshot() -> None:
+    # A push that updates every cluster makes each state's endpoints be forgotten (sent again);
+    # what that made was kept in a process-wide table and outlived its snapshot: about 0.3 MB
+    # a push at 1,000 clusters, for 256 pushes. Kept with the response now, it goes with it.
+    names = [f"cluster-{i:03d}" for i in range(300)]
+
+    def generation(g: int) -> Snapshot:
+        return mesh({n: [("127.0.0.1", 1000 + g)] for n in names}, names[0], connect_timeout=g)
+
+    cache = SnapshotCache()
+    cache.set_snapshot("n", generation(0))
+    clients = [InMemoryDeltaClient(cache, node=Node(id="n")) for _ in range(3)]
+    for client in clients:
+        client.subscribe(CLUSTER_TYPE)
+        client.subscribe(ENDPOINT_TYPE, names)
+    _converge(clients)
+
+    def push(first: int, last: int) -> int:
+        for g in range(first, last):
+            cache.set_snapshot("n", generation(g))
+            _converge(clients)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        settled = push(1, 6)
+        later = push(6, 36)
+    finally:
+        tracemalloc.stop()
+    assert later - settled < 100_000, later - settled  # bytes, after 30 more pushes

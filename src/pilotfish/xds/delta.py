@@ -201,11 +201,16 @@ class DeltaStream:
             dependent = self.types.get(ref_type)
             if dependent is None:
                 continue
+            forgotten = response.forgotten
             if dependent.namespaced:  # answer these namespaces again (module docstring)
                 dependent.names = _shared_names(dependent.names | ref_names)
-                dependent.versions = _forget(dependent.versions, ref_names, absent=True)
+                dependent.versions = _forget(
+                    forgotten, ref_type, ref_names, dependent.versions, absent=True
+                )
                 continue
-            dependent.versions = _forget(dependent.versions, ref_names, absent=False)
+            dependent.versions = _forget(
+                forgotten, ref_type, ref_names, dependent.versions, absent=False
+            )
         state.sent_version = response.system_version
         state.sent_nonce = nonce
         state.ack_nonce = _ack_nonce(nonce)
@@ -410,23 +415,23 @@ def _shared_versions(versions: dict[str, str]) -> Mapping[str, str]:
     return found if found is not None else _VERSIONS.put(key, versions)
 
 
-# Refreshed names forgotten lately, by the identities of (versions, names) and `absent`: every
-# stream in one state gets the same response, so its refresh is worked out once. The entry
-# keeps the objects its key names, so the ids stay theirs.
-_FORGOTTEN: Bounded[
-    tuple[int, int, bool], tuple[Mapping[str, str], frozenset[str], Mapping[str, str]]
-] = Bounded(256)
-
-
 def _forget(
-    versions: Mapping[str, str], names: frozenset[str], *, absent: bool
+    forgotten: dict[tuple[str, int, bool], tuple[Mapping[str, str], Mapping[str, str]]],
+    ref_type: str,
+    names: frozenset[str],
+    versions: Mapping[str, str],
+    *,
+    absent: bool,
 ) -> Mapping[str, str]:
-    """`versions` without `names` held at a version (and held as absent too, if `absent`):
-    the client is sent them again. `versions` itself if none is held."""
-    key = (id(versions), id(names), absent)
-    found = _FORGOTTEN.get(key)
+    """`versions` of `ref_type` without `names` (what the response refreshes) held at a version
+    (and held as absent too, if `absent`): the client is sent them again. `versions` itself if
+    none is held. Worked out once per response for the streams holding the same `versions`
+    (in `forgotten`, the response's own table, by the identity of `versions`: the entry keeps
+    it, so the identity stays its own while the response lives)."""
+    key = (ref_type, id(versions), absent)
+    found = forgotten.get(key)
     if found is not None:
-        return found[2]
+        return found[1]
     if absent:
         drop = [name for name in names if name in versions]
     else:
@@ -437,7 +442,7 @@ def _forget(
         for name in drop:
             del held[name]
         after = held
-    return _FORGOTTEN.put(key, (versions, names, after))[2]
+    return forgotten.setdefault(key, (versions, after))[1]
 
 
 _REQUEST_TYPE_URL = 2  # DeltaDiscoveryRequest.type_url

@@ -111,6 +111,9 @@ class DeltaPreparedResponse:
     and `names`): `after`, when given, is `(versions, names, held)`, the state it was made for
     and `held_after` it, so each stream in that state takes `held` as it is (no copy per
     stream). `names` are the names it sends or removes (made once, not per stream).
+    `forgotten` is where the streams it is written to share what `refresh` makes of the
+    versions they hold of the other types (`pilotfish.xds.delta`): kept with the response, so
+    it goes when the response does.
     """
 
     type_url: str
@@ -122,6 +125,9 @@ class DeltaPreparedResponse:
     heartbeats: Mapping[str, bytes] = field(default_factory=dict)
     after: tuple[Mapping[str, str], frozenset[str], Mapping[str, str]] | None = None
     names: frozenset[str] | None = None
+    forgotten: dict[tuple[str, int, bool], tuple[Mapping[str, str], Mapping[str, str]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 def held_after(
