@@ -377,15 +377,11 @@ class _Connection(asyncio.BufferedProtocol):
             data = event.data
             acked = handler.receive_ack(data)
             if acked is not None:
-                for result in acked:
-                    if result is not None:
-                        self.listener.spawn(result)
+                self.listener.run(iter(acked))
                 return
             results = handler.receive(stream.decode(data), data)
             if results is not None:
-                for result in results:
-                    if result is not None:
-                        self.listener.spawn(result)
+                self.listener.run(results)
         except DecodeError:
             self.finish(stream, GrpcStatus.INTERNAL, "cannot parse the request message")
             return
