@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -47,9 +48,9 @@ class Recorder(asyncio.BufferedProtocol):
         self.lost.append(exc)
 
 
-async def until(condition: object, timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met")
         await asyncio.sleep(0.005)
