@@ -11,7 +11,6 @@ import resource
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Literal
 
 from pilotfish.cache import Snapshot
@@ -36,7 +35,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.max_receive_message_length", -1),
 )
-DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
 Transport = Literal["grpc", "native", "floor"]
 """The server: pilotfish's `XdsServer` over grpc.aio or its native HTTP/2, or `bench.floor`
 (the issue's serialize-once baseline, for calibration: SotW and one worker only)."""

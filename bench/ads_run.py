@@ -19,7 +19,6 @@ from typing import Any
 from bench import machine
 from bench.ads_common import (
     CLIENT_IMPLS,
-    DEFAULT_JSON,
     PROTOCOLS,
     TRANSPORTS,
     BenchError,
@@ -33,7 +32,9 @@ from bench.ads_common import (
 from bench.ads_proxies import client_process
 from bench.ads_server import server_process
 
-__all__ = ["main", "run"]
+__all__ = ["DEFAULT_JSON", "main", "run"]
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "ads_push.json"
 
 # -- the coordinator --------------------------------------------------------------------------
 

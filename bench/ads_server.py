@@ -5,7 +5,6 @@ imports the server and nothing of the load generator, so its RSS is a server's.
 from __future__ import annotations
 
 import asyncio
-import cProfile
 import os
 import resource
 import time
@@ -105,8 +104,11 @@ async def _serve(
 ) -> None:
     # PILOTFISH_BENCH_PROFILE=PATH: cProfile this server worker, written to PATH.<pid>.
     profile_to = os.environ.get("PILOTFISH_BENCH_PROFILE")
-    profiler = cProfile.Profile() if profile_to else None
-    if profiler is not None:
+    profiler = None
+    if profile_to:
+        import cProfile  # here: a server worker that is not profiled does not import it
+
+        profiler = cProfile.Profile()
         profiler.enable()
     snapshot = build_snapshot(clusters, endpoints, 0)
     cache = SnapshotCache(node_hash=by_cluster)
