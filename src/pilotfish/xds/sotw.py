@@ -114,7 +114,7 @@ class SotwStream:
                 state.ack_span = state.request_key  # the span of this request (shared bytes)
             else:
                 start, stop = _span(raw, request)
-                state.ack_span = raw[start:stop]
+                state.ack_span = _shared_span(raw[start:stop])
 
         settled = settle(state, nonce, request)
         answered = settled is not None
@@ -346,6 +346,16 @@ def _shared_names(
     key, parsed = data[start:stop], _parsed(tuple(map(sys.intern, listed)))
     _RECENT.add(key, parsed)
     return key, parsed
+
+
+_SPANS: Bounded[bytes, bytes] = Bounded(1024)
+
+
+def _shared_span(span: bytes) -> bytes:
+    """One object for the streams whose ACKs repeat the same span: most proxies of a kind send
+    the same type and few names, and a stream keeps its span for as long as it lives."""
+    found = _SPANS.get(span)
+    return _SPANS.put(span, span) if found is None else found
 
 
 def _span(data: bytes, request: DiscoveryRequest) -> tuple[int, int]:
