@@ -153,7 +153,9 @@ class _Stream:
         self.decode = method.decode
         self.dirty = False  # listed in conn.dirty, to be drained
 
-    def wakeup(self) -> None:
+    def __call__(self) -> None:
+        """Wake up: responses are pending (the session's `wakeup`; the stream itself, as a bound
+        method would cost 64 B a stream)."""
         if not self.dirty:
             self.dirty = True
             self.conn.mark_dirty(self)
@@ -368,7 +370,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         stream = _Stream(self, event.stream_id, handler, method)
         self.streams[event.stream_id] = stream
-        listener.run(handler.open(stream.wakeup, stream.end))
+        listener.run(handler.open(stream, stream.end))
 
     def _on_message(self, event: MessageReceived) -> None:
         stream = self.streams.get(event.stream_id)

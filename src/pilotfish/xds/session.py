@@ -25,13 +25,16 @@ from pilotfish.xds.watch import (
     DeltaPreparedResponse,
     DeltaWatchRequest,
     PreparedResponse,
-    Rearm,
+    Respond,
     WatchRequest,
 )
 
 __all__ = ["Dispatch", "Session", "new_stream_id"]
 
 _Prepared = PreparedResponse | DeltaPreparedResponse
+
+_Rearm = Callable[[ConfigWatcher, Cancel, WatchRequest, Respond], Cancel]
+"""`pilotfish.xds.watch.Rearm` as the watcher's class has it: called with the watcher."""
 
 Dispatch = Callable[[Callable[[], None]], None]
 """Runs a callable where the session lives (the I/O layer hops threads here)."""
@@ -116,7 +119,10 @@ class Session:
         self._dispatch = dispatch
         self._armed: dict[str, _Responder] = {}  # the responder of each open watch
         # Cancelled state-of-the-world watches the watcher may re-arm (`Rearm`), by type.
-        self._rearm = None if delta else cast(Rearm | None, getattr(watcher, "rearm_watch", None))
+        # The class's function, shared by every session (a bound method is 64 B a stream).
+        self._rearm = (
+            None if delta else cast(_Rearm | None, getattr(type(watcher), "rearm_watch", None))
+        )
         self._parked: dict[str, Cancel] = {}
         self._pending: dict[str, _Prepared] = {}
         # Made on a first TTL'd answer: most streams never get one (64 B a stream each).
@@ -275,7 +281,7 @@ class Session:
             if parked is not None and self._rearm is not None:
                 if not self._parked:
                     self._parked.clear()  # empty between pushes: no table (120 B) meanwhile
-                cancel = self._rearm(parked, watch, responder)
+                cancel = self._rearm(self._watcher, parked, watch, responder)
             else:
                 cancel = self._watcher.create_watch(watch, responder)
         if self._armed.get(type_url) is responder:

@@ -156,11 +156,11 @@ Respond = Callable[[PreparedResponse], None]
 DeltaRespond = Callable[[DeltaPreparedResponse], None]
 Cancel = Callable[[], None]
 Rearm = Callable[[Cancel, WatchRequest, Respond], Cancel]
-"""A watcher's optional ``rearm_watch(cancelled, request, respond)``: `create_watch` for the
-stream and type of `cancelled`, the (called) canceller of their previous watch, which the
-watcher may reuse and return: an ACK then costs no new watch, and no answer when nothing
-changed. The caller uses `cancelled` no more, but as what is returned (the same object, or
-not)."""
+"""A watcher's optional method ``rearm_watch(cancelled, request, respond)`` (a session looks it
+up on the watcher's class): `create_watch` for the stream and type of `cancelled`, the (called)
+canceller of their previous watch, which the watcher may reuse and return: an ACK then costs no
+new watch, and no answer when nothing changed. The caller uses `cancelled` no more, but as what
+is returned (the same object, or not)."""
 
 
 class ConfigWatcher(Protocol):
