@@ -166,6 +166,9 @@ class _Stream:
         conn.schedule()
 
 
+_CLEAN: list[_Stream] = []
+"""`_Connection.dirty` of every connection with no dirty stream; never appended to."""
+
 _READ_SIZE = 256 * 1024
 _CLOSE_WAIT = 1.0
 """Seconds a connection whose streams were ended gets to hang up before it is dropped."""
@@ -196,7 +199,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.listener = listener
         self.h2 = ServerConnection()
         self.streams: dict[int, _Stream] = {}
-        self.dirty: list[_Stream] = []
+        self.dirty = _CLEAN
         self.scheduled = False  # in the listener's flush list
         self.paused = False
         self.lost = False
@@ -258,7 +261,7 @@ class _Connection(asyncio.BufferedProtocol):
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             self.listener.run_in_order(stream.handler.close())
-        self.dirty.clear()
+        self.dirty = _CLEAN
         self.listener.maybe_idle()
 
     def pause_writing(self) -> None:
@@ -274,7 +277,10 @@ class _Connection(asyncio.BufferedProtocol):
     # -- streams -------------------------------------------------------------------------------
 
     def mark_dirty(self, stream: _Stream) -> None:
-        self.dirty.append(stream)
+        if self.dirty is _CLEAN:
+            self.dirty = [stream]
+        else:
+            self.dirty.append(stream)
         self.schedule()
 
     def schedule(self) -> None:
@@ -289,7 +295,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         h2 = self.h2
         if self.dirty and not self.paused:
-            dirty, self.dirty = self.dirty, []
+            dirty, self.dirty = self.dirty, _CLEAN
             spawn = self.listener.spawn
             for stream in dirty:
                 if stream.h2_id not in self.streams:
@@ -329,7 +335,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.h2.goaway()
         for stream in list(self.streams.values()):
             self.finish(stream, GrpcStatus.OK)
-        self.dirty.clear()
+        self.dirty = _CLEAN
         self.drain()
 
     def age_out(self) -> None:

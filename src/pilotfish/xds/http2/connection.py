@@ -90,6 +90,9 @@ _RESPONSE_HEADERS = _block([(":status", "200"), ("content-type", "application/gr
 _OK_TRAILERS = _block([("grpc-status", "0")])
 _SETTINGS_ACK = f.frame(f.SETTINGS, f.ACK, 0)
 _NO_EVENTS: list[Event] = []
+# Shared by every idle stream and connection, never appended to (56 and 64 B each otherwise):
+_NO_PENDING: list[bytes | memoryview] = []
+_NONE_BLOCKED: dict[int, _Stream] = {}
 
 
 _FRAMED: Bounded[tuple[bytes, int, int, int], tuple[bytes, int]] = Bounded(8)
@@ -168,8 +171,8 @@ class _Stream:
         self.remote_closed = False
         self.reader = MessageReader(max_message_size)
         # DATA waiting for window: a few chunks at most (prefix, body, nonce); a list, as a
-        # deque would take ~600 bytes per stream up front.
-        self.pending: list[bytes | memoryview] = []
+        # deque would take ~600 bytes per stream up front; none while there are none.
+        self.pending = _NO_PENDING
         self.trailers: bytes | None = None  # header block to send once `pending` is out
 
 
@@ -229,7 +232,7 @@ class ServerConnection:
         self._decoded_any = False  # whether a header block arrived yet (see _decode)
         self._undecoded: bytes | None = None  # a first block answered from _FIRST_BLOCKS
         self._streams: dict[int, _Stream] = {}
-        self._blocked: dict[int, _Stream] = {}
+        self._blocked = _NONE_BLOCKED
         self._out: list[bytes | memoryview] = []
         self._events = _NO_EVENTS
         self._buffer = b""
@@ -334,6 +337,8 @@ class ServerConnection:
             self._send_window -= size
             return True
         pending = stream.pending
+        if pending is _NO_PENDING:
+            pending = stream.pending = []
         if (
             not pending
             and size <= stream.window
@@ -470,8 +475,11 @@ class ServerConnection:
             stream.window -= size
             self._send_window -= size
         if pending:
+            if self._blocked is _NONE_BLOCKED:
+                self._blocked = {}
             self._blocked[stream.id] = stream
             return
+        stream.pending = _NO_PENDING
         self._blocked.pop(stream.id, None)
         if stream.trailers is not None:
             self._send_trailers(stream)
