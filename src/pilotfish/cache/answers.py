@@ -6,14 +6,13 @@ Pure functions of (what the client holds, what the cache has): no locks, no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pilotfish.protos import RESOURCE_TYPES, wire
 from pilotfish.xds import (
     DeltaPreparedResponse,
     DeltaWatchRequest,
     PreparedResponse,
-    WatchRequest,
     held_after,
 )
 
@@ -22,7 +21,21 @@ from .resource import CachedResource
 if TYPE_CHECKING:  # the snapshot answers delta watches with `delta_answer`
     from .snapshot import Snapshot
 
-__all__ = ["delta_answer", "sotw_answer"]
+__all__ = ["Wanted", "delta_answer", "sotw_answer"]
+
+
+class Wanted(Protocol):
+    """What a state-of-the-world watch asks for: a `WatchRequest`, or a watch that keeps
+    these and not the request (`SnapshotCache`'s, 64 B a watch less)."""
+
+    @property
+    def type_url(self) -> str: ...
+    @property
+    def names(self) -> frozenset[str]: ...
+    @property
+    def wildcard(self) -> bool: ...
+    @property
+    def ttl_aware(self) -> bool: ...
 
 
 def _no_references(type_url: str, name: str) -> Mapping[str, set[str]]:
@@ -38,7 +51,7 @@ _NAMESPACED = {
 
 def sotw_answer(
     snapshot: Snapshot,
-    request: WatchRequest,
+    request: Wanted,
     known_version: str,
     known_names: frozenset[str],
     known_resources: Mapping[str, str] | None = None,

@@ -40,7 +40,8 @@ class _Watch:
 
     It is its own canceller, and a session re-arms it (`SnapshotCache.rearm_watch`) when the
     client answers: a watch per stream and type for as long as the stream lives, not per ACK.
-    `serial` is the snapshot it last answered from (see `settled`).
+    `serial` is the snapshot it last answered from (see `settled`). It keeps what its request
+    wants (`answers.Wanted`), not the request: one object a watch, not two.
     """
 
     __slots__ = (
@@ -50,9 +51,14 @@ class _Watch:
         "known_names",
         "known_resources",
         "known_version",
-        "request",
+        "names",
+        "node",
         "respond",
         "serial",
+        "stream_id",
+        "ttl_aware",
+        "type_url",
+        "wildcard",
     )
 
     def __init__(
@@ -61,20 +67,24 @@ class _Watch:
         self.cache = cache
         self.key = key
         self.armed = False
-        self.serial = -1
-        self.request = request
-        self.respond = respond
-        self.known_version = request.known_version
-        self.known_names = request.known_names
-        self.known_resources = request.known_resources
+        self.stream_id = request.stream_id
+        self.type_url = request.type_url
+        self.rebase(request, respond)
 
     def __call__(self) -> None:
         self.cache._cancel(self)
 
+    def take(self, request: WatchRequest, respond: Respond) -> None:
+        """Take what a new request of the same stream and type wants, and its `respond`."""
+        self.node = request.node
+        self.names = request.names
+        self.wildcard = request.wildcard
+        self.ttl_aware = request.ttl_aware
+        self.respond = respond
+
     def rebase(self, request: WatchRequest, respond: Respond) -> None:
         """Take a new request (as a new watch would); forgets the last answer's snapshot."""
-        self.request = request
-        self.respond = respond
+        self.take(request, respond)
         self.known_version = request.known_version
         self.known_names = request.known_names
         self.known_resources = request.known_resources
@@ -87,12 +97,11 @@ class _Watch:
         the watch knowing what it delivered, and that knowledge gets no answer from the same
         snapshot. Identity stands in for equality: a session passes the same sets and mappings
         until the subscription or what the client holds changes."""
-        old = self.request
         return (
             serial == self.serial
-            and request.names is old.names
-            and request.wildcard == old.wildcard
-            and request.ttl_aware == old.ttl_aware
+            and request.names is self.names
+            and request.wildcard == self.wildcard
+            and request.ttl_aware == self.ttl_aware
             and request.known_names is self.known_names
             and request.known_resources is self.known_resources
             and request.known_version == self.known_version
@@ -100,7 +109,7 @@ class _Watch:
 
     def answer(self, snapshot: Snapshot, serial: int) -> PreparedResponse | None:
         response = sotw_answer(
-            snapshot, self.request, self.known_version, self.known_names, self.known_resources
+            snapshot, self, self.known_version, self.known_names, self.known_resources
         )
         self.serial = serial
         if response is not None:
@@ -217,7 +226,7 @@ class SnapshotCache:
         """Answer now if the snapshot has something new, and again on each newer snapshot,
         until cancelled."""
         key = self._stream_key(request.node, request.stream_id)
-        return self._open(_Watch(self, key, request, respond))
+        return self._open(_Watch(self, key, request, respond), request.node, request.stream_id)
 
     def rearm_watch(self, cancelled: Cancel, request: WatchRequest, respond: Respond) -> Cancel:
         """`create_watch` reusing `cancelled`, a cancelled watch of the same stream and type
@@ -228,17 +237,17 @@ class SnapshotCache:
             not isinstance(watch, _Watch)
             or watch.cache is not self
             or watch.armed
-            or watch.request.stream_id != request.stream_id
-            or watch.request.type_url != request.type_url
+            or watch.stream_id != request.stream_id
+            or watch.type_url != request.type_url
         ):
             return self.create_watch(request, respond)
         node = request.node
-        if node is not watch.request.node:
+        if node is not watch.node:
             watch.key = self._stream_key(node, request.stream_id)
         with self._lock:
             settled = watch.settled(request, self._serials.get(watch.key, -1))
             if settled:
-                watch.request, watch.respond = request, respond
+                watch.take(request, respond)
             else:
                 watch.rebase(request, respond)
             response = self._arm(watch, node, request.stream_id, settled)
@@ -250,13 +259,12 @@ class SnapshotCache:
         """Answer with what differs from the client's resource versions, now and on each new
         snapshot, until cancelled."""
         key = self._stream_key(request.node, request.stream_id)
-        return self._open(_DeltaWatch(self, key, request, respond))
+        return self._open(_DeltaWatch(self, key, request, respond), request.node, request.stream_id)
 
-    def _open(self, watch: _Watch | _DeltaWatch) -> Cancel:
+    def _open(self, watch: _Watch | _DeltaWatch, node: Node, stream_id: int) -> Cancel:
         """Arm a new watch; deliver its first answer if there is one now."""
-        request = watch.request
         with self._lock:
-            response = self._arm(watch, request.node, request.stream_id, False)
+            response = self._arm(watch, node, stream_id, False)
         if response is not None:
             watch.deliver(response)
         return watch
