@@ -50,6 +50,11 @@ def _first_in_order(pending: dict[str, _Prepared]) -> str:
     return next(iter(pending))
 
 
+# A session's tables while they are empty (most of the time), shared and never written: an
+# empty dict of its own is 64 B a stream.
+_NONE_PENDING: dict[str, _Prepared] = {}
+_NONE_PARKED: dict[str, Cancel] = {}
+
 _stream_ids = itertools.count(1)
 
 
@@ -126,8 +131,8 @@ class Session:
         self._rearm = (
             None if delta else cast(_Rearm | None, getattr(type(watcher), "rearm_watch", None))
         )
-        self._parked: dict[str, Cancel] = {}
-        self._pending: dict[str, _Prepared] = {}
+        self._parked = _NONE_PARKED
+        self._pending = _NONE_PENDING
         # Made on a first TTL'd answer: most streams never get one (64 B a stream each).
         self._heartbeats: dict[str, PreparedResponse] | None = None
         self._delta_ttl: dict[str, dict[str, bytes]] | None = None
@@ -186,7 +191,7 @@ class Session:
             type_url = _first_in_order(pending)
         response = pending.pop(type_url)
         if not pending:
-            pending.clear()  # empty between pushes: no table (120 B a stream) meanwhile
+            self._pending = _NONE_PENDING
         self._cancel(type_url)  # written: now the client's ACK or NACK opens the next watch
         protocol = self.protocol
         if isinstance(protocol, DeltaStream):
@@ -209,7 +214,7 @@ class Session:
             for ref_type in protocol.rewarm:
                 # An idle watch: answer the forgotten names now. (A pending answer was made for
                 # the whole subscription at the new version: it carries them already.)
-                if self._armed.get(ref_type) and ref_type not in pending:
+                if self._armed.get(ref_type) and ref_type not in self._pending:
                     self._open(ref_type, protocol.watch_request(ref_type))
             if response.heartbeat is None:
                 if self._heartbeats:
@@ -238,8 +243,8 @@ class Session:
                 if type_url not in self._pending:
                     version = delta_state.sent_version
                     body = wire.delta_response_body(version, type_url, beats.values(), ())
-                    self._pending[type_url] = DeltaPreparedResponse(
-                        type_url, version, {}, frozenset(), body
+                    self._queue(
+                        type_url, DeltaPreparedResponse(type_url, version, {}, frozenset(), body)
                     )
                     queued = True
         else:
@@ -249,7 +254,7 @@ class Session:
                     continue
                 if state.sent_version != beat.version:
                     continue
-                self._pending[type_url] = beat
+                self._queue(type_url, beat)
                 queued = True
         if queued and self.wakeup is not None:
             self.wakeup()
@@ -267,8 +272,7 @@ class Session:
         self._closed = True
         for type_url in list(self._armed):
             self._cancel(type_url)
-        self._parked.clear()
-        self._pending.clear()
+        self._parked, self._pending = _NONE_PARKED, _NONE_PENDING
         self._watcher.on_stream_closed(self.stream_id, self.protocol.node)
 
     def _open(self, type_url: str, watch: WatchRequest | DeltaWatchRequest) -> None:
@@ -286,7 +290,7 @@ class Session:
             parked = self._parked.pop(type_url, None) if self._parked else None
             if parked is not None and self._rearm is not None:
                 if not self._parked:
-                    self._parked.clear()  # empty between pushes: no table (120 B) meanwhile
+                    self._parked = _NONE_PARKED
                 cancel = self._rearm(self._watcher, parked, watch, responder)
             else:
                 cancel = self._watcher.create_watch(watch, responder)
@@ -294,6 +298,12 @@ class Session:
             responder.cancel = cancel
         else:
             cancel()  # replaced while it was made (by a write its first answer woke)
+
+    def _queue(self, type_url: str, response: _Prepared) -> None:
+        pending = self._pending
+        if pending is _NONE_PENDING:
+            pending = self._pending = {}
+        pending[type_url] = response
 
     def _cancel(self, type_url: str) -> None:
         responder = self._armed.get(type_url)
@@ -308,12 +318,14 @@ class Session:
         if cancel is not None:
             cancel()
             if self._rearm is not None:
+                if self._parked is _NONE_PARKED:
+                    self._parked = {}
                 self._parked[type_url] = cancel
 
     def _deliver(self, responder: _Responder, response: _Prepared) -> None:
         type_url = responder.type_url
         if self._closed or self._armed.get(type_url) is not responder:
             return  # a watch that was replaced or cancelled while its answer travelled
-        self._pending[type_url] = response
+        self._queue(type_url, response)
         if self.wakeup is not None:
             self.wakeup()
