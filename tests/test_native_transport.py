@@ -702,6 +702,47 @@ async def test_client_cancel_and_half_close_close_the_session(served: Served) ->
     assert served.log.count("close n") == 2
 
 
+async def test_streams_of_one_connection_come_and_go_on_their_own(served: Served) -> None:
+    # One channel, one connection: its first stream and the others are kept apart (the first
+    # without a table), and any of them may end first.
+    cache, server = served.cache, served.server
+    version = 0
+
+    def push() -> str:
+        nonlocal version
+        version += 1
+        cache.set_snapshot("n", mesh(A, "a", connect_timeout=version))
+        return cache.get_snapshot("n").version(CLUSTER_TYPE)
+
+    async def opened() -> Stream:
+        stream = Stream(served.channel)
+        await stream.send(DiscoveryRequest(type_url=CLUSTER_TYPE, node=Node(id="n")))
+        await stream.ack(await stream.read())
+        return stream
+
+    async def all_get(streams: list[Stream], want: str) -> None:
+        for stream in streams:
+            update = await stream.read()
+            assert update.version_info == want
+            await stream.ack(update)
+
+    push()
+    first, second, third = [await opened() for _ in range(3)]
+    assert server.stream_count == 3
+    first.call.cancel()
+    await settle(lambda: server.stream_count == 2)
+    await all_get([second, third], push())
+    fourth = await opened()
+    third.call.cancel()
+    await settle(lambda: server.stream_count == 2)
+    await all_get([second, fourth], push())
+    await server.stop(grace=2)
+    for stream in (second, fourth):
+        assert await asyncio.wait_for(stream.call.read(), 5) is grpc.aio.EOF
+        assert await stream.call.code() == grpc.StatusCode.OK
+    assert server.stream_count == 0 and cache.watch_count() == 0
+
+
 async def test_shutdown_ends_streams_politely_and_cleans_up(served: Served) -> None:
     cache, server = served.cache, served.server
     cache.set_snapshot("n", mesh(A, "a"))

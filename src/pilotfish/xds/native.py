@@ -168,6 +168,8 @@ class _Stream:
 
 _CLEAN: list[_Stream] = []
 """`_Connection.dirty` of every connection with no dirty stream; never appended to."""
+_NO_MORE: dict[int, _Stream] = {}
+"""`_Connection.more` of every connection with one stream or none; never written."""
 
 _READ_SIZE = 256 * 1024
 _CLOSE_WAIT = 1.0
@@ -175,7 +177,9 @@ _CLOSE_WAIT = 1.0
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """One client connection: HTTP/2 in and out, and its open streams by HTTP/2 stream id.
+    """One client connection: HTTP/2 in and out, and its open streams by HTTP/2 stream id:
+    the first in `one`, others in `more` (a proxy's ADS connection has one stream, and a dict
+    of one is 224 B).
 
     A buffered protocol: asyncio reads into the listener's one read buffer (``recv_into``)
     instead of allocating a 256 KiB bytes object per read (``recv``), which costs ~15 µs per
@@ -187,10 +191,11 @@ class _Connection(asyncio.BufferedProtocol):
         "h2",
         "listener",
         "lost",
+        "more",
+        "one",
         "paused",
         "scheduled",
         "stopping",
-        "streams",
         "timer",
         "transport",
     )
@@ -198,7 +203,8 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, listener: NativeListener) -> None:
         self.listener = listener
         self.h2 = ServerConnection()
-        self.streams: dict[int, _Stream] = {}
+        self.one: _Stream | None = None
+        self.more = _NO_MORE
         self.dirty = _CLEAN
         self.scheduled = False  # in the listener's flush list
         self.paused = False
@@ -241,7 +247,7 @@ class _Connection(asyncio.BufferedProtocol):
                     self._on_request(event)
                 elif isinstance(event, StreamEnded):
                     # The client half-closed: end the call, as a grpc server does.
-                    stream = self.streams.get(event.stream_id)
+                    stream = self.stream(event.stream_id)
                     if stream is not None:
                         self.finish(stream, GrpcStatus.OK)
                 elif isinstance(event, StreamClosed):
@@ -258,8 +264,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.timer.cancel()
             self.timer = None
         self.listener.connections.discard(self)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        for stream in self.take_streams():
             self.listener.run_in_order(stream.handler.close())
         self.dirty = _CLEAN
         self.listener.maybe_idle()
@@ -275,6 +280,44 @@ class _Connection(asyncio.BufferedProtocol):
             self.schedule()
 
     # -- streams -------------------------------------------------------------------------------
+
+    def stream(self, h2_id: int) -> _Stream | None:
+        """The open stream of that HTTP/2 id."""
+        one = self.one
+        if one is not None and one.h2_id == h2_id:
+            return one
+        return self.more.get(h2_id)
+
+    def add_stream(self, stream: _Stream) -> None:
+        if self.one is None:
+            self.one = stream
+        else:
+            if self.more is _NO_MORE:
+                self.more = {}
+            self.more[stream.h2_id] = stream
+
+    def remove_stream(self, h2_id: int) -> _Stream | None:
+        """Forget a stream; returns it, or None if it was not open."""
+        one = self.one
+        if one is not None and one.h2_id == h2_id:
+            self.one = None
+            return one
+        more = self.more
+        stream = more.pop(h2_id, None) if more else None
+        if stream is not None and not more:
+            self.more = _NO_MORE
+        return stream
+
+    def open_streams(self) -> list[_Stream]:
+        streams = [] if self.one is None else [self.one]
+        streams += self.more.values()
+        return streams
+
+    def take_streams(self) -> list[_Stream]:
+        """Forget every stream; returns them."""
+        streams = self.open_streams()
+        self.one, self.more = None, _NO_MORE
+        return streams
 
     def mark_dirty(self, stream: _Stream) -> None:
         if self.dirty is _CLEAN:
@@ -298,7 +341,7 @@ class _Connection(asyncio.BufferedProtocol):
             dirty, self.dirty = self.dirty, _CLEAN
             spawn = self.listener.spawn
             for stream in dirty:
-                if stream.h2_id not in self.streams:
+                if self.stream(stream.h2_id) is not stream:
                     continue
                 handler = stream.handler
                 try:
@@ -322,7 +365,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def finish(self, stream: _Stream, status: int, message: str = "") -> None:
         """End a stream with trailers and close its handler (the caller writes)."""
-        if self.streams.pop(stream.h2_id, None) is None:
+        if self.remove_stream(stream.h2_id) is None:
             return
         self.h2.end_stream(stream.h2_id, status, message)
         self.listener.run_in_order(stream.handler.close())
@@ -333,7 +376,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.stopping = True
         self.h2.goaway()
-        for stream in list(self.streams.values()):
+        for stream in self.open_streams():
             self.finish(stream, GrpcStatus.OK)
         self.dirty = _CLEAN
         self.drain()
@@ -375,11 +418,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._refuse(event.stream_id, handler)
             return
         stream = _Stream(self, event.stream_id, handler, method)
-        self.streams[event.stream_id] = stream
+        self.add_stream(stream)
         listener.run(handler.open(stream, stream.end))
 
     def _on_message(self, event: MessageReceived) -> None:
-        stream = self.streams.get(event.stream_id)
+        stream = self.stream(event.stream_id)
         if stream is None:
             return
         handler = stream.handler
@@ -404,7 +447,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.finish(stream, GrpcStatus.UNKNOWN, "internal error")
             return
         if handler.refusal is not None:
-            self.streams.pop(event.stream_id, None)
+            self.remove_stream(event.stream_id)
             self._refuse(event.stream_id, handler)
             self.listener.run_in_order(handler.close())
 
@@ -415,7 +458,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.h2.end_stream(h2_id, code, reason)
 
     def _on_closed(self, event: StreamClosed) -> None:
-        stream = self.streams.pop(event.stream_id, None)
+        stream = self.remove_stream(event.stream_id)
         if stream is not None:
             self.listener.run_in_order(stream.handler.close())
 
@@ -423,8 +466,7 @@ class _Connection(asyncio.BufferedProtocol):
         if event.remote and event.error_code == 0:
             return  # a polite GOAWAY: the client ends its streams and closes
         _log.info("connection ends (%s)", event)
-        streams, self.streams = self.streams, {}
-        for stream in streams.values():
+        for stream in self.take_streams():
             self.listener.run_in_order(stream.handler.close())
         if event.remote:
             self.h2.closed = True  # nothing more to read; drain() closes the transport
