@@ -419,7 +419,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         stream = _Stream(self, event.stream_id, handler, method)
         self.add_stream(stream)
-        listener.run(handler.open(stream, stream.end))
+        listener.run(handler.open(stream, stream))
 
     def _on_message(self, event: MessageReceived) -> None:
         stream = self.stream(event.stream_id)

@@ -329,7 +329,7 @@ class XdsServer:
         stream = _GrpcStream()
         reader: asyncio.Task[None] | None = None
         try:
-            for result in handler.open(stream.ready.set, stream.end):
+            for result in handler.open(stream.ready.set, stream):
                 await _run(result)
             reader = asyncio.create_task(self._read(handler, stream, requests))
             while True:

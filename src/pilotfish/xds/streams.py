@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from pilotfish.protos import DeltaDiscoveryRequest, DiscoveryRequest
 from pilotfish.xds.auth import AuthenticationError, Authenticator, Identity, NodeOwners, Peer
@@ -26,7 +26,7 @@ from pilotfish.xds.http2 import GrpcStatus
 from pilotfish.xds.session import Dispatch, Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
 
-__all__ = ["Refusal", "Request", "ServerStreams", "StreamHandler"]
+__all__ = ["Ending", "Refusal", "Request", "ServerStreams", "StreamHandler"]
 
 _log = logging.getLogger("pilotfish.xds.server")
 
@@ -58,15 +58,15 @@ class ServerStreams:
         self.refused: dict[GrpcStatus, int] = {}
 
 
-def _nothing() -> None:
-    return None
+class Ending(Protocol):
+    """The transport's side of a stream, which `StreamHandler.end` asks to end it politely
+    (server shutdown). An object, not a callable: a bound method would be 64 B a stream."""
+
+    def end(self) -> None: ...
 
 
 class StreamHandler:
-    """One stream: its `Session`, the identity of its peer, and the hooks around both.
-
-    `end` is how the transport ends the stream politely (server shutdown); set by `open`.
-    """
+    """One stream: its `Session`, the identity of its peer, and the hooks around both."""
 
     __slots__ = (
         "_admitted",
@@ -74,7 +74,7 @@ class StreamHandler:
         "_streams",
         "claimed",
         "delta",
-        "end",
+        "ending",
         "identity",
         "refusal",
         "session",
@@ -91,9 +91,14 @@ class StreamHandler:
         self.claimed: str | None = None  # the node id this stream holds in `NodeOwners`
         self.refusal: Refusal | None = None
         self.session: Session | None = None
-        self.end: Callable[[], None] = _nothing
+        self.ending: Ending | None = None
         self._admitted = False
         self._closed = False
+
+    def end(self) -> None:
+        """End the stream politely (server shutdown), through its transport."""
+        if self.ending is not None:
+            self.ending.end()
 
     def authenticate(self, peer: Callable[[], Peer]) -> bool:
         """Prove who the peer is, if the server has an authenticator (`peer` is only called
@@ -118,10 +123,10 @@ class StreamHandler:
         if streams.callbacks is not None:
             yield streams.callbacks.on_stream_refused(self.stream_id, reason, code.name)
 
-    def open(self, wakeup: Callable[[], None], end: Callable[[], None]) -> Iterator[HookResult]:
+    def open(self, wakeup: Callable[[], None], ending: Ending) -> Iterator[HookResult]:
         """Start the session (`wakeup` fires when responses are pending) and list the stream."""
         streams = self._streams
-        self.end = end
+        self.ending = ending
         self.session = Session(
             streams.watcher,
             self.stream_id,
