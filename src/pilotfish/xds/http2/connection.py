@@ -93,6 +93,7 @@ _NO_EVENTS: list[Event] = []
 # Shared by every idle stream and connection, never appended to (56 and 64 B each otherwise):
 _NO_PENDING: list[bytes | memoryview] = []
 _NONE_BLOCKED: dict[int, _Stream] = {}
+_NO_MORE: dict[int, _Stream] = {}
 
 
 _FRAMED: Bounded[tuple[bytes, int, int, int], tuple[bytes, int]] = Bounded(8)
@@ -203,6 +204,8 @@ class ServerConnection:
         "_max_message_size",
         "_max_recv_frame",
         "_max_send_frame",
+        "_more",
+        "_one",
         "_out",
         "_peer_initial_window",
         "_preface",
@@ -210,7 +213,6 @@ class ServerConnection:
         "_send_window",
         "_settings_seen",
         "_size_update",
-        "_streams",
         "_table_size",
         "_undecoded",
         "closed",
@@ -231,7 +233,10 @@ class ServerConnection:
         self._decoder: hpack.Decoder | None = None
         self._decoded_any = False  # whether a header block arrived yet (see _decode)
         self._undecoded: bytes | None = None  # a first block answered from _FIRST_BLOCKS
-        self._streams: dict[int, _Stream] = {}
+        # Open streams: the first in `_one`, others in `_more` (an xDS client's connection
+        # carries one stream, and a dict of one is 224 B).
+        self._one: _Stream | None = None
+        self._more = _NO_MORE
         self._blocked = _NONE_BLOCKED
         self._out: list[bytes | memoryview] = []
         self._events = _NO_EVENTS
@@ -260,7 +265,7 @@ class ServerConnection:
     @property
     def open_streams(self) -> int:
         """Streams not yet over."""
-        return len(self._streams)
+        return (self._one is not None) + len(self._more)
 
     @property
     def last_stream_id(self) -> int:
@@ -274,12 +279,12 @@ class ServerConnection:
 
     def stream_window(self, stream_id: int) -> int | None:
         """What `stream_id`'s window still lets us send; None if the stream is over."""
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         return None if stream is None else stream.window
 
     def buffered(self, stream_id: int) -> int:
         """Bytes of DATA waiting for flow-control window on `stream_id`."""
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         return 0 if stream is None else sum(len(chunk) for chunk in stream.pending)
 
     # -- output --------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ class ServerConnection:
         """Queue one gRPC message, `payload` followed by `tail` (a part to append, queued as
         is: neither is copied before the final write), response headers first if not sent yet;
         False if the stream is over or ending."""
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is None or stream.ended:
             return False
         out = self._out
@@ -363,7 +368,7 @@ class ServerConnection:
     def end_stream(self, stream_id: int, status: int = GrpcStatus.OK, message: str = "") -> None:
         """End a stream with gRPC trailers (after any DATA still waiting for window); a
         trailers-only response if no message was sent. No-op if the stream is over."""
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is None or stream.ended:
             return
         stream.ended = True
@@ -383,7 +388,7 @@ class ServerConnection:
 
     def reset_stream(self, stream_id: int, code: int = f.ErrorCode.CANCEL) -> None:
         """Abandon a stream with RST_STREAM. No-op if the stream is over."""
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is not None:
             self._out.append(f.rst_stream(stream_id, code))
             self._forget(stream)
@@ -396,7 +401,7 @@ class ServerConnection:
 
     def stream_ids(self) -> list[int]:
         """Ids of the streams not yet over."""
-        return list(self._streams)
+        return [stream.id for stream in self._all_streams()]
 
     def _header_block(self, block: bytes) -> bytes:
         if self._size_update:
@@ -418,8 +423,22 @@ class ServerConnection:
         if stream.trailers is None:
             self._forget(stream)
 
+    def _stream(self, stream_id: int) -> _Stream | None:
+        one = self._one
+        if one is not None and one.id == stream_id:
+            return one
+        return self._more.get(stream_id)
+
+    def _all_streams(self) -> list[_Stream]:
+        streams = [] if self._one is None else [self._one]
+        streams += self._more.values()
+        return streams
+
     def _forget(self, stream: _Stream) -> None:
-        self._streams.pop(stream.id, None)
+        if self._one is stream:
+            self._one = None
+        elif self._more.pop(stream.id, None) is not None and not self._more:
+            self._more = _NO_MORE
         self._blocked.pop(stream.id, None)
 
     def _flush_stream(self, stream: _Stream) -> None:
@@ -580,7 +599,7 @@ class ServerConnection:
             self._received = 0
         if flags & f.PADDED:
             start, stop = self._unpad(data, start, stop)
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is None:
             if stream_id > self._last_stream:
                 raise Http2Error(f.ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
@@ -676,7 +695,7 @@ class ServerConnection:
     def _on_header_block(self, stream_id: int, end_stream: bool, block: bytes) -> None:
         # Always decoded, even for a stream we ignore: HPACK state is per connection.
         headers = self._decode(block)
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if not end_stream or stream.remote_closed:
                 self._reset(stream, f.ErrorCode.PROTOCOL_ERROR, "HEADERS in the middle of a call")
@@ -702,7 +721,12 @@ class ServerConnection:
             else:
                 metadata.append((name, value))
         stream = _Stream(stream_id, self._peer_initial_window, self._max_message_size)
-        self._streams[stream_id] = stream
+        if self._one is None:
+            self._one = stream
+        else:
+            if self._more is _NO_MORE:
+                self._more = {}
+            self._more[stream_id] = stream
         self._events.append(RequestReceived(stream_id, path, metadata))
         if end_stream:
             stream.remote_closed = True
@@ -720,7 +744,7 @@ class ServerConnection:
             raise Http2Error(f.ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}")
         if stop - start != 4:
             raise Http2Error(f.ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is not None:
             self._forget(stream)
             if not stream.ended:
@@ -743,7 +767,7 @@ class ServerConnection:
                     raise Http2Error(f.ErrorCode.FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self._peer_initial_window
                 self._peer_initial_window = value
-                for stream in self._streams.values():
+                for stream in self._all_streams():
                     stream.window += delta
                     if stream.window > f.MAX_WINDOW:
                         raise Http2Error(f.ErrorCode.FLOW_CONTROL_ERROR, "window overflow")
@@ -800,7 +824,7 @@ class ServerConnection:
             if self._blocked:
                 self._flush_blocked()
             return
-        stream = self._streams.get(stream_id)
+        stream = self._stream(stream_id)
         if stream is None:
             if stream_id > self._last_stream:
                 raise Http2Error(f.ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
