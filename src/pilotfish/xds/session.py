@@ -206,7 +206,8 @@ class Session:
                     self._delta_ttl = {}
                 self._delta_ttl.setdefault(type_url, {}).update(response.heartbeats)
             for ref_type in response.refresh:
-                if self._armed.get(ref_type):  # an idle watch: re-open it on the new versions
+                # An idle watch: re-open it on the new versions.
+                if self._armed.get(ref_type) is not None:
                     self._open(ref_type, protocol.watch_request(ref_type))
         else:
             assert isinstance(response, PreparedResponse)
@@ -214,7 +215,7 @@ class Session:
             for ref_type in protocol.rewarm:
                 # An idle watch: answer the forgotten names now. (A pending answer was made for
                 # the whole subscription at the new version: it carries them already.)
-                if self._armed.get(ref_type) and ref_type not in self._pending:
+                if self._armed.get(ref_type) is not None and ref_type not in self._pending:
                     self._open(ref_type, protocol.watch_request(ref_type))
             if response.heartbeat is None:
                 if self._heartbeats:
