@@ -308,14 +308,15 @@ class _Connection(asyncio.BufferedProtocol):
             self.more = _NO_MORE
         return stream
 
-    def open_streams(self) -> list[_Stream]:
+    def all_streams(self) -> list[_Stream]:
+        """Every open stream (not `h2.open_streams`, the HTTP/2 layer's count)."""
         streams = [] if self.one is None else [self.one]
         streams += self.more.values()
         return streams
 
     def take_streams(self) -> list[_Stream]:
         """Forget every stream; returns them."""
-        streams = self.open_streams()
+        streams = self.all_streams()
         self.one, self.more = None, _NO_MORE
         return streams
 
@@ -376,7 +377,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.stopping = True
         self.h2.goaway()
-        for stream in self.open_streams():
+        for stream in self.all_streams():
             self.finish(stream, GrpcStatus.OK)
         self.dirty = _CLEAN
         self.drain()
