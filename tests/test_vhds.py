@@ -342,7 +342,11 @@ def test_envoy_route_configurations_sent_later_do_not_wait_for_vhds(
             assert (reply.status, reply.body) == (200, "backend")
 
             snapshots.set_snapshot("edge", snapshot(second=True, changed=True))
-            wait_until(lambda: envoy.request(port, host="static.example").status == 200, timeout=5)
+            # Probe once Envoy holds the new route configuration: a probe before it waits for an
+            # on-demand answer that never comes, and for the whole of the request's timeout.
+            changed = snapshots.get_snapshot("edge").resources(ROUTE_TYPE)["rc"].version
+            wait_until(lambda: envoy.dynamic_route_configs().get("rc") == changed, timeout=5)
+            assert envoy.request(port, host="static.example").status == 200
             assert envoy.request(port, host="foo.example").status == 200
             for stats in ("ingress_http.rds.vhds.rc", "two.rds.vhds.rc2"):
                 assert envoy.stat(f"http.{stats}.init_fetch_timeout") == 0
