@@ -1115,3 +1115,26 @@ def test_a_large_body_is_framed_once_for_every_stream() -> None:
         _, again = sent(tail)
         shared = [chunk for chunk in queued if len(chunk) > 100_000]
         assert len(shared) == 1 and any(chunk is shared[0] for chunk in again)
+
+
+def test_buffers_to_send_hands_over_the_queued_buffers_unjoined() -> None:
+    """What a vectored write takes: the same bytes as `data_to_send`, with the shared framed
+    body itself among them (not a copy), and nothing the second time."""
+    body = bytes(range(256)) * 800
+
+    def client_with_message() -> Client:
+        client = Client()
+        client.start([(f.Setting.INITIAL_WINDOW_SIZE, 1 << 20)])
+        client.send(client.headers(1), f.window_update(0, 1 << 20))
+        client.written()
+        assert client.conn.send_message(1, body, wire.nonce_field("7"))
+        return client
+
+    joined = client_with_message().conn.data_to_send()
+    conn = client_with_message().conn
+    buffers = conn.buffers_to_send()
+    assert b"".join(buffers) == joined
+    again = client_with_message().conn.buffers_to_send()
+    shared = [chunk for chunk in buffers if len(chunk) > 100_000]
+    assert len(shared) == 1 and any(chunk is shared[0] for chunk in again)
+    assert conn.buffers_to_send() == [] and conn.data_to_send() == b""

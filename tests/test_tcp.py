@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -105,6 +106,50 @@ async def test_what_the_socket_does_not_take_is_buffered_with_backpressure() -> 
     transport.close()
     await until(lambda: protocol.lost == [None])
     assert ours.fileno() == -1  # closed after connection_lost
+    theirs.close()
+
+
+async def test_writelines_sends_buffers_in_order_and_keeps_what_the_socket_did_not_take() -> None:
+    ours, theirs = pair()
+    protocol = Recorder()
+    transport = PlainTransport(asyncio.get_running_loop(), ours, protocol)
+    small = [b"head:", memoryview(b"-view-"), bytearray(b"array")]
+    transport.writelines(small)  # all taken at once: nothing buffered
+    assert transport.get_write_buffer_size() == 0
+    assert await read_all(theirs, 16) == b"head:-view-array"
+
+    # A body the socket takes whole goes from its own buffer into the socket: not copied
+    # into a joined one first (what a write per stream of a shared response body would cost).
+    body = bytes(range(256)) * 128  # 32 KiB
+    tracemalloc.start()
+    try:
+        transport.writelines([b"frame-head", body, b"nonce"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert transport.get_write_buffer_size() == 0
+    assert peak < len(body) // 4
+    assert await read_all(theirs, len(body) + 15) == b"frame-head" + body + b"nonce"
+
+    # More than the socket takes: the socket stops inside one buffer, and the rest of it and
+    # every buffer after it wait, in order, behind the pause.
+    shared = bytes(range(256)) * 4096  # 1 MiB, as a response body shared by streams
+    parts = [b"frame-head", shared, b"nonce", shared[:100], b"tail"]
+    transport.writelines(parts)
+    assert 0 < transport.get_write_buffer_size() < sum(map(len, parts))
+    assert protocol.calls == ["made", "pause"]
+    transport.writelines([b"-then-", b"more"])  # queued behind, not sent past the buffer
+    expected = b"".join(parts) + b"-then-more"
+    assert await read_all(theirs, len(expected)) == expected
+    await until(lambda: transport.get_write_buffer_size() == 0)
+    assert protocol.calls == ["made", "pause", "resume"]
+
+    many = [bytes((i % 256,)) for i in range(3000)]  # more buffers than one sendmsg takes
+    transport.writelines(iter(many))
+    assert await read_all(theirs, 3000) == b"".join(many)
+    transport.abort()
+    transport.writelines([b"after"])  # nothing more once lost
+    await until(lambda: protocol.lost == [None])
     theirs.close()
 
 

@@ -5,8 +5,9 @@ Why: in grpc.aio about half of a push's CPU is grpc's own machinery (a poller th
 event loop per completion, a task per call, per-message hand-offs). Here bytes read go through
 `ServerConnection` (sans-IO, `pilotfish.xds.http2`); each request is decoded and handed to its
 stream's `StreamHandler` (the same per-stream logic as the grpc.aio transport); then every
-stream with pending responses is drained and the connection's frames leave in one
-``transport.write``. Watch answers (possibly from other threads, hopped onto the loop by
+stream with pending responses is drained and the connection's frames leave in one vectored
+write (``transport.writelines``: a response body shared by every stream is not copied into a
+joined buffer per stream). Watch answers (possibly from other threads, hopped onto the loop by
 `XdsServer`) mark their stream dirty, and one flush per loop iteration drains all dirty streams.
 
 Callback ordering: plain hooks run inline, in protocol order. A hook that returns an awaitable
@@ -356,11 +357,13 @@ class _Connection(asyncio.BufferedProtocol):
                     self.finish(stream, GrpcStatus.INTERNAL, "internal error")
                 finally:
                     stream.dirty = False
-        out = h2.data_to_send()
+        out = h2.buffers_to_send()
         transport = self.transport
         assert transport is not None
-        if out:
-            transport.write(out)
+        if len(out) > 1:
+            transport.writelines(out)  # one vectored write: shared bodies are not joined
+        elif out:
+            transport.write(out[0])
         if h2.closed or (self.stopping and not h2.open_streams):
             transport.close()
 

@@ -9,7 +9,9 @@ registration, and reads and writes go straight to the socket. TLS connections ke
 transports.
 
 The transport does what `pilotfish.xds.native` needs of one: buffered-protocol reads into the
-protocol's buffer, writes that go out at once and buffer only what the socket does not take
+protocol's buffer, writes (and vectored `writelines`, one ``sendmsg``, so a shared response
+body is not copied into a joined buffer first) that go out at once and buffer only what the
+socket does not take
 (with the protocol paused above `HIGH_WATER` buffered bytes and resumed at `LOW_WATER`),
 `close` after the buffer is out, `abort` at once. The end of the stream from the peer closes it.
 """
@@ -20,7 +22,7 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["HIGH_WATER", "LOW_WATER", "PlainListener", "PlainTransport"]
@@ -34,6 +36,8 @@ LOW_WATER = 16 * 1024
 _ACCEPT_RETRY = 1.0
 """Seconds listening pauses when the process is out of file descriptors or memory."""
 _NO_EXTRA: dict[str, Any] = {}
+_IOV_MAX = 1024
+"""Buffers one ``sendmsg`` takes on Linux; more are joined and sent as one."""
 
 
 class PlainTransport(asyncio.Transport):
@@ -105,24 +109,58 @@ class PlainTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._lost or not data:
             return
-        buffer = self._buffer
-        if not buffer:
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as error:
-                self._force_close(error)
-                return
-            if sent == len(data):
-                return
-            self._loop.add_writer(self._fd, self._write_ready)
-            if buffer is None:
-                buffer = self._buffer = bytearray()
+        if self._buffer:
+            self._buffer += data
+            self._check_high_water(self._buffer)
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            self._force_close(error)
+            return
+        if sent < len(data):
             with memoryview(data) as view:
-                buffer += view[sent:]
-        else:
-            buffer += data
+                self._keep((view[sent:],))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write the buffers in order with one vectored send (``sendmsg``): a large shared
+        buffer among them goes into the socket without being copied into a joined one first."""
+        parts = list_of_data if isinstance(list_of_data, list) else list(list_of_data)
+        if self._lost or not parts:
+            return
+        if self._buffer or len(parts) > _IOV_MAX:
+            self.write(b"".join(parts))
+            return
+        try:
+            sent = self._sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            self._force_close(error)
+            return
+        rest: list[memoryview] = []
+        for part in parts:
+            size = len(part)
+            if sent >= size:
+                sent -= size
+                continue
+            view = memoryview(part)
+            rest.append(view[sent:] if sent else view)
+            sent = 0
+        if rest:
+            self._keep(rest)
+
+    def _keep(self, rest: Iterable[memoryview]) -> None:
+        # What the socket did not take: buffered, written when it is writable again.
+        self._loop.add_writer(self._fd, self._write_ready)
+        buffer = self._buffer = bytearray()
+        for view in rest:
+            buffer += view
+        self._check_high_water(buffer)
+
+    def _check_high_water(self, buffer: bytearray) -> None:
         if not self._paused and len(buffer) > HIGH_WATER:
             self._paused = True
             self._call(self._protocol.pause_writing)

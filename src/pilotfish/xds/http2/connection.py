@@ -2,7 +2,8 @@
 
 Bytes from the socket go in (`receive`), `events` come out; `send_message` and `end_stream`
 queue frames, and `data_to_send` hands everything queued since the last call over as one bytes
-object, for one ``transport.write``. No sockets, no asyncio, no clock.
+object, for one ``transport.write`` (or `buffers_to_send` as the buffers queued, for one
+vectored ``transport.writelines``). No sockets, no asyncio, no clock.
 
 What it does (RFC 9113, the gRPC-over-HTTP/2 subset a server needs):
 
@@ -311,6 +312,15 @@ class ServerConnection:
         data = b"".join(out)
         out.clear()
         return data
+
+    def buffers_to_send(self) -> list[bytes | memoryview]:
+        """`data_to_send` as the buffers queued, in order, not joined: for a vectored write,
+        which copies a shared response body of hundreds of KB once (into the socket), where
+        joining would copy it once more per stream first. An empty list if nothing is queued."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
 
     def send_message(self, stream_id: int, payload: bytes, tail: bytes = b"") -> bool:
         """Queue one gRPC message, `payload` followed by `tail` (a part to append, queued as
