@@ -5,10 +5,12 @@ ADS stream on its own TCP connection, in spawned client processes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 import traceback
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
@@ -164,7 +166,26 @@ def _names_to_follow(type_url: str, version: str, message: bytes | bytearray) ->
     return names
 
 
-_fixed_fields: dict[tuple[str, tuple[str, ...]], bytes] = {}
+_Listed = tuple[bytes, list[int]]
+_fixed_fields: dict[tuple[str, tuple[str, ...]], tuple[_Listed, bytes]] = {}
+"""Each subscription's names as fields (`_listed`), and its type field."""
+
+
+def _listed(field_number: int, names: Iterable[str]) -> _Listed:
+    """Names as the length-delimited fields of a request, and where each field starts."""
+    fields = [wire.length_delimited(field_number, n.encode()) for n in names]
+    starts = list(itertools.accumulate((len(f) for f in fields), initial=0))
+    return b"".join(fields), starts[:-1] or [0]
+
+
+def _rotated(listed: _Listed, turn: int) -> bytes:
+    """The fields of `_listed` from the `turn`-th one on, then the ones before it (modulo
+    their count). Envoy lists a subscription in the order of a hash set seeded per process,
+    so proxies seldom send the same list in the same order, and a server cannot count on
+    equal bytes; a rotation per proxy is as unlike, and costs the load generator one copy."""
+    data, starts = listed
+    cut = starts[turn % len(starts)]
+    return data[cut:] + data[:cut]
 
 
 class _TypeView:
@@ -192,14 +213,17 @@ class _TypeView:
         self.subscribe(type_url, ())
         self.subscribed = False  # until the proxy first asks for the type
 
-    def subscribe(self, type_url: str, names: tuple[str, ...]) -> None:
+    def subscribe(self, type_url: str, names: tuple[str, ...], turn: int = 0) -> None:
+        """Subscribe to `names`, listed from the `turn`-th one on (`_rotated`)."""
         self.names = names
-        fixed = _fixed_fields.get((type_url, names))
-        if fixed is None:  # once per subscription per process: every proxy asks for the same
-            fixed = b"".join(wire.length_delimited(3, n.encode()) for n in names)
-            fixed += wire.length_delimited(4, type_url.encode())
-            _fixed_fields[type_url, names] = fixed
-        self.fixed = fixed
+        encoded = _fixed_fields.get((type_url, names))
+        if encoded is None:  # once per subscription per process: every proxy asks for these
+            encoded = _fixed_fields[type_url, names] = (
+                _listed(3, names),
+                wire.length_delimited(4, type_url.encode()),
+            )
+        listed, type_field = encoded
+        self.fixed = _rotated(listed, turn) + type_field
         self.subscribed = True
 
     def request(self, node: bytes = b"") -> bytes:
@@ -221,12 +245,15 @@ class _Proxy:
     lacks of the tracker's target). `run_grpc` and `run_h2` only move bytes, and count them.
     """
 
-    __slots__ = ("channel", "ident", "stream", "tracker")
+    __slots__ = ("channel", "ident", "stream", "tracker", "turn")
     method = ADS_METHOD
 
     def __init__(self, ident: str, tracker: _Tracker) -> None:
         self.ident = ident
         self.tracker = tracker
+        # Where its name lists start (`_rotated`): Envoy lists a subscription in the order of
+        # a hash set seeded per process, so proxies seldom send one list in the same order.
+        self.turn = zlib.crc32(ident.encode())
         self.channel: grpc.aio.Channel | None = None
         self.stream: h2client.GrpcStream | None = None
 
@@ -356,7 +383,7 @@ class _SotwProxy(_Proxy):
     def _follow(self, out: list[bytes], type_url: str, names: tuple[str, ...]) -> None:
         view = self.views[type_url]
         if not (view.subscribed and view.names == names):
-            view.subscribe(type_url, names)
+            view.subscribe(type_url, names, self.turn)
             out.append(view.request())
 
     def sent(self) -> None:
@@ -453,7 +480,9 @@ def delta_response_fields(message: bytes | bytearray) -> tuple[_DeltaBody, bytes
 
 
 _type_fields: dict[str, bytes] = {}
-_delta_requests: dict[tuple[str, frozenset[str], frozenset[str]], bytes] = {}
+_delta_requests: dict[
+    tuple[str, frozenset[str], frozenset[str]], tuple[bytes, _Listed, _Listed]
+] = {}
 
 
 def _type_field(type_url: str) -> bytes:
@@ -464,19 +493,22 @@ def _type_field(type_url: str) -> bytes:
 
 
 def _delta_subscription(
-    type_url: str, subscribe: frozenset[str], unsubscribe: frozenset[str]
+    type_url: str, subscribe: frozenset[str], unsubscribe: frozenset[str], turn: int
 ) -> bytes:
-    """A DeltaDiscoveryRequest changing a subscription (names sorted), encoded once per change
-    per process. Keyed by the sets: a frozenset keeps its hash, and `frozenset(s)` of one is
-    the same object, so a fleet subscribing to one body's clusters costs one lookup each."""
+    """A DeltaDiscoveryRequest changing a subscription, its names listed from the `turn`-th
+    on (`_rotated`), encoded once per change per process. Keyed by the sets: a frozenset keeps
+    its hash, and `frozenset(s)` of one is the same object, so a fleet subscribing to one
+    body's clusters costs one lookup each."""
     key = (type_url, subscribe, unsubscribe)
-    request = _delta_requests.get(key)
-    if request is None:
-        request = _type_field(type_url)
-        request += b"".join(wire.length_delimited(3, n.encode()) for n in sorted(subscribe))
-        request += b"".join(wire.length_delimited(4, n.encode()) for n in sorted(unsubscribe))
-        _delta_requests[key] = request
-    return request
+    encoded = _delta_requests.get(key)
+    if encoded is None:
+        encoded = _delta_requests[key] = (
+            _type_field(type_url),
+            _listed(3, sorted(subscribe)),
+            _listed(4, sorted(unsubscribe)),
+        )
+    type_field, subscribed, unsubscribed = encoded
+    return type_field + _rotated(subscribed, turn) + _rotated(unsubscribed, turn)
 
 
 class _DeltaView:
@@ -564,16 +596,22 @@ class _DeltaProxy(_Proxy):
                     self._subscribe(out, route_view, more, fewer)
         return out
 
-    @staticmethod
     def _subscribe(
-        out: list[bytes], view: _DeltaView, added: AbstractSet[str], gone: AbstractSet[str]
+        self,
+        out: list[bytes],
+        view: _DeltaView,
+        added: AbstractSet[str],
+        gone: AbstractSet[str],
     ) -> None:
         """Subscribe `added`, unsubscribe `gone` (a type's first request without names: its
         wildcard)."""
         view.started = True
         view.names |= added
         view.names -= gone
-        out.append(_delta_subscription(view.type_url, frozenset(added), frozenset(gone)))
+        subscription = _delta_subscription(
+            view.type_url, frozenset(added), frozenset(gone), self.turn
+        )
+        out.append(subscription)
 
     def sent(self) -> None:
         """The ACK is written: the type is held if its resources are the target's."""

@@ -23,6 +23,7 @@ from pilotfish.protos import (
     LISTENER_TYPE,
     ROUTE_TYPE,
     DeltaDiscoveryRequest,
+    DiscoveryRequest,
     wire,
 )
 
@@ -188,3 +189,33 @@ def test_delta_proxy_holds_the_target_when_its_resources_match(
     proxy.sent()
     assert proxy.pending == 1
     assert name not in proxy.views[ENDPOINT_TYPE].held
+
+
+def test_proxies_list_one_subscription_each_in_their_own_order(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    """As Envoys do (a hash set's order, seeded per process): a server cannot count on a
+    fleet sending the same bytes for the same subscription."""
+    snapshot = ads_common.build_snapshot(30, 1, 0)
+    names = set(snapshot.resources(CLUSTER_TYPE))
+    version = snapshot.version(CLUSTER_TYPE)
+    parts = (r.sotw_parts(False) for r in snapshot.resources(CLUSTER_TYPE).values())
+    sotw_cds = wire.discovery_response_body(version, CLUSTER_TYPE, parts) + wire.nonce_field("1")
+    tracker = ads_proxies._Tracker(pipe[1])
+    sotw, delta = [], []
+    for i in range(4):
+        proxy = ads_proxies._SotwProxy(f"sidecar-{i}", tracker)
+        proxy.first_request()
+        _ack, eds = proxy.on_response(sotw_cds)
+        sotw.append(eds)
+        other = ads_proxies._DeltaProxy(f"sidecar-{i}", tracker)
+        other.first_request()
+        _ack, eds = other.on_response(_response(CLUSTER_TYPE, _cds(30), [], "1"))
+        delta.append(eds)
+    assert len(set(sotw)) >= 3 and len(set(delta)) >= 3  # orders of their own
+    for raw in sotw:
+        request = DiscoveryRequest.FromString(raw)
+        assert request.type_url == ENDPOINT_TYPE and set(request.resource_names) == names
+    for raw in delta:
+        change = DeltaDiscoveryRequest.FromString(raw)
+        assert set(change.resource_names_subscribe) == names
