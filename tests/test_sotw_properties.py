@@ -175,17 +175,21 @@ def test_name_lists_compared_as_bytes_decide_as_compared_as_names(
 def test_a_long_name_list_is_parsed_once_for_every_stream_that_sends_it() -> None:
     names = [f"cluster-{i}" for i in range(50)]
     other = [*names[:-1], "cluster-x"]
+    turned = [*names[7:], *names[:7]]  # the same set, in another order (as another Envoy's)
     states = []
-    for proxy, listed in (("a", names), ("b", names), ("c", other), ("d", names)):
+    sent = (("a", names), ("b", names), ("c", other), ("d", names), ("e", turned))
+    for proxy, listed in sent:
         request = DiscoveryRequest(node=Node(id=proxy), type_url=ENDPOINT_TYPE)
         request.resource_names.extend(listed)
         stream = SotwStream(1)
         stream.receive(request, request.SerializeToString())
         states.append(stream.types[ENDPOINT_TYPE])
-    assert [s.names for s in states] == [set(names), set(names), set(other), set(names)]
-    # Proxies with their own node but the same list share one parsed set (found by bytes).
-    assert states[0].names is states[1].names is states[3].names
+    assert [s.names for s in states] == [*[set(names)] * 2, set(other), *[set(names)] * 2]
+    # Proxies with their own node but the same list share one parsed set (found by bytes),
+    # and so does one listing the same names in another order (found by the set).
+    assert states[0].names is states[1].names is states[3].names is states[4].names
     assert states[2].names is not states[0].names
+    assert states[4].request_key != states[0].request_key  # its own bytes, for its ACKs
 
 
 mostly = st.sampled_from((True, True, True, False))

@@ -332,18 +332,27 @@ def _small_names(request_names: tuple[str, ...]) -> _Names:
 
 # The long name lists parsed lately (a few kinds of proxies send most of them).
 _RECENT: RecentRequests[_Names] = RecentRequests()
+_SETS: Bounded[frozenset[str], _Names] = Bounded(64)
+"""Long lists parsed lately, by their names as a set. Envoy lists a subscription in the order
+of its hash set, seeded per process, so proxies of a kind seldom send the same bytes but do
+ask for the same set: they share one parsed set (32 KB at a thousand names), and the cache's
+lookups of it compare by identity."""
 
 
 def _shared_names(
     data: bytes, start: int, stop: int, listed: Sequence[str]
 ) -> tuple[bytes, _Names]:
     """The names of a request whose span is `data[start:stop]`, parsed once for all the
-    streams that send the same list; and the bytes to keep as the stream's `request_key`, the
-    same object for all of them."""
+    streams that send the same list, and shared by all that ask for the same set in another
+    order; and the bytes to keep as the stream's `request_key` (for an unchanged list, the
+    same object for all the streams that send it)."""
     found = _RECENT.find(data, start, stop)
     if found is not None:
         return found
-    key, parsed = data[start:stop], _parsed(tuple(map(sys.intern, listed)))
+    key, names = data[start:stop], frozenset(listed)
+    parsed = _SETS.get(names)
+    if parsed is None:
+        parsed = _SETS.put(names, _parsed(tuple(map(sys.intern, listed))))
     _RECENT.add(key, parsed)
     return key, parsed
 
