@@ -4,7 +4,8 @@ The server serves a `SnapshotCache(node_hash=by_cluster)`, so every simulated pr
 snapshot and its prepared response bytes; `--workers W` runs W server processes on one port
 (SO_REUSEPORT), each with its own cache built identically. Simulated proxies run in K other
 processes, each an ADS stream on its own TCP connection that behaves like Envoy (CDS, then EDS for
-the clusters, then LDS, then RDS for the route; every response ACKed). A coordinator (this
+the clusters, then LDS, then RDS for the route; every response ACKed; each lists its
+subscriptions in an order of its own, as Envoys do). A coordinator (this
 process) drives both over pipes, so the load generator never shares an interpreter with a server.
 
 It measures initial convergence, then `--repeat` pushes of a snapshot in which every type has a new
