@@ -8,6 +8,7 @@ certificates); then real Envoy taking config and traffic through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -956,6 +957,40 @@ def test_callbacks_see_envoys_acks_whether_parsed_or_not(
         acked = [a.type_url for _, a in recording.acks]
         assert acked.count(ROUTE_TYPE) >= 2 and acked.count(CLUSTER_TYPE) >= 1
         assert recording.requests >= 4 + len(acked)  # four subscriptions, and every ACK
+
+
+def test_envoys_listing_one_subscription_in_their_own_orders_share_one_parsed_set(
+    upstreams: dict[str, list[tuple[str, int]]],
+) -> None:
+    # Envoy lists a subscription in the order of a hash set seeded per process, so two Envoys
+    # subscribing to the same 16 clusters seldom send the same bytes. The server keeps one
+    # parsed set of the names for both (`sotw._SETS`), not one each, and both get endpoints.
+    extra: dict[str, list[tuple[str, int]]] = {
+        f"outbound|80||reviews-{i:02d}.bookinfo.svc.cluster.local": [] for i in range(14)
+    }
+    cache, ports = SnapshotCache(), {"sidecar-a": free_port(), "sidecar-b": free_port()}
+    for node, port in ports.items():
+        cache.set_snapshot(node, mesh({**upstreams, **extra}, "blue", listener_port=port))
+    with native_thread(cache) as thread, contextlib.ExitStack() as stack:
+        for node, port in ports.items():
+            bootstrap = envoy_bootstrap(node_id=node, cluster="test", xds_address=thread.address)
+            envoy = stack.enter_context(EnvoyProcess(bootstrap, name=node))
+            envoy.wait_ready()
+            assert envoy.request(port, "/").body == "blue"
+            statuses = envoy.clusters()["cluster_statuses"]
+            assert {c["name"] for c in statuses} >= {*upstreams, *extra}
+        server = thread.server
+        assert isinstance(server, XdsServer)
+        states = []
+        for handler in server._streams.live.values():
+            assert handler.session is not None
+            protocol = handler.session.protocol
+            assert isinstance(protocol, SotwStream)
+            states.append(protocol.types[ENDPOINT_TYPE])
+        assert len(states) == 2
+        assert states[0].names == {*upstreams, *extra}
+        assert states[0].names is states[1].names  # one set, whatever order each listed
+        assert all(len(state.request_key) > 16 * 40 for state in states)  # its own bytes
 
 
 def test_envoy_reconnects_after_a_graceful_stop(
