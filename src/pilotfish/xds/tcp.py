@@ -113,14 +113,8 @@ class PlainTransport(asyncio.Transport):
             self._buffer += data
             self._check_high_water(self._buffer)
             return
-        try:
-            sent = self._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._force_close(error)
-            return
-        if sent < len(data):
+        sent = self._send(self._sock.send, data)
+        if sent is not None and sent < len(data):
             with memoryview(data) as view:
                 self._keep((view[sent:],))
 
@@ -133,12 +127,8 @@ class PlainTransport(asyncio.Transport):
         if self._buffer or len(parts) > _IOV_MAX:
             self.write(b"".join(parts))
             return
-        try:
-            sent = self._sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._force_close(error)
+        sent = self._send(self._sock.sendmsg, parts)
+        if sent is None:
             return
         rest: list[memoryview] = []
         for part in parts:
@@ -151,6 +141,16 @@ class PlainTransport(asyncio.Transport):
             sent = 0
         if rest:
             self._keep(rest)
+
+    def _send(self, send: Callable[[Any], int], data: Any) -> int | None:
+        # What the socket took of `data` (0 if it would block); None: an error closed it.
+        try:
+            return send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self._force_close(error)
+            return None
 
     def _keep(self, rest: Iterable[memoryview]) -> None:
         # What the socket did not take: buffered, written when it is writable again.
@@ -169,12 +169,8 @@ class PlainTransport(asyncio.Transport):
         buffer = self._buffer
         if self._lost or not buffer:
             return
-        try:
-            sent = self._sock.send(buffer)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:
-            self._force_close(error)
+        sent = self._send(self._sock.send, buffer)
+        if not sent:
             return
         del buffer[:sent]
         if self._paused and len(buffer) <= LOW_WATER:
