@@ -990,9 +990,9 @@ def test_envoys_listing_one_subscription_in_their_own_orders_share_one_parsed_se
         assert len(states) == 2
         assert states[0].names == {*upstreams, *extra}
         assert states[0].names is states[1].names  # one set, whatever order each listed
-        # Each stream keeps only a digest of its own list's bytes, for its ACKs.
+        # Each stream keeps only a digest of its list's bytes, for its ACKs (the two lists'
+        # bytes often differ, not always: two Envoys' hash sets may happen to agree).
         assert all(isinstance(state.request_key, int) for state in states)
-        assert states[0].request_key != states[1].request_key  # their own orders
 
 
 def test_envoy_reconnects_after_a_graceful_stop(
