@@ -263,6 +263,13 @@ def test_an_envoy_ack_is_taken_from_its_bytes() -> None:
     assert [type(event).__name__ for event in received.events] == ["Acked"]
     assert stream.types[ENDPOINT_TYPE].acked_version == "v1"
     assert stream.ack(ack.SerializeToString()) is None  # settled: a second one is no ACK
+    # An Envoy whose config source does not set `set_node_on_first_message_only` sends its
+    # node on every request (61 KB): its ACKs are still taken from their bytes.
+    stream.send(PreparedResponse(ENDPOINT_TYPE, "v2", frozenset(names), b"", resource_versions={}))
+    ack.version_info, ack.response_nonce = "v2", "2"
+    ack.node.id = "n"
+    received = stream.ack(ack.SerializeToString())
+    assert received is not None and stream.types[ENDPOINT_TYPE].acked_version == "v2"
     for garbage in (b"\x0a", b"\x0a\xff", b"\x0a\xff" * 11, b""):
         assert stream.ack(garbage) is None  # left to the parser, which reports it
 

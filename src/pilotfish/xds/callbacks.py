@@ -2,6 +2,10 @@
 
 Subclass `Callbacks` and override what you need. Each hook may be a plain or an `async` method;
 awaitable results are awaited in the stream's task, so keep them quick.
+
+The `node` hooks get is the one the stream keeps: as the client sent it on its first request,
+without `extensions` (Envoy's list of its compiled-in extensions, 60 KB; see
+`pilotfish.xds.node`). `on_stream_request` sees that first request, extensions and all.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from pilotfish.bounded import Bounded
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import RESOURCE_TYPES, DeltaDiscoveryRequest, Node, wire
 from pilotfish.xds.events import Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.node import kept_node
 from pilotfish.xds.requests import (
     Received,
     RecentRequests,
@@ -101,8 +102,7 @@ class DeltaStream:
         """Take one request from the client; `raw`, if the transport has them, are the bytes it
         was parsed from (they make a long subscription cheap to recognise)."""
         if self.node is None:
-            self.node = Node()
-            self.node.CopyFrom(request.node)
+            self.node = kept_node(request.node)
         type_url = request_type_url(self.type_url, request.type_url, "delta ADS")
         state = self.types.get(type_url)
         nonce = request.response_nonce

@@ -30,6 +30,7 @@ from pilotfish.bounded import Bounded
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
+from pilotfish.xds.node import kept_node
 from pilotfish.xds.requests import (
     Received,
     acknowledge,
@@ -49,6 +50,7 @@ _KEYED = 8
 _VERSION_TAG = 0x0A  # DiscoveryRequest.version_info, field 1, length-delimited
 _NODE_TAG = 0x12  # DiscoveryRequest.node, field 2, length-delimited
 _LEADING = (_VERSION_TAG, _NODE_TAG)
+_LEADING_BYTES = (bytes((_VERSION_TAG,)), bytes((_NODE_TAG,)))
 
 
 @dataclass(slots=True)
@@ -95,8 +97,7 @@ class SotwStream:
         was parsed from (they make an unchanged long name list cheap to recognise)."""
         if self.node is None:
             # Proxyless gRPC may send an empty node; Envoy sends it only on the first message.
-            self.node = Node()
-            self.node.CopyFrom(request.node)
+            self.node = kept_node(request.node)
             self.ttl_aware = TTL_CLIENT_FEATURE in self.node.client_features
         type_url = request_type_url(self.type_url, request.type_url, "ADS")
         state = self.types.get(type_url)
@@ -141,19 +142,23 @@ class SotwStream:
 
     def ack(self, raw: bytes) -> Received | None:
         """`receive` for a request that is a plain ACK, recognised by its wire bytes without
-        parsing them: a version field (any), then exactly what the type's last request held
-        after its version (`TypeState.ack_span`: the same names, so no subscription change),
-        then the nonce of the response in flight. None for anything else, which `receive`
-        then takes parsed. Half of all requests are ACKs; this is what they cost."""
+        parsing them: a version field (any), the node if sent again, then exactly what the
+        type's last request held after those (`TypeState.ack_span`: the same names, so no
+        subscription change), then the nonce of the response in flight. None for anything
+        else, which `receive` then takes parsed. Half of all requests are ACKs; this is what
+        they cost."""
         if self.node is None:
             return None
         start = 0
-        if raw[:1] == b"\x0a":  # version_info (field 1, length-delimited)
-            try:
-                length, start = wire.read_varint(raw, 1)
-            except (IndexError, ValueError):
-                return None  # not even a field: parsing it reports the error
-            start += length
+        # version_info (any), then the node if sent again (Envoy, unless its config source
+        # says `set_node_on_first_message_only`; a stream keeps the first request's node).
+        for tag in _LEADING_BYTES:
+            if raw[start : start + 1] == tag:
+                try:
+                    length, start = wire.read_varint(raw, start + 1)
+                except (IndexError, ValueError):
+                    return None  # not even a field: parsing it reports the error
+                start += length
         for state in self.types.values():
             span = state.ack_span
             nonce = state.ack_nonce
