@@ -50,7 +50,6 @@ _KEYED = 8
 _VERSION_TAG = 0x0A  # DiscoveryRequest.version_info, field 1, length-delimited
 _NODE_TAG = 0x12  # DiscoveryRequest.node, field 2, length-delimited
 _LEADING = (_VERSION_TAG, _NODE_TAG)
-_LEADING_BYTES = (bytes((_VERSION_TAG,)), bytes((_NODE_TAG,)))
 
 
 @dataclass(slots=True)
@@ -149,16 +148,12 @@ class SotwStream:
         they cost."""
         if self.node is None:
             return None
-        start = 0
-        # version_info (any), then the node if sent again (Envoy, unless its config source
+        # Past version_info (any) and the node if sent again (Envoy, unless its config source
         # says `set_node_on_first_message_only`; a stream keeps the first request's node).
-        for tag in _LEADING_BYTES:
-            if raw[start : start + 1] == tag:
-                try:
-                    length, start = wire.read_varint(raw, start + 1)
-                except (IndexError, ValueError):
-                    return None  # not even a field: parsing it reports the error
-                start += length
+        try:
+            start, _ = request_span(raw, _LEADING, b"")
+        except (IndexError, ValueError):
+            return None  # not even a field: parsing it reports the error
         for state in self.types.values():
             span = state.ack_span
             nonce = state.ack_nonce
