@@ -115,6 +115,9 @@ def test_metrics_count_streams_proxies_pushes_acks_and_time_to_ack() -> None:
     # ACKs come to `on_stream_ack` (some never parsed into a request): not wanted as requests.
     assert not metrics.plain_acks_in_requests
     assert Metrics(Callbacks()).plain_acks_in_requests  # unless an inner hook wants them
+    # Only a node's id is read: the first request may come without Envoy's extension list.
+    assert not metrics.node_extensions_in_requests
+    assert Metrics(Callbacks()).node_extensions_in_requests
 
 
 def test_metrics_count_nacks_not_as_acks() -> None:

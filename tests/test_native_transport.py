@@ -995,15 +995,21 @@ def test_envoys_listing_one_subscription_in_their_own_orders_share_one_parsed_se
         assert all(isinstance(state.request_key, int) for state in states)
 
 
+@pytest.mark.parametrize("wanted", [True, False])
 def test_an_envoy_stream_keeps_its_node_without_the_extension_list(
-    upstreams: dict[str, list[tuple[str, int]]],
+    upstreams: dict[str, list[tuple[str, int]]], wanted: bool
 ) -> None:
     # Envoy's node lists every extension compiled into it (516 in 1.40, 61 KB on the wire,
-    # some 140 KB parsed): callbacks see them on the first request, and the stream keeps the
-    # node without them, or they would be most of what the server holds per proxy.
+    # some 140 KB parsed): callbacks see them on the first request if they want them (else
+    # the transport cuts them out before parsing), and the stream keeps the node without
+    # them, or they would be most of what the server holds per proxy.
     sent: list[Node] = []
 
     class FirstNode(Callbacks):
+        @property
+        def node_extensions_in_requests(self) -> bool:
+            return wanted
+
         def on_stream_request(
             self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
         ) -> None:
@@ -1024,7 +1030,10 @@ def test_an_envoy_stream_keeps_its_node_without_the_extension_list(
             assert handler.session is not None
             kept = handler.session.protocol.node
     assert kept is not None and len(sent) == 1
-    assert len(sent[0].extensions) > 100 and sent[0].ByteSize() > 20_000
+    if wanted:
+        assert len(sent[0].extensions) > 100 and sent[0].ByteSize() > 20_000
+    else:
+        assert sent[0] == kept
     assert not kept.extensions and kept.ByteSize() < 2_000
     assert (kept.id, kept.cluster, kept.user_agent_name) == ("sidecar", "test", "envoy")
     assert kept.user_agent_build_version == sent[0].user_agent_build_version

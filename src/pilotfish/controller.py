@@ -322,6 +322,11 @@ class Controller(Callbacks):
         # Only a request carrying a node is looked at, and a plain ACK carries none.
         return False
 
+    @property
+    def node_extensions_in_requests(self) -> bool:
+        # A proxy is told by its node's id, metadata and locality (`Proxy.from_node`).
+        return False
+
     def on_stream_request(
         self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
     ) -> None:

@@ -208,6 +208,11 @@ class Metrics(Callbacks):
         # ACKs are counted in `on_stream_ack`: only an inner hook may want them as requests.
         return self.inner is not None and self.inner.plain_acks_in_requests
 
+    @property
+    def node_extensions_in_requests(self) -> bool:
+        # Only the node's id is read here: only an inner hook may want its extensions.
+        return self.inner is not None and self.inner.node_extensions_in_requests
+
     def on_stream_request(
         self, stream_id: int, request: DiscoveryRequest | DeltaDiscoveryRequest
     ) -> HookResult:

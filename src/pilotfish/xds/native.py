@@ -436,6 +436,7 @@ class _Connection(asyncio.BufferedProtocol):
             if acked is not None:
                 self.listener.run(iter(acked))
                 return
+            data = handler.lighten(data)
             results = handler.receive(stream.decode(data), data)
             if results is not None:
                 self.listener.run(results)

@@ -23,6 +23,7 @@ from pilotfish.xds.auth import authorize as _authorize
 from pilotfish.xds.callbacks import Callbacks, HookResult
 from pilotfish.xds.events import Acked, Nacked
 from pilotfish.xds.http2 import GrpcStatus
+from pilotfish.xds.node import without_extensions
 from pilotfish.xds.session import Dispatch, Session, new_stream_id
 from pilotfish.xds.watch import ConfigWatcher
 
@@ -154,6 +155,17 @@ class StreamHandler:
             self.session.receive(request, raw)
             return None
         return self._receive_with_hooks(request, raw)
+
+    def lighten(self, raw: bytes) -> bytes:
+        """`raw`, a request's bytes, ready to parse: the first request's node without its
+        extension list (`node.without_extensions`), unless the callbacks want it there."""
+        session = self.session
+        if session is None or session.protocol.node is not None:
+            return raw
+        callbacks = self._streams.callbacks
+        if callbacks is not None and callbacks.node_extensions_in_requests:
+            return raw
+        return without_extensions(raw, self.delta)
 
     def receive_ack(self, raw: bytes) -> tuple[HookResult, ...] | None:
         """Take `raw` as a plain ACK without parsing it (`Session.receive_ack`), if it is one
