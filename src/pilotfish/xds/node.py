@@ -19,6 +19,8 @@ __all__ = ["kept_node", "without_extensions"]
 
 _EXTENSION_TAG = 0x4A  # Node.extensions: field 9, length-delimited
 _VERSION_TAG = 0x0A  # DiscoveryRequest.version_info: field 1, length-delimited
+_SOTW_NODE_TAG = 0x12  # DiscoveryRequest.node: field 2
+_DELTA_NODE_TAG = 0x0A  # DeltaDiscoveryRequest.node: field 1
 _RUNS: Bounded[bytes, None] = Bounded(8)
 """Extension lists seen lately, as their wire bytes: one per build of Envoy in the fleet."""
 
@@ -56,10 +58,10 @@ def without_extensions(raw: bytes, delta: bool) -> bytes:
     with one comparison (`_RUNS`); the first of a build is walked entry by entry."""
     try:
         start = 0
-        if not delta and raw[:1] == b"\x0a":  # version_info, before the node
+        if not delta and raw[:1] == bytes((_VERSION_TAG,)):  # before the node
             length, start = wire.read_varint(raw, 1)
             start += length
-        node_tag = _VERSION_TAG if delta else 0x12  # node: field 1 of delta, 2 of SotW
+        node_tag = _DELTA_NODE_TAG if delta else _SOTW_NODE_TAG
         if start >= len(raw) or raw[start] != node_tag:
             return raw
         length, node = wire.read_varint(raw, start + 1)
@@ -85,7 +87,7 @@ def without_extensions(raw: bytes, delta: bool) -> bytes:
 
 def _run_end(raw: bytes, run: int, end: int) -> int:
     """Where the run of extension fields starting at `raw[run]` ends (within `end`), or -1."""
-    for known in _RUNS:
+    for known in tuple(_RUNS):  # a copy: servers on other threads may add to it
         stop = run + len(known)
         if stop <= end and raw.startswith(known, run):
             if stop < end and raw[stop] == _EXTENSION_TAG:
