@@ -36,7 +36,7 @@ fleet subscribing EDS to every cluster costs one set of names, not one per strea
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pilotfish.bounded import Bounded
@@ -277,8 +277,8 @@ class _Change:
 
 
 def _parse(request: DeltaDiscoveryRequest) -> _Change:
-    subscribe = frozenset(map(sys.intern, request.resource_names_subscribe))
-    unsubscribe = frozenset(map(sys.intern, request.resource_names_unsubscribe))
+    subscribe = _listed_names(request.resource_names_subscribe)
+    unsubscribe = _listed_names(request.resource_names_unsubscribe)
     star_on, star_off = WILDCARD in subscribe, WILDCARD in unsubscribe
     initial = request.initial_resource_versions
     return _Change(
@@ -401,6 +401,21 @@ def _applied(
 # share them; the rest are merely not shared).
 _NAMES: Bounded[frozenset[str], frozenset[str]] = Bounded(64)
 _VERSIONS: Bounded[frozenset[tuple[str, str]], Mapping[str, str]] = Bounded(64)
+
+
+def _listed_names(listed: Sequence[str]) -> frozenset[str]:
+    """`listed` as a set of interned names. A set held lately (`_NAMES`) is found by its
+    names first: Envoys list a subscription in orders of their own, so a long list's bytes
+    seldom repeat, but its set does, and interning a thousand names costs as much again as
+    making the set."""
+    names = frozenset(listed)
+    if not names:
+        return _NO_NAMES
+    found = _NAMES.get(names)
+    if found is not None:
+        return found
+    interned = frozenset(map(sys.intern, names))
+    return _NAMES.put(interned, interned)
 
 
 def _shared_names(names: frozenset[str]) -> frozenset[str]:
