@@ -43,6 +43,7 @@ from pilotfish.protos import (
 )
 from pilotfish.testing import EnvoyProcess, HttpUpstream, ServerThread, free_port, wait_until
 from pilotfish.testing.server import RecordingCallbacks
+from pilotfish.xds import node as node_module
 from pilotfish.xds.auth import Peer, SpiffeAuthenticator
 from pilotfish.xds.callbacks import Callbacks
 from pilotfish.xds.delta import DeltaStream
@@ -1038,6 +1039,34 @@ def test_an_envoy_stream_keeps_its_node_without_the_extension_list(
     assert (kept.id, kept.cluster, kept.user_agent_name) == ("sidecar", "test", "envoy")
     assert kept.user_agent_build_version == sent[0].user_agent_build_version
     assert list(kept.client_features) == list(sent[0].client_features)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_an_envoy_first_request_is_parsed_without_its_extension_list(
+    upstreams: dict[str, list[tuple[str, int]]], delta: bool
+) -> None:
+    # With no callbacks, nothing reads the extensions Envoy's node lists: the transport cuts
+    # them out of the first request's bytes before parsing it (SotW and delta ADS alike).
+    node_module._RUNS.clear()
+    cache, port = SnapshotCache(), free_port()
+    cache.set_snapshot("sidecar", mesh(upstreams, "blue", listener_port=port))
+    with native_thread(cache) as thread:
+        bootstrap = envoy_bootstrap(
+            node_id="sidecar", cluster="test", xds_address=thread.address, delta=delta
+        )
+        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
+            envoy.wait_ready()
+            assert envoy.request(port, "/").body == "blue"
+            server = thread.server
+            assert isinstance(server, XdsServer)
+            (handler,) = server._streams.live.values()
+            assert handler.session is not None
+            protocol = handler.session.protocol
+            assert isinstance(protocol, DeltaStream if delta else SotwStream)
+            kept = protocol.node
+    assert kept is not None and kept.id == "sidecar" and not kept.extensions
+    (run,) = node_module._RUNS  # the Envoy's list, learned from its bytes
+    assert len(run) > 20_000
 
 
 def test_envoy_reconnects_after_a_graceful_stop(
