@@ -73,6 +73,27 @@ def test_streams_sending_one_long_list_parse_it_once_and_share_its_state() -> No
     assert all(next(n for n in s.names if n == one) is one for s in states)
 
 
+def test_lists_in_other_orders_share_one_set_and_one_with_a_repeat_does_not() -> None:
+    # Envoys list a subscription in orders of their own: the bytes differ, the set does not.
+    # A list in another order is known by the set last listed at its length, with no set
+    # made of it to look up (`_NAMES`, emptied here, would find it by one).
+    names = _names(40)
+    first = delta_module._listed_names(names)
+    delta_module._NAMES.clear()
+    assert delta_module._listed_names(names[::-1]) is first
+    assert delta_module._listed_names([*names[1:], names[0]]) is first
+    # As many names, all among the set's, one twice and another missing: its own set, and
+    # a stream subscribing so holds just those.
+    repeated = [*names[:-1], names[0]]
+    assert delta_module._listed_names(repeated) == frozenset(names[:-1])
+    stream = DeltaStream(new_stream_id())
+    request = DeltaDiscoveryRequest(
+        node=Node(id="proxy"), type_url=ENDPOINT_TYPE, resource_names_subscribe=repeated
+    )
+    _send(stream, request)
+    assert stream.types[ENDPOINT_TYPE].names == frozenset(names[:-1])
+
+
 def test_a_fleet_resuming_the_same_versions_parses_them_once() -> None:
     names = _names(50)
     held = {name: f"v{i}" for i, name in enumerate(names)}

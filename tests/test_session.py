@@ -22,7 +22,8 @@ from pilotfish.protos import (
 )
 from pilotfish.testing.client import InMemoryAdsClient
 from pilotfish.translators import build
-from pilotfish.xds import Acked, Nacked, Subscribed, Unsubscribed
+from pilotfish.xds import Acked, Nacked, Subscribed, Unsubscribed, sotw
+from pilotfish.xds.requests import SameSets
 from pilotfish.xds.sotw import SotwStream
 from tests.helpers import mesh
 
@@ -399,6 +400,43 @@ def test_bytes_that_only_look_like_a_nonce_do_not_fool_the_comparison() -> None:
         Subscribed(ENDPOINT_TYPE, frozenset({"x*\x017"}), False),
         Unsubscribed(ENDPOINT_TYPE, frozenset({"x*\x016"}), False),
     )
+
+
+def test_a_long_list_in_another_order_shares_the_set_and_one_with_a_repeat_does_not() -> None:
+    # Envoys list a subscription in orders of their own. The second stream's list is known by
+    # its names (`SameSets`), with no set made of them to look up (`_SETS` is emptied here).
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh({n: [("127.0.0.1", 1)] for n in MANY}, MANY[0]))
+
+    def subscribe(names: list[str]) -> tuple[frozenset[str], list[str]]:
+        eds = InMemoryAdsClient(cache, node=NODE, type_url=ENDPOINT_TYPE)
+        eds.send(eds_request(names))
+        (response,) = eds.poll()
+        sent = [ClusterLoadAssignment.FromString(r.value).cluster_name for r in response.resources]
+        return eds.session.protocol.types[ENDPOINT_TYPE].names, sent
+
+    first, _ = subscribe(MANY)
+    sotw._SETS.clear()
+    second, sent = subscribe(MANY[::-1])
+    assert second is first and sorted(sent) == MANY
+    # As many entries, all among the set's names, but one twice and another missing: not
+    # taken for the set.
+    repeated, sent = subscribe([*MANY[:-1], MANY[0]])
+    assert repeated == frozenset(MANY[:-1]) and sorted(sent) == MANY[:-1]
+
+
+def test_same_sets_finds_a_kept_set_from_its_names_in_any_order() -> None:
+    same: SameSets[str] = SameSets(size=2)
+    same.keep(frozenset("abc"), 3, "abc")
+    assert same.find("cab", 3) == "abc"
+    assert same.find("cax", 3) is None  # another name
+    assert same.find("caa", 3) is None  # a repeat, and one missing
+    assert same.find("ab", 2) is None  # no set of that size kept
+    same.keep(frozenset("ab"), 3, "aba")  # from a list with a repeat: not kept
+    assert same.find("cba", 3) == "abc"
+    same.keep(frozenset("xy"), 2, "xy")
+    same.keep(frozenset("wxyz"), 4, "wxyz")  # a third size: the table starts over
+    assert same.find("abc", 3) is None and same.find("zyxw", 4) == "wxyz"
 
 
 def test_a_snapshot_set_before_the_ack_is_sent_once_it_arrives() -> None:

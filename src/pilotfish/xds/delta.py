@@ -47,6 +47,7 @@ from pilotfish.xds.node import kept_node
 from pilotfish.xds.requests import (
     Received,
     RecentRequests,
+    SameSets,
     acknowledge,
     request_span,
     request_type_url,
@@ -403,19 +404,31 @@ _NAMES: Bounded[frozenset[str], frozenset[str]] = Bounded(64)
 _VERSIONS: Bounded[frozenset[tuple[str, str]], Mapping[str, str]] = Bounded(64)
 
 
+_SAME: SameSets[frozenset[str]] = SameSets()
+"""The last long set listed of each length, found again from a list in another order before
+a set of it is made."""
+
+
 def _listed_names(listed: Sequence[str]) -> frozenset[str]:
-    """`listed` as a set of interned names. A set held lately (`_NAMES`) is found by its
-    names first: Envoys list a subscription in orders of their own, so a long list's bytes
-    seldom repeat, but its set does, and interning a thousand names costs as much again as
-    making the set."""
+    """`listed` as a set of interned names. Envoys list a subscription in orders of their
+    own, so a long list's bytes seldom repeat, but its set does: the last long set of its
+    length (`_SAME`) is tried first, with no set made, then a set held lately (`_NAMES`) by
+    its names, as interning a thousand names costs as much again as making the set."""
+    count = len(listed)
+    if count > _KEYED:
+        same = _SAME.find(listed, count)
+        if same is not None:
+            return same
     names = frozenset(listed)
     if not names:
         return _NO_NAMES
     found = _NAMES.get(names)
-    if found is not None:
-        return found
-    interned = frozenset(map(sys.intern, names))
-    return _NAMES.put(interned, interned)
+    if found is None:
+        interned = frozenset(map(sys.intern, names))
+        found = _NAMES.put(interned, interned)
+    if count > _KEYED:
+        _SAME.keep(found, count, found)
+    return found
 
 
 def _shared_names(names: frozenset[str]) -> frozenset[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -17,6 +18,7 @@ from pilotfish.xds.watch import DeltaWatchRequest, WatchRequest
 __all__ = [
     "Received",
     "RecentRequests",
+    "SameSets",
     "acknowledge",
     "request_span",
     "request_type_url",
@@ -129,3 +131,42 @@ class RecentRequests(Generic[T]):
     def add(self, key: bytes, parsed: T) -> None:
         """Keep `parsed`, what `key` (a request's span) holds."""
         self._items.append((key, parsed))
+
+
+class SameSets(Generic[T]):
+    """The long name sets parsed lately, one per size, found again from a list in any order.
+
+    Envoy lists a subscription in the order of its hash set, seeded per process, so each proxy
+    of a kind sends the same thousand names in an order of its own. Making a set of them to
+    look it up costs a str and a hash per name, then the set's building and its comparison
+    with the one kept: about a fifth more than checking the names against the set kept.
+
+    A set is kept only for a list without repeats (as many names as the list's length). A
+    list of that length all of whose entries the kept set's names are among holds each of
+    them exactly once (there is no room for a repeat or another name), so it is that set.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._by_length: dict[int, tuple[frozenset[str], T]] = {}
+
+    def find(self, listed: Iterable[str], length: int) -> T | None:
+        """What was kept for the set of `listed` (`length` names), if it is the set kept for
+        lists of that length."""
+        kept = self._by_length.get(length)
+        if kept is None:
+            return None
+        names, value = kept
+        rest = set(names)
+        rest.difference_update(listed)
+        return None if rest else value
+
+    def keep(self, names: frozenset[str], length: int, value: T) -> None:
+        """Keep `value` for `names`, parsed from a list of `length` entries (ignored unless
+        they are as many as the names: a list with repeats)."""
+        if len(names) != length:
+            return
+        by_length = self._by_length
+        if len(by_length) >= self._size and length not in by_length:
+            by_length.clear()
+        by_length[length] = (names, value)

@@ -33,6 +33,7 @@ from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubsc
 from pilotfish.xds.node import kept_node
 from pilotfish.xds.requests import (
     Received,
+    SameSets,
     acknowledge,
     request_span,
     request_type_url,
@@ -346,15 +347,25 @@ ask for the same set: they share one parsed set (32 KB at a thousand names), and
 lookups of it compare by identity."""
 
 
+_SAME: SameSets[_Names] = SameSets()
+"""The last long list parsed of each length, found again from its names in another order
+before a set of them is made (`_SETS`)."""
+
+
 def _shared_names(span: bytes, listed: Sequence[str]) -> _Names:
     """The names of a request whose span is `span`, parsed once for all the streams that
     send the same list, and shared by all that ask for the same set in another order."""
     parsed = _LISTS.get(span)
     if parsed is None:
-        names = frozenset(listed)
-        parsed = _SETS.get(names)
+        count = len(listed)
+        parsed = _SAME.find(listed, count)
         if parsed is None:
-            parsed = _SETS.put(names, _parsed(tuple(map(sys.intern, listed))))
+            names = frozenset(listed)
+            parsed = _SETS.get(names)
+            if parsed is None:
+                parsed = _SETS.put(names, _parsed(tuple(map(sys.intern, listed))))
+            if not parsed.wildcard:
+                _SAME.keep(parsed.names, count, parsed)
         _LISTS.put(span, parsed)
     return parsed
 
