@@ -798,6 +798,10 @@ async def _clients(
                     task = asyncio.create_task(coroutine)
                     task.add_done_callback(failed)
                     tasks.append(task)
+                    # Envoys connect on their own: a proxy's first request leaves as soon as
+                    # its connect completes, not after every other proxy has begun to connect
+                    # (which kept the server idle for the first 7 ms of 100 proxies' 31).
+                    await asyncio.sleep(0)
                 conn.send(("started", started))
             else:
                 raise BenchError(f"client: unknown command {command!r}")
