@@ -434,8 +434,13 @@ def test_same_sets_finds_a_kept_set_from_its_names_in_any_order() -> None:
     assert same.find("ab", 2) is None  # no set of that size kept
     same.keep(frozenset("ab"), 3, "aba")  # from a list with a repeat: not kept
     assert same.find("cba", 3) == "abc"
+    # Another kind of proxy listing as many names: both are kept and told apart, even when
+    # one's first name is among the other's.
+    same.keep(frozenset("abd"), 3, "abd")
+    assert same.find("bca", 3) == "abc" and same.find("dba", 3) == "abd"
+    assert same.find("bad", 3) == "abd" and same.find("abx", 3) is None
     same.keep(frozenset("xy"), 2, "xy")
-    same.keep(frozenset("wxyz"), 4, "wxyz")  # a third size: the table starts over
+    same.keep(frozenset("wxyz"), 4, "wxyz")  # a third length: the table starts over
     assert same.find("abc", 3) is None and same.find("zyxw", 4) == "wxyz"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -134,7 +134,7 @@ class RecentRequests(Generic[T]):
 
 
 class SameSets(Generic[T]):
-    """The long name sets parsed lately, one per size, found again from a list in any order.
+    """The long name sets parsed lately, a few per length, found again from a list in any order.
 
     Envoy lists a subscription in the order of its hash set, seeded per process, so each proxy
     of a kind sends the same thousand names in an order of its own. Making a set of them to
@@ -144,22 +144,29 @@ class SameSets(Generic[T]):
     A set is kept only for a list without repeats (as many names as the list's length). A
     list of that length all of whose entries the kept set's names are among holds each of
     them exactly once (there is no room for a repeat or another name), so it is that set.
+    Kinds of proxies that list as many names but not the same are told apart by their first
+    name before any copy is made.
     """
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 8, per_length: int = 4) -> None:
         self._size = size
-        self._by_length: dict[int, tuple[frozenset[str], T]] = {}
+        self._per_length = per_length
+        self._by_length: dict[int, list[tuple[frozenset[str], T]]] = {}
 
-    def find(self, listed: Iterable[str], length: int) -> T | None:
-        """What was kept for the set of `listed` (`length` names), if it is the set kept for
-        lists of that length."""
+    def find(self, listed: Sequence[str], length: int) -> T | None:
+        """What was kept for the set of `listed` (`length` names, at least one), if it is a set
+        kept for lists of that length."""
         kept = self._by_length.get(length)
-        if kept is None:
+        if not kept:
             return None
-        names, value = kept
-        rest = set(names)
-        rest.difference_update(listed)
-        return None if rest else value
+        first = listed[0]
+        for names, value in tuple(kept):  # another thread may keep one meanwhile
+            if first in names:
+                rest = set(names)
+                rest.difference_update(listed)
+                if not rest:
+                    return value
+        return None
 
     def keep(self, names: frozenset[str], length: int, value: T) -> None:
         """Keep `value` for `names`, parsed from a list of `length` entries (ignored unless
@@ -167,6 +174,12 @@ class SameSets(Generic[T]):
         if len(names) != length:
             return
         by_length = self._by_length
-        if len(by_length) >= self._size and length not in by_length:
-            by_length.clear()
-        by_length[length] = (names, value)
+        kept = by_length.get(length)
+        if kept is None:
+            if len(by_length) >= self._size:
+                by_length.clear()
+            kept = by_length[length] = []
+        elif any(known is names for known, _ in kept):
+            return
+        kept.insert(0, (names, value))
+        del kept[self._per_length :]
