@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from bench import ads_proxies, h2client
 
-PROXIES = 20
+PROXIES = 50
 
 
 @pytest.fixture
