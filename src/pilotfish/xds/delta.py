@@ -405,14 +405,14 @@ _VERSIONS: Bounded[frozenset[tuple[str, str]], Mapping[str, str]] = Bounded(64)
 
 
 _SAME: SameSets[frozenset[str]] = SameSets()
-"""The last long set listed of each length, found again from a list in another order before
-a set of it is made."""
+"""The long sets listed lately, a few of each length, found again from a list in another
+order before a set of it is made."""
 
 
 def _listed_names(listed: Sequence[str]) -> frozenset[str]:
     """`listed` as a set of interned names. Envoys list a subscription in orders of their
-    own, so a long list's bytes seldom repeat, but its set does: the last long set of its
-    length (`_SAME`) is tried first, with no set made, then a set held lately (`_NAMES`) by
+    own, so a long list's bytes seldom repeat, but its set does: the long sets kept for its
+    length (`_SAME`) are tried first, with no set made, then a set held lately (`_NAMES`) by
     its names, as interning a thousand names costs as much again as making the set."""
     count = len(listed)
     if count > _KEYED:

@@ -348,8 +348,8 @@ lookups of it compare by identity."""
 
 
 _SAME: SameSets[_Names] = SameSets()
-"""The last long list parsed of each length, found again from its names in another order
-before a set of them is made (`_SETS`)."""
+"""The long lists parsed lately, a few of each length, found again from their names in
+another order before a set of them is made (`_SETS`)."""
 
 
 def _shared_names(span: bytes, listed: Sequence[str]) -> _Names:
