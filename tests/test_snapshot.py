@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from pilotfish.cache import Snapshot, SnapshotCache
@@ -243,3 +245,67 @@ def test_a_rearmed_watch_answers_what_changed_while_it_was_cancelled() -> None:
     # Told it holds the older version again: answered with the newer one.
     cache.rearm_watch(watch, request, got.append)
     assert len(got) == 3 and got[2] is got[1]
+
+
+# -- Snapshot.holds: a subscription untouched by a push is checked once, not once per stream -----
+
+
+class _CountedNames(frozenset[str]):
+    """A subscription that counts how often it is walked."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[str]:
+        _CountedNames.walks += 1
+        return super().__iter__()
+
+
+def test_streams_sharing_a_subscription_are_checked_against_a_push_once() -> None:
+    cache, node = SnapshotCache(), Node(id="n")
+    endpoints = {name: [("10.0.0.1", 80)] for name in ("a", "b", "c")}
+    cache.set_snapshot("n", mesh(endpoints, "a"))
+    names = _CountedNames({"a", "b"})
+    got: list[PreparedResponse] = []
+    for stream in range(1, 51):
+        cancel = cache.create_watch(
+            WatchRequest(node, stream, ENDPOINT_TYPE, names, False, "", frozenset()), got.append
+        )
+        cancel()  # the answer is written: the session cancels the watch
+    sent = got[0]
+    assert len(got) == 50 and all(r is sent for r in got)
+    assert sent.resource_versions is not None
+    for stream in range(1, 51):  # every stream ACKed what it was sent
+        request = WatchRequest(
+            node, stream, ENDPOINT_TYPE, names, False, sent.version, sent.names,
+            False, sent.resource_versions,
+        )  # fmt: skip
+        cache.create_watch(request, got.append)
+    _CountedNames.walks = 0
+
+    # Only "c" changed: none of the 50 streams gets anything, and the names were walked once.
+    cache.set_snapshot("n", mesh({**endpoints, "c": [("10.0.0.2", 80)]}, "a"))
+    assert len(got) == 50
+    assert _CountedNames.walks == 1
+
+    # "a" changed: every stream is answered, still from one walk.
+    _CountedNames.walks = 0
+    cache.set_snapshot("n", mesh({**endpoints, "a": [("10.0.0.2", 80)]}, "a"))
+    assert len(got) == 100 and all(r is got[50] for r in got[50:])
+    assert got[50].version != sent.version
+    assert _CountedNames.walks <= 2  # one check, and the one response built (sorted names)
+
+
+def test_holds_compares_each_subscribed_name_with_what_the_client_holds() -> None:
+    before = mesh({"a": [("10.0.0.1", 80)], "b": [("10.0.0.1", 80)]}, "a")
+    sent = before.response(ENDPOINT_TYPE, frozenset({"a", "gone"}))
+    assert sent.resource_versions is not None
+    after = mesh({"a": [("10.0.0.1", 80)], "b": [("10.0.0.9", 80)]}, "a")
+    assert after.holds(ENDPOINT_TYPE, frozenset({"a", "gone"}), sent.resource_versions)
+    assert not after.holds(ENDPOINT_TYPE, frozenset({"a", "b"}), sent.resource_versions)
+    added = mesh({"a": [("10.0.0.1", 80)], "gone": [("10.0.0.1", 80)]}, "a")
+    assert not added.holds(ENDPOINT_TYPE, frozenset({"a", "gone"}), sent.resource_versions)
+    # A plain dict may change after the call: it is checked each time, never remembered.
+    versions = dict(sent.resource_versions)
+    assert after.holds(ENDPOINT_TYPE, frozenset({"a"}), versions)
+    versions["a"] = "another"
+    assert not after.holds(ENDPOINT_TYPE, frozenset({"a"}), versions)

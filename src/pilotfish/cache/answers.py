@@ -62,15 +62,14 @@ def sotw_answer(
         return None
     names = None if request.wildcard else request.names
     if snapshot.version(type_url) != known_version:
-        if names is not None and known_resources is not None:
-            # A named subscription whose resources all stayed as they were gets nothing: a new
-            # version elsewhere in the type (another cluster's endpoints) is not its business.
-            table = snapshot.resources(type_url)
-            if all(
-                (r.version if (r := table.get(n)) is not None else None) == known_resources.get(n)
-                for n in names
-            ):
-                return None
+        # A named subscription whose resources all stayed as they were gets nothing: a new
+        # version elsewhere in the type (another cluster's endpoints) is not its business.
+        if (
+            names is not None
+            and known_resources is not None
+            and snapshot.holds(type_url, names, known_resources)
+        ):
+            return None
         return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
     if names is None:
         return None

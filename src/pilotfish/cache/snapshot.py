@@ -31,6 +31,9 @@ __all__ = ["Consistency", "Snapshot", "SnapshotStats"]
 
 # Types that exist only because another type names them.
 _REFERENCED_TYPES = (ENDPOINT_TYPE, ROUTE_TYPE)
+_HELD_KEPT = 8
+"""Answers of `Snapshot.holds` kept per type: one per kind of proxy (what it lists, what it
+was sent) is all a push needs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class _TypeResources:
         "refs",
         "responses",
         "table",
+        "unchanged",
         "version",
     )
 
@@ -104,6 +108,9 @@ class _TypeResources:
         # Delta answers by client state. An answer depends on this type alone, so a type shared
         # with a later snapshot (`Snapshot.updated`) keeps them.
         self.delta_answers = DeltaAnswers()
+        # Whether a subscription holds this type's versions, by the (names, versions) objects
+        # streams share (see `Snapshot.holds`), newest first.
+        self.unchanged: list[tuple[frozenset[str], Mapping[str, str], bool]] = []
         self._names: frozenset[str] | None = None
 
     @property
@@ -305,6 +312,33 @@ class Snapshot:
     def resources(self, type_url: str) -> Mapping[str, CachedResource]:
         """The serialized resources of one type, by name (read-only)."""
         return self._type(type_url).by_name
+
+    def holds(self, type_url: str, names: frozenset[str], versions: Mapping[str, str]) -> bool:
+        """Whether a client holding `versions` (name -> version) of a subscription to `names`
+        holds this snapshot's: every name at the version it has here, or absent from both.
+        Such a subscription needs nothing from a new version of the type (another cluster's
+        endpoints changed).
+
+        Computed once for the streams that pass the same `names` and `versions` objects (a
+        session passes those of the response it last sent, shared by every stream it went
+        to), and only those made read-only (`PreparedResponse.resource_versions`) are kept.
+        Checked per watch, each of a thousand Envoys listing a thousand clusters walked
+        their names on a push of one cluster's endpoints until it met the changed one: 7 to
+        80 ms of `set_snapshot`, by where the hash order of the process put it."""
+        entry = self._type(type_url)
+        for known_names, known_versions, held in tuple(entry.unchanged):
+            if known_names is names and known_versions is versions:
+                return held
+        table = entry.table
+        held = all(
+            (r.version if (r := table.get(n)) is not None else None) == versions.get(n)
+            for n in names
+        )
+        if isinstance(versions, MappingProxyType):  # nobody changes it: the answer stands
+            with self._lock:
+                entry.unchanged.insert(0, (names, versions, held))
+                del entry.unchanged[_HELD_KEPT:]
+        return held
 
     def _type(self, type_url: str) -> _TypeResources:
         entry = self._types.get(type_url)  # a type URL, as every watch answer asks

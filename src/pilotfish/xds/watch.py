@@ -41,7 +41,9 @@ class WatchRequest:
     must not answer with that version again unless new names were subscribed (names in
     `names - known_names` that exist). That is what keeps a NACKed version from being resent.
     `known_resources`, when known, are the versions of the resources sent at `known_version`:
-    a new version of the type that changes none of the subscribed names is not sent.
+    a new version of the type that changes none of the subscribed names is not sent. Watchers
+    may take `names` and `known_resources` objects they have seen for the same values (a
+    session passes a response's `resource_versions` on): neither may change once passed.
     """
 
     node: Node
