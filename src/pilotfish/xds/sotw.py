@@ -190,18 +190,13 @@ class SotwStream:
             raise LocalProtocolError(f"response for {response.type_url} that was never requested")
         self.rewarm = _EMPTY
         before = state.sent_resources
-        if response.references and before:
-            now = response.resource_versions or {}
-            # Any update (not an addition) of a resource others depend on: the client re-warms
+        if response.references and before and response.updates_references(before):
+            # An update (not an addition) of a resource others depend on: the client re-warms
             # it and waits for its dependents, so the next answer of their types must come even
             # if unchanged. A state-of-the-world answer carries every subscribed name anyway, so
-            # forgetting the whole type costs nothing more, and this stops at the first update.
-            for name in response.references:
-                old = before.get(name)
-                if old is not None and old != now.get(name):
-                    types = response.reference_types
-                    self.rewarm = frozenset(t for t in types if self._forget_all(t))
-                    break
+            # forgetting the whole type costs nothing more.
+            types = response.reference_types
+            self.rewarm = frozenset(t for t in types if self._forget_all(t))
         self._nonce += 1
         nonce, nonce_field = wire.numbered_nonce(self._nonce)
         state.sent_version = response.version

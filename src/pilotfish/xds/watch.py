@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Set
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from pilotfish.frozen import fast_init
@@ -30,6 +31,10 @@ __all__ = [
     "WatchRequest",
     "held_after",
 ]
+
+_UPDATING_KEPT = 4
+"""Answers of `PreparedResponse.updates_references` kept: one per response its streams held
+before (a version or two back)."""
 
 
 @fast_init  # one per request
@@ -75,6 +80,33 @@ class PreparedResponse:
     resource_versions: Mapping[str, str] | None = None
     references: Mapping[str, Mapping[str, frozenset[str]]] | None = None
     reference_types: frozenset[str] = frozenset()
+    _updating: list[tuple[Mapping[str, str], bool]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def updates_references(self, held: Mapping[str, str]) -> bool:
+        """Whether this response updates (not adds) a resource that names others, for a
+        client holding `held` (name -> version): it then re-warms that resource and waits for
+        what it names (a cluster's endpoints), so those must come again.
+
+        Answered once for the streams that held the same `held` object (a response's
+        `resource_versions`, read-only, passed on by every stream it went to); walked per
+        stream, a thousand Envoys holding a thousand clusters each walked up to all of them
+        when the one updated came last."""
+        for known, updates in tuple(self._updating):  # a copy: other threads may add
+            if known is held:
+                return updates
+        now = self.resource_versions or {}
+        updates = False
+        for name in self.references or ():
+            old = held.get(name)
+            if old is not None and old != now.get(name):
+                updates = True
+                break
+        if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
+            self._updating.insert(0, (held, updates))
+            del self._updating[_UPDATING_KEPT:]
+        return updates
 
 
 @fast_init  # one per request
