@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -558,3 +559,40 @@ def test_a_watch_replaced_while_it_is_made_is_cancelled_not_left_armed() -> None
     assert cache.watch_count() == 1  # the ACK's watch, and only it
     session.close()
     assert cache.watch_count() == 0
+
+
+def test_streams_dropping_a_name_alike_share_what_they_keep() -> None:
+    # A cluster removed: every Envoy asks for the endpoints of the others only. What each
+    # stream keeps of its subscription and of what it was sent is worked out once, and
+    # shared: per stream, each was a walk over all the names and a dict of its own.
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh({n: [("127.0.0.1", 1)] for n in MANY}, MANY[0]))
+    streams = [InMemoryAdsClient(cache, node=NODE, type_url=ENDPOINT_TYPE) for _ in range(5)]
+    for index, eds in enumerate(streams):
+        turned = MANY[index:] + MANY[:index]  # each in an order of its own, as Envoys list
+        eds.send(eds_request(turned))
+        (response,) = eds.poll()
+        eds.send(eds_request(turned, response.version_info, response.nonce))  # ACK
+    fewer = MANY[1:]
+    received = []
+    for index, eds in enumerate(streams):
+        state = eds.session.protocol.types[ENDPOINT_TYPE]
+        turned = fewer[index:] + fewer[:index]
+        received.append(eds.send(eds_request(turned, state.sent_version, state.sent_nonce)))
+        assert eds.poll() == []  # nothing new to send for a subscription that shrank
+    gone = Unsubscribed(ENDPOINT_TYPE, frozenset({MANY[0]}), False)
+    assert all(r.events == (gone,) for r in received)
+    states = []
+    for eds in streams:
+        state = eds.session.protocol.types[ENDPOINT_TYPE]
+        assert isinstance(state, sotw.TypeState)
+        states.append(state)
+    first = states[0]
+    assert first.names == set(fewer) and first.sent_names is first.names
+    assert dict(first.sent_resources or {}).keys() == set(fewer)
+    for state in states[1:]:
+        assert state.names is first.names
+        assert state.sent_names is first.sent_names
+        assert state.sent_resources is first.sent_resources
+    # Read-only, so a push checks it against its versions once for all of them.
+    assert isinstance(first.sent_resources, MappingProxyType)

@@ -71,7 +71,7 @@ def sotw_answer(
         ):
             return None
         return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
-    if names is None:
+    if names is None or names is known_names:
         return None
     # Same version: only names the client newly asked for, present and never sent, need a push.
     fresh = names - known_names
