@@ -8,9 +8,9 @@ per hit (an LRU's bookkeeping on every lookup would cost more than the lookups s
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Generic, TypeVar
 
-__all__ = ["Bounded"]
+__all__ = ["Bounded", "ByIdentity"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -31,3 +31,34 @@ class Bounded(dict[K, V]):
         if len(self) >= self.limit:
             self.clear()
         return self.setdefault(key, value)
+
+
+class ByIdentity(Generic[V]):
+    """Values worked out from one or two objects that never change, found again by those
+    objects' identities: at most `limit` of them, all forgotten once full (as `Bounded`).
+
+    Why: streams of a kind share the objects they hold (a subscription's set of names, the
+    versions they were sent), so what a stream works out from them, walking a thousand names,
+    every other stream of the kind would work out again. Identity is a lookup where equality
+    is a walk. The objects are kept with their value: while they are alive no other object
+    has their identities, so a match is always the same objects. The caller vouches that
+    they do not change."""
+
+    __slots__ = ("_values", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._values: dict[tuple[int, int], tuple[object, object, V]] = {}
+
+    def get(self, first: object, second: object = None) -> V | None:
+        """The value kept for these very objects (in this order), if any."""
+        found = self._values.get((id(first), id(second)))
+        return None if found is None else found[2]
+
+    def put(self, value: V, first: object, second: object = None) -> V:
+        """Keep `value` for these objects (one, or two); returns it."""
+        values = self._values
+        if len(values) >= self.limit:
+            values.clear()
+        values[id(first), id(second)] = (first, second, value)
+        return value

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from pilotfish.bounded import Bounded
+from pilotfish.bounded import Bounded, ByIdentity
 from pilotfish.errors import LocalProtocolError
 from pilotfish.protos import TTL_CLIENT_FEATURE, DiscoveryRequest, Node, wire
 from pilotfish.xds.events import Acked, Event, Nacked, Sent, Subscribed, Unsubscribed
@@ -366,15 +366,11 @@ def _shared_names(span: bytes, listed: Sequence[str]) -> _Names:
     return parsed
 
 
-_Pair = tuple[int, int]
-_CHANGES: Bounded[_Pair, tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str]]]
-_CHANGES = Bounded(16)
-_WITHIN: Bounded[_Pair, tuple[frozenset[str], frozenset[str], frozenset[str]]] = Bounded(16)
-_VERSIONS_WITHIN: Bounded[_Pair, tuple[Mapping[str, str], frozenset[str], Mapping[str, str]]]
-_VERSIONS_WITHIN = Bounded(16)
-"""What subscription changes made of shared objects, by their identities (`_changes`,
-`_within`, `_versions_within`). The objects are kept with the result, so an identity is not
-reused while it is here."""
+_CHANGES: ByIdentity[tuple[frozenset[str], frozenset[str]]] = ByIdentity(16)
+_WITHIN: ByIdentity[frozenset[str]] = ByIdentity(16)
+_VERSIONS_WITHIN: ByIdentity[Mapping[str, str]] = ByIdentity(16)
+"""What subscription changes made of shared objects (`_changes`, `_within`,
+`_versions_within`)."""
 
 
 def _changes(
@@ -387,13 +383,10 @@ def _changes(
     adds and drops is worked out once for all of them, as are `_within` and `_versions_within`.
     Per stream, each was a walk over a thousand names: a cluster removed cost 1,000 Envoys
     listing 1,000 clusters three times the server CPU of a push of every resource."""
-    key = (id(before), id(after))
-    found = _CHANGES.get(key)
-    if found is not None and found[0] is before and found[1] is after:
-        return found[2], found[3]
-    added, removed = after - before, before - after
-    _CHANGES.put(key, (before, after, added, removed))
-    return added, removed
+    found = _CHANGES.get(before, after)
+    if found is None:
+        found = _CHANGES.put((after - before, before - after), before, after)
+    return found
 
 
 def _within(sent: frozenset[str], names: frozenset[str]) -> frozenset[str]:
@@ -402,16 +395,14 @@ def _within(sent: frozenset[str], names: frozenset[str]) -> frozenset[str]:
     nothing new was asked for)."""
     if not sent:
         return sent
-    key = (id(sent), id(names))
-    found = _WITHIN.get(key)
-    if found is not None and found[0] is sent and found[1] is names:
-        return found[2]
-    kept = sent & names
-    if len(kept) == len(sent):
-        kept = sent
-    elif len(kept) == len(names):
-        kept = names
-    _WITHIN.put(key, (sent, names, kept))
+    kept = _WITHIN.get(sent, names)
+    if kept is None:
+        kept = sent & names
+        if len(kept) == len(sent):
+            kept = sent
+        elif len(kept) == len(names):
+            kept = names
+        _WITHIN.put(kept, sent, names)
     return kept
 
 
@@ -422,15 +413,12 @@ def _versions_within(sent: Mapping[str, str], names: frozenset[str]) -> Mapping[
     if not sent:
         return sent
     shared = isinstance(sent, MappingProxyType)
-    key = (id(sent), id(names))
-    if shared:
-        found = _VERSIONS_WITHIN.get(key)
-        if found is not None and found[0] is sent and found[1] is names:
-            return found[2]
+    if shared and (found := _VERSIONS_WITHIN.get(sent, names)) is not None:
+        return found
     versions = {n: v for n, v in sent.items() if n in names}
     kept = sent if len(versions) == len(sent) else MappingProxyType(versions)
     if shared:
-        _VERSIONS_WITHIN.put(key, (sent, names, kept))
+        _VERSIONS_WITHIN.put(kept, sent, names)
     return kept
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from pilotfish.bounded import ByIdentity
 from pilotfish.frozen import fast_init
 from pilotfish.protos import Node
 from pilotfish.xds.events import Event
@@ -80,8 +81,8 @@ class PreparedResponse:
     resource_versions: Mapping[str, str] | None = None
     references: Mapping[str, Mapping[str, frozenset[str]]] | None = None
     reference_types: frozenset[str] = frozenset()
-    _updating: list[tuple[Mapping[str, str], bool]] = field(
-        default_factory=list, init=False, repr=False, compare=False
+    _updating: ByIdentity[bool] = field(
+        default_factory=lambda: ByIdentity(_UPDATING_KEPT), init=False, repr=False, compare=False
     )
 
     def updates_references(self, held: Mapping[str, str]) -> bool:
@@ -93,9 +94,16 @@ class PreparedResponse:
         `resource_versions`, read-only, passed on by every stream it went to); walked per
         stream, a thousand Envoys holding a thousand clusters each walked up to all of them
         when the one updated came last."""
-        for known, updates in tuple(self._updating):  # a copy: other threads may add
-            if known is held:
-                return updates
+        updates = self._updating.get(held)
+        if updates is None:
+            now = self.resource_versions or {}
+            updates = any(
+                (old := held.get(name)) is not None and old != now.get(name)
+                for name in self.references or ()
+            )
+            if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
+                self._updating.put(updates, held)
+        return updates
         now = self.resource_versions or {}
         updates = False
         for name in self.references or ():
