@@ -58,7 +58,12 @@ class BenchError(RuntimeError):
 # -- shared by every process ------------------------------------------------------------------
 
 
-Change = Literal["all", "one"]
+Change = Literal["all", "one", "cluster", "route"]
+CHANGES: tuple[Change, ...] = ("all", "one", "cluster", "route")
+
+
+def _name(i: int) -> str:
+    return f"outbound|80||svc-{i:05d}.bench.svc.cluster.local"
 
 
 def build_snapshot(
@@ -66,27 +71,33 @@ def build_snapshot(
 ) -> Snapshot:
     """C EDS clusters with E endpoints each, one listener, one weighted route over all clusters.
 
-    `change="all"`: every generation changes the content of all four types (cluster timeouts,
-    endpoint ports, listener port, route weights), so a push gives each type a new content
-    version. `"one"`: only the first cluster's endpoints change (an endpoints-only push).
+    `change` says what a generation changes:
+    - `"all"`: the content of all four types (cluster timeouts, endpoint ports, listener port,
+      route weights), so a push gives each type a new content version;
+    - `"one"`: the first cluster's endpoints (an endpoints-only push: a pod added or moved);
+    - `"cluster"`: the first cluster's connect timeout (a DestinationRule edited): Envoy then
+      re-warms that cluster and waits for its endpoints, which the server sends again;
+    - `"route"`: the route's weights (a VirtualService shifting traffic).
     """
-    names = [f"outbound|80||svc-{i:05d}.bench.svc.cluster.local" for i in range(clusters)]
+    names = [_name(i) for i in range(clusters)]
     every = generation if change == "all" else 0
-    timeout = 1.0 + (every % 1000) / 1000
+    weights = generation if change in ("all", "route") else 0
+
+    def timeout(i: int) -> float:
+        moved = every if change == "all" else generation if change == "cluster" and i == 0 else 0
+        return 1.0 + (moved % 1000) / 1000
 
     def port(i: int) -> int:
-        return 8000 + (generation if change == "all" or i == 0 else 0) % 50_000
+        return (
+            8000 + (generation if change == "all" or (change == "one" and i == 0) else 0) % 50_000
+        )
 
     return Snapshot(
         {
-            "cds": [build.eds_cluster(n, connect_timeout=timeout) for n in names],
+            "cds": [build.eds_cluster(n, connect_timeout=timeout(i)) for i, n in enumerate(names)],
             "eds": [_assignment(i, n, endpoints, port(i)) for i, n in enumerate(names)],
             "lds": [build.http_listener("listener_0", 10_000 + every % 50_000, ROUTE_NAME)],
-            "rds": [
-                build.route_config(
-                    ROUTE_NAME, {n: 1 + (i + every) % 10 for i, n in enumerate(names)}
-                )
-            ],
+            "rds": [_routes(names, weights)],
         }
     )
 
@@ -97,18 +108,28 @@ def _assignment(i: int, name: str, endpoints: int, port: int) -> Any:
     )
 
 
+def _routes(names: list[str], turn: int) -> Any:
+    return build.route_config(ROUTE_NAME, {n: 1 + (i + turn) % 10 for i, n in enumerate(names)})
+
+
 def next_snapshot(
     previous: Snapshot, clusters: int, endpoints: int, generation: int, change: Change = "all"
 ) -> Snapshot:
     """`build_snapshot`'s snapshot for `generation`, made the way pilotfish's controller makes
-    the next one: with `change="one"`, `previous` updated by the one changed assignment
-    (`Snapshot.updated`: the other resources are not serialized again, and the untouched types
-    keep their built responses); with `"all"`, built afresh (everything changed anyway)."""
+    the next one: with one resource changed (`"one"`, `"cluster"`, `"route"`), `previous`
+    updated by it (`Snapshot.updated`: the other resources are not serialized again, and the
+    untouched types keep their built responses); with `"all"`, built afresh (everything
+    changed anyway)."""
     if change == "all":
         return build_snapshot(clusters, endpoints, generation, change)
-    name = f"outbound|80||svc-{0:05d}.bench.svc.cluster.local"
-    changed = _assignment(0, name, endpoints, 8000 + generation % 50_000)
-    return previous.updated({}, {"eds": [changed]})
+    if change == "one":
+        changed = _assignment(0, _name(0), endpoints, 8000 + generation % 50_000)
+        return previous.updated({}, {"eds": [changed]})
+    if change == "cluster":
+        timeout = 1.0 + (generation % 1000) / 1000
+        return previous.updated({}, {"cds": [build.eds_cluster(_name(0), connect_timeout=timeout)]})
+    names = [_name(i) for i in range(clusters)]
+    return previous.updated({}, {"rds": [_routes(names, generation)]})
 
 
 def _versions(snapshot: Snapshot) -> dict[str, str]:

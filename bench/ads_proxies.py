@@ -167,6 +167,36 @@ def _names_to_follow(type_url: str, version: str, message: bytes | bytearray) ->
     return names
 
 
+_cds_bodies: dict[str, dict[str, bytes]] = {}
+_cds_updates: dict[tuple[str, str], bool] = {}
+
+
+def _updates_a_cluster(before: str, after: str, message: bytes | bytearray) -> bool:
+    """Whether CDS version `after` (its response is `message`) changes a cluster that version
+    `before` had: Envoy then warms that cluster again and waits for its endpoints, which the
+    server sends again (the same version). A cluster only added or removed warms no other.
+
+    Decoded once per version per process, as `_names_to_follow`."""
+    key = (before, after)
+    found = _cds_updates.get(key)
+    if found is None:
+        old, new = _cds_bodies_of(before, None), _cds_bodies_of(after, message)
+        found = _cds_updates[key] = any(old.get(n, body) != body for n, body in new.items())
+    return found
+
+
+def _cds_bodies_of(version: str, message: bytes | bytearray | None) -> dict[str, bytes]:
+    bodies = _cds_bodies.get(version)
+    if bodies is None:
+        if message is None:
+            raise BenchError(f"CDS version {version!r} was never received")
+        response = DiscoveryResponse.FromString(message)
+        bodies = _cds_bodies[version] = {
+            Cluster.FromString(r.value).name: r.value for r in response.resources
+        }
+    return bodies
+
+
 _Listed = tuple[bytes, list[int]]
 _fixed_fields: dict[tuple[str, tuple[str, ...]], tuple[_Listed, bytes]] = {}
 """Each subscription's names as fields (`_listed`), and its type field."""
@@ -197,6 +227,7 @@ class _TypeView:
         "fixed",
         "names",
         "nonce_field",
+        "rewarming",
         "subscribed",
         "type_url",
         "version",
@@ -211,6 +242,7 @@ class _TypeView:
         self.version_field = b""  # the last response's, encoded: an ACK repeats it
         self.nonce_field = b""
         self.acked_at = 0.0  # when its version was ACKed; -1 while that ACK is on its way
+        self.rewarming = False  # EDS: a cluster was updated, its endpoints must come again
         self.subscribe(type_url, ())
         self.subscribed = False  # until the proxy first asks for the type
 
@@ -403,18 +435,34 @@ class _SotwProxy(_Proxy):
         version, type_url, version_field, nonce_field = response_fields(message)
         view = self.views[type_url]
         view.nonce_field = nonce_field
-        if view.version != version:
+        before = view.version
+        if before != version or view.rewarming:
             view.version, view.version_field = version, version_field
             view.acked_at = -1.0
+            view.rewarming = False
             self.fresh = view
         out = [view.request()]  # ACK
         if type_url == CLUSTER_TYPE:
+            if before != version:
+                _cds_bodies_of(version, message)
+                if before and _updates_a_cluster(before, version, message):
+                    self._rewarm(self.views[ENDPOINT_TYPE])
             self._follow(out, ENDPOINT_TYPE, _names_to_follow(type_url, version, message))
         elif type_url == ENDPOINT_TYPE and not self.views[LISTENER_TYPE].subscribed:
             self._follow(out, LISTENER_TYPE, ())
         elif type_url == LISTENER_TYPE:
             self._follow(out, ROUTE_TYPE, _names_to_follow(type_url, version, message))
         return out
+
+    def _rewarm(self, endpoints: _TypeView) -> None:
+        """A cluster was updated: the proxy holds its endpoints again only once they come
+        again (any EDS response: a state-of-the-world answer carries them all)."""
+        if not endpoints.version or endpoints.rewarming:
+            return
+        endpoints.rewarming = True
+        held = endpoints.acked_at > 0
+        if held and self.tracker.target.get(ENDPOINT_TYPE) == endpoints.version:
+            self.pending += 1
 
     def _follow(self, out: list[bytes], type_url: str, names: tuple[str, ...]) -> None:
         view = self.views[type_url]
@@ -439,7 +487,11 @@ class _SotwProxy(_Proxy):
         others."""
         versions = self.tracker.target
         views = self.views
-        held = [views[t].acked_at for t, v in versions.items() if views[t].version == v]
+        held = [
+            views[t].acked_at
+            for t, v in versions.items()
+            if views[t].version == v and not views[t].rewarming
+        ]
         held = [at for at in held if at > 0]
         self.pending = len(versions) - len(held)
         return self.pending, max(held, default=0.0)
@@ -574,7 +626,7 @@ class _DeltaProxy(_Proxy):
     server's system versions are not taken on trust.
     """
 
-    __slots__ = ("fresh", "pending", "reported", "views")
+    __slots__ = ("fresh", "pending", "reported", "rewarming", "views")
     method = DELTA_METHOD
 
     def __init__(self, ident: str, tracker: _Tracker) -> None:
@@ -583,6 +635,8 @@ class _DeltaProxy(_Proxy):
         self.fresh: _DeltaView | None = None  # the view a response changed, until its ACK is out
         self.pending = 0  # types of the target it does not hold yet
         self.reported = False  # told the tracker it holds the target
+        # Updated clusters whose endpoints must come again (Envoy warms them again).
+        self.rewarming: AbstractSet[str] = frozenset()
 
     def first_request(self) -> bytes:
         node = _node(self.ident)
@@ -594,6 +648,11 @@ class _DeltaProxy(_Proxy):
         type_url = entry.type_url
         view = self.views[type_url]
         held = view.held
+        if type_url == CLUSTER_TYPE and entry.versions and self.views[ENDPOINT_TYPE].names:
+            # Sent again while its endpoints are subscribed: an update, not an addition.
+            self._rewarm(entry.names & self.views[ENDPOINT_TYPE].names)
+        elif type_url == ENDPOINT_TYPE and self.rewarming:
+            self.rewarming = self.rewarming - entry.names
         if entry.versions:
             held.update(entry.versions)
         for name in entry.removed:
@@ -632,6 +691,22 @@ class _DeltaProxy(_Proxy):
                     self._subscribe(out, route_view, more, fewer)
         return out
 
+    def _rewarm(self, updated: AbstractSet[str]) -> None:
+        """Clusters were updated: the proxy holds their endpoints again only once the server
+        sends them again."""
+        if not updated:
+            return
+        self.rewarming = updated | self.rewarming
+        endpoints = self.views[ENDPOINT_TYPE]
+        if endpoints.matches:
+            endpoints.matches = False
+            self.pending += 1
+
+    def _holds(self, view: _DeltaView, want: dict[str, str] | None) -> bool:
+        if want is None or view.held != want:
+            return False
+        return not (self.rewarming and view.type_url == ENDPOINT_TYPE)
+
     def _subscribe(
         self,
         out: list[bytes],
@@ -656,8 +731,7 @@ class _DeltaProxy(_Proxy):
             return
         self.fresh = None
         view.acked_at = time.monotonic()
-        want = self.tracker.resources.get(view.type_url)
-        matches = want is not None and view.held == want
+        matches = self._holds(view, self.tracker.resources.get(view.type_url))
         if matches == view.matches:
             return
         view.matches = matches
@@ -670,7 +744,7 @@ class _DeltaProxy(_Proxy):
         pending, last = 0, 0.0
         for type_url, want in self.tracker.resources.items():
             view = self.views[type_url]
-            view.matches = view.held == want
+            view.matches = self._holds(view, want)
             if view.matches:
                 last = max(last, view.acked_at)
             else:
