@@ -104,17 +104,6 @@ class PreparedResponse:
             if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
                 self._updating.put(updates, held)
         return updates
-        now = self.resource_versions or {}
-        updates = False
-        for name in self.references or ():
-            old = held.get(name)
-            if old is not None and old != now.get(name):
-                updates = True
-                break
-        if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
-            self._updating.insert(0, (held, updates))
-            del self._updating[_UPDATING_KEPT:]
-        return updates
 
 
 @fast_init  # one per request
