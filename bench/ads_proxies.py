@@ -456,7 +456,7 @@ class _SotwProxy(_Proxy):
 
     def _rewarm(self, endpoints: _TypeView) -> None:
         """A cluster was updated: the proxy holds its endpoints again only once they come
-        again (any EDS response: a state-of-the-world answer carries them all)."""
+        again: any EDS response (pilotfish sends the updated cluster's, or all)."""
         if not endpoints.version or endpoints.rewarming:
             return
         endpoints.rewarming = True

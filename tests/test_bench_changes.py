@@ -55,8 +55,11 @@ def test_a_cluster_update_sends_its_endpoints_again(tmp_path: Path) -> None:
         # The cluster, then its endpoints (the same version) for the proxy to warm it again.
         assert row["responses_per_client_push"] == 2
         assert [p["resources_serialized"] for p in row["pushes"]] == [1, 1]
-    # SotW sends every cluster and every cluster's endpoints; delta the one of each.
-    assert rows["delta"]["bytes_per_client_push"] < rows["sotw"]["bytes_per_client_push"] / 2
+    # SotW sends every cluster (a CDS answer is the whole state) and that cluster's
+    # endpoints; delta the one of each.
+    assert rows["delta"]["bytes_per_client_push"] < rows["sotw"]["bytes_per_client_push"]
+    # The endpoints alone (the answer built for it): the CDS answer and one EDS answer.
+    assert [p["responses_built"] for p in rows["sotw"]["pushes"]] == [2, 2]
 
 
 def test_a_route_change_sends_the_route_alone(tmp_path: Path) -> None:

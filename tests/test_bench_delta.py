@@ -52,10 +52,11 @@ def _run(tmp_path: Path, change: str) -> dict[str, dict[str, Any]]:
 def test_delta_push_of_one_cluster_sends_only_that_resource(tmp_path: Path) -> None:
     rows = _run(tmp_path, "one")
     sotw, delta = rows["sotw"], rows["delta"]
-    # Only the first cluster's endpoints changed: one EDS response per proxy either way, the
-    # whole EDS answer (5 assignments) in SotW, the one assignment in delta.
+    # Only the first cluster's endpoints changed: one EDS response per proxy either way, that
+    # one assignment either way (SotW EDS answers carry what the client lacks; a delta
+    # resource also carries its name and version, so delta's is the bigger).
     assert sotw["responses_per_client_push"] == delta["responses_per_client_push"] == 1
-    assert delta["bytes_per_client_push"] < sotw["bytes_per_client_push"] / 2
+    assert sotw["bytes_per_client_push"] <= delta["bytes_per_client_push"]
     (push,) = delta["pushes"]
     assert push["versions"][ENDPOINT_TYPE] != delta["initial_snapshot"]["versions"][ENDPOINT_TYPE]
     assert push["versions"][CLUSTER_TYPE] == delta["initial_snapshot"]["versions"][CLUSTER_TYPE]

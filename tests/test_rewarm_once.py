@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from pilotfish.cache import SnapshotCache
 from pilotfish.protos import CLUSTER_TYPE, ENDPOINT_TYPE, DiscoveryResponse, Node
@@ -23,6 +24,10 @@ class _CountedReferences(dict[str, Mapping[str, frozenset[str]]]):
     def __iter__(self) -> Iterator[str]:
         _CountedReferences.walks += 1
         return super().__iter__()
+
+    def items(self) -> Any:
+        _CountedReferences.walks += 1
+        return super().items()
 
 
 def _cds(version: str, versions: dict[str, str]) -> PreparedResponse:

@@ -27,13 +27,14 @@ NAMES = ("a", "b", "c", "d")
 TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE)
 
 snapshots = st.builds(
-    lambda names, port: mesh({n: [("127.0.0.1", port)] for n in names}, "a"),
-    st.sets(st.sampled_from(NAMES)),
-    st.integers(1, 3),
+    lambda ports: mesh({n: [("127.0.0.1", port)] for n, port in ports.items()}, "a"),
+    st.dictionaries(st.sampled_from(NAMES), st.integers(1, 3)),  # each name's endpoint
 )
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("snapshot"), snapshots),
+        # Two before the client reads: the second answer replaces the first, unwritten.
+        st.tuples(st.just("snapshots"), st.tuples(snapshots, snapshots)),
         st.tuples(st.just("subscribe"), st.sets(st.sampled_from(NAMES))),
         st.tuples(st.just("answer"), st.lists(st.booleans(), max_size=4)),
         st.tuples(st.just("stale"), st.sampled_from(TYPES)),
@@ -57,6 +58,8 @@ class Model:
     last_nonce: int = 0
     eds_names: set[str] = field(default_factory=set)
     must_send: set[str] = field(default_factory=set)
+    endpoints: dict[str, bytes] = field(default_factory=dict)  # what the client applied
+    rejected: set[str] = field(default_factory=set)  # types whose last response was NACKed
 
     def check(self, response: DiscoveryResponse, ads: InMemoryAdsClient) -> None:
         nonce = int(response.nonce)
@@ -69,8 +72,27 @@ class Model:
             assert response.version_info == self.snapshot.version(response.type_url)
             assert names_of(response) == have, "full state of LDS/CDS"
         if response.type_url == ENDPOINT_TYPE:
-            assert names_of(response) == self.eds_names & have
+            # Per name (as Envoy applies EDS): subscribed names only, not necessarily all.
+            assert names_of(response) <= self.eds_names & have
             self.must_send -= names_of(response)
+
+    def accept(self, response: DiscoveryResponse) -> None:
+        """The client applies an EDS response it ACKs to the names it carries."""
+        self.rejected.discard(response.type_url)
+        if response.type_url == ENDPOINT_TYPE:
+            row = RESOURCE_TYPES[ENDPOINT_TYPE]
+            for resource in response.resources:
+                self.endpoints[row.name_of(row.message.FromString(resource.value))] = resource.value
+
+    def check_endpoints(self) -> None:
+        """With nothing in flight and no NACK standing (of any type: a NACKed clusters
+        version holds back the endpoints ordered after it), the client holds the current
+        endpoints of every name it subscribes to: what a response left out it already had."""
+        if self.snapshot is None or self.rejected:
+            return
+        current = self.snapshot.resources(ENDPOINT_TYPE)
+        for name in self.eds_names & set(current):
+            assert self.endpoints.get(name) == current[name].data, f"endpoints of {name}"
 
 
 @settings(max_examples=400, deadline=None)
@@ -83,16 +105,19 @@ def test_protocol_invariants(script: list[tuple[str, object]]) -> None:
     model.eds_names = {"a"}
     unanswered: list[DiscoveryResponse] = []
     for op, arg in script:
-        if op == "snapshot":
-            assert isinstance(arg, Snapshot)
-            model.snapshot = arg
-            model.cache.set_snapshot("n", arg)
-            # A new version of content is a new chance: it may be sent again.
-            model.nacked = {t: v for t, v in model.nacked.items() if v != arg.version(t)}
+        if op in ("snapshot", "snapshots"):
+            for snapshot in arg if isinstance(arg, tuple) else (arg,):
+                assert isinstance(snapshot, Snapshot)
+                model.snapshot = snapshot
+                model.cache.set_snapshot("n", snapshot)
+                # A new version of content is a new chance: it may be sent again.
+                model.nacked = {t: v for t, v in model.nacked.items() if v != snapshot.version(t)}
         elif op == "subscribe" and not unanswered:
             assert isinstance(arg, set)
             added, before = arg - model.eds_names, model.eds_names
             model.eds_names = set(arg)
+            # Envoy forgets what it unsubscribes (a cluster removed takes its endpoints).
+            model.endpoints = {n: e for n, e in model.endpoints.items() if n in arg}
             ads.subscribe(ENDPOINT_TYPE, sorted(arg))
             if added or arg == before:
                 model.nacked.pop(ENDPOINT_TYPE, None)  # prompted: new names, or asked again
@@ -106,20 +131,26 @@ def test_protocol_invariants(script: list[tuple[str, object]]) -> None:
             for response, accept in zip(unanswered, arg + [True] * len(unanswered), strict=False):
                 if accept:
                     ads.ack(response)
+                    model.accept(response)
                 else:
                     ads.nack(response)
                     model.nacked[response.type_url] = response.version_info
+                    model.rejected.add(response.type_url)
             unanswered = []
         elif op == "stale":
             assert isinstance(arg, str)
             stale = ads.send(DiscoveryRequest(type_url=arg, response_nonce="0"))
             assert stale.stale or not any(r.type_url == arg for r in ads.received)
+            if not stale.stale and arg == ENDPOINT_TYPE:
+                # Before any response a nonce is not stale: a request for no names.
+                model.eds_names, model.endpoints = set(), {}
         pending = ads.poll()
         for response in pending:
             model.check(response, ads)
         unanswered.extend(pending)
         if not unanswered:
             assert not model.must_send, "newly subscribed names were sent"
+            model.check_endpoints()
 
 
 POOL = (*(f"cluster-{i}" for i in range(10)), "*", "x*\x011")

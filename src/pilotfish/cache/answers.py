@@ -8,7 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from pilotfish.protos import RESOURCE_TYPES, wire
+from pilotfish.protos import (
+    ENDPOINT_TYPE,
+    EXTENSION_CONFIG_TYPE,
+    RESOURCE_TYPES,
+    ROUTE_TYPE,
+    RUNTIME_TYPE,
+    SECRET_TYPE,
+    wire,
+)
 from pilotfish.xds import (
     DeltaPreparedResponse,
     DeltaWatchRequest,
@@ -21,7 +29,7 @@ from .resource import CachedResource
 if TYPE_CHECKING:  # the snapshot answers delta watches with `delta_answer`
     from .snapshot import Snapshot
 
-__all__ = ["Wanted", "delta_answer", "sotw_answer"]
+__all__ = ["PER_NAME", "Wanted", "delta_answer", "sotw_answer"]
 
 
 class Wanted(Protocol):
@@ -55,8 +63,14 @@ def sotw_answer(
     known_version: str,
     known_names: frozenset[str],
     known_resources: Mapping[str, str] | None = None,
+    *,
+    partial: bool = False,
 ) -> PreparedResponse | None:
-    """The response a watch needs from this snapshot, or None if its client is up to date."""
+    """The response a watch needs from this snapshot, or None if its client is up to date.
+
+    `partial`: the client holds exactly `known_resources` (nothing sent since is on its way),
+    so an answer of a type answered per name may carry only what the client lacks
+    (`Snapshot.response_since`)."""
     type_url = request.type_url
     if type_url not in RESOURCE_TYPES or not (request.wildcard or request.names):
         return None
@@ -70,14 +84,33 @@ def sotw_answer(
             and snapshot.holds(type_url, names, known_resources)
         ):
             return None
-        return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
+        return _response(snapshot, request, names, known_resources if partial else None)
     if names is None or names is known_names:
         return None
     # Same version: only names the client newly asked for, present and never sent, need a push.
     fresh = names - known_names
     if fresh and not fresh.isdisjoint(snapshot.resources(type_url)):
-        return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
+        return _response(snapshot, request, names, known_resources if partial else None)
     return None
+
+
+PER_NAME = frozenset({ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, RUNTIME_TYPE, EXTENSION_CONFIG_TYPE})
+"""Types whose state-of-the-world answers Envoy applies per name: each subscription it watches
+is updated from the answer only if the answer carries its resource (the others stay as they
+are), so an answer may carry only what changed. Not LDS and CDS (an answer is the whole state:
+what it lacks is deleted) nor SRDS (Envoy removes the scopes an answer lacks)."""
+
+
+def _response(
+    snapshot: Snapshot,
+    request: Wanted,
+    names: frozenset[str] | None,
+    held: Mapping[str, str] | None,
+) -> PreparedResponse:
+    type_url = request.type_url
+    if held is None or names is None or type_url not in PER_NAME:
+        return snapshot.response(type_url, names, ttl_aware=request.ttl_aware)
+    return snapshot.response_since(type_url, names, held, ttl_aware=request.ttl_aware)
 
 
 def delta_answer(

@@ -6,7 +6,7 @@ import hashlib
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from pilotfish.bounded import Bounded, ByIdentity
@@ -87,6 +87,7 @@ class _TypeResources:
         "digest",
         "refs",
         "responses",
+        "since",
         "table",
         "unchanged",
         "version",
@@ -111,6 +112,9 @@ class _TypeResources:
         # Whether a subscription holds this type's versions, by the (names, versions) objects
         # streams share (see `Snapshot.holds`).
         self.unchanged: ByIdentity[bool] = ByIdentity(_HELD_KEPT)
+        # Answers carrying only what a client lacks, by the (full response, versions held)
+        # objects streams share (see `Snapshot.response_since`).
+        self.since: ByIdentity[PreparedResponse] = ByIdentity(_HELD_KEPT)
         self._names: frozenset[str] | None = None
 
     @property
@@ -423,6 +427,50 @@ class Snapshot:
             if prepared.body is body:
                 self.stats.responses_built += 1
         return prepared
+
+    def response_since(
+        self,
+        type_url: str,
+        names: frozenset[str],
+        held: Mapping[str, str],
+        *,
+        ttl_aware: bool = False,
+    ) -> PreparedResponse:
+        """`response(type_url, names)` for a client holding `held` (name -> version), carrying
+        only the resources it lacks or holds at another version. The client is left holding
+        what the whole response would give it, so the answer has the whole response's
+        `names` and `resource_versions` (the same objects) and only its body differs.
+
+        Why: Envoy applies a state-of-the-world EDS or RDS response to the subscriptions whose
+        resources it carries and leaves the others as they are (only LDS and CDS answers are
+        the whole state), so one cluster's endpoints changed need not send every cluster's:
+        a thousand Envoys listing a thousand clusters got 250 KB each. Made once for the
+        streams holding the same `held` object (a response's read-only `resource_versions`).
+        The whole response when everything differs, or when TTL'd resources need heartbeats
+        (a heartbeat refreshes the resources of the last answer only)."""
+        full = self.response(type_url, names, ttl_aware=ttl_aware)
+        if full.heartbeat is not None or not held or full.resource_versions is None:
+            return full
+        entry = self._types[type_url]
+        found = entry.since.get(full, held)
+        if found is not None:
+            return found
+        versions = full.resource_versions
+        table = entry.by_name
+        changed = [table[n] for n, v in versions.items() if held.get(n) != v]
+        if not changed or len(changed) == len(versions):
+            found = full  # nothing held at a version asked for (but held has others): as before
+        else:
+            body = wire.discovery_response_body(
+                full.version, type_url, (r.sotw_parts(ttl_aware) for r in changed)
+            )
+            found = replace(full, body=body, partial=True)
+            with self._lock:
+                self.stats.responses_built += 1
+        if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
+            with self._lock:
+                found = entry.since.put(found, full, held)
+        return found
 
     def delta_response(self, request: DeltaWatchRequest) -> DeltaPreparedResponse | None:
         """The answer to a delta watch (see `answers.delta_answer`), made once per client

@@ -42,9 +42,14 @@ class _Watch:
     client answers: a watch per stream and type for as long as the stream lives, not per ACK.
     `serial` is the snapshot it last answered from (see `settled`). It keeps what its request
     wants (`answers.Wanted`), not the request: one object a watch, not two.
+
+    `answered`: it answered since it was armed, and that answer is not written yet. Its first
+    answer may carry only what the client lacks (`answers.sotw_answer`'s `partial`); a later
+    one replaces the first unwritten, so it carries everything.
     """
 
     __slots__ = (
+        "answered",
         "armed",
         "cache",
         "key",
@@ -81,6 +86,7 @@ class _Watch:
         self.wildcard = request.wildcard
         self.ttl_aware = request.ttl_aware
         self.respond = respond
+        self.answered = False
 
     def rebase(self, request: WatchRequest, respond: Respond) -> None:
         """Take a new request (as a new watch would); forgets the last answer's snapshot."""
@@ -109,10 +115,16 @@ class _Watch:
 
     def answer(self, snapshot: Snapshot, serial: int) -> PreparedResponse | None:
         response = sotw_answer(
-            snapshot, self, self.known_version, self.known_names, self.known_resources
+            snapshot,
+            self,
+            self.known_version,
+            self.known_names,
+            self.known_resources,
+            partial=not self.answered,
         )
         self.serial = serial
         if response is not None:
+            self.answered = True
             self.known_version, self.known_names = response.version, response.names
             self.known_resources = response.resource_versions
         return response

@@ -213,10 +213,15 @@ class Session:
             assert isinstance(response, PreparedResponse)
             body, nonce, sent = protocol.send_parts(response)
             for ref_type in protocol.rewarm:
-                # An idle watch: answer the forgotten names now. (A pending answer was made for
-                # the whole subscription at the new version: it carries them already.)
-                if self._armed.get(ref_type) is not None and ref_type not in self._pending:
-                    self._open(ref_type, protocol.watch_request(ref_type))
+                # An idle watch: answer the forgotten names now. A pending answer carries them
+                # if it is the whole subscription's at the new version; one that carries only
+                # what changed is dropped for the new one.
+                if self._armed.get(ref_type) is not None:
+                    waiting = self._pending.get(ref_type)
+                    if waiting is None or (
+                        isinstance(waiting, PreparedResponse) and waiting.partial
+                    ):
+                        self._open(ref_type, protocol.watch_request(ref_type))
             if response.heartbeat is None:
                 if self._heartbeats:
                     self._heartbeats.pop(type_url, None)

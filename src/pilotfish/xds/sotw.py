@@ -191,13 +191,14 @@ class SotwStream:
             raise LocalProtocolError(f"response for {response.type_url} that was never requested")
         self.rewarm = _EMPTY
         before = state.sent_resources
-        if response.references and before and response.updates_references(before):
+        if response.references and before:
             # An update (not an addition) of a resource others depend on: the client re-warms
-            # it and waits for its dependents, so the next answer of their types must come even
-            # if unchanged. A state-of-the-world answer carries every subscribed name anyway, so
-            # forgetting the whole type costs nothing more.
-            types = response.reference_types
-            self.rewarm = frozenset(t for t in types if self._forget_all(t))
+            # it and waits for its dependents, so the next answer of their types must carry
+            # them even if unchanged. Only those are forgotten: an answer may carry only what
+            # the client lacks (`PreparedResponse` of `Snapshot.response_since`).
+            rewarmed = response.rewarmed(before)
+            if rewarmed:
+                self.rewarm = frozenset(t for t, n in rewarmed.items() if self._forget(t, n))
         self._nonce += 1
         nonce, nonce_field = wire.numbered_nonce(self._nonce)
         state.sent_version = response.version
@@ -213,12 +214,14 @@ class SotwStream:
             Sent(response.type_url, response.version, nonce, response.names),
         )
 
-    def _forget_all(self, type_url: str) -> bool:
+    def _forget(self, type_url: str, names: frozenset[str]) -> bool:
         state = self.types.get(type_url)
         if state is None or not state.sent_resources:
             return False
-        state.sent_names = frozenset()
-        state.sent_resources = {}
+        sent_names, sent_resources = _without(state.sent_names, state.sent_resources, names)
+        if sent_resources is state.sent_resources:
+            return False  # none of them was sent: nothing to send again
+        state.sent_names, state.sent_resources = sent_names, sent_resources
         return True
 
     def watch_request(
@@ -229,9 +232,16 @@ class SotwStream:
         known_resources: Mapping[str, str] | Literal["sent"] | None = "sent",
     ) -> WatchRequest:
         """The watch for a type's current subscription; by default the client is taken to hold
-        what was last sent (version, names and resource versions)."""
+        what was last sent (version, names and resource versions). After a NACK of the last
+        response, which resource versions it holds is not known (Envoy applies such a
+        response to some of its subscriptions, up to the one that failed), so the next answer
+        carries everything."""
         state = self.types[type_url]
         assert self.node is not None
+        if isinstance(known_resources, str):
+            nack = state.last_nack
+            rejected = nack is not None and nack.nonce == state.sent_nonce
+            known_resources = None if rejected else state.sent_resources
         return WatchRequest(  # positional: one per ACK, and keywords cost a third more
             self.node,
             self.stream_id,
@@ -241,7 +251,7 @@ class SotwStream:
             state.sent_version if known_version is None else known_version,
             state.sent_names if known_names is None else known_names,
             self.ttl_aware,
-            state.sent_resources if isinstance(known_resources, str) else known_resources,
+            known_resources,
         )
 
     @staticmethod
@@ -420,6 +430,29 @@ def _versions_within(sent: Mapping[str, str], names: frozenset[str]) -> Mapping[
     if shared:
         _VERSIONS_WITHIN.put(kept, sent, names)
     return kept
+
+
+_NAMES_WITHOUT: ByIdentity[frozenset[str]] = ByIdentity(16)
+_VERSIONS_WITHOUT: ByIdentity[Mapping[str, str]] = ByIdentity(16)
+
+
+def _without(
+    sent: frozenset[str], versions: Mapping[str, str], gone: frozenset[str]
+) -> tuple[frozenset[str], Mapping[str, str]]:
+    """`sent` and `versions` without the names `gone` (`versions` itself if it holds none of
+    them). Made once for the streams that hold the same objects (a cluster updated: every
+    Envoy forgets its endpoints alike), so they go on sharing them."""
+    if gone.isdisjoint(versions):
+        return sent, versions
+    names = _NAMES_WITHOUT.get(sent, gone)
+    if names is None:
+        names = _NAMES_WITHOUT.put(sent - gone, sent, gone)
+    kept = _VERSIONS_WITHOUT.get(versions, gone)
+    if kept is None:
+        kept = MappingProxyType({n: v for n, v in versions.items() if n not in gone})
+        if isinstance(versions, MappingProxyType):  # nobody changes it: the answer stands
+            _VERSIONS_WITHOUT.put(kept, versions, gone)
+    return names, kept
 
 
 def _digest(span: bytes) -> int:

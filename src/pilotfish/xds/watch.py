@@ -71,6 +71,8 @@ class PreparedResponse:
     same version that only refreshes their TTLs (no resource bodies). `references` maps each
     resource to the names of other types it depends on (a cluster's endpoints), so a stream can
     resend those when the resource is updated: the client re-warms it and waits for them.
+    `partial`: the body carries only what a client in one state lacked (`names` and
+    `resource_versions` are still what the client holds after it).
     """
 
     type_url: str
@@ -81,29 +83,44 @@ class PreparedResponse:
     resource_versions: Mapping[str, str] | None = None
     references: Mapping[str, Mapping[str, frozenset[str]]] | None = None
     reference_types: frozenset[str] = frozenset()
-    _updating: ByIdentity[bool] = field(
+    partial: bool = False
+    _updating: ByIdentity[Mapping[str, frozenset[str]]] = field(
         default_factory=lambda: ByIdentity(_UPDATING_KEPT), init=False, repr=False, compare=False
     )
 
     def updates_references(self, held: Mapping[str, str]) -> bool:
         """Whether this response updates (not adds) a resource that names others, for a
-        client holding `held` (name -> version): it then re-warms that resource and waits for
-        what it names (a cluster's endpoints), so those must come again.
+        client holding `held` (name -> version): see `rewarmed`."""
+        return bool(self.rewarmed(held))
+
+    def rewarmed(self, held: Mapping[str, str]) -> Mapping[str, frozenset[str]]:
+        """What a client holding `held` (name -> version) must be sent again after this
+        response, by type: the names the resources it updates (not adds) name in other types.
+        The client re-warms an updated resource (a cluster) and waits for what it names (that
+        cluster's endpoints), unchanged or not.
 
         Answered once for the streams that held the same `held` object (a response's
-        `resource_versions`, read-only, passed on by every stream it went to); walked per
-        stream, a thousand Envoys holding a thousand clusters each walked up to all of them
-        when the one updated came last."""
-        updates = self._updating.get(held)
-        if updates is None:
+        `resource_versions`, read-only, passed on by every stream it went to), and the same
+        sets for all of them; walked per stream, a thousand Envoys holding a thousand clusters
+        each walked up to all of them when the one updated came last."""
+        found = self._updating.get(held)
+        if found is None:
             now = self.resource_versions or {}
-            updates = any(
-                (old := held.get(name)) is not None and old != now.get(name)
-                for name in self.references or ()
-            )
+            names: dict[str, set[str]] = {}
+            for name, refs in (self.references or {}).items():
+                old = held.get(name)
+                if old is not None and old != now.get(name):
+                    for ref_type, ref_names in refs.items():
+                        names.setdefault(ref_type, set()).update(ref_names)
+            found = _NONE_REWARMED
+            if names:
+                found = MappingProxyType({t: frozenset(n) for t, n in names.items()})
             if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
-                self._updating.put(updates, held)
-        return updates
+                self._updating.put(found, held)
+        return found
+
+
+_NONE_REWARMED: Mapping[str, frozenset[str]] = MappingProxyType({})
 
 
 @fast_init  # one per request
