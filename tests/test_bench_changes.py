@@ -8,7 +8,6 @@ process. No timing assertions.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -16,26 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench import ads_common, ads_proxies, ads_push
+from bench import ads_common, ads_proxies
 
 from pilotfish.cache import Snapshot
 from pilotfish.protos import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, wire
-
-TINY = ["--clients", "3", "--clusters", "5", "--endpoints", "2", "--repeat", "2"]
-TINY += ["--transport", "native", "--client-impl", "h2", "--timeout", "30"]
-
-
-def _run(tmp_path: Path, change: str) -> dict[str, dict[str, Any]]:
-    out = tmp_path / f"ads_push_{change}.json"
-    argv = [*TINY, "--protocol", "sotw", "delta", "--change", change, "--json", str(out)]
-    assert ads_push.main(argv) == 0
-    document = json.loads(out.read_text(encoding="utf-8"))
-    assert document["args"]["change"] == change
-    rows = {r["protocol"]: r for r in document["results"]}
-    assert set(rows) == {"sotw", "delta"}
-    for row in rows.values():
-        assert [p["converged_clients"] for p in row["pushes"]] == [3, 3]
-    return rows
+from tests.test_bench_delta import run_tiny
 
 
 def _moved(row: dict[str, Any]) -> list[set[str]]:
@@ -49,7 +33,7 @@ def _moved(row: dict[str, Any]) -> list[set[str]]:
 
 
 def test_a_cluster_update_sends_its_endpoints_again(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "cluster")
+    rows = run_tiny(tmp_path, "cluster", endpoints=2, pushes=2)
     for row in rows.values():
         assert _moved(row) == [{CLUSTER_TYPE}, {CLUSTER_TYPE}]
         # The cluster, then its endpoints (the same version) for the proxy to warm it again.
@@ -63,7 +47,7 @@ def test_a_cluster_update_sends_its_endpoints_again(tmp_path: Path) -> None:
 
 
 def test_a_route_change_sends_the_route_alone(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "route")
+    rows = run_tiny(tmp_path, "route", endpoints=2, pushes=2)
     for row in rows.values():
         assert _moved(row) == [{ROUTE_TYPE}, {ROUTE_TYPE}]
         assert row["responses_per_client_push"] == 1

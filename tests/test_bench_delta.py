@@ -27,30 +27,33 @@ from pilotfish.protos import (
     wire,
 )
 
-TINY = ["--clients", "3", "--clusters", "5", "--endpoints", "1", "--repeat", "1"]
-TINY += ["--transport", "native", "--client-impl", "h2", "--timeout", "30"]
 
-
-def _run(tmp_path: Path, change: str) -> dict[str, dict[str, Any]]:
+def run_tiny(
+    tmp_path: Path, change: str, *, endpoints: int = 1, pushes: int = 1
+) -> dict[str, dict[str, Any]]:
+    """`bench/ads_push.py` with 3 h2 proxies of each protocol, 5 clusters, against the native
+    server; every proxy converged at start and on every push. The rows by protocol."""
     out = tmp_path / f"ads_push_{change}.json"
-    argv = [*TINY, "--protocol", "sotw", "delta", "--change", change, "--json", str(out)]
-    assert ads_push.main(argv) == 0
+    argv = ["--clients", "3", "--clusters", "5", "--endpoints", str(endpoints)]
+    argv += ["--repeat", str(pushes), "--transport", "native", "--client-impl", "h2"]
+    argv += ["--timeout", "30", "--protocol", "sotw", "delta", "--change", change]
+    assert ads_push.main([*argv, "--json", str(out)]) == 0
     document = json.loads(out.read_text(encoding="utf-8"))
     assert document["args"]["protocols"] == ["sotw", "delta"]
+    assert document["args"]["change"] == change
     results = document["results"]
     assert [r["protocol"] for r in results] == ["sotw", "delta"]
     for result in results:
         assert result["converged_clients"] == result["clients"] == 3
         assert result["server_streams"] == 3
         assert result["initial_bytes_per_client"] > 0
-        (push,) = result["pushes"]
-        assert push["converged_clients"] == 3
-        assert push["bytes_per_client"] > 0
+        assert [p["converged_clients"] for p in result["pushes"]] == [3] * pushes
+        assert all(p["bytes_per_client"] > 0 for p in result["pushes"])
     return {r["protocol"]: r for r in results}
 
 
 def test_delta_push_of_one_cluster_sends_only_that_resource(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "one")
+    rows = run_tiny(tmp_path, "one")
     sotw, delta = rows["sotw"], rows["delta"]
     # Only the first cluster's endpoints changed: one EDS response per proxy either way, that
     # one assignment either way (SotW EDS answers carry what the client lacks; a delta
@@ -68,7 +71,7 @@ def test_delta_push_of_one_cluster_sends_only_that_resource(tmp_path: Path) -> N
 
 
 def test_delta_push_of_everything_converges_on_all_four_types(tmp_path: Path) -> None:
-    rows = _run(tmp_path, "all")
+    rows = run_tiny(tmp_path, "all")
     for row in rows.values():
         (push,) = row["pushes"]
         assert set(push["versions"].values()).isdisjoint(

@@ -5,6 +5,8 @@ no update to them), and an updated cluster warms again on its own endpoints alon
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
 
@@ -27,7 +29,7 @@ def upstreams() -> Iterator[dict[str, HttpUpstream]]:
 
 
 def _hosts(envoy: EnvoyProcess) -> dict[str, set[int]]:
-    """Each dynamic cluster's hosts' ports, as Envoy has them."""
+    """Each cluster's hosts' ports, as Envoy has them."""
     found: dict[str, set[int]] = {}
     for cluster in envoy.clusters()["cluster_statuses"]:
         ports = {
@@ -42,87 +44,88 @@ def _eds_updates(envoy: EnvoyProcess) -> dict[str, int]:
     return {name.split(".")[1]: value for name, value in stats.items()}
 
 
-def _serve(cache: SnapshotCache) -> ServerThread:
-    return ServerThread(cache, address="127.0.0.1:0", transport="native")
+def _applied(envoy: EnvoyProcess) -> dict[str, int] | None:
+    """The EDS updates applied to blue and green, once both have had one."""
+    counts = _eds_updates(envoy)
+    return counts if len(counts) == 2 and all(counts.values()) else None
+
+
+@dataclass
+class _Sidecar:
+    cache: SnapshotCache
+    first: Snapshot  # blue and green, each with its upstream; routes to blue
+    envoy: EnvoyProcess
+    port: int  # the listener's
+    updates: dict[str, int]  # each cluster's EDS updates applied so far
+
+
+@contextmanager
+def _sidecar(upstreams: dict[str, HttpUpstream]) -> Iterator[_Sidecar]:
+    """An Envoy over state-of-the-world ADS (the native transport), serving blue, with both
+    clusters' endpoints applied."""
+    blue, green = upstreams["blue"].address, upstreams["green"].address
+    cache, port = SnapshotCache(), free_port()
+    first = mesh({"blue": [blue], "green": [green]}, "blue", listener_port=port)
+    cache.set_snapshot("sidecar", first)
+    with ServerThread(cache, address="127.0.0.1:0", transport="native") as thread:
+        bootstrap = envoy_bootstrap(node_id="sidecar", cluster="test", xds_address=thread.address)
+        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
+            envoy.wait_ready()
+            assert envoy.request(port, "/").body == "blue"
+            updates = wait_until(lambda: _applied(envoy), message="both clusters' endpoints")
+            hosts = _hosts(envoy)
+            assert (hosts["blue"], hosts["green"]) == ({blue[1]}, {green[1]})
+            yield _Sidecar(cache, first, envoy, port, updates)
 
 
 def test_envoy_keeps_the_endpoints_an_answer_leaves_out(
     upstreams: dict[str, HttpUpstream],
 ) -> None:
-    blue, green, moved = (upstreams[n].address for n in ("blue", "green", "blue-2"))
-    cache, port = SnapshotCache(), free_port()
-    first = mesh({"blue": [blue], "green": [green]}, "blue", listener_port=port)
-    cache.set_snapshot("sidecar", first)
-    with _serve(cache) as thread:
-        bootstrap = envoy_bootstrap(node_id="sidecar", cluster="test", xds_address=thread.address)
-        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
-            envoy.wait_ready()
-            assert envoy.request(port, "/").body == "blue"
-            before = wait_until(lambda: _hosts(envoy) if _hosts(envoy).get("green") else None)
-            assert before["blue"] == {blue[1]} and before["green"] == {green[1]}
-            updates = _eds_updates(envoy)
+    green, moved = upstreams["green"].address, upstreams["blue-2"].address
+    with _sidecar(upstreams) as sidecar:
+        envoy, port, updates = sidecar.envoy, sidecar.port, sidecar.updates
+        # Blue's endpoints move to the other upstream; the EDS answer carries blue's alone.
+        pushed = sidecar.first.updated({}, {"eds": [build.load_assignment("blue", [moved])]})
+        sidecar.cache.set_snapshot("sidecar", pushed)
+        wait_until(lambda: envoy.request(port, "/").body == "blue-2", message="moved")
+        wait_until(
+            lambda: _eds_updates(envoy)["blue"] > updates["blue"],
+            message="blue's endpoints updated",
+        )
+        hosts = _hosts(envoy)
+        assert hosts["blue"] == {moved[1]}
+        assert hosts["green"] == {green[1]}  # kept: the answer left it out
+        assert _eds_updates(envoy)["green"] == updates["green"]  # nothing applied to it
+        rejected = envoy.stats(filter="update_rejected")
+        assert rejected and not any(rejected.values()), rejected
 
-            # Blue's endpoints move to the other upstream; the EDS answer carries blue's alone.
-            pushed = first.updated({}, {"eds": [build.load_assignment("blue", [moved])]})
-            cache.set_snapshot("sidecar", pushed)
-            wait_until(lambda: envoy.request(port, "/").body == "blue-2", message="moved")
-            wait_until(
-                lambda: (
-                    envoy.config_dump("dynamic_endpoint_configs", include_eds=True)
-                    and _eds_updates(envoy)["blue"] > updates["blue"]
-                ),
-                message="blue's endpoints updated",
-            )
-            hosts = _hosts(envoy)
-            assert hosts["blue"] == {moved[1]}
-            assert hosts["green"] == {green[1]}  # kept: the answer left it out
-            assert _eds_updates(envoy)["green"] == updates["green"]  # nothing applied to it
-            rejected = envoy.stats(filter="update_rejected")
-            assert rejected and not any(rejected.values()), rejected
-
-            # Green still serves: route to it.
-            cache.set_snapshot("sidecar", _routed(pushed, "green"))
-            wait_until(lambda: envoy.request(port, "/").body == "green", message="to green")
-
-
-def _routed(snapshot: Snapshot, to: str) -> Snapshot:
-    return snapshot.updated({}, {"rds": [build.route_config("local_route", to)]})
+        # Green still serves: route to it.
+        routed = pushed.updated({}, {"rds": [build.route_config("local_route", "green")]})
+        sidecar.cache.set_snapshot("sidecar", routed)
+        wait_until(lambda: envoy.request(port, "/").body == "green", message="to green")
 
 
 def test_an_updated_cluster_warms_on_its_endpoints_alone(
     upstreams: dict[str, HttpUpstream],
 ) -> None:
-    blue, green = upstreams["blue"].address, upstreams["green"].address
-    cache, port = SnapshotCache(), free_port()
-    first = mesh({"blue": [blue], "green": [green]}, "blue", listener_port=port)
-    cache.set_snapshot("sidecar", first)
-    with _serve(cache) as thread:
-        bootstrap = envoy_bootstrap(node_id="sidecar", cluster="test", xds_address=thread.address)
-        with EnvoyProcess(bootstrap, name="sidecar") as envoy:
-            envoy.wait_ready()
-            assert envoy.request(port, "/").body == "blue"
-            wait_until(
-                lambda: len(counts := _eds_updates(envoy)) == 2 and all(counts.values()),
-                message="both clusters' endpoints applied",
-            )
-            updates = _eds_updates(envoy)
-            # A DestinationRule edit: blue's connect timeout. Envoy warms blue again and
-            # waits for its endpoints; the server sends blue's alone, at the same version.
-            updated = first.updated({}, {"cds": [build.eds_cluster("blue", connect_timeout=2.5)]})
-            assert updated.version(ENDPOINT_TYPE) == first.version(ENDPOINT_TYPE)
-            cache.set_snapshot("sidecar", updated)
-            wait_until(
-                lambda: envoy.dynamic_clusters().get("blue") == updated.version("cds"),
-                message="blue warmed again and active",
-            )
-            dump = envoy.config_dump("dynamic_active_clusters")
-            (blue_config,) = [
-                c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "blue"
-            ]
-            assert blue_config["connect_timeout"] == "2.500s"
-            assert envoy.stat("cluster_manager.warming_clusters") == 0
-            assert envoy.request(port, "/").body == "blue"
-            assert _hosts(envoy)["green"] == {green[1]}
-            after = _eds_updates(envoy)
-            assert after["blue"] > updates["blue"]  # its endpoints came again
-            assert after["green"] == updates["green"]  # and only its
+    green = upstreams["green"].address
+    with _sidecar(upstreams) as sidecar:
+        envoy, first = sidecar.envoy, sidecar.first
+        # A DestinationRule edit: blue's connect timeout. Envoy warms blue again and waits for
+        # its endpoints; the server sends blue's alone, at the same version.
+        updated = first.updated({}, {"cds": [build.eds_cluster("blue", connect_timeout=2.5)]})
+        assert updated.version(ENDPOINT_TYPE) == first.version(ENDPOINT_TYPE)
+        sidecar.cache.set_snapshot("sidecar", updated)
+        wait_until(
+            lambda: envoy.dynamic_clusters().get("blue") == updated.version("cds"),
+            message="blue warmed again and active",
+        )
+        dump = envoy.config_dump("dynamic_active_clusters")
+        (blue,) = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "blue"]
+        assert blue["connect_timeout"] == "2.500s"
+        assert envoy.stat("cluster_manager.warming_clusters") == 0
+        assert envoy.request(sidecar.port, "/").body == "blue"
+        assert _hosts(envoy)["green"] == {green[1]}
+        after = _eds_updates(envoy)
+        assert after["blue"] > sidecar.updates["blue"]  # its endpoints came again
+        assert after["green"] == sidecar.updates["green"]  # and only its
