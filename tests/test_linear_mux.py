@@ -46,14 +46,15 @@ def test_sotw_watches_wake_only_for_their_names() -> None:
     assert ads.poll() == []
     linear.update_resource(cla("a", 2))
     (second,) = ads.poll()
-    assert names(second) == {"a", "b"} and second.version_info != first.version_info
+    # Only what changed: Envoy applies an EDS answer per cluster (`Snapshot.response_since`).
+    assert names(second) == {"a"} and second.version_info != first.version_info
     ads.ack(second)
     linear.delete_resource("b")
     (third,) = ads.poll()
     assert names(third) == {"a"}
     ads.ack(third)
     ads.subscribe(ENDPOINT_TYPE, ["a", "b", "c"])  # a name that exists: sent at once
-    assert names(ads.poll()[0]) == {"a", "c"}
+    assert names(ads.poll()[0]) == {"c"}  # a is held
 
 
 def test_batch_wakes_each_watch_once_and_versions_are_content_hashes() -> None:
@@ -149,3 +150,84 @@ def test_envoy_behind_mux_with_linear_endpoints(
         linear.update_resource(build.load_assignment("backend", [green.address]))
         wait_until(lambda: envoy.request(port).body == "green", message="endpoints moved")
         assert callbacks.sent_count_by_type() - before == {ENDPOINT_TYPE: 1}
+
+
+def test_a_fleet_shares_one_partial_answer_and_a_nack_gets_everything() -> None:
+    linear = LinearCache("eds", [cla("a"), cla("b"), cla("c")])
+    fleet = [InMemoryAdsClient(linear, node=Node(id=f"n{i}")) for i in range(10)]
+    for ads in fleet:
+        ads.subscribe(ENDPOINT_TYPE, ["a", "b", "c"])
+        ads.ack(ads.poll()[0])
+    built = linear.responses_built
+    linear.update_resource(cla("b", 2))
+    answers = [ads.poll() for ads in fleet]
+    assert all(len(got) == 1 and names(got[0]) == {"b"} for got in answers)
+    assert linear.responses_built == built + 2  # the whole answer, then the part, once
+    first, second = fleet[0], fleet[1]
+    first.nack(answers[0][0], "bad endpoints")
+    second.ack(answers[1][0])
+    linear.update_resource(cla("c", 2))
+    assert names(first.poll()[0]) == {"a", "b", "c"}  # what it applied is not known
+    assert names(second.poll()[0]) == {"c"}
+
+
+def test_a_linear_watch_answering_twice_unwritten_answers_everything() -> None:
+    linear = LinearCache("eds", [cla("a"), cla("b")])
+    whole = linear.version(["a", "b"])
+    held = {"a": linear.resources()["a"].version, "b": linear.resources()["b"].version}
+    answers: list[PreparedResponse] = []
+    request = WatchRequest(
+        NODE, 1, ENDPOINT_TYPE, frozenset({"a", "b"}), False, whole, frozenset({"a", "b"}),
+        False, held,
+    )  # fmt: skip
+    cancel = linear.create_watch(request, answers.append)
+    linear.update_resource(cla("a", 2))
+    linear.update_resource(cla("b", 2))  # before the first answer is written
+    assert [names(_parsed(a)) for a in answers] == [{"a"}, {"a", "b"}]
+    cancel()
+
+
+def _parsed(answer: PreparedResponse) -> object:
+    from pilotfish.protos import DiscoveryResponse
+
+    return DiscoveryResponse.FromString(answer.body)
+
+
+def test_envoy_keeps_the_linear_endpoints_an_answer_leaves_out(
+    envoy_factory: Callable[..., EnvoyProcess], http_upstream: Callable[[str], HttpUpstream]
+) -> None:
+    blue, green, other = http_upstream("blue"), http_upstream("green"), http_upstream("other")
+    port = free_port()
+    snapshots = SnapshotCache()
+    snapshots.set_snapshot(
+        "sidecar",
+        Snapshot(
+            {
+                "cds": [build.eds_cluster("backend"), build.eds_cluster("other")],
+                "lds": [build.http_listener("web", port, "routes")],
+                "rds": [build.route_config("routes", "backend")],
+            }
+        ),
+    )
+    linear = LinearCache(
+        "eds",
+        [
+            build.load_assignment("backend", [blue.address]),
+            build.load_assignment("other", [other.address]),
+        ],
+    )
+    mux = MuxCache({"lds": snapshots, "rds": snapshots, "cds": snapshots, "eds": linear})
+    with ServerThread(mux) as server:
+        envoy = envoy_factory("sidecar", xds_address=server.address).wait_ready()
+        assert envoy.request(port).body == "blue"
+
+        def other_updates() -> int:
+            return envoy.stat("cluster.other.update_success")
+
+        before = wait_until(other_updates, message="other's endpoints applied")
+        linear.update_resource(build.load_assignment("backend", [green.address]))
+        wait_until(lambda: envoy.request(port).body == "green", message="endpoints moved")
+        statuses = {c["name"]: c for c in envoy.clusters()["cluster_statuses"]}
+        hosts = statuses["other"]["host_statuses"]
+        assert [h["address"]["socket_address"]["port_value"] for h in hosts] == [other.address[1]]
+        assert other_updates() == before  # the answer left it out: nothing applied to it

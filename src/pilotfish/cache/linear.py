@@ -17,9 +17,10 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from pilotfish.bounded import ByIdentity
 from pilotfish.protos import Message, Node, resource_type, wire
 from pilotfish.xds import (
     Cancel,
@@ -32,7 +33,7 @@ from pilotfish.xds import (
     WatchRequest,
 )
 
-from .answers import delta_answer
+from .answers import PER_NAME, delta_answer
 from .delta_states import DeltaAnswers
 from .node_hash import NodeHash, by_id
 from .resource import CachedResource, to_message
@@ -41,6 +42,9 @@ from .status import NodeStatus, StatusTable
 __all__ = ["LinearCache"]
 
 _Answer = PreparedResponse | DeltaPreparedResponse
+_SINCE_KEPT = 8
+"""Partial answers kept until the next change: one per kind of proxy (what it lists, what it
+holds) is all a push needs."""
 
 
 @dataclass(slots=True)
@@ -49,6 +53,9 @@ class _Watch:
     respond: Callable[[_Answer], None]
     known_version: str = ""
     known_names: frozenset[str] = frozenset()
+    answered: bool = False
+    """It answered, and the server has not cancelled it: that answer may be unwritten, and the
+    next replaces it, so only the first may carry just what the client lacks."""
 
 
 def _prefixes(names: Iterable[str]) -> list[str]:
@@ -75,6 +82,9 @@ class LinearCache:
         self._wildcard: set[int] = set()
         self._by_prefix: dict[str, set[int]] = {}
         self._responses: dict[frozenset[str] | None, PreparedResponse] = {}
+        # Answers carrying only what a client lacks, by the (whole answer, versions held)
+        # objects streams share, until the next change (see `_since`).
+        self._since: ByIdentity[PreparedResponse] = ByIdentity(_SINCE_KEPT)
         self._ids = itertools.count(1)
         self._status = StatusTable(clock)
         self.responses_built = 0
@@ -218,6 +228,7 @@ class LinearCache:
                 return []
             self._resources = new
             self._responses.clear()
+            self._since = ByIdentity(_SINCE_KEPT)
             self._versions.clear()
             self._delta.clear()
             woken: set[int] = set(self._wildcard)
@@ -298,11 +309,39 @@ class LinearCache:
                 version, self.type_url, (r.sotw_parts(False) for r in chosen)
             )
             response = PreparedResponse(
-                self.type_url, version, frozenset(r.name for r in chosen), body
+                self.type_url,
+                version,
+                frozenset(r.name for r in chosen),
+                body,
+                resource_versions=MappingProxyType({r.name: r.version for r in chosen}),
             )
             self._responses[names] = response
             self.responses_built += 1
         if response.version == watch.known_version:
             return None
+        held = request.known_resources
+        by_name = names is not None and not _prefixes(names)  # not glob: as Envoy subscribes
+        if held and by_name and not watch.answered and self.type_url in PER_NAME:
+            response = self._partial(response, held)
+        watch.answered = True
         watch.known_version, watch.known_names = response.version, response.names
         return response
+
+    def _partial(self, whole: PreparedResponse, held: Mapping[str, str]) -> PreparedResponse:
+        """Lock held. `whole` carrying only the resources a client holding `held` lacks (as
+        `Snapshot.response_since`, for the types Envoy applies per name), made once for the
+        streams holding the same `held` object."""
+        found = self._since.get(whole, held)
+        if found is None:
+            versions = whole.resource_versions or {}
+            changed = [self._resources[n] for n, v in versions.items() if held.get(n) != v]
+            found = whole
+            if changed and len(changed) < len(versions):
+                body = wire.discovery_response_body(
+                    whole.version, self.type_url, (r.sotw_parts(False) for r in changed)
+                )
+                found = replace(whole, body=body, partial=True)
+                self.responses_built += 1
+            if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
+                self._since.put(found, whole, held)
+        return found
