@@ -133,6 +133,21 @@ def test_a_cluster_updated_gets_its_own_endpoints_again() -> None:
     assert ads.poll() == []
 
 
+def test_every_cluster_updated_gets_every_endpoint_again() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(ABC, "a"))
+    ads = _converged(cache)
+    cache.set_snapshot("n1", mesh(ABC, "a", connect_timeout=2.0))  # every cluster, same endpoints
+    clusters, endpoints = ads.poll()
+    assert (clusters.type_url, endpoints.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE)
+    assert _endpoints(endpoints) == {"a": 1, "b": 2, "c": 3}
+    ads.ack(clusters)
+    ads.ack(endpoints)
+    cache.set_snapshot("n1", mesh(_moved("c", 30), "a", connect_timeout=2.0))
+    (after,) = ads.poll()
+    assert _endpoints(after) == {"c": 30}  # and what it holds is known again
+
+
 def test_after_a_nack_the_next_answer_carries_everything() -> None:
     # Envoy applies a rejected EDS answer to the subscriptions before the one that failed:
     # what the client holds is then not known.

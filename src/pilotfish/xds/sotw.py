@@ -218,6 +218,11 @@ class SotwStream:
         state = self.types.get(type_url)
         if state is None or not state.sent_resources:
             return False
+        if len(names) >= len(state.sent_resources):
+            # As many as it holds (every cluster updated): all of it, in constant time. One
+            # not among them is sent again needlessly, which is harmless.
+            state.sent_names, state.sent_resources = _EMPTY, _NO_VERSIONS
+            return True
         sent_names, sent_resources = _without(state.sent_names, state.sent_resources, names)
         if sent_resources is state.sent_resources:
             return False  # none of them was sent: nothing to send again
@@ -432,8 +437,11 @@ def _versions_within(sent: Mapping[str, str], names: frozenset[str]) -> Mapping[
     return kept
 
 
-_NAMES_WITHOUT: ByIdentity[frozenset[str]] = ByIdentity(16)
-_VERSIONS_WITHOUT: ByIdentity[Mapping[str, str]] = ByIdentity(16)
+_NO_VERSIONS: Mapping[str, str] = MappingProxyType({})
+_NAMES_WITHOUT: ByIdentity[frozenset[str]] = ByIdentity(4)
+_VERSIONS_WITHOUT: ByIdentity[Mapping[str, str]] = ByIdentity(4)
+"""What `_without` made lately: one per kind of proxy is all a push needs, and each keeps the
+versions it was made from (a thousand of them, a push back) alive."""
 
 
 def _without(
