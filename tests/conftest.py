@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
 import pytest
 
 from pilotfish.security import CertificateAuthority
@@ -14,3 +18,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     pki = Pki(CertificateAuthority.load_or_create(tmp / "ca"), tmp)
     (tmp / "root.pem").write_bytes(pki.root)
     return pki
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[Connection, Connection]]:
+    """Both ends of a `multiprocessing` pipe (the bench's proxies report to a tracker over one)."""
+    ours, theirs = multiprocessing.Pipe()
+    yield ours, theirs
+    ours.close()
+    theirs.close()

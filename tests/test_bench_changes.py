@@ -8,8 +8,6 @@ process. No timing assertions.
 
 from __future__ import annotations
 
-import multiprocessing
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -77,14 +75,6 @@ def test_each_change_moves_what_it_says() -> None:
 
 
 # -- the proxies in process -------------------------------------------------------------------
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[Connection, Connection]]:
-    ours, theirs = multiprocessing.Pipe()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
 
 
 def _sotw(snapshot: Snapshot, type_url: str, nonce: str) -> bytes:

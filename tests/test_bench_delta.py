@@ -8,13 +8,10 @@ responses (caching, removals, subscriptions) in process. No timing assertions.
 from __future__ import annotations
 
 import json
-import multiprocessing
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import pytest
 from bench import ads_common, ads_proxies, ads_push
 
 from pilotfish.protos import (
@@ -86,14 +83,6 @@ def test_delta_push_of_everything_converges_on_all_four_types(tmp_path: Path) ->
 
 
 # -- the delta proxy in process ---------------------------------------------------------------
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[Connection, Connection]]:
-    ours, theirs = multiprocessing.Pipe()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
 
 
 def _response(type_url: str, resources: list[bytes], removed: list[str], nonce: str) -> bytes:
