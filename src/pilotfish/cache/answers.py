@@ -6,6 +6,7 @@ Pure functions of (what the client holds, what the cache has): no locks, no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from pilotfish.protos import (
@@ -29,7 +30,7 @@ from .resource import CachedResource
 if TYPE_CHECKING:  # the snapshot answers delta watches with `delta_answer`
     from .snapshot import Snapshot
 
-__all__ = ["PER_NAME", "Wanted", "delta_answer", "sotw_answer"]
+__all__ = ["PER_NAME", "Wanted", "delta_answer", "partial_answer", "sotw_answer"]
 
 
 class Wanted(Protocol):
@@ -99,6 +100,30 @@ PER_NAME = frozenset({ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, RUNTIME_TYPE, EXTE
 is updated from the answer only if the answer carries its resource (the others stay as they
 are), so an answer may carry only what changed. Not LDS and CDS (an answer is the whole state:
 what it lacks is deleted) nor SRDS (Envoy removes the scopes an answer lacks)."""
+
+
+def partial_answer(
+    whole: PreparedResponse,
+    held: Mapping[str, str],
+    table: Mapping[str, CachedResource],
+    *,
+    ttl_aware: bool = False,
+) -> PreparedResponse | None:
+    """`whole` (built from `table`) carrying only the resources a client holding `held` (name
+    -> version) lacks or holds at another version, for a type in `PER_NAME`; None when that
+    is all of them or none, or when TTL'd resources need heartbeats (a heartbeat refreshes the
+    last answer's resources only): `whole` is then the answer. It has the whole answer's
+    `names` and `resource_versions`, the same objects: the client holds them after it."""
+    versions = whole.resource_versions
+    if versions is None or whole.heartbeat is not None:
+        return None
+    changed = [table[n] for n, v in versions.items() if held.get(n) != v]
+    if not changed or len(changed) == len(versions):
+        return None
+    body = wire.discovery_response_body(
+        whole.version, whole.type_url, (r.sotw_parts(ttl_aware) for r in changed)
+    )
+    return replace(whole, body=body, partial=True)
 
 
 def _response(

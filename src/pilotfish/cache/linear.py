@@ -17,7 +17,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from pilotfish.bounded import ByIdentity
@@ -33,7 +33,7 @@ from pilotfish.xds import (
     WatchRequest,
 )
 
-from .answers import PER_NAME, delta_answer
+from .answers import PER_NAME, delta_answer, partial_answer
 from .delta_states import DeltaAnswers
 from .node_hash import NodeHash, by_id
 from .resource import CachedResource, to_message
@@ -333,14 +333,9 @@ class LinearCache:
         streams holding the same `held` object."""
         found = self._since.get(whole, held)
         if found is None:
-            versions = whole.resource_versions or {}
-            changed = [self._resources[n] for n, v in versions.items() if held.get(n) != v]
-            found = whole
-            if changed and len(changed) < len(versions):
-                body = wire.discovery_response_body(
-                    whole.version, self.type_url, (r.sotw_parts(False) for r in changed)
-                )
-                found = replace(whole, body=body, partial=True)
+            part = partial_answer(whole, held, self._resources)
+            found = whole if part is None else part
+            if part is not None:
                 self.responses_built += 1
             if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
                 self._since.put(found, whole, held)

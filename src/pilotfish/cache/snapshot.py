@@ -6,7 +6,7 @@ import hashlib
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from pilotfish.bounded import Bounded, ByIdentity
@@ -21,7 +21,7 @@ from pilotfish.protos import (
 )
 from pilotfish.xds import DeltaPreparedResponse, DeltaWatchRequest, PreparedResponse
 
-from .answers import delta_answer
+from .answers import delta_answer, partial_answer
 from .assembled import Assembled, Messages
 from .delta_states import DeltaAnswers
 from .encoded import Encoded
@@ -449,27 +449,18 @@ class Snapshot:
         The whole response when everything differs, or when TTL'd resources need heartbeats
         (a heartbeat refreshes the resources of the last answer only)."""
         full = self.response(type_url, names, ttl_aware=ttl_aware)
-        if full.heartbeat is not None or not held or full.resource_versions is None:
+        if not held:
             return full
         entry = self._types[type_url]
         found = entry.since.get(full, held)
-        if found is not None:
-            return found
-        versions = full.resource_versions
-        table = entry.by_name
-        changed = [table[n] for n, v in versions.items() if held.get(n) != v]
-        if not changed or len(changed) == len(versions):
-            found = full  # nothing held at a version asked for (but held has others): as before
-        else:
-            body = wire.discovery_response_body(
-                full.version, type_url, (r.sotw_parts(ttl_aware) for r in changed)
-            )
-            found = replace(full, body=body, partial=True)
+        if found is None:
+            part = partial_answer(full, held, entry.by_name, ttl_aware=ttl_aware)
+            found = full if part is None else part
             with self._lock:
-                self.stats.responses_built += 1
-        if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
-            with self._lock:
-                found = entry.since.put(found, full, held)
+                if part is not None:
+                    self.stats.responses_built += 1
+                if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
+                    found = entry.since.put(found, full, held)
         return found
 
     def delta_response(self, request: DeltaWatchRequest) -> DeltaPreparedResponse | None:
