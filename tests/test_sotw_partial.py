@@ -9,17 +9,24 @@ unwritten answer is replaced, the answer carries everything again. Envoy itself 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
 from pilotfish.cache import Snapshot, SnapshotCache, WithTtl
+from pilotfish.cache.answers import PER_NAME
 from pilotfish.protos import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    SECRET_TYPE,
     TTL_CLIENT_FEATURE,
     Cluster,
     ClusterLoadAssignment,
     DiscoveryResponse,
     Node,
+    Secret,
 )
 from pilotfish.testing.client import InMemoryAdsClient
 from pilotfish.translators import build
@@ -77,6 +84,7 @@ def test_the_answer_leaves_the_stream_holding_what_the_whole_one_would() -> None
     assert held is not None
     whole = second.response(ENDPOINT_TYPE, names)
     part = second.response_since(ENDPOINT_TYPE, names, held)
+    assert part is not None
     assert _endpoints(DiscoveryResponse.FromString(part.body)) == {"a": 10}
     assert len(DiscoveryResponse.FromString(whole.body).resources) == 3
     # The same state after it, by the same objects: the streams go on sharing them.
@@ -87,6 +95,48 @@ def test_the_answer_leaves_the_stream_holding_what_the_whole_one_would() -> None
     assert second.response_since(ENDPOINT_TYPE, names, held) is part
     # Nothing held: the whole answer itself.
     assert second.response_since(ENDPOINT_TYPE, names, {}) is whole
+
+
+def test_a_service_gone_sends_its_endpoints_version_without_resources() -> None:
+    # b's cluster and endpoints are gone, nothing else changed: the clusters answer drops b,
+    # and the EDS answer has nothing to carry (it cannot say "gone": Envoy drops b's endpoints
+    # with the cluster), but still carries the new version for the client to ACK, so it shows
+    # in sync. Dropping b from the subscription then needs no answer.
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", mesh(ABC, "a"))
+    ads = _converged(cache)
+    without_b = mesh({n: e for n, e in ABC.items() if n != "b"}, "a")
+    cache.set_snapshot("n1", without_b)
+    clusters, endpoints = ads.poll()
+    assert {Cluster.FromString(r.value).name for r in clusters.resources} == {"a", "c"}
+    assert endpoints.type_url == ENDPOINT_TYPE and not endpoints.resources
+    assert endpoints.version_info == without_b.version(ENDPOINT_TYPE)
+    ads.ack(clusters)
+    ads.ack(endpoints)
+    ads.subscribe(ENDPOINT_TYPE, ["a", "c"])
+    assert ads.poll() == []
+
+
+def test_secrets_are_answered_whole() -> None:
+    # Envoy's unified xDS mux gives the subscriptions an answer leaves out an empty update,
+    # which an SDS subscription rejects: SDS answers stay whole.
+    def secret(name: str, key: bytes) -> Secret:
+        made = Secret(name=name)
+        made.tls_certificate.private_key.inline_bytes = key
+        return made
+
+    def snapshot(key: bytes) -> Snapshot:
+        return Snapshot({"sds": [secret(n, key) for n in ("one", "two")]})
+
+    assert ENDPOINT_TYPE in PER_NAME and SECRET_TYPE not in PER_NAME
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", snapshot(b"k1"))
+    ads = InMemoryAdsClient(cache, node=NODE)
+    ads.subscribe(SECRET_TYPE, ["one", "two"])
+    ads.ack(ads.poll()[0])
+    cache.set_snapshot("n1", snapshot(b"k1").updated({}, {"sds": [secret("two", b"k2")]}))
+    (secrets,) = ads.poll()
+    assert len(secrets.resources) == 2
 
 
 def test_a_fleet_in_one_state_shares_one_answer() -> None:
@@ -195,6 +245,58 @@ def test_an_unwritten_answer_is_replaced_by_a_whole_one() -> None:
         {"a": 10, "b": 20, "c": 3},
     ]
     cancel()
+
+
+class _HookedLock:
+    """The cache's lock, running `hook` once after the next release (another thread's turn)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.hook: Callable[[], None] | None = None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+
+
+def test_an_answer_made_before_a_watch_is_rearmed_goes_to_its_old_respond() -> None:
+    # set_snapshot answers the watches under the cache's lock and delivers outside it. If a
+    # session re-arms a watch in between (another thread: a cluster updated, so b's endpoints
+    # must come again), the answer made before goes where it was made for (the old respond,
+    # which the session drops), not to the new one: there it would replace the answer to the
+    # new request, and it lacks b.
+    cache = SnapshotCache()
+    lock = _HookedLock()
+    cache._lock = lock  # type: ignore[assignment]
+    first = mesh(ABC, "a")
+    cache.set_snapshot("n1", first)
+    names = frozenset(ABC)
+    whole = first.response(ENDPOINT_TYPE, names)
+    assert whole.resource_versions is not None
+    old: list[PreparedResponse] = []
+    new: list[PreparedResponse] = []
+
+    def request(known: Mapping[str, str]) -> WatchRequest:
+        return WatchRequest(
+            NODE, 1, ENDPOINT_TYPE, names, False, whole.version, frozenset(known), False, known
+        )
+
+    watch = cache.create_watch(request(whole.resource_versions), old.append)
+    without_b = MappingProxyType({n: v for n, v in whole.resource_versions.items() if n != "b"})
+
+    def rearm() -> None:
+        watch()  # the session cancels it (the answer before is on its way)...
+        cache.rearm_watch(watch, request(without_b), new.append)  # ...and re-arms it
+
+    lock.hook = rearm
+    cache.set_snapshot("n1", mesh(_moved("a", 10), "a"))
+    assert [_endpoints(DiscoveryResponse.FromString(a.body)) for a in new] == [{"a": 10, "b": 2}]
+    assert [_endpoints(DiscoveryResponse.FromString(a.body)) for a in old] == [{"a": 10}]
 
 
 def test_ttl_resources_keep_whole_answers() -> None:

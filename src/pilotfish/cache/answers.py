@@ -9,15 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
-from pilotfish.protos import (
-    ENDPOINT_TYPE,
-    EXTENSION_CONFIG_TYPE,
-    RESOURCE_TYPES,
-    ROUTE_TYPE,
-    RUNTIME_TYPE,
-    SECRET_TYPE,
-    wire,
-)
+from pilotfish.protos import ENDPOINT_TYPE, RESOURCE_TYPES, ROUTE_TYPE, wire
 from pilotfish.xds import (
     DeltaPreparedResponse,
     DeltaWatchRequest,
@@ -95,11 +87,14 @@ def sotw_answer(
     return None
 
 
-PER_NAME = frozenset({ENDPOINT_TYPE, ROUTE_TYPE, SECRET_TYPE, RUNTIME_TYPE, EXTENSION_CONFIG_TYPE})
-"""Types whose state-of-the-world answers Envoy applies per name: each subscription it watches
-is updated from the answer only if the answer carries its resource (the others stay as they
-are), so an answer may carry only what changed. Not LDS and CDS (an answer is the whole state:
-what it lacks is deleted) nor SRDS (Envoy removes the scopes an answer lacks)."""
+PER_NAME = frozenset({ENDPOINT_TYPE, ROUTE_TYPE})
+"""Types whose state-of-the-world answers may carry only what changed. Envoy's xDS mux updates
+a subscription from an answer only if the answer carries its resource, and leaves the others as
+they are; its unified mux (`envoy.reloadable_features.unified_mux`) gives the others an empty
+update instead, which an EDS cluster and an RDS route configuration take as "missing" and keep
+what they have. Not LDS and CDS (an answer is the whole state: what it lacks is deleted), SRDS
+(Envoy removes the scopes an answer lacks), nor SDS, RTDS and ECDS (their subscriptions reject
+an empty update, which the unified mux would give them)."""
 
 
 def partial_answer(
@@ -108,18 +103,21 @@ def partial_answer(
     table: Mapping[str, CachedResource],
     *,
     ttl_aware: bool = False,
-) -> PreparedResponse | None:
+) -> PreparedResponse:
     """`whole` (built from `table`) carrying only the resources a client holding `held` (name
-    -> version) lacks or holds at another version, for a type in `PER_NAME`; None when that
-    is all of them or none, or when TTL'd resources need heartbeats (a heartbeat refreshes the
-    last answer's resources only): `whole` is then the answer. It has the whole answer's
-    `names` and `resource_versions`, the same objects: the client holds them after it."""
+    -> version) lacks or holds at another version, for a type in `PER_NAME`. It has the whole
+    answer's `names` and `resource_versions`, the same objects: the client holds them after it.
+
+    `whole` itself when that is every resource, or when TTL'd resources need heartbeats (a
+    heartbeat refreshes the last answer's resources only). With none (a subscribed resource
+    gone, which these answers cannot say: Envoy drops a cluster's endpoints with the cluster)
+    it carries no resources, so the client still takes and ACKs the version."""
     versions = whole.resource_versions
     if versions is None or whole.heartbeat is not None:
-        return None
+        return whole
     changed = [table[n] for n, v in versions.items() if held.get(n) != v]
-    if not changed or len(changed) == len(versions):
-        return None
+    if len(changed) == len(versions):
+        return whole
     body = wire.discovery_response_body(
         whole.version, whole.type_url, (r.sotw_parts(ttl_aware) for r in changed)
     )

@@ -333,9 +333,8 @@ class LinearCache:
         streams holding the same `held` object."""
         found = self._since.get(whole, held)
         if found is None:
-            part = partial_answer(whole, held, self._resources)
-            found = whole if part is None else part
-            if part is not None:
+            found = partial_answer(whole, held, self._resources)
+            if found.partial:
                 self.responses_built += 1
             if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
                 self._since.put(found, whole, held)

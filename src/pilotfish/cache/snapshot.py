@@ -437,27 +437,25 @@ class Snapshot:
         ttl_aware: bool = False,
     ) -> PreparedResponse:
         """`response(type_url, names)` for a client holding `held` (name -> version), carrying
-        only the resources it lacks or holds at another version. The client is left holding
-        what the whole response would give it, so the answer has the whole response's
-        `names` and `resource_versions` (the same objects) and only its body differs.
+        only the resources it lacks or holds at another version (`answers.partial_answer`).
+        The client is left holding what the whole response would give it, so the answer has
+        the whole response's `names` and `resource_versions` (the same objects) and only its
+        body differs.
 
         Why: Envoy applies a state-of-the-world EDS or RDS response to the subscriptions whose
-        resources it carries and leaves the others as they are (only LDS and CDS answers are
+        resources it carries and keeps what the others have (only LDS and CDS answers are
         the whole state), so one cluster's endpoints changed need not send every cluster's:
         a thousand Envoys listing a thousand clusters got 243 KB each. Made once for the
-        streams holding the same `held` object (a response's read-only `resource_versions`).
-        The whole response when everything differs, or when TTL'd resources need heartbeats
-        (a heartbeat refreshes the resources of the last answer only)."""
+        streams holding the same `held` object (a response's read-only `resource_versions`)."""
         full = self.response(type_url, names, ttl_aware=ttl_aware)
         if not held:
             return full
         entry = self._types[type_url]
         found = entry.since.get(full, held)
         if found is None:
-            part = partial_answer(full, held, entry.by_name, ttl_aware=ttl_aware)
-            found = full if part is None else part
+            found = partial_answer(full, held, entry.by_name, ttl_aware=ttl_aware)
             with self._lock:
-                if part is not None:
+                if found.partial:
                     self.stats.responses_built += 1
                 if isinstance(held, MappingProxyType):  # nobody changes it: the answer stands
                     found = entry.since.put(found, full, held)
