@@ -58,12 +58,22 @@ class BenchError(RuntimeError):
 # -- shared by every process ------------------------------------------------------------------
 
 
-Change = Literal["all", "one", "cluster", "route"]
-CHANGES: tuple[Change, ...] = ("all", "one", "cluster", "route")
+Change = Literal["all", "one", "cluster", "route", "service"]
+CHANGES: tuple[Change, ...] = ("all", "one", "cluster", "route", "service")
 
 
 def _name(i: int) -> str:
     return f"outbound|80||svc-{i:05d}.bench.svc.cluster.local"
+
+
+def _names(clusters: int, generation: int, change: Change) -> list[str]:
+    """The clusters of a generation: with `"service"`, generation g has replaced the services
+    in slots 1 to g, each by one of a new name."""
+    names = [_name(i) for i in range(clusters)]
+    if change == "service":
+        for slot in range(1, min(generation, clusters - 1) + 1):
+            names[slot] = _name(clusters + slot)
+    return names
 
 
 def build_snapshot(
@@ -77,9 +87,12 @@ def build_snapshot(
     - `"one"`: the first cluster's endpoints (an endpoints-only push: a pod added or moved);
     - `"cluster"`: the first cluster's connect timeout (a DestinationRule edited): Envoy then
       re-warms that cluster and waits for its endpoints, which the server sends again;
-    - `"route"`: the route's weights (a VirtualService shifting traffic).
+    - `"route"`: the route's weights (a VirtualService shifting traffic);
+    - `"service"`: one service gone and another come (a deployment replaced): a cluster, its
+      endpoints and the route's share of it; proxies subscribe to the new endpoints and drop
+      the old.
     """
-    names = [_name(i) for i in range(clusters)]
+    names = _names(clusters, generation, change)
     every = generation if change == "all" else 0
     weights = generation if change in ("all", "route") else 0
 
@@ -116,10 +129,10 @@ def next_snapshot(
     previous: Snapshot, clusters: int, endpoints: int, generation: int, change: Change = "all"
 ) -> Snapshot:
     """`build_snapshot`'s snapshot for `generation`, made the way pilotfish's controller makes
-    the next one: with one resource changed (`"one"`, `"cluster"`, `"route"`), `previous`
-    updated by it (`Snapshot.updated`: the other resources are not serialized again, and the
-    untouched types keep their built responses); with `"all"`, built afresh (everything
-    changed anyway)."""
+    the next one: with a few resources changed (`"one"`, `"cluster"`, `"route"`,
+    `"service"`), `previous` updated by them (`Snapshot.updated`: the other resources are not
+    serialized again, and the untouched types keep their built responses); with `"all"`, built
+    afresh (everything changed anyway)."""
     if change == "all":
         return build_snapshot(clusters, endpoints, generation, change)
     if change == "one":
@@ -128,6 +141,18 @@ def next_snapshot(
     if change == "cluster":
         timeout = 1.0 + (generation % 1000) / 1000
         return previous.updated({}, {"cds": [build.eds_cluster(_name(0), connect_timeout=timeout)]})
+    if change == "service":
+        if not 0 < generation < clusters:
+            raise BenchError("--change service replaces one service a push: --repeat < --clusters")
+        gone, new = _name(generation), _name(clusters + generation)
+        return previous.updated(
+            {"cds": [gone], "eds": [gone]},
+            {
+                "cds": [build.eds_cluster(new, connect_timeout=1.0)],
+                "eds": [_assignment(generation, new, endpoints, 8000)],
+                "rds": [_routes(_names(clusters, generation, change), 0)],
+            },
+        )
     names = [_name(i) for i in range(clusters)]
     return previous.updated({}, {"rds": [_routes(names, generation)]})
 

@@ -488,7 +488,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=CHANGES,
         default="all",
         help="what a push changes: every resource of all four types (default), one cluster's "
-        "endpoints, one cluster's settings (its endpoints then come again), or the route",
+        "endpoints, one cluster's settings (its endpoints then come again), the route, or one "
+        "service replaced by another",
     )
     parser.add_argument(
         "--client-procs",

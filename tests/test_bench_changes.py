@@ -52,6 +52,21 @@ def test_a_route_change_sends_the_route_alone(tmp_path: Path) -> None:
         assert [p["resources_serialized"] for p in row["pushes"]] == [1, 1]
 
 
+def test_a_service_replaced_sends_the_new_ones_endpoints_alone(tmp_path: Path) -> None:
+    rows = run_tiny(tmp_path, "service", endpoints=2, pushes=2)
+    for row in rows.values():
+        assert _moved(row) == [{CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE}] * 2
+        assert [p["resources_serialized"] for p in row["pushes"]] == [3, 3]
+    # The clusters, the new service's endpoints (the proxy subscribed to them), the route; a
+    # delta proxy is also told the old service's endpoints are gone, and a SotW proxy may get
+    # the new endpoints version with nothing in it first (unless its new subscription came
+    # before that was written).
+    assert 3 <= rows["sotw"]["responses_per_client_push"] <= 4
+    assert rows["delta"]["responses_per_client_push"] == 4
+    # SotW's EDS answer carries the new service's endpoints alone: what the proxy lacks.
+    assert rows["sotw"]["bytes_per_client_push"] < rows["sotw"]["initial_bytes_per_client"]
+
+
 def test_each_change_moves_what_it_says() -> None:
     first = ads_common.build_snapshot(4, 1, 0)
     expected = {
@@ -59,9 +74,12 @@ def test_each_change_moves_what_it_says() -> None:
         "one": {ENDPOINT_TYPE},
         "cluster": {CLUSTER_TYPE},
         "route": {ROUTE_TYPE},
+        "service": {CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE},
     }
     for change in ads_common.CHANGES:
-        updated = ads_common.next_snapshot(first, 4, 1, 3, change)
+        updated = first
+        for generation in (1, 2, 3):  # one push after another, as the server makes them
+            updated = ads_common.next_snapshot(updated, 4, 1, generation, change)
         built = ads_common.build_snapshot(4, 1, 3, change)
         moved = {t for t in ads_common.TYPES if updated.version(t) != first.version(t)}
         assert moved == expected[change], change
