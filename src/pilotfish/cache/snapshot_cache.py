@@ -8,11 +8,11 @@ is released.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pilotfish.protos import RESOURCE_TYPES, Node
 from pilotfish.xds import (
@@ -134,11 +134,6 @@ class _Watch:
         assert isinstance(response, PreparedResponse)
         self.respond(response)
 
-    def delivery(self, response: PreparedResponse | DeltaPreparedResponse) -> Callable[[], None]:
-        """`deliver`, later, to the respond the watch has now."""
-        assert isinstance(response, PreparedResponse)
-        return functools.partial(self.respond, response)
-
 
 class _DeltaWatch:
     """An open delta watch, its own canceller. Its answers are always relative to what the
@@ -169,11 +164,6 @@ class _DeltaWatch:
         assert isinstance(response, DeltaPreparedResponse)
         self.respond(response)
 
-    def delivery(self, response: PreparedResponse | DeltaPreparedResponse) -> Callable[[], None]:
-        """`deliver`, later, to the respond the watch has now."""
-        assert isinstance(response, DeltaPreparedResponse)
-        return functools.partial(self.respond, response)
-
 
 class SnapshotCache:
     """Snapshots by node key, watches, and per-node status; implements `ConfigWatcher`."""
@@ -199,21 +189,21 @@ class SnapshotCache:
 
     def set_snapshot(self, key: str, snapshot: Snapshot) -> None:
         """Serve `snapshot` to every node with this key; answer the watches it makes stale."""
-        answers: list[Callable[[], None]] = []
+        answers: list[tuple[Callable[[Any], None], PreparedResponse | DeltaPreparedResponse]] = []
         with self._lock:
             self._snapshots[key] = snapshot
             serial = self._serials[key] = next(self._serial)
             for watch in self._watches.get(key, ()):
                 response = watch.answer(snapshot, serial)
                 if response is not None:
-                    answers.append(watch.delivery(response))
+                    answers.append((watch.respond, response))
         # Outside the lock, to the respond each answer was made for: a session that re-armed
         # the watch meanwhile (another thread) gave it another, and drops this answer. Through
         # the new one it would replace the answer made for the new request, and an answer that
         # carries only what changed since the old one lacks what the new one asked for again
         # (an updated cluster's endpoints: the proxy would wait for them).
-        for deliver in answers:
-            deliver()
+        for respond, response in answers:
+            respond(response)
 
     def get_snapshot(self, key: str) -> Snapshot:
         """The snapshot served to `key`; KeyError if there is none."""
