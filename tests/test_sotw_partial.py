@@ -12,8 +12,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from unittest import mock
 
-from pilotfish.cache import Snapshot, SnapshotCache, WithTtl
+from pilotfish.bounded import ByIdentity
+from pilotfish.cache import Snapshot, SnapshotCache, WithTtl, answers
 from pilotfish.cache.answers import PER_NAME
 from pilotfish.protos import (
     CLUSTER_TYPE,
@@ -149,6 +151,33 @@ def test_a_fleet_in_one_state_shares_one_answer() -> None:
     assert all(len(got) == 1 and _endpoints(got[0]) == {"a": 10} for got in answers)
     # The CDS answer is unchanged; the EDS answer built once (whole, then the part) for all.
     assert pushed.stats.responses_built == 2
+
+
+def test_a_fleet_subscribing_alike_works_out_what_is_new_once() -> None:
+    # A service added to the mesh: every Envoy of a kind then asks for its endpoints too, in a
+    # list it holds as the same set objects as the others do.
+    cache = SnapshotCache(node_hash=lambda node: "fleet")
+    cache.set_snapshot("fleet", mesh({**ABC, "d": [("127.0.0.1", 4)]}, "a"))
+    fleet = [_converged(cache, Node(id=f"sidecar-{i}")) for i in range(20)]
+    worked_out = _CountingPuts(16)
+    with mock.patch.object(answers, "_FRESH", worked_out):
+        for ads in fleet:
+            ads.subscribe(ENDPOINT_TYPE, [*sorted(ABC), "d"])
+        got = [ads.poll() for ads in fleet]
+    assert all(len(r) == 1 and _endpoints(r[0]) == {"d": 4} for r in got)
+    assert worked_out.puts == 1
+
+
+class _CountingPuts(ByIdentity[frozenset[str]]):
+    __slots__ = ("puts",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.puts = 0
+
+    def put(self, value: frozenset[str], first: object, second: object = None) -> frozenset[str]:
+        self.puts += 1
+        return super().put(value, first, second)
 
 
 def test_clusters_and_listeners_are_always_the_whole_state() -> None:
