@@ -381,7 +381,7 @@ def _applied(
     # forgets what it unsubscribes.
     forget = unsubscribe if first else subscribe | unsubscribe
     after = versions
-    if forget and not forget.isdisjoint(versions):
+    if forget and not versions.keys().isdisjoint(forget):
         held = dict(versions)
         for name in forget:
             held.pop(name, None)

@@ -450,7 +450,7 @@ def _without(
     """`sent` and `versions` without the names `gone` (`versions` itself if it holds none of
     them). Made once for the streams that hold the same objects (a cluster updated: every
     Envoy forgets its endpoints alike), so they go on sharing them."""
-    if gone.isdisjoint(versions):
+    if versions.keys().isdisjoint(gone):  # walks `gone`; a set's isdisjoint walks a mapping
         return sent, versions
     names = _NAMES_WITHOUT.get(sent, gone)
     if names is None:
